@@ -1,0 +1,142 @@
+//! The boundary to each database engine. A driver knows how to talk to its engine (connect, lock, read and write the
+//! history table, run a statement, run statements atomically); it knows nothing of what to run or when:
+//! that is the [`executor`](crate::executor)'s job.
+
+mod mongo;
+mod sql;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flotilla_core::{AppliedMigration, Engine, Statement};
+
+pub use mongo::MongoDriver;
+pub use sql::SqlDriver;
+
+/// A failure talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("cannot connect to the database: {0}")]
+    Connect(String),
+    #[error("bad database URL: {0}")]
+    BadUrl(String),
+    #[error("timed out after {waited:?} waiting for the migration lock{}", holder.as_ref().map(|h| format!(" (held by {h})")).unwrap_or_default())]
+    LockTimeout { waited: Duration, holder: Option<String> },
+    #[error("the migration lock was lost (it expired and another runner may have taken it)")]
+    LockLost,
+    /// The database refused a statement or a history write.
+    #[error("{0}")]
+    Database(String),
+    #[error("the history table holds a record this version of Flotilla cannot read: {0}")]
+    BadHistory(String),
+}
+
+/// What to do to the history table together with a migration's statements.
+#[derive(Debug, Clone)]
+pub enum HistoryChange {
+    Write(AppliedMigration),
+    Delete(i64),
+}
+
+/// A failure inside an atomic run; nothing of it committed.
+#[derive(Debug)]
+pub struct AtomicError {
+    /// 0-based index of the failing statement, or `None` when the history write or the commit failed.
+    pub statement: Option<usize>,
+    pub error: DriverError,
+}
+
+/// One engine. Implementations hold one connection (or client) to one target database.
+#[async_trait]
+pub trait Driver: Send {
+    fn engine(&self) -> Engine;
+
+    /// Whether `statements` can run in one transaction together with the history write.
+    fn can_run_atomically(&self, statements: &[Statement]) -> bool;
+
+    /// Takes the engine's own per-database lock, waiting up to `timeout`.
+    /// A lock left by a process that died is released by the server (session locks) or expires (leases).
+    async fn lock(&mut self, owner: &str, timeout: Duration) -> Result<(), DriverError>;
+
+    /// Confirms the lock is still held (and extends a lease when due). Called before each statement.
+    async fn check_lock(&mut self) -> Result<(), DriverError>;
+
+    async fn unlock(&mut self) -> Result<(), DriverError>;
+
+    /// Creates the history table (collection) if missing.
+    async fn ensure_history(&mut self) -> Result<(), DriverError>;
+
+    /// All history records by ascending version; empty when the table does not exist yet.
+    async fn history(&mut self) -> Result<Vec<AppliedMigration>, DriverError>;
+
+    async fn write_record(&mut self, record: &AppliedMigration) -> Result<(), DriverError>;
+
+    /// Records that `done` statements of a dirty migration have committed.
+    async fn set_progress(&mut self, version: i64, done: u32) -> Result<(), DriverError>;
+
+    async fn delete_record(&mut self, version: i64) -> Result<(), DriverError>;
+
+    /// Runs one statement on its own (autocommit, or inside a transaction the script opened). Returns rows affected.
+    async fn execute(&mut self, statement: &Statement) -> Result<u64, DriverError>;
+
+    /// Rolls back a transaction a script left open after one of its statements failed.
+    async fn rollback_open_transaction(&mut self);
+
+    /// Runs `statements`, then `change`, in one transaction. `on_done(i, rows)` is called after statement `i`.
+    async fn execute_atomic(
+        &mut self,
+        statements: &[Statement],
+        change: &HistoryChange,
+        on_done: &mut (dyn FnMut(usize, u64) + Send),
+    ) -> Result<(), AtomicError>;
+
+    /// Closes the connection cleanly.
+    async fn close(self: Box<Self>);
+}
+
+/// How to open a driver.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Create the database file when missing (SQLite). Read-only commands pass `false` and see a missing file as empty.
+    pub create: bool,
+    /// Lease length for engines whose lock is a lease (SQLite, MongoDB).
+    pub lock_ttl: Duration,
+    /// How long to try to reach the server.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions { create: true, lock_ttl: Duration::from_secs(30), connect_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Opens the driver for `url`'s engine.
+pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<dyn Driver>, DriverError> {
+    let engine = Engine::from_url(url).ok_or_else(|| {
+        DriverError::BadUrl(format!(
+            "`{}` does not start with postgres://, mysql://, sqlite:// or mongodb://",
+            redact(url)
+        ))
+    })?;
+    Ok(match engine {
+        Engine::Mongodb => Box::new(MongoDriver::connect(url, options).await?),
+        _ => Box::new(SqlDriver::connect(engine, url, options).await?),
+    })
+}
+
+/// `url` with any password replaced, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A unique name for this process as a lock owner and `applied_by`: `host:pid`.
+pub fn default_owner() -> String {
+    format!("{}:{}", gethostname::gethostname().to_string_lossy(), std::process::id())
+}

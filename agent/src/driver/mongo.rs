@@ -1,0 +1,370 @@
+//! MongoDB through the official driver. The lock is a lease document that a background task renews; a lease left by
+//! a dead process expires. Commands run with `runCommand`; a script of only inserts, updates and deletes runs in a
+//! transaction together with its history write (the replica set allows it), anything else runs command by command.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bson::{doc, Bson, Document};
+use chrono::Utc;
+use flotilla_core::history::{HISTORY_TABLE, LOCK_TABLE};
+use flotilla_core::{AppliedMigration, Checksum, Engine, Statement};
+use futures_util::TryStreamExt;
+use mongodb::options::ClientOptions;
+use mongodb::{Client, ClientSession, Collection, Database};
+use tokio_util::sync::CancellationToken;
+
+use super::{AtomicError, ConnectOptions, Driver, DriverError, HistoryChange};
+
+const LOCK_ID: &str = "migrate";
+/// Server error code for "collection already exists".
+const NAMESPACE_EXISTS: i32 = 48;
+/// Server error code for a duplicate key.
+const DUPLICATE_KEY: i32 = 11000;
+
+pub struct MongoDriver {
+    client: Client,
+    db: Database,
+    history: Collection<Document>,
+    locks: Collection<Document>,
+    ttl: Duration,
+    lease: Option<HeldLease>,
+}
+
+struct HeldLease {
+    owner: String,
+    lost: Arc<AtomicBool>,
+    keepalive: CancellationToken,
+}
+
+impl MongoDriver {
+    pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Self, DriverError> {
+        let mut client_options = ClientOptions::parse(url).await.map_err(|e| DriverError::BadUrl(e.to_string()))?;
+        let name = client_options.default_database.clone().ok_or_else(|| {
+            DriverError::BadUrl("a MongoDB URL must name the database: mongodb://host:port/DATABASE".into())
+        })?;
+        client_options.app_name.get_or_insert_with(|| "flotilla".into());
+        client_options.server_selection_timeout.get_or_insert(options.connect_timeout);
+        client_options.connect_timeout.get_or_insert(options.connect_timeout);
+        let client = Client::with_options(client_options).map_err(|e| DriverError::Connect(e.to_string()))?;
+        let db = client.database(&name);
+        db.run_command(doc! { "ping": 1 }).await.map_err(|e| DriverError::Connect(e.to_string()))?;
+        Ok(MongoDriver {
+            history: db.collection(HISTORY_TABLE),
+            locks: db.collection(LOCK_TABLE),
+            db,
+            client,
+            ttl: options.lock_ttl,
+            lease: None,
+        })
+    }
+
+    /// Turns a script command into the command document to send, and the database to send it to.
+    fn command(&self, statement: &Statement) -> Result<(Document, Database), DriverError> {
+        let Statement::Command { command: serde_json::Value::Object(map), name, .. } = statement else {
+            return Err(DriverError::Database("a SQL statement cannot run on MongoDB".into()));
+        };
+        let mut document =
+            Document::try_from(map.clone()).map_err(|e| DriverError::Database(format!("invalid Extended JSON: {e}")))?;
+        if name == "renameCollection" {
+            // Names in scripts are relative to the target database; the server wants them qualified, sent to admin.
+            let db = self.db.name().to_string();
+            for key in ["renameCollection", "to"] {
+                if let Some(Bson::String(coll)) = document.get(key).cloned() {
+                    document.insert(key, format!("{db}.{coll}"));
+                }
+            }
+            return Ok((document, self.client.database("admin")));
+        }
+        Ok((document, self.db.clone()))
+    }
+
+    async fn run(&self, statement: &Statement, session: Option<&mut ClientSession>) -> Result<u64, DriverError> {
+        let (command, db) = self.command(statement)?;
+        let reply = match session {
+            Some(s) => db.run_command(command).session(s).await,
+            None => db.run_command(command).await,
+        }
+        .map_err(mongo_error)?;
+        write_outcome(&reply)
+    }
+
+    async fn apply_change(&self, change: &HistoryChange, session: &mut ClientSession) -> Result<(), DriverError> {
+        match change {
+            HistoryChange::Write(record) => self
+                .history
+                .replace_one(doc! { "_id": record.version }, record_doc(record))
+                .upsert(true)
+                .session(session)
+                .await
+                .map(drop),
+            HistoryChange::Delete(version) => {
+                self.history.delete_one(doc! { "_id": *version }).session(session).await.map(drop)
+            }
+        }
+        .map_err(mongo_error)
+    }
+
+    fn stop_keepalive(&mut self) -> Option<HeldLease> {
+        let lease = self.lease.take()?;
+        lease.keepalive.cancel();
+        Some(lease)
+    }
+}
+
+impl Drop for MongoDriver {
+    fn drop(&mut self) {
+        self.stop_keepalive();
+    }
+}
+
+/// Bulk write commands answer `ok: 1` even when documents failed; their `writeErrors` say so.
+fn write_outcome(reply: &Document) -> Result<u64, DriverError> {
+    if let Ok(errors) = reply.get_array("writeErrors") {
+        let first = errors.first().and_then(Bson::as_document);
+        let message = first.and_then(|d| d.get_str("errmsg").ok()).unwrap_or("write error");
+        let code = first.and_then(|d| d.get_i32("code").ok()).unwrap_or_default();
+        return Err(DriverError::Database(format!("{message} (code {code})")));
+    }
+    if let Ok(error) = reply.get_document("writeConcernError") {
+        return Err(DriverError::Database(format!("write concern: {}", error.get_str("errmsg").unwrap_or("failed"))));
+    }
+    Ok(match reply.get("n") {
+        Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    })
+}
+
+fn mongo_error(e: mongodb::error::Error) -> DriverError {
+    use mongodb::error::ErrorKind;
+    match *e.kind {
+        ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
+            DriverError::Connect(e.to_string())
+        }
+        _ => DriverError::Database(e.to_string()),
+    }
+}
+
+fn code_of(e: &mongodb::error::Error) -> Option<i32> {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match &*e.kind {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        _ => None,
+    }
+}
+
+fn record_doc(r: &AppliedMigration) -> Document {
+    let (direction, done, total, error) = r.dirty_columns();
+    doc! {
+        "_id": r.version,
+        "name": &r.name,
+        "checksum": &r.checksum.0,
+        "state": r.state.label(),
+        "direction": direction,
+        "statements_done": done,
+        "statements_total": total,
+        "error": error,
+        "applied_at": bson::DateTime::from_chrono(r.applied_at),
+        "duration_ms": r.duration_ms,
+        "applied_by": &r.applied_by,
+        "plan_id": r.plan_id.as_deref(),
+    }
+}
+
+fn parse_doc(d: &Document) -> Result<AppliedMigration, DriverError> {
+    let bad = |what: &str| DriverError::BadHistory(format!("{what} in {d}"));
+    let int = |key: &str| match d.get(key) {
+        Some(Bson::Int64(n)) => Ok(*n),
+        Some(Bson::Int32(n)) => Ok(i64::from(*n)),
+        _ => Err(bad(&format!("missing integer `{key}`"))),
+    };
+    let text = |key: &str| d.get_str(key).map(str::to_string).map_err(|_| bad(&format!("missing string `{key}`")));
+    let optional = |key: &str| d.get_str(key).ok().map(str::to_string);
+    let version = int("_id")?;
+    let label = text("state")?;
+    let state = AppliedMigration::state_from_columns(
+        &label,
+        d.get_str("direction").ok(),
+        int("statements_done").unwrap_or(0),
+        int("statements_total").unwrap_or(0),
+        optional("error"),
+    )
+    .ok_or_else(|| bad(&format!("unknown state `{label}`")))?;
+    Ok(AppliedMigration {
+        version,
+        name: text("name")?,
+        checksum: Checksum(text("checksum")?),
+        state,
+        applied_at: d.get_datetime("applied_at").map_err(|_| bad("missing `applied_at`"))?.to_chrono(),
+        duration_ms: int("duration_ms")?,
+        applied_by: text("applied_by")?,
+        plan_id: optional("plan_id"),
+    })
+}
+
+#[async_trait]
+impl Driver for MongoDriver {
+    fn engine(&self) -> Engine {
+        Engine::Mongodb
+    }
+
+    fn can_run_atomically(&self, statements: &[Statement]) -> bool {
+        statements.iter().all(|s| matches!(s, Statement::Command { name, .. } if matches!(name.as_str(), "insert" | "update" | "delete")))
+    }
+
+    async fn lock(&mut self, owner: &str, timeout: Duration) -> Result<(), DriverError> {
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let now = Utc::now();
+            let expires = bson::DateTime::from_millis(now.timestamp_millis() + ttl_ms);
+            let attempt = self
+                .locks
+                .update_one(
+                    doc! { "_id": LOCK_ID, "$or": [ { "expires_at": { "$lt": bson::DateTime::from_chrono(now) } }, { "owner": owner } ] },
+                    doc! { "$set": { "owner": owner, "expires_at": expires } },
+                )
+                .upsert(true)
+                .await;
+            match attempt {
+                Ok(_) => break,
+                Err(e) if code_of(&e) == Some(DUPLICATE_KEY) => {}
+                Err(e) => return Err(mongo_error(e)),
+            }
+            if started.elapsed() >= timeout {
+                let holder = self
+                    .locks
+                    .find_one(doc! { "_id": LOCK_ID })
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|d| d.get_str("owner").ok().map(str::to_string));
+                return Err(DriverError::LockTimeout { waited: timeout, holder });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+
+        let lost = Arc::new(AtomicBool::new(false));
+        let keepalive = CancellationToken::new();
+        let (locks, owner_name, every, flag, token) =
+            (self.locks.clone(), owner.to_string(), self.ttl / 3, lost.clone(), keepalive.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let expires = bson::DateTime::from_millis(Utc::now().timestamp_millis() + ttl_ms);
+                let renewed = locks
+                    .update_one(doc! { "_id": LOCK_ID, "owner": &owner_name }, doc! { "$set": { "expires_at": expires } })
+                    .await;
+                if !matches!(renewed, Ok(r) if r.matched_count == 1) {
+                    tracing::warn!(owner = %owner_name, "MongoDB migration lease could not be renewed");
+                    flag.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        });
+        self.lease = Some(HeldLease { owner: owner.to_string(), lost, keepalive });
+        Ok(())
+    }
+
+    async fn check_lock(&mut self) -> Result<(), DriverError> {
+        match &self.lease {
+            Some(lease) if lease.lost.load(Ordering::SeqCst) => Err(DriverError::LockLost),
+            _ => Ok(()),
+        }
+    }
+
+    async fn unlock(&mut self) -> Result<(), DriverError> {
+        if let Some(lease) = self.stop_keepalive() {
+            self.locks.delete_one(doc! { "_id": LOCK_ID, "owner": lease.owner }).await.map_err(mongo_error)?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_history(&mut self) -> Result<(), DriverError> {
+        match self.db.create_collection(HISTORY_TABLE).await {
+            Err(e) if code_of(&e) != Some(NAMESPACE_EXISTS) => Err(mongo_error(e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn history(&mut self) -> Result<Vec<AppliedMigration>, DriverError> {
+        let docs: Vec<Document> = self
+            .history
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(mongo_error)?
+            .try_collect()
+            .await
+            .map_err(mongo_error)?;
+        docs.iter().map(parse_doc).collect()
+    }
+
+    async fn write_record(&mut self, record: &AppliedMigration) -> Result<(), DriverError> {
+        self.history
+            .replace_one(doc! { "_id": record.version }, record_doc(record))
+            .upsert(true)
+            .await
+            .map(drop)
+            .map_err(mongo_error)
+    }
+
+    async fn set_progress(&mut self, version: i64, done: u32) -> Result<(), DriverError> {
+        self.history
+            .update_one(doc! { "_id": version }, doc! { "$set": { "statements_done": i64::from(done) } })
+            .await
+            .map(drop)
+            .map_err(mongo_error)
+    }
+
+    async fn delete_record(&mut self, version: i64) -> Result<(), DriverError> {
+        self.history.delete_one(doc! { "_id": version }).await.map(drop).map_err(mongo_error)
+    }
+
+    async fn execute(&mut self, statement: &Statement) -> Result<u64, DriverError> {
+        self.run(statement, None).await
+    }
+
+    async fn rollback_open_transaction(&mut self) {
+        // Commands outside execute_atomic never open a transaction.
+    }
+
+    async fn execute_atomic(
+        &mut self,
+        statements: &[Statement],
+        change: &HistoryChange,
+        on_done: &mut (dyn FnMut(usize, u64) + Send),
+    ) -> Result<(), AtomicError> {
+        let at_commit = |error| AtomicError { statement: None, error };
+        let mut session = self.client.start_session().await.map_err(|e| at_commit(mongo_error(e)))?;
+        session.start_transaction().await.map_err(|e| at_commit(mongo_error(e)))?;
+        for (i, statement) in statements.iter().enumerate() {
+            match self.run(statement, Some(&mut session)).await {
+                Ok(n) => on_done(i, n),
+                Err(error) => {
+                    let _ = session.abort_transaction().await;
+                    return Err(AtomicError { statement: Some(i), error });
+                }
+            }
+        }
+        if let Err(error) = self.apply_change(change, &mut session).await {
+            let _ = session.abort_transaction().await;
+            return Err(at_commit(error));
+        }
+        session.commit_transaction().await.map_err(|e| at_commit(mongo_error(e)))
+    }
+
+    async fn close(mut self: Box<Self>) {
+        self.stop_keepalive();
+        self.client.clone().shutdown().await;
+    }
+}

@@ -1,0 +1,471 @@
+//! PostgreSQL, MySQL and SQLite through sqlx's `AnyConnection`: one driver, with what differs per dialect
+//! (DDL, placeholders, timestamps, the lock) kept in [`Dialect`].
+
+use std::path::Path;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use flotilla_core::{AppliedMigration, Checksum, Engine, Statement};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Connection, Row};
+
+use super::{AtomicError, ConnectOptions, Driver, DriverError, HistoryChange};
+
+/// Key of the PostgreSQL advisory lock: "flotilla" in ASCII. Advisory locks are scoped to the current database.
+const PG_LOCK_KEY: i64 = 0x666c_6f74_696c_6c61;
+
+/// What differs between the SQL engines.
+struct Dialect {
+    create_history: &'static str,
+    history_exists: &'static str,
+    /// Selects every history column, with `applied_at` rendered as RFC 3339 text.
+    select_history: &'static str,
+    upsert: &'static str,
+    set_progress: &'static str,
+    delete: &'static str,
+    /// How `applied_at` is bound.
+    timestamp_format: &'static str,
+}
+
+const POSTGRES: Dialect = Dialect {
+    create_history: "CREATE TABLE IF NOT EXISTS flotilla_schema_history (
+        version BIGINT PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, state TEXT NOT NULL, direction TEXT,
+        statements_done BIGINT NOT NULL DEFAULT 0, statements_total BIGINT NOT NULL DEFAULT 0, error TEXT,
+        applied_at TIMESTAMPTZ NOT NULL, duration_ms BIGINT NOT NULL, applied_by TEXT NOT NULL, plan_id TEXT)",
+    history_exists: "SELECT count(*) FROM information_schema.tables
+        WHERE table_schema = current_schema() AND table_name = 'flotilla_schema_history'",
+    select_history: "SELECT version, name, checksum, state, direction, statements_done, statements_total, error,
+        to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), duration_ms, applied_by, plan_id
+        FROM flotilla_schema_history ORDER BY version",
+    upsert: "INSERT INTO flotilla_schema_history (version, name, checksum, state, direction, statements_done,
+        statements_total, error, applied_at, duration_ms, applied_by, plan_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CAST($9 AS TIMESTAMPTZ), $10, $11, $12)
+        ON CONFLICT (version) DO UPDATE SET name = excluded.name, checksum = excluded.checksum, state = excluded.state,
+        direction = excluded.direction, statements_done = excluded.statements_done,
+        statements_total = excluded.statements_total, error = excluded.error, applied_at = excluded.applied_at,
+        duration_ms = excluded.duration_ms, applied_by = excluded.applied_by, plan_id = excluded.plan_id",
+    set_progress: "UPDATE flotilla_schema_history SET statements_done = $1 WHERE version = $2",
+    delete: "DELETE FROM flotilla_schema_history WHERE version = $1",
+    timestamp_format: "%Y-%m-%dT%H:%M:%S%.6fZ",
+};
+
+const MYSQL: Dialect = Dialect {
+    create_history: "CREATE TABLE IF NOT EXISTS flotilla_schema_history (
+        version BIGINT NOT NULL PRIMARY KEY, name VARCHAR(255) NOT NULL, checksum CHAR(64) NOT NULL,
+        state VARCHAR(16) NOT NULL, direction VARCHAR(8) NULL, statements_done BIGINT NOT NULL DEFAULT 0,
+        statements_total BIGINT NOT NULL DEFAULT 0, error TEXT NULL, applied_at DATETIME(6) NOT NULL,
+        duration_ms BIGINT NOT NULL, applied_by VARCHAR(255) NOT NULL, plan_id VARCHAR(64) NULL) ENGINE=InnoDB",
+    history_exists: "SELECT count(*) FROM information_schema.tables
+        WHERE table_schema = DATABASE() AND table_name = 'flotilla_schema_history'",
+    select_history: "SELECT version, name, checksum, state, direction, statements_done, statements_total, error,
+        DATE_FORMAT(applied_at, '%Y-%m-%dT%H:%i:%s.%fZ'), duration_ms, applied_by, plan_id
+        FROM flotilla_schema_history ORDER BY version",
+    upsert: "INSERT INTO flotilla_schema_history (version, name, checksum, state, direction, statements_done,
+        statements_total, error, applied_at, duration_ms, applied_by, plan_id)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        ON DUPLICATE KEY UPDATE name = VALUES(name), checksum = VALUES(checksum), state = VALUES(state),
+        direction = VALUES(direction), statements_done = VALUES(statements_done),
+        statements_total = VALUES(statements_total), error = VALUES(error), applied_at = VALUES(applied_at),
+        duration_ms = VALUES(duration_ms), applied_by = VALUES(applied_by), plan_id = VALUES(plan_id)",
+    set_progress: "UPDATE flotilla_schema_history SET statements_done = ? WHERE version = ?",
+    delete: "DELETE FROM flotilla_schema_history WHERE version = ?",
+    timestamp_format: "%Y-%m-%d %H:%M:%S%.6f",
+};
+
+const SQLITE: Dialect = Dialect {
+    create_history: "CREATE TABLE IF NOT EXISTS flotilla_schema_history (
+        version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, state TEXT NOT NULL, direction TEXT,
+        statements_done INTEGER NOT NULL DEFAULT 0, statements_total INTEGER NOT NULL DEFAULT 0, error TEXT,
+        applied_at TEXT NOT NULL, duration_ms INTEGER NOT NULL, applied_by TEXT NOT NULL, plan_id TEXT)",
+    history_exists: "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'flotilla_schema_history'",
+    select_history: "SELECT version, name, checksum, state, direction, statements_done, statements_total, error,
+        applied_at, duration_ms, applied_by, plan_id FROM flotilla_schema_history ORDER BY version",
+    upsert: "INSERT INTO flotilla_schema_history (version, name, checksum, state, direction, statements_done,
+        statements_total, error, applied_at, duration_ms, applied_by, plan_id)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (version) DO UPDATE SET name = excluded.name, checksum = excluded.checksum, state = excluded.state,
+        direction = excluded.direction, statements_done = excluded.statements_done,
+        statements_total = excluded.statements_total, error = excluded.error, applied_at = excluded.applied_at,
+        duration_ms = excluded.duration_ms, applied_by = excluded.applied_by, plan_id = excluded.plan_id",
+    set_progress: "UPDATE flotilla_schema_history SET statements_done = ? WHERE version = ?",
+    delete: "DELETE FROM flotilla_schema_history WHERE version = ?",
+    timestamp_format: "%Y-%m-%dT%H:%M:%S%.6fZ",
+};
+
+/// SQLite has no server to release a session lock, so its lock is a lease row that expires.
+const SQLITE_LEASE_TABLE: &str = "CREATE TABLE IF NOT EXISTS flotilla_lock (
+    id INTEGER PRIMARY KEY CHECK (id = 1), owner TEXT NOT NULL, expires_at_ms INTEGER NOT NULL)";
+
+pub struct SqlDriver {
+    engine: Engine,
+    dialect: &'static Dialect,
+    conn: AnyConnection,
+    lease: Option<Lease>,
+    ttl: Duration,
+}
+
+/// A held SQLite lease.
+struct Lease {
+    owner: String,
+    renewed: Instant,
+}
+
+impl SqlDriver {
+    pub async fn connect(engine: Engine, url: &str, options: &ConnectOptions) -> Result<Self, DriverError> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let dialect = match engine {
+            Engine::Postgres => &POSTGRES,
+            Engine::Mysql => &MYSQL,
+            Engine::Sqlite => &SQLITE,
+            Engine::Mongodb => unreachable!("MongoDB has its own driver"),
+        };
+        let url = match engine {
+            Engine::Sqlite => sqlite_url(url, options.create)?,
+            _ => url.to_string(),
+        };
+        let conn = tokio::time::timeout(options.connect_timeout, AnyConnection::connect(&url))
+            .await
+            .map_err(|_| DriverError::Connect(format!("no answer within {:?}", options.connect_timeout)))?
+            .map_err(|e| DriverError::Connect(e.to_string()))?;
+        let mut driver = SqlDriver { engine, dialect, conn, lease: None, ttl: options.lock_ttl };
+        if engine == Engine::Sqlite {
+            // Wait for a busy database instead of failing at once.
+            driver.run("PRAGMA busy_timeout = 30000").await?;
+        }
+        Ok(driver)
+    }
+
+    async fn run(&mut self, sql: &str) -> Result<u64, DriverError> {
+        run_on(&mut self.conn, sql).await
+    }
+
+    async fn write_record_on(conn: &mut AnyConnection, dialect: &Dialect, record: &AppliedMigration) -> Result<(), DriverError> {
+        let (direction, done, total, error) = record.dirty_columns();
+        sqlx::query(dialect.upsert)
+            .bind(record.version)
+            .bind(record.name.as_str())
+            .bind(record.checksum.0.as_str())
+            .bind(record.state.label())
+            .bind(direction)
+            .bind(done)
+            .bind(total)
+            .bind(error)
+            .bind(record.applied_at.format(dialect.timestamp_format).to_string())
+            .bind(record.duration_ms)
+            .bind(record.applied_by.as_str())
+            .bind(record.plan_id.as_deref())
+            .execute(conn)
+            .await
+            .map(drop)
+            .map_err(db_error)
+    }
+
+    async fn apply_change(conn: &mut AnyConnection, dialect: &Dialect, change: &HistoryChange) -> Result<(), DriverError> {
+        match change {
+            HistoryChange::Write(record) => Self::write_record_on(conn, dialect, record).await,
+            HistoryChange::Delete(version) => {
+                sqlx::query(dialect.delete).bind(*version).execute(conn).await.map(drop).map_err(db_error)
+            }
+        }
+    }
+
+    async fn sqlite_lease(&mut self, owner: &str, timeout: Duration) -> Result<(), DriverError> {
+        self.run(SQLITE_LEASE_TABLE).await?;
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let now = Utc::now().timestamp_millis();
+            let taken = sqlx::query(
+                "INSERT INTO flotilla_lock (id, owner, expires_at_ms) VALUES (1, ?, ?)
+                 ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, expires_at_ms = excluded.expires_at_ms
+                 WHERE flotilla_lock.expires_at_ms < ? OR flotilla_lock.owner = excluded.owner",
+            )
+            .bind(owner.to_string())
+            .bind(now + ttl_ms(self.ttl))
+            .bind(now)
+            .execute(&mut self.conn)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+            if taken == 1 {
+                self.lease = Some(Lease { owner: owner.to_string(), renewed: Instant::now() });
+                return Ok(());
+            }
+            if started.elapsed() >= timeout {
+                let holder: Option<String> = sqlx::query_scalar("SELECT owner FROM flotilla_lock WHERE id = 1")
+                    .fetch_optional(&mut self.conn)
+                    .await
+                    .map_err(db_error)?;
+                return Err(DriverError::LockTimeout { waited: timeout, holder });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Runs one statement as written (PostgreSQL's simple query protocol, MySQL's text protocol: no preparing).
+async fn run_on(conn: &mut AnyConnection, sql: &str) -> Result<u64, DriverError> {
+    sqlx::Executor::execute(conn, sql).await.map(|r| r.rows_affected()).map_err(db_error)
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+/// Builds the sqlx URL for a SQLite database. Without `create`, a missing file is read as an empty database,
+/// so `status` and dry runs never create files.
+fn sqlite_url(url: &str, create: bool) -> Result<String, DriverError> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() {
+        return Err(DriverError::BadUrl("sqlite URL has no file path (sqlite:///abs/path.db or sqlite://rel/path.db)".into()));
+    }
+    if path == ":memory:" {
+        return Ok("sqlite::memory:".into());
+    }
+    if !create && !Path::new(path).exists() {
+        return Ok("sqlite::memory:".into());
+    }
+    let mode = if create { "rwc" } else { "rw" };
+    let extra = if query.is_empty() { String::new() } else { format!("&{query}") };
+    Ok(format!("sqlite://{path}?mode={mode}{extra}"))
+}
+
+fn db_error(e: sqlx::Error) -> DriverError {
+    match e {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => DriverError::Database(format!("{} (code {code})", db.message())),
+            None => DriverError::Database(db.message().to_string()),
+        },
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            DriverError::Connect(e.to_string())
+        }
+        other => DriverError::Database(other.to_string()),
+    }
+}
+
+fn sql_text(statement: &Statement) -> &str {
+    match statement {
+        Statement::Sql { text, .. } => text,
+        // The executor checks kinds before running anything; a command here is a bug, and the database says so.
+        Statement::Command { name, .. } => name,
+    }
+}
+
+fn parse_row(row: &AnyRow) -> Result<AppliedMigration, DriverError> {
+    let bad = |e: sqlx::Error| DriverError::BadHistory(e.to_string());
+    let version: i64 = row.try_get(0).map_err(bad)?;
+    let state_label: String = row.try_get(3).map_err(bad)?;
+    let direction: Option<String> = row.try_get(4).map_err(bad)?;
+    let error: Option<String> = row.try_get(7).map_err(bad)?;
+    let state = AppliedMigration::state_from_columns(
+        &state_label,
+        direction.as_deref(),
+        row.try_get(5).map_err(bad)?,
+        row.try_get(6).map_err(bad)?,
+        error,
+    )
+    .ok_or_else(|| DriverError::BadHistory(format!("version {version} has unknown state `{state_label}`")))?;
+    let applied_at: String = row.try_get(8).map_err(bad)?;
+    let applied_at = DateTime::parse_from_rfc3339(&applied_at)
+        .map_err(|e| DriverError::BadHistory(format!("version {version}: applied_at `{applied_at}`: {e}")))?
+        .with_timezone(&Utc);
+    Ok(AppliedMigration {
+        version,
+        name: row.try_get(1).map_err(bad)?,
+        checksum: Checksum(row.try_get(2).map_err(bad)?),
+        state,
+        applied_at,
+        duration_ms: row.try_get(9).map_err(bad)?,
+        applied_by: row.try_get(10).map_err(bad)?,
+        plan_id: row.try_get(11).map_err(bad)?,
+    })
+}
+
+#[async_trait]
+impl Driver for SqlDriver {
+    fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    fn can_run_atomically(&self, _statements: &[Statement]) -> bool {
+        // MySQL commits DDL implicitly, so it always runs statement by statement with progress recorded.
+        self.engine != Engine::Mysql
+    }
+
+    async fn lock(&mut self, owner: &str, timeout: Duration) -> Result<(), DriverError> {
+        match self.engine {
+            Engine::Postgres => {
+                // lock_timeout bounds the wait; a lock held by a dead session is released by the server.
+                self.run(&format!("SET lock_timeout = {}", timeout.as_millis().max(1))).await?;
+                let got = sqlx::query("SELECT pg_advisory_lock($1)").bind(PG_LOCK_KEY).execute(&mut self.conn).await;
+                self.run("RESET lock_timeout").await?;
+                match got {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("55P03") => {
+                        let holder: Option<String> = sqlx::query_scalar(
+                            "SELECT 'pid ' || pid::text FROM pg_locks WHERE locktype = 'advisory' AND granted
+                             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                             AND ((classid::bigint << 32) | objid::bigint) = $1 LIMIT 1",
+                        )
+                        .bind(PG_LOCK_KEY)
+                        .fetch_optional(&mut self.conn)
+                        .await
+                        .ok()
+                        .flatten();
+                        Err(DriverError::LockTimeout { waited: timeout, holder })
+                    }
+                    Err(e) => Err(db_error(e)),
+                }
+            }
+            Engine::Mysql => {
+                let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(CONCAT('flotilla:', DATABASE()), ?)")
+                    .bind(timeout.as_secs_f64())
+                    .fetch_one(&mut self.conn)
+                    .await
+                    .map_err(db_error)?;
+                match got {
+                    Some(1) => Ok(()),
+                    _ => {
+                        let holder: Option<i64> =
+                            sqlx::query_scalar("SELECT IS_USED_LOCK(CONCAT('flotilla:', DATABASE()))")
+                                .fetch_one(&mut self.conn)
+                                .await
+                                .ok()
+                                .flatten();
+                        Err(DriverError::LockTimeout { waited: timeout, holder: holder.map(|id| format!("connection {id}")) })
+                    }
+                }
+            }
+            Engine::Sqlite => self.sqlite_lease(owner, timeout).await,
+            Engine::Mongodb => unreachable!(),
+        }
+    }
+
+    async fn check_lock(&mut self) -> Result<(), DriverError> {
+        // Session locks (PostgreSQL, MySQL) live as long as the connection; only the SQLite lease needs renewing.
+        let Some(lease) = &self.lease else { return Ok(()) };
+        if lease.renewed.elapsed() < self.ttl / 3 {
+            return Ok(());
+        }
+        let owner = lease.owner.clone();
+        let renewed = sqlx::query("UPDATE flotilla_lock SET expires_at_ms = ? WHERE id = 1 AND owner = ?")
+            .bind(Utc::now().timestamp_millis() + ttl_ms(self.ttl))
+            .bind(owner.clone())
+            .execute(&mut self.conn)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        if renewed == 1 {
+            self.lease = Some(Lease { owner, renewed: Instant::now() });
+            Ok(())
+        } else {
+            self.lease = None;
+            Err(DriverError::LockLost)
+        }
+    }
+
+    async fn unlock(&mut self) -> Result<(), DriverError> {
+        match self.engine {
+            Engine::Postgres => {
+                sqlx::query("SELECT pg_advisory_unlock($1)").bind(PG_LOCK_KEY).execute(&mut self.conn).await.map_err(db_error)?;
+            }
+            Engine::Mysql => {
+                self.run("DO RELEASE_LOCK(CONCAT('flotilla:', DATABASE()))").await?;
+            }
+            Engine::Sqlite => {
+                if let Some(lease) = self.lease.take() {
+                    sqlx::query("DELETE FROM flotilla_lock WHERE id = 1 AND owner = ?")
+                        .bind(lease.owner)
+                        .execute(&mut self.conn)
+                        .await
+                        .map_err(db_error)?;
+                }
+            }
+            Engine::Mongodb => unreachable!(),
+        }
+        Ok(())
+    }
+
+    async fn ensure_history(&mut self) -> Result<(), DriverError> {
+        self.run(self.dialect.create_history).await.map(drop)
+    }
+
+    async fn history(&mut self) -> Result<Vec<AppliedMigration>, DriverError> {
+        let exists: i64 = sqlx::query_scalar(self.dialect.history_exists).fetch_one(&mut self.conn).await.map_err(db_error)?;
+        if exists == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(self.dialect.select_history).fetch_all(&mut self.conn).await.map_err(db_error)?;
+        rows.iter().map(parse_row).collect()
+    }
+
+    async fn write_record(&mut self, record: &AppliedMigration) -> Result<(), DriverError> {
+        Self::write_record_on(&mut self.conn, self.dialect, record).await
+    }
+
+    async fn set_progress(&mut self, version: i64, done: u32) -> Result<(), DriverError> {
+        sqlx::query(self.dialect.set_progress)
+            .bind(i64::from(done))
+            .bind(version)
+            .execute(&mut self.conn)
+            .await
+            .map(drop)
+            .map_err(db_error)
+    }
+
+    async fn delete_record(&mut self, version: i64) -> Result<(), DriverError> {
+        sqlx::query(self.dialect.delete).bind(version).execute(&mut self.conn).await.map(drop).map_err(db_error)
+    }
+
+    async fn execute(&mut self, statement: &Statement) -> Result<u64, DriverError> {
+        self.run(sql_text(statement)).await
+    }
+
+    async fn rollback_open_transaction(&mut self) {
+        // Harmless when no transaction is open (PostgreSQL and MySQL warn; SQLite errors, which is ignored).
+        let _ = self.run("ROLLBACK").await;
+    }
+
+    async fn execute_atomic(
+        &mut self,
+        statements: &[Statement],
+        change: &HistoryChange,
+        on_done: &mut (dyn FnMut(usize, u64) + Send),
+    ) -> Result<(), AtomicError> {
+        let at_commit = |error| AtomicError { statement: None, error };
+        let mut tx = self.conn.begin().await.map_err(|e| at_commit(db_error(e)))?;
+        for (i, statement) in statements.iter().enumerate() {
+            match run_on(&mut tx, sql_text(statement)).await {
+                Ok(rows) => on_done(i, rows),
+                Err(error) => {
+                    let _ = tx.rollback().await;
+                    return Err(AtomicError { statement: Some(i), error });
+                }
+            }
+        }
+        Self::apply_change(&mut tx, self.dialect, change).await.map_err(at_commit)?;
+        tx.commit().await.map_err(|e| at_commit(db_error(e)))
+    }
+
+    async fn close(self: Box<Self>) {
+        let _ = self.conn.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls() {
+        assert_eq!(sqlite_url("sqlite:///tmp/a.db", true).unwrap(), "sqlite:///tmp/a.db?mode=rwc");
+        assert_eq!(sqlite_url("sqlite://rel.db?cache=shared", true).unwrap(), "sqlite://rel.db?mode=rwc&cache=shared");
+        assert_eq!(sqlite_url("sqlite:///definitely/not/here.db", false).unwrap(), "sqlite::memory:");
+        assert!(sqlite_url("sqlite://", true).is_err());
+    }
+}

@@ -1,0 +1,567 @@
+//! The migration algorithm, once for every engine: take the engine's lock, refuse a dirty or mismatched history,
+//! then apply pending UPs in order (or DOWNs in reverse), recording each.
+//!
+//! Each migration runs in one of two modes:
+//! - **atomic**: its statements and its history write commit in one transaction (PostgreSQL and SQLite unless the
+//!   script says `no-transaction`; MongoDB scripts of only inserts, updates and deletes). It is applied or not at all.
+//! - **statement by statement**: a dirty record is written first, progress after each statement, and on failure the
+//!   record stays dirty with the failing statement's index and error (MySQL, whose DDL commits implicitly, and
+//!   `no-transaction` scripts). `repair` resumes it or marks how it was resolved.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use flotilla_core::plan::{self, PlanOptions, StatusRow};
+use flotilla_core::split::is_transaction_control;
+use flotilla_core::{AppliedMigration, Direction, Migration, MigrationSet, PlanError, ReadError, RecordState, Request, ScriptKind, Statement};
+use serde::Serialize;
+use tracing::{info_span, Instrument};
+
+use crate::driver::{Driver, DriverError, HistoryChange};
+
+/// Why a run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    /// A migration failed. `dirty` says whether a dirty record was left (statement-by-statement mode);
+    /// otherwise nothing of it committed.
+    #[error("{}", failed_message(.version, .name, .direction, .statement, .total, .location, .error, .dirty))]
+    Failed {
+        version: i64,
+        name: String,
+        direction: Direction,
+        /// 1-based index of the failing statement; `None` when the history write or the commit failed.
+        statement: Option<usize>,
+        total: usize,
+        /// `file:line` of the failing statement.
+        location: Option<String>,
+        error: String,
+        dirty: bool,
+    },
+    /// The request does not fit the target's state (nothing to repair, baseline over existing history, …).
+    #[error("{0}")]
+    Refused(String),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn failed_message(
+    version: &i64,
+    name: &str,
+    direction: &Direction,
+    statement: &Option<usize>,
+    total: &usize,
+    location: &Option<String>,
+    error: &str,
+    dirty: &bool,
+) -> String {
+    let at = match (statement, location) {
+        (Some(i), Some(loc)) => format!(" at statement {i} of {total} ({loc})"),
+        (Some(i), None) => format!(" at statement {i} of {total}"),
+        (None, _) => " while recording it".to_string(),
+    };
+    let outcome = if *dirty {
+        "; the migration is left dirty: fix the cause, then `flotilla repair --resume`, or fix by hand and `flotilla repair --mark-applied`"
+    } else {
+        "; nothing of it was committed"
+    };
+    format!("migration {version} ({name}) {direction} failed{at}: {error}{outcome}")
+}
+
+/// A progress event, for output now and for the agent's stream later.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub version: i64,
+    pub name: String,
+    pub direction: Direction,
+    #[serde(flatten)]
+    pub kind: ProgressKind,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ProgressKind {
+    Started { statements: usize, atomic: bool, resume_from: usize },
+    Statement { index: usize, total: usize, rows_affected: u64, elapsed_ms: u64 },
+    Finished { elapsed_ms: u64 },
+    Failed { statement: Option<usize>, error: String },
+}
+
+pub type ProgressSink = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// What `repair` does with a dirty migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepairAction {
+    /// Run the remaining statements, from the one after the last that committed.
+    Resume,
+    /// The interrupted direction was completed by hand: record it as done.
+    MarkApplied,
+    /// The interrupted direction was undone by hand: record it as never started.
+    MarkNotApplied,
+}
+
+/// One migration run (or, in a dry run, to be run).
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub version: i64,
+    pub name: String,
+    pub direction: Direction,
+    pub atomic: bool,
+    /// Statements (or commands) of the script, as summaries.
+    pub statements: Vec<String>,
+    pub duration_ms: u64,
+    pub rows_affected: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub dry_run: bool,
+    pub steps: Vec<StepReport>,
+}
+
+/// A migration ready to run: statements split, mode chosen, all checked before anything runs.
+struct Prepared<'a> {
+    migration: &'a Migration,
+    direction: Direction,
+    statements: Vec<Statement>,
+    atomic: bool,
+}
+
+/// Runs migrations against one target through its driver.
+pub struct Executor {
+    driver: Box<dyn Driver>,
+    /// Lock owner and `applied_by`.
+    owner: String,
+    plan_id: Option<String>,
+    lock_timeout: Duration,
+    plan_options: PlanOptions,
+    progress: Option<ProgressSink>,
+}
+
+impl Executor {
+    pub fn new(driver: Box<dyn Driver>, owner: impl Into<String>) -> Self {
+        Executor {
+            driver,
+            owner: owner.into(),
+            plan_id: None,
+            lock_timeout: Duration::from_secs(300),
+            plan_options: PlanOptions::default(),
+            progress: None,
+        }
+    }
+
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    pub fn with_plan_options(mut self, options: PlanOptions) -> Self {
+        self.plan_options = options;
+        self
+    }
+
+    pub fn with_plan_id(mut self, plan_id: Option<String>) -> Self {
+        self.plan_id = plan_id;
+        self
+    }
+
+    pub fn with_progress(mut self, sink: ProgressSink) -> Self {
+        self.progress = Some(sink);
+        self
+    }
+
+    pub async fn close(self) {
+        self.driver.close().await;
+    }
+
+    /// Every known version with its status. Takes no lock and changes nothing.
+    pub async fn status(&mut self, set: &MigrationSet) -> Result<Vec<StatusRow>, ExecError> {
+        let history = self.driver.history().await?;
+        Ok(plan::status(&set.migrations, &history))
+    }
+
+    /// Raw history records, for callers that need more than status.
+    pub async fn history(&mut self) -> Result<Vec<AppliedMigration>, ExecError> {
+        Ok(self.driver.history().await?)
+    }
+
+    /// Applies (or rolls back) migrations as `request` says. A dry run checks everything, takes no lock, and changes nothing.
+    pub async fn migrate(&mut self, set: &MigrationSet, request: Request, dry_run: bool) -> Result<RunReport, ExecError> {
+        if dry_run {
+            let history = self.driver.history().await?;
+            let steps = plan::plan(&set.migrations, &history, request, &self.plan_options)?;
+            let prepared = self.prepare_all(&steps)?;
+            return Ok(RunReport { dry_run: true, steps: prepared.iter().map(|p| planned(p)).collect() });
+        }
+        self.lock().await?;
+        let result = self.migrate_locked(set, request).await;
+        self.release(result).await
+    }
+
+    async fn migrate_locked(&mut self, set: &MigrationSet, request: Request) -> Result<RunReport, ExecError> {
+        self.driver.ensure_history().await?;
+        let history = self.driver.history().await?;
+        let steps = plan::plan(&set.migrations, &history, request, &self.plan_options)?;
+        let prepared = self.prepare_all(&steps)?;
+        let mut report = RunReport { dry_run: false, steps: Vec::with_capacity(prepared.len()) };
+        for step in &prepared {
+            report.steps.push(self.run_step(step, 0).await?);
+        }
+        Ok(report)
+    }
+
+    /// Records local migrations up to `version` as applied without running them, on a database with no history.
+    pub async fn baseline(&mut self, set: &MigrationSet, version: i64, dry_run: bool) -> Result<Vec<i64>, ExecError> {
+        if set.get(version).is_none() {
+            return Err(PlanError::UnknownVersion(version).into());
+        }
+        let check = |history: &[AppliedMigration]| {
+            if history.is_empty() {
+                Ok(())
+            } else {
+                Err(ExecError::Refused(format!(
+                    "baseline needs a database with no migration history, and this one has {} record(s); see `flotilla status`",
+                    history.len()
+                )))
+            }
+        };
+        let versions: Vec<i64> = set.migrations.iter().filter(|m| m.version <= version).map(|m| m.version).collect();
+        if dry_run {
+            check(&self.driver.history().await?)?;
+            return Ok(versions);
+        }
+        self.lock().await?;
+        let result = self.baseline_locked(set, version, check).await.map(|()| versions);
+        self.release(result).await
+    }
+
+    async fn baseline_locked(
+        &mut self,
+        set: &MigrationSet,
+        version: i64,
+        check: impl Fn(&[AppliedMigration]) -> Result<(), ExecError>,
+    ) -> Result<(), ExecError> {
+        self.driver.ensure_history().await?;
+        check(&self.driver.history().await?)?;
+        for m in set.migrations.iter().filter(|m| m.version <= version) {
+            let record = self.record(m, RecordState::Baseline, 0);
+            self.driver.write_record(&record).await?;
+        }
+        Ok(())
+    }
+
+    /// Resolves the dirty migration. Returns what was done, for output.
+    pub async fn repair(&mut self, set: &MigrationSet, action: RepairAction, dry_run: bool) -> Result<String, ExecError> {
+        if dry_run {
+            let history = self.driver.history().await?;
+            let (m, direction, done, total) = self.dirty_target(set, &history, action)?;
+            return Ok(describe_repair(m, direction, done, total, action));
+        }
+        self.lock().await?;
+        let result = self.repair_locked(set, action).await;
+        self.release(result).await
+    }
+
+    async fn repair_locked(&mut self, set: &MigrationSet, action: RepairAction) -> Result<String, ExecError> {
+        let history = self.driver.history().await?;
+        let (m, direction, done, total) = self.dirty_target(set, &history, action)?;
+        match (action, direction) {
+            (RepairAction::Resume, _) => {
+                let mut prepared = self.prepare(m, direction)?;
+                prepared.atomic = false;
+                self.run_step(&prepared, done as usize).await?;
+            }
+            (RepairAction::MarkApplied, Direction::Up) | (RepairAction::MarkNotApplied, Direction::Down) => {
+                let record = self.record(m, RecordState::Applied, 0);
+                self.driver.write_record(&record).await?;
+            }
+            (RepairAction::MarkApplied, Direction::Down) | (RepairAction::MarkNotApplied, Direction::Up) => {
+                self.driver.delete_record(m.version).await?;
+            }
+        }
+        Ok(describe_repair(m, direction, done, total, action))
+    }
+
+    fn dirty_target<'s>(
+        &self,
+        set: &'s MigrationSet,
+        history: &[AppliedMigration],
+        action: RepairAction,
+    ) -> Result<(&'s Migration, Direction, u32, u32), ExecError> {
+        let dirty = history
+            .iter()
+            .find(|h| h.state.is_dirty())
+            .ok_or_else(|| ExecError::Refused("no migration is dirty: there is nothing to repair".into()))?;
+        let RecordState::Dirty { direction, statements_done, statements_total, .. } = dirty.state else {
+            unreachable!("found by is_dirty")
+        };
+        let m = set.get(dirty.version).ok_or(PlanError::MissingLocally { version: dirty.version, name: dirty.name.clone() })?;
+        if action == RepairAction::Resume && m.checksum != dirty.checksum {
+            return Err(PlanError::ChecksumMismatch {
+                version: m.version,
+                name: m.name.clone(),
+                recorded: dirty.checksum.short().into(),
+                local: m.checksum.short().into(),
+            }
+            .into());
+        }
+        Ok((m, direction, statements_done, statements_total))
+    }
+
+    /// Takes the engine's per-database lock; pair with [`Self::release`].
+    async fn lock(&mut self) -> Result<(), ExecError> {
+        let owner = self.owner.clone();
+        self.driver.lock(&owner, self.lock_timeout).instrument(info_span!("lock", owner = %owner)).await?;
+        Ok(())
+    }
+
+    /// Releases the lock whatever `result` is; the first error wins.
+    async fn release<T>(&mut self, result: Result<T, ExecError>) -> Result<T, ExecError> {
+        let unlocked = self.driver.unlock().await;
+        match (result, unlocked) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(e.into()),
+            (Ok(v), Ok(())) => Ok(v),
+        }
+    }
+
+    fn prepare_all<'a>(&self, steps: &[flotilla_core::Step<'a>]) -> Result<Vec<Prepared<'a>>, ExecError> {
+        steps.iter().map(|s| self.prepare(s.migration, s.direction)).collect()
+    }
+
+    fn prepare<'a>(&self, migration: &'a Migration, direction: Direction) -> Result<Prepared<'a>, ExecError> {
+        let script = migration
+            .script(direction)
+            .ok_or_else(|| PlanError::NoDown { version: migration.version, name: migration.name.clone() })?;
+        let mut statements = script.statements(migration.kind, self.driver.engine())?;
+        let mut atomic = !script.no_transaction && self.driver.can_run_atomically(&statements);
+        if atomic && migration.kind == ScriptKind::Sql {
+            strip_transaction_wrapper(&mut statements);
+            if let Some(s) = statements.iter().find(|s| matches!(s, Statement::Sql { text, .. } if is_transaction_control(text))) {
+                return Err(ReadError::at(
+                    &script.path,
+                    s.line(),
+                    "this statement controls the transaction, but Flotilla already runs the migration in one; \
+                     remove it, or add `-- flotilla:no-transaction` to run the script as written",
+                )
+                .into());
+            }
+        }
+        if self.driver.engine() == flotilla_core::Engine::Mysql {
+            atomic = false;
+        }
+        Ok(Prepared { migration, direction, statements, atomic })
+    }
+
+    fn record(&self, m: &Migration, state: RecordState, duration_ms: u64) -> AppliedMigration {
+        AppliedMigration {
+            version: m.version,
+            name: m.name.clone(),
+            checksum: m.checksum.clone(),
+            state,
+            applied_at: Utc::now(),
+            duration_ms: i64::try_from(duration_ms).unwrap_or(i64::MAX),
+            applied_by: self.owner.clone(),
+            plan_id: self.plan_id.clone(),
+        }
+    }
+
+    fn emit(&self, step: &Prepared, kind: ProgressKind) {
+        if let Some(sink) = &self.progress {
+            sink(&Progress { version: step.migration.version, name: step.migration.name.clone(), direction: step.direction, kind });
+        }
+    }
+
+    async fn run_step(&mut self, step: &Prepared<'_>, resume_from: usize) -> Result<StepReport, ExecError> {
+        let span = info_span!(
+            "execute_step",
+            version = step.migration.version,
+            name = %step.migration.name,
+            direction = %step.direction,
+            plan_id = self.plan_id.as_deref().unwrap_or(""),
+            atomic = step.atomic,
+        );
+        async {
+            let started = Instant::now();
+            self.emit(step, ProgressKind::Started { statements: step.statements.len(), atomic: step.atomic, resume_from });
+            let result = if step.atomic { self.run_atomic(step, started).await } else { self.run_stepwise(step, resume_from, started).await };
+            match &result {
+                Ok(_) => self.emit(step, ProgressKind::Finished { elapsed_ms: millis(started.elapsed()) }),
+                Err(ExecError::Failed { statement, error, .. }) => {
+                    self.emit(step, ProgressKind::Failed { statement: *statement, error: error.clone() })
+                }
+                Err(other) => self.emit(step, ProgressKind::Failed { statement: None, error: other.to_string() }),
+            }
+            let rows_affected = result?;
+            let mut report = planned(step);
+            report.duration_ms = millis(started.elapsed());
+            report.rows_affected = rows_affected;
+            Ok(report)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn run_atomic(&mut self, step: &Prepared<'_>, started: Instant) -> Result<u64, ExecError> {
+        self.driver.check_lock().await?;
+        let m = step.migration;
+        let change = match step.direction {
+            // The duration recorded in one transaction is measured just before the commit.
+            Direction::Up => HistoryChange::Write(self.record(m, RecordState::Applied, 0)),
+            Direction::Down => HistoryChange::Delete(m.version),
+        };
+        let total = step.statements.len();
+        let mut rows = 0;
+        let sink = self.progress.clone();
+        let (version, name, direction) = (m.version, m.name.clone(), step.direction);
+        let mut on_done = |i: usize, n: u64| {
+            rows += n;
+            if let Some(sink) = &sink {
+                let kind = ProgressKind::Statement { index: i + 1, total, rows_affected: n, elapsed_ms: millis(started.elapsed()) };
+                sink(&Progress { version, name: name.clone(), direction, kind });
+            }
+        };
+        let change = match change {
+            HistoryChange::Write(mut record) => {
+                record.duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+                HistoryChange::Write(record)
+            }
+            delete => delete,
+        };
+        match self.driver.execute_atomic(&step.statements, &change, &mut on_done).await {
+            Ok(()) => Ok(rows),
+            Err(e) => Err(self.failure(step, e.statement, e.error.to_string(), false)),
+        }
+    }
+
+    async fn run_stepwise(&mut self, step: &Prepared<'_>, from: usize, started: Instant) -> Result<u64, ExecError> {
+        let m = step.migration;
+        let total = step.statements.len();
+        let dirty = |done: usize, error: Option<String>| RecordState::Dirty {
+            direction: step.direction,
+            statements_done: u32::try_from(done).unwrap_or(u32::MAX),
+            statements_total: u32::try_from(total).unwrap_or(u32::MAX),
+            error,
+        };
+        self.driver.check_lock().await?;
+        self.driver.write_record(&self.record(m, dirty(from, None), 0)).await?;
+        let mut rows = 0;
+        for (i, statement) in step.statements.iter().enumerate().skip(from) {
+            // A lost lock stops here: the record stays dirty (interrupted), so no other runner goes on blindly.
+            self.driver.check_lock().await?;
+            match self.driver.execute(statement).await {
+                Ok(n) => {
+                    rows += n;
+                    self.driver.set_progress(m.version, u32::try_from(i + 1).unwrap_or(u32::MAX)).await?;
+                    let elapsed_ms = millis(started.elapsed());
+                    self.emit(step, ProgressKind::Statement { index: i + 1, total, rows_affected: n, elapsed_ms });
+                }
+                Err(e) => {
+                    // A script's own open transaction is rolled back, with any progress recorded inside it;
+                    // what the history row says afterwards is what really committed.
+                    self.driver.rollback_open_transaction().await;
+                    let done = self
+                        .driver
+                        .history()
+                        .await?
+                        .into_iter()
+                        .find(|h| h.version == m.version)
+                        .and_then(|h| match h.state {
+                            RecordState::Dirty { statements_done, .. } => Some(statements_done as usize),
+                            _ => None,
+                        })
+                        .unwrap_or(i);
+                    let error = e.to_string();
+                    self.driver.write_record(&self.record(m, dirty(done, Some(error.clone())), millis(started.elapsed()))).await?;
+                    return Err(self.failure(step, Some(i), error, true));
+                }
+            }
+        }
+        match step.direction {
+            Direction::Up => self.driver.write_record(&self.record(m, RecordState::Applied, millis(started.elapsed()))).await?,
+            Direction::Down => self.driver.delete_record(m.version).await?,
+        }
+        Ok(rows)
+    }
+
+    fn failure(&self, step: &Prepared, index: Option<usize>, error: String, dirty: bool) -> ExecError {
+        let script = step.migration.script(step.direction);
+        let location = index.and_then(|i| step.statements.get(i)).zip(script).map(|(s, script)| format!("{}:{}", script.path.display(), s.line()));
+        ExecError::Failed {
+            version: step.migration.version,
+            name: step.migration.name.clone(),
+            direction: step.direction,
+            statement: index.map(|i| i + 1),
+            total: step.statements.len(),
+            location,
+            error,
+            dirty,
+        }
+    }
+}
+
+/// Drops a script's own `BEGIN … COMMIT` around its body when Flotilla supplies the transaction.
+fn strip_transaction_wrapper(statements: &mut Vec<Statement>) {
+    let is = |s: Option<&Statement>, words: &[&str]| {
+        matches!(s, Some(Statement::Sql { text, .. })
+            if is_transaction_control(text) && words.iter().any(|w| text.trim().to_ascii_uppercase().starts_with(w)))
+    };
+    if is(statements.first(), &["BEGIN", "START"]) && is(statements.last(), &["COMMIT", "END"]) {
+        statements.pop();
+        statements.remove(0);
+    }
+}
+
+fn planned(step: &Prepared) -> StepReport {
+    StepReport {
+        version: step.migration.version,
+        name: step.migration.name.clone(),
+        direction: step.direction,
+        atomic: step.atomic,
+        statements: step.statements.iter().map(Statement::summary).collect(),
+        duration_ms: 0,
+        rows_affected: 0,
+    }
+}
+
+fn describe_repair(m: &Migration, direction: Direction, done: u32, total: u32, action: RepairAction) -> String {
+    let what = match (action, direction) {
+        (RepairAction::Resume, _) => {
+            let of = if total > 0 { format!(" of {total}") } else { String::new() };
+            format!("resume {direction} from statement {}{of}", done + 1)
+        }
+        (RepairAction::MarkApplied, Direction::Up) => "record it as applied".into(),
+        (RepairAction::MarkApplied, Direction::Down) => "record it as rolled back".into(),
+        (RepairAction::MarkNotApplied, Direction::Up) => "record it as not applied".into(),
+        (RepairAction::MarkNotApplied, Direction::Down) => "record it as still applied".into(),
+    };
+    format!("migration {} ({}): {what}", m.version, m.name)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql(t: &str) -> Statement {
+        Statement::Sql { text: t.into(), line: 1 }
+    }
+
+    #[test]
+    fn wrapper_is_stripped_only_when_it_wraps() {
+        let mut s = vec![sql("BEGIN"), sql("CREATE TABLE a (x int)"), sql("COMMIT")];
+        strip_transaction_wrapper(&mut s);
+        assert_eq!(s, vec![sql("CREATE TABLE a (x int)")]);
+        let mut s = vec![sql("CREATE TABLE a (x int)"), sql("COMMIT")];
+        strip_transaction_wrapper(&mut s);
+        assert_eq!(s.len(), 2);
+    }
+}

