@@ -64,6 +64,11 @@ os.replace(sys.argv[2] + ".part", sys.argv[2])
 PY
     rm -rf "$dl"
   fi
+  if [ ! -x "$tools/venv/bin/python" ] || ! "$tools/venv/bin/python" -c 'import pymongo' 2>/dev/null; then
+    log "installing pymongo (PyPI) in $tools/venv, to initiate the MongoDB replica set"
+    python3 -m venv "$tools/venv"
+    "$tools/venv/bin/pip" install -q pymongo
+  fi
 }
 
 start_postgres() {
@@ -113,8 +118,29 @@ start_mongo() {
   "$mongod_bin" --dbpath "$dir/data" --bind_ip 127.0.0.1 --port "$mongo_port" --replSet rs0 \
     --wiredTigerCacheSizeGB 0.25 --nounixsocket --logpath "$dir/server.log" --pidfilepath "$dir/pid" --fork >/dev/null \
     || die "mongod did not start: see $dir/server.log"
-  # The replica set (needed for transactions) is initiated by the test harness on first connect; see tests/src/lib.rs.
   log "MongoDB on 127.0.0.1:$mongo_port"
+}
+
+init_mongo_replica_set() { # idempotent: also run when mongod was already up
+  local dir="$root/mongo"
+  # A single-node replica set: MongoDB allows transactions only on one.
+  "$tools/venv/bin/python" - "$mongo_port" <<'PY' || die "could not initiate the MongoDB replica set: see $dir/server.log"
+import sys, time
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure
+port = int(sys.argv[1])
+client = MongoClient("127.0.0.1", port, directConnection=True, serverSelectionTimeoutMS=30000)
+try:
+    client.admin.command("replSetInitiate", {"_id": "rs0", "members": [{"_id": 0, "host": f"127.0.0.1:{port}"}]})
+except OperationFailure as e:
+    if e.code != 23:  # AlreadyInitialized
+        raise
+deadline = time.time() + 60
+while not client.admin.command("hello").get("isWritablePrimary"):
+    if time.time() > deadline:
+        sys.exit("mongod did not become primary within 60s")
+    time.sleep(0.2)
+PY
 }
 
 start_etcd() {
@@ -157,6 +183,7 @@ case "${1:-}" in
     start_postgres
     start_mariadb
     start_mongo
+    init_mongo_replica_set
     start_etcd
     print_env >"$root/env"
     ;;

@@ -139,11 +139,13 @@ fn write_outcome(reply: &Document) -> Result<u64, DriverError> {
 }
 
 fn mongo_error(e: mongodb::error::Error) -> DriverError {
-    use mongodb::error::ErrorKind;
+    use mongodb::error::{ErrorKind, WriteFailure};
     match *e.kind {
         ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
             DriverError::Connect(e.to_string())
         }
+        ErrorKind::Command(c) => DriverError::Database(format!("{} ({} {})", c.message, c.code_name, c.code)),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => DriverError::Database(format!("{} (code {})", w.message, w.code)),
         _ => DriverError::Database(e.to_string()),
     }
 }

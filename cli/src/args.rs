@@ -1,0 +1,134 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version, about = "Schema migrations with rollback for PostgreSQL, MySQL, MongoDB and SQLite")]
+#[command(after_help = "Exit codes: 0 success, 1 a migration failed, 2 bad input, 3 cannot connect, \
+4 refused (dirty migration, changed file, lock not acquired, …)")]
+pub struct Cli {
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Show each statement as it runs (-v), and debug logs (-vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show every migration: applied, pending, dirty, changed since applied, or missing locally.
+    Status(Target),
+    /// Apply pending migrations in order.
+    Up {
+        #[command(flatten)]
+        target: Target,
+        /// Stop after this version (default: apply all).
+        #[arg(long, value_name = "VERSION")]
+        to: Option<i64>,
+        /// Print what would run, in order; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply pending migrations older than the newest applied one instead of refusing.
+        #[arg(long)]
+        allow_out_of_order: bool,
+    },
+    /// Roll back applied migrations, newest first.
+    Down {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        how_far: DownTarget,
+        /// Print what would run, in order; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Resolve a dirty migration: resume it, or record how it was resolved by hand.
+    Repair {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        action: RepairChoice,
+        /// Print what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Mark an existing database as being at VERSION without running anything.
+    Baseline {
+        #[command(flatten)]
+        target: Target,
+        /// Every local migration up to and including this one is recorded as applied.
+        #[arg(long = "version", value_name = "VERSION")]
+        at: i64,
+        /// Print what would be recorded; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Try Flotilla on embedded defaults: apply a sample migration set to a SQLite database and roll it back.
+    Dev {
+        /// Use this database instead of a temporary SQLite file (postgres://, mysql://, mongodb://, sqlite://).
+        #[arg(long, env = "FLOTILLA_DB_URL", hide_env_values = true)]
+        db: Option<String>,
+        /// Keep the sample migrations and the SQLite database in this directory.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+    },
+}
+
+/// Which database and which migrations.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Database URL: postgres://, mysql://, sqlite://PATH or mongodb://HOST/DB. Prefer FLOTILLA_DB_URL for secrets.
+    #[arg(long, env = "FLOTILLA_DB_URL", hide_env_values = true)]
+    pub db: String,
+    /// Migrations directory (native, Flyway, dbmate, diesel or MongoDB JSON layout, detected).
+    #[arg(long, env = "FLOTILLA_DIR", default_value = "migrations")]
+    pub dir: PathBuf,
+    /// Accept migrations without a DOWN (they cannot be rolled back).
+    #[arg(long)]
+    pub allow_missing_down: bool,
+    /// Go on when an applied migration has no local file.
+    #[arg(long)]
+    pub ignore_missing: bool,
+    /// Seconds to wait for another run's lock on this database.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub lock_timeout: u64,
+    /// Seconds a lease lock (SQLite, MongoDB) lasts without renewal, so a dead runner's lock expires.
+    #[arg(long, env = "FLOTILLA_LOCK_TTL", default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub lock_ttl: u64,
+    /// Seconds to try to reach the database.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub connect_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct DownTarget {
+    /// Roll back every migration newer than this version (0: all).
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<i64>,
+    /// Roll back the newest N migrations.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub steps: Option<u32>,
+    /// Roll back every applied migration.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct RepairChoice {
+    /// Run the rest of the dirty migration, from the statement after the last one that committed.
+    #[arg(long)]
+    pub resume: bool,
+    /// You finished the interrupted migration by hand: record it as done.
+    #[arg(long)]
+    pub mark_applied: bool,
+    /// You undid the interrupted migration by hand: record it as never started.
+    #[arg(long)]
+    pub mark_not_applied: bool,
+}
