@@ -192,6 +192,7 @@ impl Executor {
 
     /// Applies (or rolls back) migrations as `request` says. A dry run checks everything, takes no lock, and changes nothing.
     pub async fn migrate(&mut self, set: &MigrationSet, request: Request, dry_run: bool) -> Result<RunReport, ExecError> {
+        self.validate(set)?;
         if dry_run {
             let history = self.driver.history().await?;
             let steps = plan::plan(&set.migrations, &history, request, &self.plan_options)?;
@@ -215,8 +216,20 @@ impl Executor {
         Ok(report)
     }
 
+    /// Checks that every local script parses for this engine and fits its mode, before anything touches the database.
+    pub fn validate(&self, set: &MigrationSet) -> Result<(), ExecError> {
+        for m in &set.migrations {
+            self.prepare(m, Direction::Up)?;
+            if m.down.is_some() {
+                self.prepare(m, Direction::Down)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Records local migrations up to `version` as applied without running them, on a database with no history.
     pub async fn baseline(&mut self, set: &MigrationSet, version: i64, dry_run: bool) -> Result<Vec<i64>, ExecError> {
+        self.validate(set)?;
         if set.get(version).is_none() {
             return Err(PlanError::UnknownVersion(version).into());
         }
@@ -257,6 +270,7 @@ impl Executor {
 
     /// Resolves the dirty migration. Returns what was done, for output.
     pub async fn repair(&mut self, set: &MigrationSet, action: RepairAction, dry_run: bool) -> Result<String, ExecError> {
+        self.validate(set)?;
         if dry_run {
             let history = self.driver.history().await?;
             let (m, direction, done, total) = self.dirty_target(set, &history, action)?;
@@ -476,7 +490,7 @@ impl Executor {
                             _ => None,
                         })
                         .unwrap_or(i);
-                    let error = e.to_string();
+                    let error = truncate_chars(e.to_string(), MAX_RECORDED_ERROR);
                     self.driver.write_record(&self.record(m, dirty(done, Some(error.clone())), millis(started.elapsed()))).await?;
                     return Err(self.failure(step, Some(i), error, true));
                 }
@@ -541,6 +555,16 @@ fn describe_repair(m: &Migration, direction: Direction, done: u32, total: u32, a
         (RepairAction::MarkNotApplied, Direction::Down) => "record it as still applied".into(),
     };
     format!("migration {} ({}): {what}", m.version, m.name)
+}
+
+/// Longest error message kept in a history record (the full one is in the command's output).
+const MAX_RECORDED_ERROR: usize = 4000;
+
+fn truncate_chars(mut text: String, max: usize) -> String {
+    if let Some((cut, _)) = text.char_indices().nth(max) {
+        text.truncate(cut);
+    }
+    text
 }
 
 fn millis(d: Duration) -> u64 {

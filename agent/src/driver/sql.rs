@@ -59,8 +59,9 @@ const MYSQL: Dialect = Dialect {
         duration_ms BIGINT NOT NULL, applied_by VARCHAR(255) NOT NULL, plan_id VARCHAR(64) NULL) ENGINE=InnoDB",
     history_exists: "SELECT count(*) FROM information_schema.tables
         WHERE table_schema = DATABASE() AND table_name = 'flotilla_schema_history'",
-    select_history: "SELECT version, name, checksum, state, direction, statements_done, statements_total, error,
-        DATE_FORMAT(applied_at, '%Y-%m-%dT%H:%i:%s.%fZ'), duration_ms, applied_by, plan_id
+    // MariaDB reports TEXT columns as BLOB; read `error` as characters.
+    select_history: "SELECT version, name, checksum, state, direction, statements_done, statements_total,
+        CAST(error AS CHAR(4000)), DATE_FORMAT(applied_at, '%Y-%m-%dT%H:%i:%s.%fZ'), duration_ms, applied_by, plan_id
         FROM flotilla_schema_history ORDER BY version",
     upsert: "INSERT INTO flotilla_schema_history (version, name, checksum, state, direction, statements_done,
         statements_total, error, applied_at, duration_ms, applied_by, plan_id)
@@ -131,9 +132,15 @@ impl SqlDriver {
             .map_err(|_| DriverError::Connect(format!("no answer within {:?}", options.connect_timeout)))?
             .map_err(|e| DriverError::Connect(e.to_string()))?;
         let mut driver = SqlDriver { engine, dialect, conn, lease: None, ttl: options.lock_ttl };
-        if engine == Engine::Sqlite {
+        match engine {
             // Wait for a busy database instead of failing at once.
-            driver.run("PRAGMA busy_timeout = 30000").await?;
+            Engine::Sqlite => driver.run("PRAGMA busy_timeout = 30000").await.map(drop)?,
+            // PostgreSQL 14+ checks for a vanished client during long statements, so a killed runner's
+            // transaction and advisory lock go within a second, not when its statement ends. Older servers lack it.
+            Engine::Postgres => {
+                let _ = driver.run("SET client_connection_check_interval = 1000").await;
+            }
+            _ => {}
         }
         Ok(driver)
     }
