@@ -138,11 +138,12 @@ impl Splitter<'_> {
                 b'[' if self.dialect == Dialect::Sqlite => self.skip_quoted(b']', false)?,
                 b'$' if self.dialect == Dialect::Postgres => self.skip_dollar_quote()?,
                 c if c.is_ascii_alphabetic() || c == b'_' => {
-                    let word = self.read_word().to_ascii_uppercase();
+                    let word = self.read_word(&delimiter).to_ascii_uppercase();
                     if first_word.is_none() {
                         first_word = Some(word.clone());
                     }
-                    if first_word.as_deref() == Some("CREATE") {
+                    // With a custom DELIMITER the author marks statement ends; only `;` needs block tracking.
+                    if first_word.as_deref() == Some("CREATE") && delimiter == ";" {
                         match word.as_str() {
                             "BEGIN" | "CASE" => block_depth += 1,
                             "END" => {
@@ -288,9 +289,13 @@ impl Splitter<'_> {
         }
     }
 
-    fn read_word(&mut self) -> &str {
+    /// Reads an identifier or keyword, stopping at the active delimiter (`END$$` with `DELIMITER $$`).
+    fn read_word(&mut self, delimiter: &str) -> &str {
         let start = self.pos;
-        while self.pos < self.src.len() && is_word_byte(self.src[self.pos]) {
+        while self.pos < self.src.len()
+            && is_word_byte(self.src[self.pos])
+            && !self.src[self.pos..].starts_with(delimiter.as_bytes())
+        {
             self.pos += 1;
         }
         &self.text[start..self.pos]
@@ -369,6 +374,15 @@ mod tests {
         assert_eq!(s[1].line, 4);
         assert_eq!(s[2].text, "SELECT `a;b` FROM t");
         assert_eq!(s[2].line, 6);
+    }
+
+    #[test]
+    fn mysql_delimiter_glued_to_end() {
+        let sql = "DELIMITER $$\nCREATE TRIGGER t AFTER UPDATE ON p FOR EACH ROW\nBEGIN\n  IF 1 THEN SET @a = 1; END IF;\nEND$$\nDELIMITER ;\nSELECT 1;";
+        let s = split(sql, Dialect::Mysql).unwrap();
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert!(s[0].text.ends_with("END"));
+        assert_eq!((s[1].text.as_str(), s[1].line), ("SELECT 1", 7));
     }
 
     #[test]
