@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use flotilla_core::plan::{self, PlanOptions, StatusRow};
 use flotilla_core::split::is_transaction_control;
-use flotilla_core::{AppliedMigration, Direction, Migration, MigrationSet, PlanError, ReadError, RecordState, Request, ScriptKind, Statement};
+use flotilla_core::{
+    AppliedMigration, Direction, Migration, MigrationSet, PlanError, ReadError, RecordState, Request, ScriptKind,
+    Statement,
+};
 use serde::Serialize;
 use tracing::{info_span, Instrument};
 
@@ -191,7 +194,12 @@ impl Executor {
     }
 
     /// Applies (or rolls back) migrations as `request` says. A dry run checks everything, takes no lock, and changes nothing.
-    pub async fn migrate(&mut self, set: &MigrationSet, request: Request, dry_run: bool) -> Result<RunReport, ExecError> {
+    pub async fn migrate(
+        &mut self,
+        set: &MigrationSet,
+        request: Request,
+        dry_run: bool,
+    ) -> Result<RunReport, ExecError> {
         self.validate(set)?;
         if dry_run {
             let history = self.driver.history().await?;
@@ -269,7 +277,12 @@ impl Executor {
     }
 
     /// Resolves the dirty migration. Returns what was done, for output.
-    pub async fn repair(&mut self, set: &MigrationSet, action: RepairAction, dry_run: bool) -> Result<String, ExecError> {
+    pub async fn repair(
+        &mut self,
+        set: &MigrationSet,
+        action: RepairAction,
+        dry_run: bool,
+    ) -> Result<String, ExecError> {
         self.validate(set)?;
         if dry_run {
             let history = self.driver.history().await?;
@@ -314,7 +327,9 @@ impl Executor {
         let RecordState::Dirty { direction, statements_done, statements_total, .. } = dirty.state else {
             unreachable!("found by is_dirty")
         };
-        let m = set.get(dirty.version).ok_or(PlanError::MissingLocally { version: dirty.version, name: dirty.name.clone() })?;
+        let m = set
+            .get(dirty.version)
+            .ok_or(PlanError::MissingLocally { version: dirty.version, name: dirty.name.clone() })?;
         if action == RepairAction::Resume && m.checksum != dirty.checksum {
             return Err(PlanError::ChecksumMismatch {
                 version: m.version,
@@ -356,7 +371,9 @@ impl Executor {
         let mut atomic = !script.no_transaction && self.driver.can_run_atomically(&statements);
         if atomic && migration.kind == ScriptKind::Sql {
             strip_transaction_wrapper(&mut statements);
-            if let Some(s) = statements.iter().find(|s| matches!(s, Statement::Sql { text, .. } if is_transaction_control(text))) {
+            if let Some(s) =
+                statements.iter().find(|s| matches!(s, Statement::Sql { text, .. } if is_transaction_control(text)))
+            {
                 return Err(ReadError::at(
                     &script.path,
                     s.line(),
@@ -387,7 +404,12 @@ impl Executor {
 
     fn emit(&self, step: &Prepared, kind: ProgressKind) {
         if let Some(sink) = &self.progress {
-            sink(&Progress { version: step.migration.version, name: step.migration.name.clone(), direction: step.direction, kind });
+            sink(&Progress {
+                version: step.migration.version,
+                name: step.migration.name.clone(),
+                direction: step.direction,
+                kind,
+            });
         }
     }
 
@@ -402,8 +424,15 @@ impl Executor {
         );
         async {
             let started = Instant::now();
-            self.emit(step, ProgressKind::Started { statements: step.statements.len(), atomic: step.atomic, resume_from });
-            let result = if step.atomic { self.run_atomic(step, started).await } else { self.run_stepwise(step, resume_from, started).await };
+            self.emit(
+                step,
+                ProgressKind::Started { statements: step.statements.len(), atomic: step.atomic, resume_from },
+            );
+            let result = if step.atomic {
+                self.run_atomic(step, started).await
+            } else {
+                self.run_stepwise(step, resume_from, started).await
+            };
             match &result {
                 Ok(_) => self.emit(step, ProgressKind::Finished { elapsed_ms: millis(started.elapsed()) }),
                 Err(ExecError::Failed { statement, error, .. }) => {
@@ -436,7 +465,12 @@ impl Executor {
         let mut on_done = |i: usize, n: u64| {
             rows += n;
             if let Some(sink) = &sink {
-                let kind = ProgressKind::Statement { index: i + 1, total, rows_affected: n, elapsed_ms: millis(started.elapsed()) };
+                let kind = ProgressKind::Statement {
+                    index: i + 1,
+                    total,
+                    rows_affected: n,
+                    elapsed_ms: millis(started.elapsed()),
+                };
                 sink(&Progress { version, name: name.clone(), direction, kind });
             }
         };
@@ -491,13 +525,17 @@ impl Executor {
                         })
                         .unwrap_or(i);
                     let error = truncate_chars(e.to_string(), MAX_RECORDED_ERROR);
-                    self.driver.write_record(&self.record(m, dirty(done, Some(error.clone())), millis(started.elapsed()))).await?;
+                    self.driver
+                        .write_record(&self.record(m, dirty(done, Some(error.clone())), millis(started.elapsed())))
+                        .await?;
                     return Err(self.failure(step, Some(i), error, true));
                 }
             }
         }
         match step.direction {
-            Direction::Up => self.driver.write_record(&self.record(m, RecordState::Applied, millis(started.elapsed()))).await?,
+            Direction::Up => {
+                self.driver.write_record(&self.record(m, RecordState::Applied, millis(started.elapsed()))).await?
+            }
             Direction::Down => self.driver.delete_record(m.version).await?,
         }
         Ok(rows)
@@ -505,7 +543,10 @@ impl Executor {
 
     fn failure(&self, step: &Prepared, index: Option<usize>, error: String, dirty: bool) -> ExecError {
         let script = step.migration.script(step.direction);
-        let location = index.and_then(|i| step.statements.get(i)).zip(script).map(|(s, script)| format!("{}:{}", script.path.display(), s.line()));
+        let location = index
+            .and_then(|i| step.statements.get(i))
+            .zip(script)
+            .map(|(s, script)| format!("{}:{}", script.path.display(), s.line()));
         ExecError::Failed {
             version: step.migration.version,
             name: step.migration.name.clone(),

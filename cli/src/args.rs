@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "flotilla", version, about = "Schema migrations with rollback for PostgreSQL, MySQL, MongoDB and SQLite")]
+#[command(
+    name = "flotilla",
+    version,
+    about = "Schema migrations with rollback for PostgreSQL, MySQL, MongoDB and SQLite"
+)]
 #[command(after_help = "Exit codes: 0 success, 1 a migration failed, 2 bad input, 3 cannot connect, \
 4 refused (dirty migration, changed file, lock not acquired, …)")]
 pub struct Cli {

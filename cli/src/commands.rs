@@ -14,12 +14,14 @@ use crate::output::Output;
 pub async fn run(cli: Cli) -> Code {
     let out = Output { json: cli.json, verbose: cli.verbose };
     match cli.command {
-        Command::Status(target) => with_target(out, &target, false, PlanOptions::default(), |mut ex, set| async move {
-            let rows = ex.status(&set).await;
-            ex.close().await;
-            rows.map(|rows| out.status(&rows))
-        })
-        .await,
+        Command::Status(target) => {
+            with_target(out, &target, false, PlanOptions::default(), |mut ex, set| async move {
+                let rows = ex.status(&set).await;
+                ex.close().await;
+                rows.map(|rows| out.status(&rows))
+            })
+            .await
+        }
         Command::Up { target, to, dry_run, allow_out_of_order } => {
             let options = PlanOptions { allow_out_of_order, ignore_missing: target.ignore_missing };
             with_target(out, &target, !dry_run, options, |mut ex, set| async move {

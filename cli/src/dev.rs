@@ -26,7 +26,10 @@ pub async fn run(out: Output, db: Option<String>, keep: Option<PathBuf>) -> Code
     };
     let db = db.unwrap_or_else(|| format!("sqlite://{}", workdir.join("dev.db").display()));
     let Some(engine) = Engine::from_url(&db) else {
-        return out.error(Code::BadInput, &format!("`{}` is not a postgres://, mysql://, sqlite:// or mongodb:// URL", redact(&db)));
+        return out.error(
+            Code::BadInput,
+            &format!("`{}` is not a postgres://, mysql://, sqlite:// or mongodb:// URL", redact(&db)),
+        );
     };
     let dir = workdir.join("migrations");
     if let Err(e) = write_samples(engine, &dir) {
@@ -44,7 +47,8 @@ pub async fn run(out: Output, db: Option<String>, keep: Option<PathBuf>) -> Code
 }
 
 fn write_samples(engine: Engine, dir: &Path) -> std::io::Result<()> {
-    let set = SAMPLES.get_dir(engine.as_str()).ok_or_else(|| std::io::Error::other(format!("no samples for {engine}")))?;
+    let set =
+        SAMPLES.get_dir(engine.as_str()).ok_or_else(|| std::io::Error::other(format!("no samples for {engine}")))?;
     std::fs::create_dir_all(dir)?;
     for file in set.files() {
         if let Some(name) = file.path().file_name() {
@@ -103,5 +107,7 @@ async fn demo(out: Output, db: &str, dir: &Path, kept: bool) -> Result<serde_jso
     if !all_pending {
         return Err(ExecError::Refused("after the rollback some migrations are still recorded".into()));
     }
-    Ok(json!({ "ok": true, "database": redact(db), "dir": dir, "applied": up.steps, "rolled_back": down.steps, "status_after_up": applied }))
+    Ok(
+        json!({ "ok": true, "database": redact(db), "dir": dir, "applied": up.steps, "rolled_back": down.steps, "status_after_up": applied }),
+    )
 }

@@ -13,8 +13,10 @@ use crate::exit::Code;
 
 pub fn init_tracing(verbose: u8) {
     let default = if verbose >= 2 { "debug" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -34,7 +36,8 @@ impl Output {
             let line = match &p.kind {
                 ProgressKind::Started { statements, atomic, resume_from } => {
                     let mode = if *atomic { "in a transaction" } else { "statement by statement" };
-                    let resume = if *resume_from > 0 { format!(", resuming at {}", resume_from + 1) } else { String::new() };
+                    let resume =
+                        if *resume_from > 0 { format!(", resuming at {}", resume_from + 1) } else { String::new() };
                     Some(format!("{} {} {} ({statements} statements, {mode}{resume})", arrow(p), p.version, p.name))
                 }
                 ProgressKind::Statement { index, total, rows_affected, elapsed_ms } if verbose > 0 => {
@@ -60,7 +63,9 @@ impl Output {
     /// Reports an error once, where it is handled, and returns its exit code.
     pub fn error(self, code: Code, message: &str) -> Code {
         if self.json {
-            self.print_json(&json!({ "ok": false, "error": { "kind": code.label(), "exit_code": code as u8, "message": message } }));
+            self.print_json(
+                &json!({ "ok": false, "error": { "kind": code.label(), "exit_code": code as u8, "message": message } }),
+            );
         } else {
             let red = std::io::stderr().is_terminal();
             let label = if red { "\x1b[31merror\x1b[0m" } else { "error" };
@@ -81,7 +86,14 @@ impl Output {
         println!("{:<16} {:<name_width$} {:<9} {:<20} DETAIL", "VERSION", "NAME", "STATUS", "APPLIED AT");
         for r in rows {
             let at = r.applied_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
-            println!("{:<16} {:<name_width$} {:<9} {:<20} {}", r.version, r.name, r.status, at, r.detail.as_deref().unwrap_or(""));
+            println!(
+                "{:<16} {:<name_width$} {:<9} {:<20} {}",
+                r.version,
+                r.name,
+                r.status,
+                at,
+                r.detail.as_deref().unwrap_or("")
+            );
         }
         let count = |s: &str| rows.iter().filter(|r| r.status == s).count();
         println!(

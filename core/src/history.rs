@@ -45,12 +45,7 @@ pub enum RecordState {
     /// Interrupted part way: `statements_done` statements of the `direction` script are known to have committed.
     /// With no `error`, the process stopped (was killed) while running statement `statements_done + 1`,
     /// whose outcome is unknown.
-    Dirty {
-        direction: Direction,
-        statements_done: u32,
-        statements_total: u32,
-        error: Option<String>,
-    },
+    Dirty { direction: Direction, statements_done: u32, statements_total: u32, error: Option<String> },
 }
 
 impl RecordState {
@@ -86,12 +81,9 @@ impl AppliedMigration {
     /// (direction, statements_done, statements_total, error).
     pub fn dirty_columns(&self) -> (Option<&'static str>, i64, i64, Option<&str>) {
         match &self.state {
-            RecordState::Dirty { direction, statements_done, statements_total, error } => (
-                Some(direction.as_str()),
-                i64::from(*statements_done),
-                i64::from(*statements_total),
-                error.as_deref(),
-            ),
+            RecordState::Dirty { direction, statements_done, statements_total, error } => {
+                (Some(direction.as_str()), i64::from(*statements_done), i64::from(*statements_total), error.as_deref())
+            }
             _ => (None, 0, 0, None),
         }
     }

@@ -131,10 +131,14 @@ impl Script {
                 .map_err(|e| ReadError::at(&self.path, at(e.line), e.message)),
             (ScriptKind::MongoCommands, None) => crate::mongo::parse_commands(&self.text)
                 .map(|cmds| {
-                    cmds.into_iter().map(|c| Statement::Command { command: c.body, name: c.name, line: at(c.line) }).collect()
+                    cmds.into_iter()
+                        .map(|c| Statement::Command { command: c.body, name: c.name, line: at(c.line) })
+                        .collect()
                 })
                 .map_err(|e| ReadError::at(&self.path, at(e.line), e.message)),
-            (ScriptKind::Sql, None) => Err(ReadError::new(&self.path, format!("a SQL migration cannot run on {engine}"))),
+            (ScriptKind::Sql, None) => {
+                Err(ReadError::new(&self.path, format!("a SQL migration cannot run on {engine}")))
+            }
             (ScriptKind::MongoCommands, Some(_)) => {
                 Err(ReadError::new(&self.path, format!("a MongoDB command migration cannot run on {engine}")))
             }

@@ -50,17 +50,17 @@ pub struct CommandError {
 
 /// Parses and checks a script; lines are counted within `text`.
 pub fn parse_commands(text: &str) -> Result<Vec<Command>, CommandError> {
-    let raw: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| CommandError {
-        line: e.line().max(1),
-        message: format!("not a JSON array of commands: {e}"),
-    })?;
+    let raw: Vec<&RawValue> = serde_json::from_str(text)
+        .map_err(|e| CommandError { line: e.line().max(1), message: format!("not a JSON array of commands: {e}") })?;
     raw.iter()
         .enumerate()
         .map(|(i, raw)| {
             let line = line_of(text, raw.get());
             let body: Value = serde_json::from_str(raw.get())
                 .map_err(|e| CommandError { line, message: format!("command #{}: {e}", i + 1) })?;
-            check(i + 1, &body).map(|name| Command { name, body, line }).map_err(|message| CommandError { line, message })
+            check(i + 1, &body)
+                .map(|name| Command { name, body, line })
+                .map_err(|message| CommandError { line, message })
         })
         .collect()
 }

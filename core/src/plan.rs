@@ -59,7 +59,11 @@ pub enum PlanError {
 /// Refuses a target whose history is dirty, or does not match the local files.
 pub fn verify(local: &[Migration], history: &[AppliedMigration], options: &PlanOptions) -> Result<(), PlanError> {
     if let Some(dirty) = history.iter().find(|h| h.state.is_dirty()) {
-        return Err(PlanError::Dirty { version: dirty.version, name: dirty.name.clone(), detail: describe_dirty(&dirty.state) });
+        return Err(PlanError::Dirty {
+            version: dirty.version,
+            name: dirty.name.clone(),
+            detail: describe_dirty(&dirty.state),
+        });
     }
     for applied in history {
         match find(local, applied.version) {
@@ -126,7 +130,8 @@ fn down_steps<'a, 'h>(
             return Err(PlanError::BelowBaseline { version: h.version, name: h.name.clone() });
         }
         // verify() has already refused missing files unless told to ignore them; those cannot be rolled back.
-        let m = find(local, h.version).ok_or_else(|| PlanError::MissingLocally { version: h.version, name: h.name.clone() })?;
+        let m = find(local, h.version)
+            .ok_or_else(|| PlanError::MissingLocally { version: h.version, name: h.name.clone() })?;
         if m.down.is_none() {
             return Err(PlanError::NoDown { version: m.version, name: m.name.clone() });
         }
@@ -187,9 +192,14 @@ pub fn status(local: &[Migration], history: &[AppliedMigration]) -> Vec<StatusRo
         let (status, detail) = match (&h.state, local) {
             (RecordState::Dirty { .. }, _) => ("dirty", Some(describe_dirty(&h.state))),
             (_, None) => ("missing", Some("applied, but no local file".to_string())),
-            (_, Some(m)) if m.checksum != h.checksum => {
-                ("changed", Some(format!("file changed since applied (recorded {}, now {})", h.checksum.short(), m.checksum.short())))
-            }
+            (_, Some(m)) if m.checksum != h.checksum => (
+                "changed",
+                Some(format!(
+                    "file changed since applied (recorded {}, now {})",
+                    h.checksum.short(),
+                    m.checksum.short()
+                )),
+            ),
             (RecordState::Baseline, _) => ("baseline", None),
             (_, Some(_)) => ("applied", None),
         };
@@ -215,7 +225,12 @@ mod tests {
     use std::path::PathBuf;
 
     fn mig(version: i64, down: bool) -> Migration {
-        let script = |t: &str| Script { path: PathBuf::from(format!("{version}.sql")), first_line: 1, text: t.into(), no_transaction: false };
+        let script = |t: &str| Script {
+            path: PathBuf::from(format!("{version}.sql")),
+            first_line: 1,
+            text: t.into(),
+            no_transaction: false,
+        };
         let up = format!("CREATE TABLE t{version} (id int);");
         let down_text = format!("DROP TABLE t{version};");
         Migration {
@@ -254,7 +269,10 @@ mod tests {
         assert_eq!(versions(&all), [(2, Direction::Up), (3, Direction::Up)]);
         let to2 = plan(&local, &history, Request::Up { to: Some(2) }, &PlanOptions::default()).unwrap();
         assert_eq!(versions(&to2), [(2, Direction::Up)]);
-        assert_eq!(plan(&local, &history, Request::Up { to: Some(9) }, &PlanOptions::default()).unwrap_err(), PlanError::UnknownVersion(9));
+        assert_eq!(
+            plan(&local, &history, Request::Up { to: Some(9) }, &PlanOptions::default()).unwrap_err(),
+            PlanError::UnknownVersion(9)
+        );
     }
 
     #[test]
@@ -262,7 +280,10 @@ mod tests {
         let local = vec![mig(1, true), mig(2, true), mig(3, true)];
         let history: Vec<_> = local.iter().map(|m| applied(m, RecordState::Applied)).collect();
         let o = PlanOptions::default();
-        assert_eq!(versions(&plan(&local, &history, Request::DownTo(1), &o).unwrap()), [(3, Direction::Down), (2, Direction::Down)]);
+        assert_eq!(
+            versions(&plan(&local, &history, Request::DownTo(1), &o).unwrap()),
+            [(3, Direction::Down), (2, Direction::Down)]
+        );
         assert_eq!(versions(&plan(&local, &history, Request::DownSteps(1), &o).unwrap()), [(3, Direction::Down)]);
         assert_eq!(plan(&local, &history, Request::DownAll, &o).unwrap().len(), 3);
         assert_eq!(plan(&local, &history, Request::DownTo(0), &o).unwrap().len(), 3);
@@ -276,19 +297,39 @@ mod tests {
         // Checksum mismatch.
         let mut h = applied(&local[0], RecordState::Applied);
         h.checksum = Checksum("0".repeat(64));
-        assert!(matches!(plan(&local, &[h], Request::Up { to: None }, &o), Err(PlanError::ChecksumMismatch { version: 1, .. })));
+        assert!(matches!(
+            plan(&local, &[h], Request::Up { to: None }, &o),
+            Err(PlanError::ChecksumMismatch { version: 1, .. })
+        ));
         // Missing locally, unless ignored.
         let gone = applied(&mig(7, true), RecordState::Applied);
-        assert!(matches!(plan(&local, std::slice::from_ref(&gone), Request::Up { to: None }, &o), Err(PlanError::MissingLocally { version: 7, .. })));
+        assert!(matches!(
+            plan(&local, std::slice::from_ref(&gone), Request::Up { to: None }, &o),
+            Err(PlanError::MissingLocally { version: 7, .. })
+        ));
         let ignore = PlanOptions { ignore_missing: true, ..Default::default() };
-        assert!(matches!(plan(&local, &[gone], Request::Up { to: None }, &ignore), Err(PlanError::OutOfOrder { latest: 7, .. })));
+        assert!(matches!(
+            plan(&local, &[gone], Request::Up { to: None }, &ignore),
+            Err(PlanError::OutOfOrder { latest: 7, .. })
+        ));
         // Dirty.
-        let dirty = applied(&local[0], RecordState::Dirty { direction: Direction::Up, statements_done: 2, statements_total: 5, error: Some("boom".into()) });
+        let dirty = applied(
+            &local[0],
+            RecordState::Dirty {
+                direction: Direction::Up,
+                statements_done: 2,
+                statements_total: 5,
+                error: Some("boom".into()),
+            },
+        );
         let err = plan(&local, &[dirty], Request::Up { to: None }, &o).unwrap_err();
         assert!(err.to_string().contains("failed at statement 3 of 5"), "{err}");
         // Out of order.
         let h3 = applied(&local[2], RecordState::Applied);
-        assert!(matches!(plan(&local, std::slice::from_ref(&h3), Request::Up { to: None }, &o), Err(PlanError::OutOfOrder { version: 1, latest: 3, .. })));
+        assert!(matches!(
+            plan(&local, std::slice::from_ref(&h3), Request::Up { to: None }, &o),
+            Err(PlanError::OutOfOrder { version: 1, latest: 3, .. })
+        ));
         let ooo = PlanOptions { allow_out_of_order: true, ..Default::default() };
         assert_eq!(plan(&local, &[h3], Request::Up { to: None }, &ooo).unwrap().len(), 2);
         // No DOWN; baseline.
@@ -303,7 +344,10 @@ mod tests {
         let local = vec![mig(1, true), mig(2, true)];
         let mut changed = applied(&local[1], RecordState::Applied);
         changed.checksum = Checksum("f".repeat(64));
-        let rows = status(&local, &[applied(&local[0], RecordState::Baseline), changed, applied(&mig(5, true), RecordState::Applied)]);
+        let rows = status(
+            &local,
+            &[applied(&local[0], RecordState::Baseline), changed, applied(&mig(5, true), RecordState::Applied)],
+        );
         let s: Vec<_> = rows.iter().map(|r| (r.version, r.status)).collect();
         assert_eq!(s, [(1, "baseline"), (2, "changed"), (5, "missing")]);
         assert_eq!(status(&local, &[])[0].status, "pending");

@@ -91,7 +91,8 @@ impl MigrationSet {
 
 /// Reads every migration in `dir`. Nothing is run; any bad file fails the whole read.
 pub fn read_dir(dir: &Path, options: &ReadOptions) -> Result<MigrationSet, ReadError> {
-    let entries = fs::read_dir(dir).map_err(|e| ReadError::new(dir, format!("cannot read migrations directory: {e}")))?;
+    let entries =
+        fs::read_dir(dir).map_err(|e| ReadError::new(dir, format!("cannot read migrations directory: {e}")))?;
     let mut names: Vec<PathBuf> = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| ReadError::new(dir, format!("cannot list migrations directory: {e}")))?;
@@ -108,7 +109,12 @@ pub fn read_dir(dir: &Path, options: &ReadOptions) -> Result<MigrationSet, ReadE
             Some((f, first)) if *f != found.format => {
                 return Err(ReadError::new(
                     &path,
-                    format!("is a {} migration, but {} is {}: one directory holds one convention", found.format.as_str(), first.display(), f.as_str()),
+                    format!(
+                        "is a {} migration, but {} is {}: one directory holds one convention",
+                        found.format.as_str(),
+                        first.display(),
+                        f.as_str()
+                    ),
                 ))
             }
             Some(_) => {}
@@ -121,7 +127,10 @@ pub fn read_dir(dir: &Path, options: &ReadOptions) -> Result<MigrationSet, ReadE
                 Role::Both => slot.up.replace(file.clone()),
             };
             if let Some(other) = existing {
-                return Err(ReadError::new(&file, format!("duplicate version {}: also used by {}", found.version, other.display())));
+                return Err(ReadError::new(
+                    &file,
+                    format!("duplicate version {}: also used by {}", found.version, other.display()),
+                ));
             }
             if role == Role::Both {
                 slot.combined = true;
@@ -129,7 +138,10 @@ pub fn read_dir(dir: &Path, options: &ReadOptions) -> Result<MigrationSet, ReadE
         }
         match &slot.name {
             Some(name) if *name != found.name => {
-                return Err(ReadError::new(&path, format!("version {} is named `{name}` elsewhere but `{}` here", found.version, found.name)));
+                return Err(ReadError::new(
+                    &path,
+                    format!("version {} is named `{name}` elsewhere but `{}` here", found.version, found.name),
+                ));
             }
             _ => slot.name = Some(found.name),
         }
@@ -211,14 +223,23 @@ fn classify(path: &Path) -> Result<Option<Found>, ReadError> {
             [b'V', d, ..] if d.is_ascii_digit() => Some(Role::Up),
             [b'U', d, ..] if d.is_ascii_digit() => Some(Role::Down),
             [b'R', b'_', b'_', ..] => {
-                return Err(ReadError::new(path, "Flyway repeatable migrations (R__) are not supported: make it a versioned migration"))
+                return Err(ReadError::new(
+                    path,
+                    "Flyway repeatable migrations (R__) are not supported: make it a versioned migration",
+                ))
             }
             _ => None,
         };
         if let Some(role) = flyway_role {
             let (version, name) = version_and_name(path, &stem[1..], "__")?;
             let no_transaction = flyway_no_transaction(&path.with_file_name(format!("{file_name}.conf")))?;
-            return Ok(Some(Found { format: Format::Flyway, version, name, files: vec![(role, path_buf)], no_transaction }));
+            return Ok(Some(Found {
+                format: Format::Flyway,
+                version,
+                name,
+                files: vec![(role, path_buf)],
+                no_transaction,
+            }));
         }
         let (version, name) = version_and_name(path, stem, "_")?;
         let text = read_text(path)?;
@@ -227,23 +248,33 @@ fn classify(path: &Path) -> Result<Option<Found>, ReadError> {
         return Ok(Some(Found { format, version, name, files: vec![(role, path_buf)], no_transaction: false }));
     }
     if file_name.ends_with(".json") && file_name.starts_with(|c: char| c.is_ascii_digit()) {
-        return Err(ReadError::new(path, "MongoDB migrations are named <version>_<name>.up.json and <version>_<name>.down.json"));
+        return Err(ReadError::new(
+            path,
+            "MongoDB migrations are named <version>_<name>.up.json and <version>_<name>.down.json",
+        ));
     }
     Ok(None)
 }
 
 fn version_and_name(path: &Path, stem: &str, separator: &str) -> Result<(i64, String), ReadError> {
     let expected = || {
-        ReadError::new(path, format!("not a migration file name: expected <version>{separator}<name> with an integer version"))
+        ReadError::new(
+            path,
+            format!("not a migration file name: expected <version>{separator}<name> with an integer version"),
+        )
     };
     let (version, name) = stem.split_once(separator).ok_or_else(expected)?;
     if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
         if version.contains(['.', '_']) && version.split(['.', '_']).all(|p| p.bytes().all(|b| b.is_ascii_digit())) {
-            return Err(ReadError::new(path, format!("dotted version `{version}` is not supported: versions are integers")));
+            return Err(ReadError::new(
+                path,
+                format!("dotted version `{version}` is not supported: versions are integers"),
+            ));
         }
         return Err(expected());
     }
-    let version: i64 = version.parse().map_err(|_| ReadError::new(path, format!("version `{version}` is too large")))?;
+    let version: i64 =
+        version.parse().map_err(|_| ReadError::new(path, format!("version `{version}` is too large")))?;
     if name.is_empty() {
         return Err(ReadError::new(path, "migration has no name after its version"));
     }
@@ -264,7 +295,9 @@ fn diesel_no_transaction(metadata: &Path) -> Result<bool, ReadError> {
         return Ok(false);
     }
     let text = read_text(metadata)?;
-    let value: toml::Table = text.parse().map_err(|e: toml::de::Error| ReadError::new(metadata, format!("invalid TOML: {}", e.message())))?;
+    let value: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ReadError::new(metadata, format!("invalid TOML: {}", e.message())))?;
     match value.get("run_in_transaction") {
         None => Ok(false),
         Some(toml::Value::Boolean(b)) => Ok(!b),
@@ -286,9 +319,19 @@ fn flyway_no_transaction(conf: &Path) -> Result<bool, ReadError> {
             Some(("executeInTransaction", "false")) => return Ok(true),
             Some(("executeInTransaction", "true")) => return Ok(false),
             Some(("executeInTransaction", other)) => {
-                return Err(ReadError::at(conf, i + 1, format!("executeInTransaction must be true or false, not `{other}`")))
+                return Err(ReadError::at(
+                    conf,
+                    i + 1,
+                    format!("executeInTransaction must be true or false, not `{other}`"),
+                ))
             }
-            _ => return Err(ReadError::at(conf, i + 1, format!("unsupported setting `{line}` (only executeInTransaction)"))),
+            _ => {
+                return Err(ReadError::at(
+                    conf,
+                    i + 1,
+                    format!("unsupported setting `{line}` (only executeInTransaction)"),
+                ))
+            }
         }
     }
     Ok(false)
@@ -296,7 +339,8 @@ fn flyway_no_transaction(conf: &Path) -> Result<bool, ReadError> {
 
 fn read_text(path: &Path) -> Result<String, ReadError> {
     let bytes = fs::read(path).map_err(|e| ReadError::new(path, format!("cannot read: {e}")))?;
-    String::from_utf8(bytes).map_err(|e| ReadError::new(path, format!("not valid UTF-8 (at byte {})", e.utf8_error().valid_up_to())))
+    String::from_utf8(bytes)
+        .map_err(|e| ReadError::new(path, format!("not valid UTF-8 (at byte {})", e.utf8_error().valid_up_to())))
 }
 
 fn build(version: i64, parts: Parts, format: Format, options: &ReadOptions) -> Result<Migration, ReadError> {
@@ -310,9 +354,12 @@ fn build(version: i64, parts: Parts, format: Format, options: &ReadOptions) -> R
             let down = parts.down.unwrap_or_default();
             return Err(ReadError::new(&down, format!("version {version} has a DOWN but no UP")));
         };
-        let up = Script { text: read_text(&up_path)?, path: up_path, first_line: 1, no_transaction: parts.no_transaction };
+        let up =
+            Script { text: read_text(&up_path)?, path: up_path, first_line: 1, no_transaction: parts.no_transaction };
         let down = match parts.down {
-            Some(p) => Some(Script { text: read_text(&p)?, path: p, first_line: 1, no_transaction: parts.no_transaction }),
+            Some(p) => {
+                Some(Script { text: read_text(&p)?, path: p, first_line: 1, no_transaction: parts.no_transaction })
+            }
             None => None,
         };
         (up, down)
@@ -349,7 +396,8 @@ fn dbmate_sections(path: &Path, text: &str) -> Result<(Script, Option<Script>), 
     let mut offset = 0;
     for (i, line) in text.split_inclusive('\n').enumerate() {
         let trimmed = line.trim();
-        let marker = |m: &str| trimmed.strip_prefix(m).map(|rest| rest.split_whitespace().any(|o| o == "transaction:false"));
+        let marker =
+            |m: &str| trimmed.strip_prefix(m).map(|rest| rest.split_whitespace().any(|o| o == "transaction:false"));
         if let Some(no_tx) = marker("-- migrate:up") {
             if up.is_some() {
                 return Err(ReadError::at(path, i + 1, "second `-- migrate:up` section"));
@@ -388,14 +436,19 @@ fn apply_directives(mut script: Script) -> Result<(Script, MigrationOptions), Re
         if in_header && !(trimmed.is_empty() || trimmed.starts_with("--")) {
             in_header = false;
         }
-        let Some(directive) = trimmed.strip_prefix("-- flotilla:").or_else(|| trimmed.strip_prefix("--flotilla:")) else {
+        let Some(directive) = trimmed.strip_prefix("-- flotilla:").or_else(|| trimmed.strip_prefix("--flotilla:"))
+        else {
             if in_header && trimmed == "-- no-transaction" {
                 script.no_transaction = true;
             }
             continue;
         };
         if !in_header {
-            return Err(ReadError::at(&script.path, line_no, "flotilla directives belong in the comments before the first statement"));
+            return Err(ReadError::at(
+                &script.path,
+                line_no,
+                "flotilla directives belong in the comments before the first statement",
+            ));
         }
         let mut words = directive.split_whitespace();
         match (words.next(), words.next(), words.next()) {
@@ -501,7 +554,10 @@ mod tests {
     #[test]
     fn mongo_json() {
         let d = dir(&[
-            ("1_orders.up.json", r#"[{"create": "orders"}, {"createIndexes": "orders", "indexes": [{"key": {"a": 1}, "name": "a_1"}]}]"#),
+            (
+                "1_orders.up.json",
+                r#"[{"create": "orders"}, {"createIndexes": "orders", "indexes": [{"key": {"a": 1}, "name": "a_1"}]}]"#,
+            ),
             ("1_orders.down.json", r#"[{"drop": "orders"}]"#),
         ]);
         let set = read(&d).unwrap();
@@ -525,7 +581,10 @@ mod tests {
     fn bad_inputs_name_the_file() {
         let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
             (vec![("1_a.up.sql", "SELECT 1;"), ("1_b.up.sql", "SELECT 2;")], "duplicate version 1"),
-            (vec![("1_a.up.sql", "SELECT 1;"), ("1_a.down.sql", "x"), ("V2__b.sql", "SELECT 2;")], "one directory holds one convention"),
+            (
+                vec![("1_a.up.sql", "SELECT 1;"), ("1_a.down.sql", "x"), ("V2__b.sql", "SELECT 2;")],
+                "one directory holds one convention",
+            ),
             (vec![("x_a.up.sql", "SELECT 1;")], "not a migration file name"),
             (vec![("V1.1__a.sql", "SELECT 1;")], "dotted version"),
             (vec![("R__views.sql", "SELECT 1;")], "repeatable"),
@@ -535,7 +594,10 @@ mod tests {
             (vec![("1_a.up.json", "[{\"bogus\": 1}]"), ("1_a.down.json", "[]")], "unknown command"),
             (vec![("1_a.up.json", "[{\"drop\": \"x\"}"), ("1_a.down.json", "[]")], "not a JSON array"),
             (vec![("schema.sql", "CREATE TABLE x (id int);")], "not a migration file name"),
-            (vec![("1_a.up.sql", "SELECT 1;\n-- flotilla:no-transaction\n"), ("1_a.down.sql", "x")], "before the first statement"),
+            (
+                vec![("1_a.up.sql", "SELECT 1;\n-- flotilla:no-transaction\n"), ("1_a.down.sql", "x")],
+                "before the first statement",
+            ),
         ];
         for (files, expected) in cases {
             let d = dir(&files);

@@ -83,15 +83,14 @@ impl Splitter<'_> {
                     continue;
                 }
             }
-            if start.is_none() || block_depth == 0 {
-                if self.src[self.pos..].starts_with(delimiter.as_bytes()) {
-                    if let Some((s, line)) = start.take() {
-                        push(&mut out, &self.text[s..self.pos], line);
-                    }
-                    self.pos += delimiter.len();
-                    first_word = None;
-                    continue;
+            // Inside a BEGIN … END body a `;` ends an inner statement, not this one.
+            if block_depth == 0 && self.src[self.pos..].starts_with(delimiter.as_bytes()) {
+                if let Some((s, line)) = start.take() {
+                    push(&mut out, &self.text[s..self.pos], line);
                 }
+                self.pos += delimiter.len();
+                first_word = None;
+                continue;
             }
             let c = self.src[self.pos];
             let significant_start = self.pos;
@@ -185,7 +184,10 @@ impl Splitter<'_> {
         let line_end = rest.find('\n').unwrap_or(rest.len());
         let value = rest[..line_end].trim()[9..].trim();
         if value.is_empty() || value.contains(char::is_whitespace) {
-            return Err(SplitError { line: self.line, message: format!("invalid DELIMITER directive `{}`", rest[..line_end].trim()) });
+            return Err(SplitError {
+                line: self.line,
+                message: format!("invalid DELIMITER directive `{}`", rest[..line_end].trim()),
+            });
         }
         self.pos += line_end;
         Ok(Some(value.to_string()))
@@ -346,8 +348,12 @@ mod tests {
 
     #[test]
     fn semicolons_in_strings_comments_and_identifiers_do_not_split() {
-        let sql = "INSERT INTO t VALUES ('a;b', 'it''s; ok'); /* x; y */ SELECT \"we;ird\" FROM t; -- trailing; comment\n";
-        assert_eq!(texts(sql, Dialect::Postgres), vec!["INSERT INTO t VALUES ('a;b', 'it''s; ok')", "SELECT \"we;ird\" FROM t"]);
+        let sql =
+            "INSERT INTO t VALUES ('a;b', 'it''s; ok'); /* x; y */ SELECT \"we;ird\" FROM t; -- trailing; comment\n";
+        assert_eq!(
+            texts(sql, Dialect::Postgres),
+            vec!["INSERT INTO t VALUES ('a;b', 'it''s; ok')", "SELECT \"we;ird\" FROM t"]
+        );
     }
 
     #[test]
@@ -361,7 +367,10 @@ mod tests {
 
     #[test]
     fn postgres_escape_strings() {
-        assert_eq!(texts(r"SELECT E'a\';b'; SELECT 'c\'; SELECT 2;", Dialect::Postgres), vec![r"SELECT E'a\';b'", r"SELECT 'c\'", "SELECT 2"]);
+        assert_eq!(
+            texts(r"SELECT E'a\';b'; SELECT 'c\'; SELECT 2;", Dialect::Postgres),
+            vec![r"SELECT E'a\';b'", r"SELECT 'c\'", "SELECT 2"]
+        );
     }
 
     #[test]
@@ -387,7 +396,10 @@ mod tests {
 
     #[test]
     fn mysql_executable_comment_is_a_statement() {
-        assert_eq!(texts("/*!40101 SET NAMES utf8 */;\nSELECT 1;", Dialect::Mysql), vec!["/*!40101 SET NAMES utf8 */", "SELECT 1"]);
+        assert_eq!(
+            texts("/*!40101 SET NAMES utf8 */;\nSELECT 1;", Dialect::Mysql),
+            vec!["/*!40101 SET NAMES utf8 */", "SELECT 1"]
+        );
     }
 
     #[test]

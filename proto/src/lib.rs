@@ -1,1 +1,1 @@
-
+//! The `flotilla.v1` protobuf API arrives with the fleet control plane.

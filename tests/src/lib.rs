@@ -25,7 +25,10 @@ fn server_url(engine: Engine) -> String {
     }
     let env_file = Path::new(env!("CARGO_MANIFEST_DIR")).join(".servers/env");
     let text = std::fs::read_to_string(&env_file).unwrap_or_else(|_| {
-        panic!("{var} is not set and {} does not exist: run `tests/servers.sh start` first (or tests/run)", env_file.display())
+        panic!(
+            "{var} is not set and {} does not exist: run `tests/servers.sh start` first (or tests/run)",
+            env_file.display()
+        )
     });
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("export {var}=")))
@@ -64,7 +67,9 @@ impl TestDb {
             Postgres | Mysql => {
                 let base = server_url(engine);
                 let mut admin = AnyConnection::connect(&base).await.unwrap_or_else(|e| panic!("connect {base}: {e}"));
-                sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str()).await.expect("create database");
+                sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .expect("create database");
                 let _ = admin.close().await;
                 let cut = base.rfind('/').expect("URL has a path");
                 TestDb { engine, url: format!("{}/{name}", &base[..cut]), name, _dir: None }
@@ -149,7 +154,13 @@ impl TestDb {
             let coll = db.collection::<bson::Document>(&spec.name);
             let indexes: Vec<_> = coll.list_indexes().await.expect("indexes").try_collect().await.expect("indexes");
             for i in indexes {
-                out.push(format!("index {} {} {:?} {:?}", spec.name, i.keys, i.options.as_ref().and_then(|o| o.unique), i.options.as_ref().and_then(|o| o.partial_filter_expression.clone())));
+                out.push(format!(
+                    "index {} {} {:?} {:?}",
+                    spec.name,
+                    i.keys,
+                    i.options.as_ref().and_then(|o| o.unique),
+                    i.options.as_ref().and_then(|o| o.partial_filter_expression.clone())
+                ));
             }
         }
         out.sort();
@@ -161,16 +172,30 @@ impl TestDb {
         match self.engine {
             Mongodb => {
                 let coll = self.mongo().await.collection::<bson::Document>("flotilla_schema_history");
-                let docs: Vec<bson::Document> = coll.find(bson::doc! {}).sort(bson::doc! {"_id": 1}).await.expect("find").try_collect().await.expect("find");
+                let docs: Vec<bson::Document> = coll
+                    .find(bson::doc! {})
+                    .sort(bson::doc! {"_id": 1})
+                    .await
+                    .expect("find")
+                    .try_collect()
+                    .await
+                    .expect("find");
                 docs.iter()
-                    .map(|d| (d.get_i64("_id").expect("_id"), d.get_str("state").expect("state").to_string(), d.get_i64("statements_done").expect("done")))
+                    .map(|d| {
+                        (
+                            d.get_i64("_id").expect("_id"),
+                            d.get_str("state").expect("state").to_string(),
+                            d.get_i64("statements_done").expect("done"),
+                        )
+                    })
                     .collect()
             }
             _ => {
                 let mut conn = self.sql().await;
-                let rows = sqlx::query("SELECT version, state, statements_done FROM flotilla_schema_history ORDER BY version")
-                    .fetch_all(&mut conn)
-                    .await;
+                let rows =
+                    sqlx::query("SELECT version, state, statements_done FROM flotilla_schema_history ORDER BY version")
+                        .fetch_all(&mut conn)
+                        .await;
                 let _ = conn.close().await;
                 match rows {
                     Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect(),
@@ -221,12 +246,21 @@ impl TestDb {
     pub async fn count(&self, table: &str) -> i64 {
         match self.engine {
             Mongodb => {
-                let n = self.mongo().await.collection::<bson::Document>(table).count_documents(bson::doc! {}).await.expect("count");
+                let n = self
+                    .mongo()
+                    .await
+                    .collection::<bson::Document>(table)
+                    .count_documents(bson::doc! {})
+                    .await
+                    .expect("count");
                 i64::try_from(n).expect("count fits")
             }
             _ => {
                 let mut conn = self.sql().await;
-                let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&mut conn).await.expect("count");
+                let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("count");
                 let _ = conn.close().await;
                 n
             }
@@ -276,7 +310,11 @@ pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: build the workspace binaries first (cargo build --workspace --bins)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
     path
 }
 
@@ -302,7 +340,10 @@ impl Run {
     #[track_caller]
     pub fn fails(&self, code: i32, needle: &str) -> &Self {
         assert_eq!(self.code, code, "expected exit {code}: {self:#?}");
-        assert!(self.stdout.contains(needle) || self.stderr.contains(needle), "expected `{needle}` in output: {self:#?}");
+        assert!(
+            self.stdout.contains(needle) || self.stderr.contains(needle),
+            "expected `{needle}` in output: {self:#?}"
+        );
         self
     }
 }
@@ -350,7 +391,9 @@ pub mod sql {
     pub fn create_table(engine: Engine, t: &str) -> (String, String) {
         match engine {
             Mongodb => (
-                format!(r#"[{{"create": "{t}"}}, {{"createIndexes": "{t}", "indexes": [{{"key": {{"v": 1}}, "name": "{t}_v"}}]}}]"#),
+                format!(
+                    r#"[{{"create": "{t}"}}, {{"createIndexes": "{t}", "indexes": [{{"key": {{"v": 1}}, "name": "{t}_v"}}]}}]"#
+                ),
                 format!(r#"[{{"drop": "{t}"}}]"#),
             ),
             Mysql => (
@@ -371,7 +414,10 @@ pub mod sql {
                 format!(r#"[{{"insert": "{t}", "documents": [{{"_id": {id}, "v": "row {id}"}}]}}]"#),
                 format!(r#"[{{"delete": "{t}", "deletes": [{{"q": {{"_id": {id}}}, "limit": 1}}]}}]"#),
             ),
-            _ => (format!("INSERT INTO {t} (id, v) VALUES ({id}, 'row {id}');"), format!("DELETE FROM {t} WHERE id = {id};")),
+            _ => (
+                format!("INSERT INTO {t} (id, v) VALUES ({id}, 'row {id}');"),
+                format!("DELETE FROM {t} WHERE id = {id};"),
+            ),
         }
     }
 

@@ -43,7 +43,12 @@ fn versions(db_history: &[(i64, String, i64)]) -> Vec<(i64, &str)> {
 }
 
 fn statuses(run: &Run) -> Vec<String> {
-    run.json()["migrations"].as_array().expect("migrations").iter().map(|m| m["status"].as_str().unwrap_or("?").to_string()).collect()
+    run.json()["migrations"]
+        .as_array()
+        .expect("migrations")
+        .iter()
+        .map(|m| m["status"].as_str().unwrap_or("?").to_string())
+        .collect()
 }
 
 async fn up_down_to_steps_and_status(engine: Engine) {
@@ -94,7 +99,12 @@ async fn dry_run_changes_nothing(engine: Engine) {
     cmd("up", &db, dir.path(), &[]).await.ok();
     let after_up = db.catalog().await;
     let down = cmd("down", &db, dir.path(), &["--to", "1", "--dry-run", "--json"]).await;
-    let order: Vec<i64> = down.ok().json()["steps"].as_array().expect("steps").iter().map(|s| s["version"].as_i64().unwrap_or(0)).collect();
+    let order: Vec<i64> = down.ok().json()["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["version"].as_i64().unwrap_or(0))
+        .collect();
     assert_eq!(order, [3, 2], "rollback runs newest first");
     assert_eq!(db.catalog().await, after_up);
     assert_eq!(db.history().await.len(), 3);
@@ -129,7 +139,8 @@ async fn two_hundred_migrations_round_trip(engine: Engine) {
     let db = TestDb::new(engine).await;
     let dir = Dir::new();
     for i in 1..=200i64 {
-        let (up, down) = if i % 2 == 1 { create_table(engine, &format!("t{i}")) } else { insert(engine, &format!("t{}", i - 1), i) };
+        let (up, down) =
+            if i % 2 == 1 { create_table(engine, &format!("t{i}")) } else { insert(engine, &format!("t{}", i - 1), i) };
         dir.migration(engine, i, &format!("step_{i}"), &up, &down);
     }
     let before = db.catalog().await;
@@ -162,7 +173,10 @@ async fn edited_migration_is_refused(engine: Engine) {
     assert_eq!(db.history().await.len(), 3, "nothing ran");
     assert!(!db.has_table("c").await);
     assert_eq!(db.catalog().await, catalog);
-    assert_eq!(statuses(cmd("status", &db, dir.path(), &["--json"]).await.ok()), ["applied", "changed", "applied", "pending"]);
+    assert_eq!(
+        statuses(cmd("status", &db, dir.path(), &["--json"]).await.ok()),
+        ["applied", "changed", "applied", "pending"]
+    );
 }
 
 async fn concurrent_ups_apply_each_once(engine: Engine) {
@@ -192,12 +206,47 @@ async fn bad_input_changes_nothing(engine: Engine) {
     let (good_up, good_down) = create_table(engine, "a");
 
     // Each broken directory: the error names the file, exit code 2, and nothing reaches the database.
-    let broken_body = if engine == Mongodb { "[{\"create\": \"x\"}, {\"shutdown\": 1}]" } else { "INSERT INTO a VALUES ('unterminated);" };
+    let broken_body = if engine == Mongodb {
+        "[{\"create\": \"x\"}, {\"shutdown\": 1}]"
+    } else {
+        "INSERT INTO a VALUES ('unterminated);"
+    };
     let cases: Vec<(Dir, &str)> = vec![
-        ({ let d = Dir::new(); d.migration(engine, 1, "a", &good_up, &good_down); d.file(&format!("000001_again.up.{ext}"), &good_up); d }, "duplicate version 1"),
-        ({ let d = Dir::new(); d.file(&format!("000001_a.up.{ext}"), &good_up); d }, "--allow-missing-down"),
-        ({ let d = Dir::new(); d.migration(engine, 1, "a", &good_up, &good_down); d.migration(engine, 2, "broken", broken_body, &good_down); d }, "000002_broken.up"),
-        ({ let d = Dir::new(); d.migration(engine, 1, "a", &good_up, &good_down); d.file("V2__flyway.sql", "SELECT 1;"); d }, "one directory holds one convention"),
+        (
+            {
+                let d = Dir::new();
+                d.migration(engine, 1, "a", &good_up, &good_down);
+                d.file(&format!("000001_again.up.{ext}"), &good_up);
+                d
+            },
+            "duplicate version 1",
+        ),
+        (
+            {
+                let d = Dir::new();
+                d.file(&format!("000001_a.up.{ext}"), &good_up);
+                d
+            },
+            "--allow-missing-down",
+        ),
+        (
+            {
+                let d = Dir::new();
+                d.migration(engine, 1, "a", &good_up, &good_down);
+                d.migration(engine, 2, "broken", broken_body, &good_down);
+                d
+            },
+            "000002_broken.up",
+        ),
+        (
+            {
+                let d = Dir::new();
+                d.migration(engine, 1, "a", &good_up, &good_down);
+                d.file("V2__flyway.sql", "SELECT 1;");
+                d
+            },
+            "one directory holds one convention",
+        ),
     ];
     for (dir, needle) in &cases {
         cmd("up", &db, dir.path(), &[]).await.fails(2, needle);
@@ -218,7 +267,9 @@ async fn bad_input_changes_nothing(engine: Engine) {
 
     let good = Dir::new();
     good.migration(engine, 1, "a", &good_up, &good_down);
-    flotilla(&["up", "--db", "redis://127.0.0.1/0", "--dir", good.path().to_str().unwrap_or_default()]).await.fails(2, "does not start with");
+    flotilla(&["up", "--db", "redis://127.0.0.1/0", "--dir", good.path().to_str().unwrap_or_default()])
+        .await
+        .fails(2, "does not start with");
     flotilla(&["down", "--db", &db.url, "--dir", good.path().to_str().unwrap_or_default()]).await.fails(2, "required");
     let unreachable = match engine {
         Postgres => "postgres://postgres@127.0.0.1:1/x".to_string(),
@@ -226,7 +277,17 @@ async fn bad_input_changes_nothing(engine: Engine) {
         Mongodb => "mongodb://127.0.0.1:1/x?directConnection=true&serverSelectionTimeoutMS=500".to_string(),
         Sqlite => "sqlite:///nonexistent-dir/flotilla/x.db".to_string(),
     };
-    flotilla(&["up", "--db", &unreachable, "--dir", good.path().to_str().unwrap_or_default(), "--connect-timeout", "2"]).await.fails(3, "cannot connect");
+    flotilla(&[
+        "up",
+        "--db",
+        &unreachable,
+        "--dir",
+        good.path().to_str().unwrap_or_default(),
+        "--connect-timeout",
+        "2",
+    ])
+    .await
+    .fails(3, "cannot connect");
 }
 
 async fn killed_runner_does_not_block_the_next(engine: Engine) {
@@ -277,7 +338,8 @@ fn five_statements(engine: Engine) -> Dir {
     let (up2, down2) = match engine {
         Mongodb => (
             r#"[{"insert": "a", "documents": [{"_id": 1}]}, {"insert": "a", "documents": [{"_id": 2}]},
-                {"collMod": "audit"}, {"insert": "a", "documents": [{"_id": 4}]}, {"create": "a_archive"}]"#.to_string(),
+                {"collMod": "audit"}, {"insert": "a", "documents": [{"_id": 4}]}, {"create": "a_archive"}]"#
+                .to_string(),
             r#"[{"drop": "a_archive"}, {"delete": "a", "deletes": [{"q": {}, "limit": 0}]}]"#.to_string(),
         ),
         _ => {

@@ -47,13 +47,15 @@ async fn flyway_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dbmate_on_sqlite() {
-    let expected = [(20240105120000, "create_users"), (20240106090000, "touch_trigger"), (20240107090000, "users_by_domain")];
+    let expected =
+        [(20240105120000, "create_users"), (20240106090000, "touch_trigger"), (20240107090000, "users_by_domain")];
     round_trip("dbmate", Sqlite, &[], &expected, "users").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn diesel_on_postgres() {
-    let expected = [(0, "diesel_initial_setup"), (20240110120000, "create_posts"), (20240111090000, "posts_published_index")];
+    let expected =
+        [(0, "diesel_initial_setup"), (20240110120000, "create_posts"), (20240111090000, "posts_published_index")];
     round_trip("diesel", Postgres, &[], &expected, "posts").await;
 }
 
@@ -65,7 +67,8 @@ async fn golang_migrate_on_mysql() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlx_reversible_on_sqlite() {
-    round_trip("sqlx", Sqlite, &[], &[(20240201000000, "create_todos"), (20240202000000, "todos_done_index")], "todos").await;
+    round_trip("sqlx", Sqlite, &[], &[(20240201000000, "create_todos"), (20240202000000, "todos_done_index")], "todos")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,12 +76,20 @@ async fn sqlx_simple_up_only_on_sqlite() {
     let db = TestDb::new(Sqlite).await;
     cmd("up", &db, &fixture("sqlx-simple"), &[]).await.fails(2, "--allow-missing-down");
     assert!(db.history().await.is_empty());
-    round_trip("sqlx-simple", Sqlite, &["--allow-missing-down"], &[(20240301000000, "create_notes"), (20240302000000, "add_pinned")], "notes").await;
+    round_trip(
+        "sqlx-simple",
+        Sqlite,
+        &["--allow-missing-down"],
+        &[(20240301000000, "create_notes"), (20240302000000, "add_pinned")],
+        "notes",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mongo_json_on_mongodb() {
-    let expected = [(20240401000000, "create_events"), (20240402000000, "require_source"), (20240403000000, "rename_events")];
+    let expected =
+        [(20240401000000, "create_events"), (20240402000000, "require_source"), (20240403000000, "rename_events")];
     round_trip("mongo", Mongodb, &[], &expected, "activity").await;
 }
 

@@ -66,8 +66,8 @@ impl MongoDriver {
         let Statement::Command { command: serde_json::Value::Object(map), name, .. } = statement else {
             return Err(DriverError::Database("a SQL statement cannot run on MongoDB".into()));
         };
-        let mut document =
-            Document::try_from(map.clone()).map_err(|e| DriverError::Database(format!("invalid Extended JSON: {e}")))?;
+        let mut document = Document::try_from(map.clone())
+            .map_err(|e| DriverError::Database(format!("invalid Extended JSON: {e}")))?;
         if name == "renameCollection" {
             // Names in scripts are relative to the target database; the server wants them qualified, sent to admin.
             let db = self.db.name().to_string();
@@ -145,7 +145,9 @@ fn mongo_error(e: mongodb::error::Error) -> DriverError {
             DriverError::Connect(e.to_string())
         }
         ErrorKind::Command(c) => DriverError::Database(format!("{} ({} {})", c.message, c.code_name, c.code)),
-        ErrorKind::Write(WriteFailure::WriteError(w)) => DriverError::Database(format!("{} (code {})", w.message, w.code)),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => {
+            DriverError::Database(format!("{} (code {})", w.message, w.code))
+        }
         _ => DriverError::Database(e.to_string()),
     }
 }
@@ -215,7 +217,9 @@ impl Driver for MongoDriver {
     }
 
     fn can_run_atomically(&self, statements: &[Statement]) -> bool {
-        statements.iter().all(|s| matches!(s, Statement::Command { name, .. } if matches!(name.as_str(), "insert" | "update" | "delete")))
+        statements.iter().all(
+            |s| matches!(s, Statement::Command { name, .. } if matches!(name.as_str(), "insert" | "update" | "delete")),
+        )
     }
 
     async fn lock(&mut self, owner: &str, timeout: Duration) -> Result<(), DriverError> {
@@ -264,7 +268,10 @@ impl Driver for MongoDriver {
                 }
                 let expires = bson::DateTime::from_millis(Utc::now().timestamp_millis() + ttl_ms);
                 let renewed = locks
-                    .update_one(doc! { "_id": LOCK_ID, "owner": &owner_name }, doc! { "$set": { "expires_at": expires } })
+                    .update_one(
+                        doc! { "_id": LOCK_ID, "owner": &owner_name },
+                        doc! { "$set": { "expires_at": expires } },
+                    )
                     .await;
                 if !matches!(renewed, Ok(r) if r.matched_count == 1) {
                     tracing::warn!(owner = %owner_name, "MongoDB migration lease could not be renewed");

@@ -149,7 +149,11 @@ impl SqlDriver {
         run_on(&mut self.conn, sql).await
     }
 
-    async fn write_record_on(conn: &mut AnyConnection, dialect: &Dialect, record: &AppliedMigration) -> Result<(), DriverError> {
+    async fn write_record_on(
+        conn: &mut AnyConnection,
+        dialect: &Dialect,
+        record: &AppliedMigration,
+    ) -> Result<(), DriverError> {
         let (direction, done, total, error) = record.dirty_columns();
         sqlx::query(dialect.upsert)
             .bind(record.version)
@@ -170,7 +174,11 @@ impl SqlDriver {
             .map_err(db_error)
     }
 
-    async fn apply_change(conn: &mut AnyConnection, dialect: &Dialect, change: &HistoryChange) -> Result<(), DriverError> {
+    async fn apply_change(
+        conn: &mut AnyConnection,
+        dialect: &Dialect,
+        change: &HistoryChange,
+    ) -> Result<(), DriverError> {
         match change {
             HistoryChange::Write(record) => Self::write_record_on(conn, dialect, record).await,
             HistoryChange::Delete(version) => {
@@ -229,7 +237,9 @@ fn sqlite_url(url: &str, create: bool) -> Result<String, DriverError> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     if path.is_empty() {
-        return Err(DriverError::BadUrl("sqlite URL has no file path (sqlite:///abs/path.db or sqlite://rel/path.db)".into()));
+        return Err(DriverError::BadUrl(
+            "sqlite URL has no file path (sqlite:///abs/path.db or sqlite://rel/path.db)".into(),
+        ));
     }
     if path == ":memory:" {
         return Ok("sqlite::memory:".into());
@@ -344,7 +354,10 @@ impl Driver for SqlDriver {
                                 .await
                                 .ok()
                                 .flatten();
-                        Err(DriverError::LockTimeout { waited: timeout, holder: holder.map(|id| format!("connection {id}")) })
+                        Err(DriverError::LockTimeout {
+                            waited: timeout,
+                            holder: holder.map(|id| format!("connection {id}")),
+                        })
                     }
                 }
             }
@@ -379,7 +392,11 @@ impl Driver for SqlDriver {
     async fn unlock(&mut self) -> Result<(), DriverError> {
         match self.engine {
             Engine::Postgres => {
-                sqlx::query("SELECT pg_advisory_unlock($1)").bind(PG_LOCK_KEY).execute(&mut self.conn).await.map_err(db_error)?;
+                sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(PG_LOCK_KEY)
+                    .execute(&mut self.conn)
+                    .await
+                    .map_err(db_error)?;
             }
             Engine::Mysql => {
                 self.run("DO RELEASE_LOCK(CONCAT('flotilla:', DATABASE()))").await?;
@@ -403,7 +420,8 @@ impl Driver for SqlDriver {
     }
 
     async fn history(&mut self) -> Result<Vec<AppliedMigration>, DriverError> {
-        let exists: i64 = sqlx::query_scalar(self.dialect.history_exists).fetch_one(&mut self.conn).await.map_err(db_error)?;
+        let exists: i64 =
+            sqlx::query_scalar(self.dialect.history_exists).fetch_one(&mut self.conn).await.map_err(db_error)?;
         if exists == 0 {
             return Ok(Vec::new());
         }
