@@ -505,7 +505,10 @@ impl Executor {
             match self.driver.execute(statement).await {
                 Ok(n) => {
                     rows += n;
-                    self.driver.set_progress(m.version, u32::try_from(i + 1).unwrap_or(u32::MAX)).await?;
+                    // After the last statement the final record write says it all.
+                    if i + 1 < total {
+                        self.driver.set_progress(m.version, u32::try_from(i + 1).unwrap_or(u32::MAX)).await?;
+                    }
                     let elapsed_ms = millis(started.elapsed());
                     self.emit(step, ProgressKind::Statement { index: i + 1, total, rows_affected: n, elapsed_ms });
                 }

@@ -3,6 +3,7 @@
 
 pub mod driver;
 pub mod executor;
+mod schema;
 
 pub use driver::{connect, ConnectOptions, Driver, DriverError};
 pub use executor::{ExecError, Executor, Progress, ProgressKind, RepairAction, RunReport};

@@ -86,7 +86,9 @@ async fn demo(out: Output, db: &str, dir: &Path, kept: bool) -> Result<serde_jso
     let up = ex.migrate(&set, Request::Up { to: None }, false).await?;
     say("\n2. Status:".into());
     let applied = ex.status(&set).await?;
-    out.status(&applied);
+    if !out.json {
+        out.status(&applied);
+    }
 
     say("\n3. Roll everything back, newest first:".into());
     let down = ex.migrate(&set, Request::DownAll, false).await?;

@@ -12,6 +12,7 @@ pub mod migration;
 pub mod mongo;
 pub mod plan;
 pub mod reader;
+pub mod schema;
 pub mod split;
 
 pub use history::{AppliedMigration, Direction, RecordState};

@@ -421,6 +421,19 @@ pub mod sql {
         }
     }
 
+    /// One script running `a` then `b` (SQL texts, or MongoDB command arrays).
+    pub fn join(engine: Engine, a: &str, b: &str) -> String {
+        match engine {
+            Mongodb => {
+                let mut first: Vec<serde_json::Value> = serde_json::from_str(a).expect("JSON array");
+                let second: Vec<serde_json::Value> = serde_json::from_str(b).expect("JSON array");
+                first.extend(second);
+                serde_json::Value::Array(first).to_string()
+            }
+            _ => format!("{a}\n{b}"),
+        }
+    }
+
     /// A statement that takes about `seconds` on the server.
     pub fn slow(engine: Engine, seconds: u32) -> String {
         match engine {

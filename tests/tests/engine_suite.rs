@@ -1,7 +1,7 @@
 //! One driver suite, written once, run against real PostgreSQL, MariaDB, SQLite and MongoDB through the `flotilla` CLI.
 
 use flotilla_core::Engine;
-use flotilla_tests::sql::{create_table, insert, slow};
+use flotilla_tests::sql::{create_table, insert, join, slow};
 use flotilla_tests::*;
 
 macro_rules! on_every_engine {
@@ -22,6 +22,7 @@ on_every_engine!(
     concurrent_ups_apply_each_once,
     bad_input_changes_nothing,
     killed_runner_does_not_block_the_next,
+    migration_outliving_its_lease_runs_once,
     failure_midway_leaves_dirty_and_repair_resumes,
     repair_marks_a_hand_resolved_migration,
 );
@@ -328,6 +329,36 @@ async fn killed_runner_does_not_block_the_next(engine: Engine) {
             assert_eq!(versions(&db.history().await), [(1, "applied"), (2, "dirty")]);
         }
     }
+}
+
+async fn migration_outliving_its_lease_runs_once(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let dir = Dir::new();
+    let (up, down) = create_table(engine, "a");
+    dir.migration(engine, 1, "create_a", &up, &down);
+    // Migration 2 runs about 3 s, three times its runner's 1 s lease, then writes a row that must appear once.
+    let (row, _) = insert(engine, "a", 1);
+    let slow_then_row = join(engine, &slow(engine, 3), &row);
+    let down = if engine == Mongodb { "[{\"drop\": \"sleepy\"}]" } else { "SELECT 1;" };
+    dir.migration(engine, 2, "slow_then_row", &slow_then_row, down);
+    let path = dir.path().to_str().expect("utf-8");
+
+    let mut first = spawn(&["up", "--db", &db.url, "--dir", path, "--lock-ttl", "1"]);
+    let stderr = first.stderr.take().expect("stderr");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    while let Some(line) = lines.next_line().await.expect("read") {
+        if line.contains("2 slow_then_row") {
+            break;
+        }
+    }
+    // The first runner's lease has long expired by the time the second one asks for it.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let second = cmd("up", &db, dir.path(), &["--lock-timeout", "30", "--lock-ttl", "1"]).await;
+    second.ok();
+    let first = first.wait().await.expect("first runner");
+    assert!(first.success(), "the first runner finishes its migration");
+    assert_eq!(db.count("a").await, 1, "migration 2 ran exactly once");
+    assert_eq!(versions(&db.history().await), [(1, "applied"), (2, "applied")]);
 }
 
 /// Migration 2 has five statements, the third of which fails until table (collection) `audit` exists.

@@ -90,6 +90,9 @@ pub trait Driver: Send {
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError>;
 
+    /// The database's schema, without Flotilla's own tables: what `schema dump` prints and `validate` compares.
+    async fn schema(&mut self) -> Result<flotilla_core::schema::Schema, DriverError>;
+
     /// Closes the connection cleanly.
     async fn close(self: Box<Self>);
 }

@@ -107,6 +107,23 @@ impl MongoDriver {
         .map_err(mongo_error)
     }
 
+    async fn fence(&self, session: &mut ClientSession) -> Result<(), DriverError> {
+        let Some(lease) = &self.lease else { return Err(DriverError::LockLost) };
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let expires = bson::DateTime::from_millis(Utc::now().timestamp_millis() + ttl_ms);
+        let renewed = self
+            .locks
+            .update_one(doc! { "_id": LOCK_ID, "owner": &lease.owner }, doc! { "$set": { "expires_at": expires } })
+            .session(session)
+            .await
+            .map_err(mongo_error)?;
+        if renewed.matched_count == 1 {
+            Ok(())
+        } else {
+            Err(DriverError::LockLost)
+        }
+    }
+
     fn stop_keepalive(&mut self) -> Option<HeldLease> {
         let lease = self.lease.take()?;
         lease.keepalive.cancel();
@@ -356,6 +373,12 @@ impl Driver for MongoDriver {
         let at_commit = |error| AtomicError { statement: None, error };
         let mut session = self.client.start_session().await.map_err(|e| at_commit(mongo_error(e)))?;
         session.start_transaction().await.map_err(|e| at_commit(mongo_error(e)))?;
+        // The fence: extend our lease inside the transaction. If another runner took it, nothing matches and we
+        // abort; if one tries to take it meanwhile, its write waits for (or conflicts with) this transaction.
+        if let Err(error) = self.fence(&mut session).await {
+            let _ = session.abort_transaction().await;
+            return Err(at_commit(error));
+        }
         for (i, statement) in statements.iter().enumerate() {
             match self.run(statement, Some(&mut session)).await {
                 Ok(n) => on_done(i, n),
@@ -370,6 +393,10 @@ impl Driver for MongoDriver {
             return Err(at_commit(error));
         }
         session.commit_transaction().await.map_err(|e| at_commit(mongo_error(e)))
+    }
+
+    async fn schema(&mut self) -> Result<flotilla_core::schema::Schema, DriverError> {
+        crate::schema::mongo::dump(&self.db).await
     }
 
     async fn close(mut self: Box<Self>) {

@@ -187,6 +187,61 @@ impl SqlDriver {
         }
     }
 
+    /// Inside an open transaction: renew the lease if there is one (the fence: it fails if another runner took it),
+    /// run the statements, write the history change.
+    async fn atomic_body(
+        &mut self,
+        statements: &[Statement],
+        change: &HistoryChange,
+        on_done: &mut (dyn FnMut(usize, u64) + Send),
+    ) -> Result<(), AtomicError> {
+        let at_commit = |error| AtomicError { statement: None, error };
+        if self.lease.is_some() {
+            self.fence().await.map_err(at_commit)?;
+        }
+        for (i, statement) in statements.iter().enumerate() {
+            let rows = run_on(&mut self.conn, sql_text(statement))
+                .await
+                .map_err(|error| AtomicError { statement: Some(i), error })?;
+            on_done(i, rows);
+        }
+        Self::apply_change(&mut self.conn, self.dialect, change).await.map_err(at_commit)
+    }
+
+    /// Inside `BEGIN IMMEDIATE` we hold SQLite's write lock, so nobody can take the lease until we commit: reading that
+    /// it is still ours is enough (renewing only when due). If another runner took it meanwhile, we stop.
+    async fn fence(&mut self) -> Result<(), DriverError> {
+        let owner: Option<String> = sqlx::query_scalar("SELECT owner FROM flotilla_lock WHERE id = 1")
+            .fetch_optional(&mut self.conn)
+            .await
+            .map_err(db_error)?;
+        match (&self.lease, owner) {
+            (Some(lease), Some(owner)) if lease.owner == owner => self.check_lock().await,
+            _ => {
+                self.lease = None;
+                Err(DriverError::LockLost)
+            }
+        }
+    }
+
+    /// Extends the SQLite lease; fails with `LockLost` when another runner holds it now.
+    async fn renew_lease(&mut self) -> Result<(), DriverError> {
+        let Some(lease) = self.lease.take() else { return Err(DriverError::LockLost) };
+        let renewed = sqlx::query("UPDATE flotilla_lock SET expires_at_ms = ? WHERE id = 1 AND owner = ?")
+            .bind(Utc::now().timestamp_millis() + ttl_ms(self.ttl))
+            .bind(lease.owner.clone())
+            .execute(&mut self.conn)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        if renewed == 1 {
+            self.lease = Some(Lease { owner: lease.owner, renewed: Instant::now() });
+            Ok(())
+        } else {
+            Err(DriverError::LockLost)
+        }
+    }
+
     async fn sqlite_lease(&mut self, owner: &str, timeout: Duration) -> Result<(), DriverError> {
         self.run(SQLITE_LEASE_TABLE).await?;
         let started = Instant::now();
@@ -368,24 +423,9 @@ impl Driver for SqlDriver {
 
     async fn check_lock(&mut self) -> Result<(), DriverError> {
         // Session locks (PostgreSQL, MySQL) live as long as the connection; only the SQLite lease needs renewing.
-        let Some(lease) = &self.lease else { return Ok(()) };
-        if lease.renewed.elapsed() < self.ttl / 3 {
-            return Ok(());
-        }
-        let owner = lease.owner.clone();
-        let renewed = sqlx::query("UPDATE flotilla_lock SET expires_at_ms = ? WHERE id = 1 AND owner = ?")
-            .bind(Utc::now().timestamp_millis() + ttl_ms(self.ttl))
-            .bind(owner.clone())
-            .execute(&mut self.conn)
-            .await
-            .map_err(db_error)?
-            .rows_affected();
-        if renewed == 1 {
-            self.lease = Some(Lease { owner, renewed: Instant::now() });
-            Ok(())
-        } else {
-            self.lease = None;
-            Err(DriverError::LockLost)
+        match &self.lease {
+            Some(lease) if lease.renewed.elapsed() >= self.ttl / 3 => self.renew_lease().await,
+            _ => Ok(()),
         }
     }
 
@@ -463,18 +503,31 @@ impl Driver for SqlDriver {
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError> {
         let at_commit = |error| AtomicError { statement: None, error };
-        let mut tx = self.conn.begin().await.map_err(|e| at_commit(db_error(e)))?;
-        for (i, statement) in statements.iter().enumerate() {
-            match run_on(&mut tx, sql_text(statement)).await {
-                Ok(rows) => on_done(i, rows),
+        // SQLite: take the write lock up front, so nobody can take an expired lease until this commits.
+        let begin = if self.engine == Engine::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" };
+        run_on(&mut self.conn, begin).await.map_err(at_commit)?;
+        let result = self.atomic_body(statements, change, on_done).await;
+        match result {
+            Ok(()) => match run_on(&mut self.conn, "COMMIT").await {
+                Ok(_) => Ok(()),
                 Err(error) => {
-                    let _ = tx.rollback().await;
-                    return Err(AtomicError { statement: Some(i), error });
+                    let _ = run_on(&mut self.conn, "ROLLBACK").await;
+                    Err(at_commit(error))
                 }
+            },
+            Err(e) => {
+                let _ = run_on(&mut self.conn, "ROLLBACK").await;
+                Err(e)
             }
         }
-        Self::apply_change(&mut tx, self.dialect, change).await.map_err(at_commit)?;
-        tx.commit().await.map_err(|e| at_commit(db_error(e)))
+    }
+
+    async fn schema(&mut self) -> Result<flotilla_core::schema::Schema, DriverError> {
+        match self.engine {
+            Engine::Postgres => crate::schema::postgres::dump(&mut self.conn).await,
+            Engine::Mysql => crate::schema::mysql::dump(&mut self.conn).await,
+            _ => crate::schema::sqlite::dump(&mut self.conn).await,
+        }
     }
 
     async fn close(self: Box<Self>) {

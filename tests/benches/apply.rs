@@ -1,0 +1,108 @@
+//! How much Flotilla adds to the database's own work when applying migrations.
+//!
+//! For each engine: 200 migrations (create a table, create an index, insert a row) applied over one connection,
+//! (a) by a bare loop that only does the database's work (PostgreSQL and SQLite: BEGIN, statements, COMMIT; MySQL
+//! and MongoDB: each statement on its own), and (b) by Flotilla's executor (lock, history, checksums, progress).
+//! Each figure is the median of five runs, each on a fresh database. Run with `tests/servers.sh start` first:
+//!
+//!     cargo bench -p flotilla-tests --bench apply
+
+use std::time::{Duration, Instant};
+
+use flotilla_agent::{connect, ConnectOptions, Executor};
+use flotilla_core::{read_dir, Engine, ReadOptions, Request};
+use flotilla_tests::sql::{create_table, insert, join};
+use flotilla_tests::*;
+use sqlx::Connection;
+
+const MIGRATIONS: i64 = 200;
+const RUNS: usize = 5;
+
+fn scripts(engine: Engine) -> Vec<String> {
+    (1..=MIGRATIONS)
+        .map(|i| {
+            let (create, _) = create_table(engine, &format!("t{i}"));
+            let (row, _) = insert(engine, &format!("t{i}"), i);
+            join(engine, &create, &row)
+        })
+        .collect()
+}
+
+async fn bare(db: &TestDb, scripts: &[String]) -> Duration {
+    let started = Instant::now();
+    match db.engine {
+        Mongodb => {
+            let mongo = db.mongo().await;
+            for script in scripts {
+                let commands: Vec<serde_json::Value> = serde_json::from_str(script).expect("json");
+                for c in commands {
+                    let doc = bson::to_document(&c).expect("document");
+                    mongo.run_command(doc).await.expect("command");
+                }
+            }
+        }
+        engine => {
+            let mut conn = db.sql().await;
+            let transactional = engine != Mysql;
+            for script in scripts {
+                if transactional {
+                    sqlx::Executor::execute(&mut conn, "BEGIN").await.expect("begin");
+                }
+                for statement in script.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
+                    sqlx::Executor::execute(&mut conn, statement).await.expect("statement");
+                }
+                if transactional {
+                    sqlx::Executor::execute(&mut conn, "COMMIT").await.expect("commit");
+                }
+            }
+            let _ = conn.close().await;
+        }
+    }
+    started.elapsed()
+}
+
+async fn flotilla(db: &TestDb, scripts: &[String]) -> Duration {
+    let dir = Dir::new();
+    for (i, up) in scripts.iter().enumerate() {
+        dir.migration(db.engine, i as i64 + 1, "m", up, if db.engine == Mongodb { "[]" } else { "SELECT 1;" });
+    }
+    let set = read_dir(dir.path(), &ReadOptions::default()).expect("read");
+    let started = Instant::now();
+    let driver = connect(&db.url, &ConnectOptions::default()).await.expect("connect");
+    let mut executor = Executor::new(driver, "bench");
+    let report = executor.migrate(&set, Request::Up { to: None }, false).await.expect("migrate");
+    executor.close().await;
+    let elapsed = started.elapsed();
+    assert_eq!(report.steps.len(), scripts.len());
+    elapsed
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    println!("Applying {MIGRATIONS} migrations (3 statements each) over one connection; median of {RUNS} runs.\n");
+    println!("{:<10} {:>12} {:>12} {:>10} {:>16}", "engine", "bare (ms)", "flotilla (ms)", "overhead", "per migration");
+    for engine in [Sqlite, Postgres, Mysql, Mongodb] {
+        let scripts = scripts(engine);
+        let (mut base, mut ours) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            base.push(bare(&TestDb::new(engine).await, &scripts).await);
+            ours.push(flotilla(&TestDb::new(engine).await, &scripts).await);
+        }
+        let (b, f) = (median(base), median(ours));
+        let overhead = (f.as_secs_f64() / b.as_secs_f64() - 1.0) * 100.0;
+        let per = (f.saturating_sub(b)).as_secs_f64() * 1e6 / MIGRATIONS as f64;
+        println!(
+            "{:<10} {:>12.1} {:>12.1} {:>9.1}% {:>13.0} µs",
+            engine.as_str(),
+            b.as_secs_f64() * 1e3,
+            f.as_secs_f64() * 1e3,
+            overhead,
+            per
+        );
+    }
+}

@@ -1,0 +1,53 @@
+//! The CLI's contract with scripts and shells: URL from the environment, JSON errors, exit codes.
+
+use flotilla_tests::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_url_from_the_environment() {
+    let db = TestDb::new(Sqlite).await;
+    let dir = Dir::new();
+    dir.migration(Sqlite, 1, "a", "CREATE TABLE a (id INTEGER);", "DROP TABLE a;");
+    let out = tokio::process::Command::new(binary("flotilla"))
+        .args(["up", "--dir", dir.path().to_str().expect("utf-8")])
+        .env("FLOTILLA_DB_URL", &db.url)
+        .output()
+        .await
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(db.history().await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_errors_carry_kind_and_exit_code() {
+    let db = TestDb::new(Sqlite).await;
+    let dir = Dir::new();
+    dir.file("1_a.up.sql", "CREATE TABLE a (id INTEGER);");
+    let run = cmd("up", &db, dir.path(), &["--json"]).await;
+    run.fails(2, "no DOWN");
+    let json = run.json();
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["error"]["kind"], "bad_input");
+    assert_eq!(json["error"]["exit_code"], 2);
+    assert!(json["error"]["message"].as_str().is_some_and(|m| m.contains("1_a.up.sql")), "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_on_a_missing_sqlite_file_creates_nothing() {
+    let dir = Dir::new();
+    dir.migration(Sqlite, 1, "a", "CREATE TABLE a (id INTEGER);", "DROP TABLE a;");
+    let db_path = dir.path().join("never.db");
+    let url = format!("sqlite://{}", db_path.display());
+    let d = dir.path().to_str().expect("utf-8");
+    let run = flotilla(&["status", "--db", &url, "--dir", d, "--json"]).await;
+    assert_eq!(run.ok().json()["migrations"][0]["status"], "pending");
+    flotilla(&["up", "--db", &url, "--dir", d, "--dry-run"]).await.ok();
+    assert!(!db_path.exists(), "read-only commands never create the database file");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_runs_on_embedded_defaults() {
+    let run = flotilla(&["dev", "--json"]).await;
+    let json = run.ok().json();
+    assert_eq!(json["applied"].as_array().map(Vec::len), Some(4));
+    assert_eq!(json["rolled_back"].as_array().map(Vec::len), Some(4));
+}
