@@ -188,6 +188,11 @@ impl Executor {
         Ok(plan::status(&set.migrations, &history))
     }
 
+    /// The target's schema, without Flotilla's own tables.
+    pub async fn schema(&mut self) -> Result<flotilla_core::schema::Schema, ExecError> {
+        Ok(self.driver.schema().await?)
+    }
+
     /// Raw history records, for callers that need more than status.
     pub async fn history(&mut self) -> Result<Vec<AppliedMigration>, ExecError> {
         Ok(self.driver.history().await?)

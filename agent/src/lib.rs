@@ -4,6 +4,7 @@
 pub mod driver;
 pub mod executor;
 mod schema;
+pub mod validate;
 
 pub use driver::{connect, ConnectOptions, Driver, DriverError};
 pub use executor::{ExecError, Executor, Progress, ProgressKind, RepairAction, RunReport};

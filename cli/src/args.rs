@@ -72,6 +72,20 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Capture or compare schemas.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
+    /// On a staging database, prove each pending migration reverses exactly: up, down (the schema must be back to
+    /// what it was), up again (it must match the first up).
+    Validate {
+        #[command(flatten)]
+        target: Target,
+        /// Shell command run after each UP (FLOTILLA_DB_URL and FLOTILLA_VALIDATE_VERSION are set); failing fails.
+        #[arg(long, value_name = "CMD")]
+        test_cmd: Option<String>,
+    },
     /// Try Flotilla on embedded defaults: apply a sample migration set to a SQLite database and roll it back.
     Dev {
         /// Use this database instead of a temporary SQLite file (postgres://, mysql://, mongodb://, sqlite://).
@@ -135,4 +149,34 @@ pub struct RepairChoice {
     /// You undid the interrupted migration by hand: record it as never started.
     #[arg(long)]
     pub mark_not_applied: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Print a live database's schema (without Flotilla's history table), deterministically.
+    Dump {
+        /// Database URL (or FLOTILLA_DB_URL).
+        #[arg(long, env = "FLOTILLA_DB_URL", hide_env_values = true)]
+        db: String,
+        /// `json` (the model `schema diff` reads) or `sql` (a readable DDL baseline; a command list on MongoDB).
+        #[arg(long, value_enum, default_value_t = DumpFormat::Json)]
+        format: DumpFormat,
+        /// Write to this file instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// List the differences between two schemas, each a JSON dump file or a live database URL.
+    /// Exit code 0: the same; 1: they differ.
+    Diff {
+        /// The schema before (file or URL).
+        a: String,
+        /// The schema after (file or URL).
+        b: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DumpFormat {
+    Json,
+    Sql,
 }

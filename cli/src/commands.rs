@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use flotilla_agent::driver::{default_owner, redact};
+use flotilla_agent::validate::{validate, TestCommand};
 use flotilla_agent::{connect, ConnectOptions, ExecError, Executor, RepairAction};
 use flotilla_core::{read_dir, MigrationSet, PlanOptions, ReadOptions, Request};
 use serde_json::json;
@@ -84,11 +85,36 @@ pub async fn run(cli: Cli) -> Code {
             .await
         }
         Command::Dev { db, keep } => crate::dev::run(out, db, keep).await,
+        Command::Schema { command } => crate::schema::run(out, command).await,
+        Command::Validate { target, test_cmd } => {
+            let url = target.db.clone();
+            with_target(out, &target, true, PlanOptions::default(), |mut ex, set| async move {
+                let test = test_cmd
+                    .as_deref()
+                    .map(|shell| TestCommand { shell, env: vec![("FLOTILLA_DB_URL".to_string(), url.clone())] });
+                let report = validate(&mut ex, &set, test.as_ref()).await;
+                ex.close().await;
+                let report = report?;
+                crate::schema::print_validation(out, &report);
+                if report.passed() {
+                    Ok(())
+                } else {
+                    Err(ExecError::Refused("validation found problems (listed above)".into()))
+                }
+            })
+            .await
+        }
     }
 }
 
 /// Reads the directory, connects, and runs `body` with an executor; every error is reported here, once.
-async fn with_target<F, Fut>(out: Output, target: &Target, writes: bool, options: PlanOptions, body: F) -> Code
+pub(crate) async fn with_target<F, Fut>(
+    out: Output,
+    target: &Target,
+    writes: bool,
+    options: PlanOptions,
+    body: F,
+) -> Code
 where
     F: FnOnce(Executor, MigrationSet) -> Fut,
     Fut: std::future::Future<Output = Result<(), ExecError>>,

@@ -5,6 +5,7 @@ mod commands;
 mod dev;
 mod exit;
 mod output;
+mod schema;
 
 use clap::Parser;
 

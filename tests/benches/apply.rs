@@ -5,7 +5,7 @@
 //! and MongoDB: each statement on its own), and (b) by Flotilla's executor (lock, history, checksums, progress).
 //! Each figure is the median of five runs, each on a fresh database. Run with `tests/servers.sh start` first:
 //!
-//!     cargo bench -p flotilla-tests --bench apply
+//!     cargo bench -p flotilla-tests --bench apply        (BENCH_ENGINES=sqlite,postgres to choose)
 
 use std::time::{Duration, Instant};
 
@@ -86,7 +86,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
 async fn main() {
     println!("Applying {MIGRATIONS} migrations (3 statements each) over one connection; median of {RUNS} runs.\n");
     println!("{:<10} {:>12} {:>12} {:>10} {:>16}", "engine", "bare (ms)", "flotilla (ms)", "overhead", "per migration");
+    let only = std::env::var("BENCH_ENGINES").unwrap_or_default();
     for engine in [Sqlite, Postgres, Mysql, Mongodb] {
+        if !only.is_empty() && !only.split(',').any(|e| e == engine.as_str()) {
+            continue;
+        }
         let scripts = scripts(engine);
         let (mut base, mut ours) = (Vec::new(), Vec::new());
         for _ in 0..RUNS {

@@ -196,8 +196,10 @@ impl SqlDriver {
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError> {
         let at_commit = |error| AtomicError { statement: None, error };
+        // The fence, as the transaction's first write: it fails if another runner took the lease, and once it
+        // succeeds this transaction holds SQLite's write lock, so nobody can take the lease until we commit.
         if self.lease.is_some() {
-            self.fence().await.map_err(at_commit)?;
+            self.renew_lease().await.map_err(at_commit)?;
         }
         for (i, statement) in statements.iter().enumerate() {
             let rows = run_on(&mut self.conn, sql_text(statement))
@@ -206,22 +208,6 @@ impl SqlDriver {
             on_done(i, rows);
         }
         Self::apply_change(&mut self.conn, self.dialect, change).await.map_err(at_commit)
-    }
-
-    /// Inside `BEGIN IMMEDIATE` we hold SQLite's write lock, so nobody can take the lease until we commit: reading that
-    /// it is still ours is enough (renewing only when due). If another runner took it meanwhile, we stop.
-    async fn fence(&mut self) -> Result<(), DriverError> {
-        let owner: Option<String> = sqlx::query_scalar("SELECT owner FROM flotilla_lock WHERE id = 1")
-            .fetch_optional(&mut self.conn)
-            .await
-            .map_err(db_error)?;
-        match (&self.lease, owner) {
-            (Some(lease), Some(owner)) if lease.owner == owner => self.check_lock().await,
-            _ => {
-                self.lease = None;
-                Err(DriverError::LockLost)
-            }
-        }
     }
 
     /// Extends the SQLite lease; fails with `LockLost` when another runner holds it now.
@@ -503,9 +489,7 @@ impl Driver for SqlDriver {
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError> {
         let at_commit = |error| AtomicError { statement: None, error };
-        // SQLite: take the write lock up front, so nobody can take an expired lease until this commits.
-        let begin = if self.engine == Engine::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" };
-        run_on(&mut self.conn, begin).await.map_err(at_commit)?;
+        run_on(&mut self.conn, "BEGIN").await.map_err(at_commit)?;
         let result = self.atomic_body(statements, change, on_done).await;
         match result {
             Ok(()) => match run_on(&mut self.conn, "COMMIT").await {

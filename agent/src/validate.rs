@@ -1,0 +1,106 @@
+//! `validate` on a staging database: for each pending migration, up → dump S1 (→ test command) → down → the schema
+//! must equal S0 exactly → up again → it must equal S1. Every mismatch is reported with its diff.
+
+use flotilla_core::schema::{diff, Schema};
+use flotilla_core::{plan, MigrationSet, Request};
+use serde::Serialize;
+
+use crate::executor::{ExecError, Executor};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationCheck {
+    pub version: i64,
+    pub name: String,
+    /// Empty when the migration passed.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidationReport {
+    pub migrations: Vec<MigrationCheck>,
+    /// Set when validation had to stop early (an UP or DOWN failed).
+    pub stopped: Option<String>,
+}
+
+impl ValidationReport {
+    pub fn passed(&self) -> bool {
+        self.stopped.is_none() && self.migrations.iter().all(|m| m.problems.is_empty())
+    }
+}
+
+/// A command run after each UP, given the version in FLOTILLA_VALIDATE_VERSION.
+pub struct TestCommand<'a> {
+    pub shell: &'a str,
+    pub env: Vec<(String, String)>,
+}
+
+pub async fn validate(
+    ex: &mut Executor,
+    set: &MigrationSet,
+    test: Option<&TestCommand<'_>>,
+) -> Result<ValidationReport, ExecError> {
+    ex.validate(set)?;
+    let history = ex.history().await?;
+    let pending: Vec<(i64, String)> =
+        plan::plan(&set.migrations, &history, Request::Up { to: None }, &Default::default())?
+            .iter()
+            .map(|s| (s.migration.version, s.migration.name.clone()))
+            .collect();
+    let mut report = ValidationReport { migrations: Vec::new(), stopped: None };
+    let mut before = ex.schema().await?;
+    for (version, name) in pending {
+        let mut check = MigrationCheck { version, name, problems: Vec::new() };
+        let step = async |ex: &mut Executor, request| ex.migrate(set, request, false).await.map(drop);
+        if let Err(e) = step(ex, Request::Up { to: Some(version) }).await {
+            report.stopped = Some(format!("UP of {version} failed: {e}"));
+            report.migrations.push(check);
+            return Ok(report);
+        }
+        let after_up = ex.schema().await?;
+        if let Some(test) = test {
+            if let Err(problem) = run_test(test, version).await {
+                check.problems.push(problem);
+            }
+        }
+        if let Err(e) = step(ex, Request::DownSteps(1)).await {
+            report.stopped = Some(format!("DOWN of {version} failed: {e}"));
+            report.migrations.push(check);
+            return Ok(report);
+        }
+        compare(&mut check, "after DOWN the schema is not what it was before the UP", &before, &ex.schema().await?);
+        if let Err(e) = step(ex, Request::Up { to: Some(version) }).await {
+            report.stopped = Some(format!("UP of {version} failed when re-applied after its DOWN: {e}"));
+            report.migrations.push(check);
+            return Ok(report);
+        }
+        let again = ex.schema().await?;
+        compare(&mut check, "UP re-applied after DOWN gives a different schema than the first UP", &after_up, &again);
+        before = again;
+        report.migrations.push(check);
+    }
+    Ok(report)
+}
+
+fn compare(check: &mut MigrationCheck, what: &str, expected: &Schema, actual: &Schema) {
+    let differences = diff(expected, actual);
+    if !differences.is_empty() {
+        let lines: Vec<String> = differences.iter().map(|d| format!("  {d}")).collect();
+        check.problems.push(format!("{what}:\n{}", lines.join("\n")));
+    }
+}
+
+async fn run_test(test: &TestCommand<'_>, version: i64) -> Result<(), String> {
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(test.shell)
+        .envs(test.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("FLOTILLA_VALIDATE_VERSION", version.to_string())
+        .status()
+        .await
+        .map_err(|e| format!("test command could not start: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("test command failed after UP ({status})"))
+    }
+}
