@@ -52,7 +52,9 @@ pub async fn validate(
         let mut check = MigrationCheck { version, name, problems: Vec::new() };
         let step = async |ex: &mut Executor, request| ex.migrate(set, request, false).await.map(drop);
         if let Err(e) = step(ex, Request::Up { to: Some(version) }).await {
-            report.stopped = Some(format!("UP of {version} failed: {e}"));
+            let reason = format!("UP of {version} failed: {e}");
+            check.problems.push(reason.clone());
+            report.stopped = Some(reason);
             report.migrations.push(check);
             return Ok(report);
         }
@@ -63,13 +65,17 @@ pub async fn validate(
             }
         }
         if let Err(e) = step(ex, Request::DownSteps(1)).await {
-            report.stopped = Some(format!("DOWN of {version} failed: {e}"));
+            let reason = format!("DOWN of {version} failed: {e}");
+            check.problems.push(reason.clone());
+            report.stopped = Some(reason);
             report.migrations.push(check);
             return Ok(report);
         }
         compare(&mut check, "after DOWN the schema is not what it was before the UP", &before, &ex.schema().await?);
         if let Err(e) = step(ex, Request::Up { to: Some(version) }).await {
-            report.stopped = Some(format!("UP of {version} failed when re-applied after its DOWN: {e}"));
+            let reason = format!("UP of {version} failed when re-applied after its DOWN: {e}");
+            check.problems.push(reason.clone());
+            report.stopped = Some(reason);
             report.migrations.push(check);
             return Ok(report);
         }

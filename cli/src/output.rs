@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::exit::Code;
 
 pub fn init_tracing(verbose: u8) {
-    let default = if verbose >= 2 { "debug" } else { "warn" };
+    let default = if verbose >= 2 { "debug" } else { "warn,sqlx=error" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ =

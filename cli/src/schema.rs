@@ -98,7 +98,7 @@ pub fn print_validation(out: Output, report: &ValidationReport) {
             }
         }
     }
-    if let Some(why) = &report.stopped {
-        println!("\nStopped: {why}");
+    if report.stopped.is_some() {
+        println!("\nStopped at the first migration that could not run; later migrations were not validated.");
     }
 }

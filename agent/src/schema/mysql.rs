@@ -41,7 +41,7 @@ pub(crate) async fn dump(conn: &mut AnyConnection) -> Result<Schema, DriverError
             r.update_rule, ' ON DELETE ', r.delete_rule) AS CHAR(2000))
         FROM information_schema.key_column_usage k JOIN information_schema.referential_constraints r
           ON r.constraint_schema = k.constraint_schema AND r.constraint_name = k.constraint_name AND r.table_name = k.table_name
-        WHERE k.table_schema = DATABASE() AND k.referenced_table_name IS NOT NULL
+        WHERE k.table_schema = DATABASE() AND r.constraint_schema = DATABASE() AND k.referenced_table_name IS NOT NULL
         GROUP BY k.table_name, k.constraint_name, k.referenced_table_name, r.update_rule, r.delete_rule";
     for r in rows(conn, foreign_keys).await? {
         parts.entry(r[0].clone()).or_default().insert(format!("foreign key {}", r[1]), r[2].clone());
@@ -65,13 +65,13 @@ pub(crate) async fn dump(conn: &mut AnyConnection) -> Result<Schema, DriverError
         o.parts.insert("options".into(), r[1].clone());
         objects.push(o);
     }
-    let views = "SELECT table_name, CAST(view_definition AS CHAR(60000)) FROM information_schema.views WHERE table_schema = DATABASE()";
+    let views = "SELECT table_name, CAST(view_definition AS CHAR(16000)) FROM information_schema.views WHERE table_schema = DATABASE()";
     for r in rows(conn, views).await? {
         let body = r[1].replace(&format!("`{db}`."), "");
         objects.push(object(Kind::View, &r[0], format!("CREATE VIEW `{}` AS {body}", r[0])));
     }
     let triggers = "SELECT trigger_name, CAST(CONCAT(action_timing, ' ', event_manipulation, ' ON `', event_object_table, '` FOR EACH ROW ') AS CHAR(500)),
-            CAST(action_statement AS CHAR(60000))
+            CAST(action_statement AS CHAR(16000))
         FROM information_schema.triggers WHERE trigger_schema = DATABASE()";
     for r in rows(conn, triggers).await? {
         objects.push(object(Kind::Trigger, &r[0], format!("CREATE TRIGGER `{}` {}{}", r[0], r[1], r[2])));
