@@ -52,11 +52,7 @@ pub async fn validate(
         let mut check = MigrationCheck { version, name, problems: Vec::new() };
         let step = async |ex: &mut Executor, request| ex.migrate(set, request, false).await.map(drop);
         if let Err(e) = step(ex, Request::Up { to: Some(version) }).await {
-            let reason = format!("UP of {version} failed: {e}");
-            check.problems.push(reason.clone());
-            report.stopped = Some(reason);
-            report.migrations.push(check);
-            return Ok(report);
+            return Ok(stopped(report, check, format!("UP of {version} failed: {e}")));
         }
         let after_up = ex.schema().await?;
         if let Some(test) = test {
@@ -65,19 +61,11 @@ pub async fn validate(
             }
         }
         if let Err(e) = step(ex, Request::DownSteps(1)).await {
-            let reason = format!("DOWN of {version} failed: {e}");
-            check.problems.push(reason.clone());
-            report.stopped = Some(reason);
-            report.migrations.push(check);
-            return Ok(report);
+            return Ok(stopped(report, check, format!("DOWN of {version} failed: {e}")));
         }
         compare(&mut check, "after DOWN the schema is not what it was before the UP", &before, &ex.schema().await?);
         if let Err(e) = step(ex, Request::Up { to: Some(version) }).await {
-            let reason = format!("UP of {version} failed when re-applied after its DOWN: {e}");
-            check.problems.push(reason.clone());
-            report.stopped = Some(reason);
-            report.migrations.push(check);
-            return Ok(report);
+            return Ok(stopped(report, check, format!("UP of {version} failed when re-applied after its DOWN: {e}")));
         }
         let again = ex.schema().await?;
         compare(&mut check, "UP re-applied after DOWN gives a different schema than the first UP", &after_up, &again);
@@ -85,6 +73,14 @@ pub async fn validate(
         report.migrations.push(check);
     }
     Ok(report)
+}
+
+/// Validation cannot go on past a migration that failed to run: record why, against that migration.
+fn stopped(mut report: ValidationReport, mut check: MigrationCheck, reason: String) -> ValidationReport {
+    check.problems.push(reason.clone());
+    report.stopped = Some(reason);
+    report.migrations.push(check);
+    report
 }
 
 fn compare(check: &mut MigrationCheck, what: &str, expected: &Schema, actual: &Schema) {

@@ -12,6 +12,18 @@ use sqlx::{AnyConnection, Connection, Row};
 
 pub use flotilla_core::Engine::{Mongodb, Mysql, Postgres, Sqlite};
 
+/// Instantiates async test functions `fn name(engine: Engine)` once per engine, in modules named after the engines,
+/// so one suite is written once and runs against every engine.
+#[macro_export]
+macro_rules! on_every_engine {
+    ($($test:ident),* $(,)?) => {
+        mod postgres { $( #[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test($crate::Postgres).await } )* }
+        mod mysql { $( #[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test($crate::Mysql).await } )* }
+        mod sqlite { $( #[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test($crate::Sqlite).await } )* }
+        mod mongodb { $( #[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test($crate::Mongodb).await } )* }
+    };
+}
+
 /// Server URLs: from FLOTILLA_TEST_*_URL, or from the env file `servers.sh start` writes.
 fn server_url(engine: Engine) -> String {
     let var = match engine {

@@ -4,15 +4,6 @@ use flotilla_core::Engine;
 use flotilla_tests::sql::{create_table, insert, join, slow};
 use flotilla_tests::*;
 
-macro_rules! on_every_engine {
-    ($($test:ident),* $(,)?) => {
-        mod postgres { $( #[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test(super::Postgres).await } )* }
-        mod mysql { $( #[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test(super::Mysql).await } )* }
-        mod sqlite { $( #[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test(super::Sqlite).await } )* }
-        mod mongodb { $( #[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test(super::Mongodb).await } )* }
-    };
-}
-
 on_every_engine!(
     up_down_to_steps_and_status,
     dry_run_changes_nothing,

@@ -56,15 +56,6 @@ fn rich(engine: Engine) -> Vec<&'static str> {
     }
 }
 
-macro_rules! on_every_engine {
-    ($($test:ident),* $(,)?) => {
-        mod postgres { $( #[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test(super::Postgres).await } )* }
-        mod mysql { $( #[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test(super::Mysql).await } )* }
-        mod sqlite { $( #[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test(super::Sqlite).await } )* }
-        mod mongodb { $( #[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test(super::Mongodb).await } )* }
-    };
-}
-
 on_every_engine!(dump_is_deterministic_and_round_trips, validate_passes_a_good_set);
 
 async fn dump(db: &TestDb, format: &str) -> String {

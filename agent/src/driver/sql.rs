@@ -16,6 +16,16 @@ use super::{AtomicError, ConnectOptions, Driver, DriverError, HistoryChange};
 /// Key of the PostgreSQL advisory lock: "flotilla" in ASCII. Advisory locks are scoped to the current database.
 const PG_LOCK_KEY: i64 = 0x666c_6f74_696c_6c61;
 
+/// The upsert tail PostgreSQL and SQLite share (MySQL says ON DUPLICATE KEY UPDATE).
+macro_rules! on_conflict_update {
+    () => {
+        "ON CONFLICT (version) DO UPDATE SET name = excluded.name, checksum = excluded.checksum, state = excluded.state,
+        direction = excluded.direction, statements_done = excluded.statements_done,
+        statements_total = excluded.statements_total, error = excluded.error, applied_at = excluded.applied_at,
+        duration_ms = excluded.duration_ms, applied_by = excluded.applied_by, plan_id = excluded.plan_id"
+    };
+}
+
 /// What differs between the SQL engines.
 struct Dialect {
     create_history: &'static str,
@@ -39,13 +49,12 @@ const POSTGRES: Dialect = Dialect {
     select_history: "SELECT version, name, checksum, state, direction, statements_done, statements_total, error,
         to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), duration_ms, applied_by, plan_id
         FROM flotilla_schema_history ORDER BY version",
-    upsert: "INSERT INTO flotilla_schema_history (version, name, checksum, state, direction, statements_done,
+    upsert: concat!(
+        "INSERT INTO flotilla_schema_history (version, name, checksum, state, direction, statements_done,
         statements_total, error, applied_at, duration_ms, applied_by, plan_id)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CAST($9 AS TIMESTAMPTZ), $10, $11, $12)
-        ON CONFLICT (version) DO UPDATE SET name = excluded.name, checksum = excluded.checksum, state = excluded.state,
-        direction = excluded.direction, statements_done = excluded.statements_done,
-        statements_total = excluded.statements_total, error = excluded.error, applied_at = excluded.applied_at,
-        duration_ms = excluded.duration_ms, applied_by = excluded.applied_by, plan_id = excluded.plan_id",
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CAST($9 AS TIMESTAMPTZ), $10, $11, $12) ",
+        on_conflict_update!()
+    ),
     set_progress: "UPDATE flotilla_schema_history SET statements_done = $1 WHERE version = $2",
     delete: "DELETE FROM flotilla_schema_history WHERE version = $1",
     timestamp_format: "%Y-%m-%dT%H:%M:%S%.6fZ",
@@ -83,13 +92,12 @@ const SQLITE: Dialect = Dialect {
     history_exists: "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'flotilla_schema_history'",
     select_history: "SELECT version, name, checksum, state, direction, statements_done, statements_total, error,
         applied_at, duration_ms, applied_by, plan_id FROM flotilla_schema_history ORDER BY version",
-    upsert: "INSERT INTO flotilla_schema_history (version, name, checksum, state, direction, statements_done,
+    upsert: concat!(
+        "INSERT INTO flotilla_schema_history (version, name, checksum, state, direction, statements_done,
         statements_total, error, applied_at, duration_ms, applied_by, plan_id)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-        ON CONFLICT (version) DO UPDATE SET name = excluded.name, checksum = excluded.checksum, state = excluded.state,
-        direction = excluded.direction, statements_done = excluded.statements_done,
-        statements_total = excluded.statements_total, error = excluded.error, applied_at = excluded.applied_at,
-        duration_ms = excluded.duration_ms, applied_by = excluded.applied_by, plan_id = excluded.plan_id",
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ",
+        on_conflict_update!()
+    ),
     set_progress: "UPDATE flotilla_schema_history SET statements_done = ? WHERE version = ?",
     delete: "DELETE FROM flotilla_schema_history WHERE version = ?",
     timestamp_format: "%Y-%m-%dT%H:%M:%S%.6fZ",
