@@ -36,15 +36,25 @@ pub(crate) async fn dump(conn: &mut AnyConnection) -> Result<Schema, DriverError
     for r in rows(conn, indexes).await? {
         parts.entry(r[0].clone()).or_default().insert(format!("index {}", r[1]), r[2].clone());
     }
-    let foreign_keys = "SELECT k.table_name, k.constraint_name, CAST(CONCAT('(', GROUP_CONCAT(k.column_name ORDER BY k.ordinal_position), ') REFERENCES ',
-            k.referenced_table_name, ' (', GROUP_CONCAT(k.referenced_column_name ORDER BY k.ordinal_position), ') ON UPDATE ',
-            r.update_rule, ' ON DELETE ', r.delete_rule) AS CHAR(2000))
-        FROM information_schema.key_column_usage k JOIN information_schema.referential_constraints r
-          ON r.constraint_schema = k.constraint_schema AND r.constraint_name = k.constraint_name AND r.table_name = k.table_name
-        WHERE k.table_schema = DATABASE() AND r.constraint_schema = DATABASE() AND k.referenced_table_name IS NOT NULL
-        GROUP BY k.table_name, k.constraint_name, k.referenced_table_name, r.update_rule, r.delete_rule";
+    // Two filtered queries joined here: MariaDB re-reads information_schema for every row of a join between its
+    // tables, which took seconds on a server holding a few hundred databases.
+    let rules: BTreeMap<(String, String), String> = rows(
+        conn,
+        "SELECT table_name, constraint_name, CAST(CONCAT(' ON UPDATE ', update_rule, ' ON DELETE ', delete_rule) AS CHAR(200))
+         FROM information_schema.referential_constraints WHERE constraint_schema = DATABASE()",
+    )
+    .await?
+    .into_iter()
+    .map(|r| ((r[0].clone(), r[1].clone()), r[2].clone()))
+    .collect();
+    let foreign_keys = "SELECT table_name, constraint_name, CAST(CONCAT('(', GROUP_CONCAT(column_name ORDER BY ordinal_position), ') REFERENCES ',
+            referenced_table_name, ' (', GROUP_CONCAT(referenced_column_name ORDER BY ordinal_position), ')') AS CHAR(2000))
+        FROM information_schema.key_column_usage
+        WHERE table_schema = DATABASE() AND referenced_table_name IS NOT NULL
+        GROUP BY table_name, constraint_name, referenced_table_name";
     for r in rows(conn, foreign_keys).await? {
-        parts.entry(r[0].clone()).or_default().insert(format!("foreign key {}", r[1]), r[2].clone());
+        let rule = rules.get(&(r[0].clone(), r[1].clone())).cloned().unwrap_or_default();
+        parts.entry(r[0].clone()).or_default().insert(format!("foreign key {}", r[1]), format!("{}{rule}", r[2]));
     }
     let checks =
         "SELECT table_name, constraint_name, CAST(check_clause AS CHAR(2000)) FROM information_schema.check_constraints
