@@ -128,6 +128,7 @@ pub struct RunReport {
 }
 
 /// A migration ready to run: statements split, mode chosen, all checked before anything runs.
+#[derive(Clone)]
 struct Prepared<'a> {
     migration: &'a Migration,
     direction: Direction,
@@ -205,25 +206,28 @@ impl Executor {
         request: Request,
         dry_run: bool,
     ) -> Result<RunReport, ExecError> {
-        self.validate(set)?;
+        let prepared = self.prepare_set(set)?;
         if dry_run {
             let history = self.driver.history().await?;
             let steps = plan::plan(&set.migrations, &history, request, &self.plan_options)?;
-            let prepared = self.prepare_all(&steps)?;
-            return Ok(RunReport { dry_run: true, steps: prepared.iter().map(|p| planned(p)).collect() });
+            return Ok(RunReport { dry_run: true, steps: pick(&prepared, &steps)?.into_iter().map(planned).collect() });
         }
         self.lock().await?;
-        let result = self.migrate_locked(set, request).await;
+        let result = self.migrate_locked(set, &prepared, request).await;
         self.release(result).await
     }
 
-    async fn migrate_locked(&mut self, set: &MigrationSet, request: Request) -> Result<RunReport, ExecError> {
+    async fn migrate_locked(
+        &mut self,
+        set: &MigrationSet,
+        prepared: &PreparedSet<'_>,
+        request: Request,
+    ) -> Result<RunReport, ExecError> {
         self.driver.ensure_history().await?;
         let history = self.driver.history().await?;
         let steps = plan::plan(&set.migrations, &history, request, &self.plan_options)?;
-        let prepared = self.prepare_all(&steps)?;
-        let mut report = RunReport { dry_run: false, steps: Vec::with_capacity(prepared.len()) };
-        for step in &prepared {
+        let mut report = RunReport { dry_run: false, steps: Vec::with_capacity(steps.len()) };
+        for step in pick(prepared, &steps)? {
             report.steps.push(self.run_step(step, 0).await?);
         }
         Ok(report)
@@ -231,13 +235,20 @@ impl Executor {
 
     /// Checks that every local script parses for this engine and fits its mode, before anything touches the database.
     pub fn validate(&self, set: &MigrationSet) -> Result<(), ExecError> {
+        self.prepare_set(set).map(drop)
+    }
+
+    /// Every script of the set, split and checked once.
+    fn prepare_set<'a>(&self, set: &'a MigrationSet) -> Result<PreparedSet<'a>, ExecError> {
+        let mut prepared = PreparedSet::new();
         for m in &set.migrations {
-            self.prepare(m, Direction::Up)?;
-            if m.down.is_some() {
-                self.prepare(m, Direction::Down)?;
+            for direction in [Direction::Up, Direction::Down] {
+                if m.script(direction).is_some() {
+                    prepared.insert((m.version, direction), self.prepare(m, direction)?);
+                }
             }
         }
-        Ok(())
+        Ok(prepared)
     }
 
     /// Records local migrations up to `version` as applied without running them, on a database with no history.
@@ -288,25 +299,33 @@ impl Executor {
         action: RepairAction,
         dry_run: bool,
     ) -> Result<String, ExecError> {
-        self.validate(set)?;
+        let prepared = self.prepare_set(set)?;
         if dry_run {
             let history = self.driver.history().await?;
             let (m, direction, done, total) = self.dirty_target(set, &history, action)?;
             return Ok(describe_repair(m, direction, done, total, action));
         }
         self.lock().await?;
-        let result = self.repair_locked(set, action).await;
+        let result = self.repair_locked(set, &prepared, action).await;
         self.release(result).await
     }
 
-    async fn repair_locked(&mut self, set: &MigrationSet, action: RepairAction) -> Result<String, ExecError> {
+    async fn repair_locked(
+        &mut self,
+        set: &MigrationSet,
+        prepared: &PreparedSet<'_>,
+        action: RepairAction,
+    ) -> Result<String, ExecError> {
         let history = self.driver.history().await?;
         let (m, direction, done, total) = self.dirty_target(set, &history, action)?;
         match (action, direction) {
             (RepairAction::Resume, _) => {
-                let mut prepared = self.prepare(m, direction)?;
-                prepared.atomic = false;
-                self.run_step(&prepared, done as usize).await?;
+                let script = prepared
+                    .get(&(m.version, direction))
+                    .ok_or_else(|| PlanError::NoDown { version: m.version, name: m.name.clone() })?;
+                // Resuming continues statement by statement, whatever mode the migration started in.
+                let resume = Prepared { atomic: false, ..script.clone() };
+                self.run_step(&resume, done as usize).await?;
             }
             (RepairAction::MarkApplied, Direction::Up) | (RepairAction::MarkNotApplied, Direction::Down) => {
                 let record = self.record(m, RecordState::Applied, 0);
@@ -364,16 +383,12 @@ impl Executor {
         }
     }
 
-    fn prepare_all<'a>(&self, steps: &[flotilla_core::Step<'a>]) -> Result<Vec<Prepared<'a>>, ExecError> {
-        steps.iter().map(|s| self.prepare(s.migration, s.direction)).collect()
-    }
-
     fn prepare<'a>(&self, migration: &'a Migration, direction: Direction) -> Result<Prepared<'a>, ExecError> {
         let script = migration
             .script(direction)
             .ok_or_else(|| PlanError::NoDown { version: migration.version, name: migration.name.clone() })?;
         let mut statements = script.statements(migration.kind, self.driver.engine())?;
-        let mut atomic = !script.no_transaction && self.driver.can_run_atomically(&statements);
+        let atomic = !script.no_transaction && self.driver.can_run_atomically(&statements);
         if atomic && migration.kind == ScriptKind::Sql {
             strip_transaction_wrapper(&mut statements);
             if let Some(s) =
@@ -388,23 +403,11 @@ impl Executor {
                 .into());
             }
         }
-        if self.driver.engine() == flotilla_core::Engine::Mysql {
-            atomic = false;
-        }
         Ok(Prepared { migration, direction, statements, atomic })
     }
 
     fn record(&self, m: &Migration, state: RecordState, duration_ms: u64) -> AppliedMigration {
-        AppliedMigration {
-            version: m.version,
-            name: m.name.clone(),
-            checksum: m.checksum.clone(),
-            state,
-            applied_at: Utc::now(),
-            duration_ms: i64::try_from(duration_ms).unwrap_or(i64::MAX),
-            applied_by: self.owner.clone(),
-            plan_id: self.plan_id.clone(),
-        }
+        new_record(m, state, duration_ms, &self.owner, self.plan_id.as_deref())
     }
 
     fn emit(&self, step: &Prepared, kind: ProgressKind) {
@@ -458,11 +461,6 @@ impl Executor {
     async fn run_atomic(&mut self, step: &Prepared<'_>, started: Instant) -> Result<u64, ExecError> {
         self.driver.check_lock().await?;
         let m = step.migration;
-        let change = match step.direction {
-            // The duration recorded in one transaction is measured just before the commit.
-            Direction::Up => HistoryChange::Write(self.record(m, RecordState::Applied, 0)),
-            Direction::Down => HistoryChange::Delete(m.version),
-        };
         let total = step.statements.len();
         let mut rows = 0;
         let sink = self.progress.clone();
@@ -479,14 +477,17 @@ impl Executor {
                 sink(&Progress { version, name: name.clone(), direction, kind });
             }
         };
-        let change = match change {
-            HistoryChange::Write(mut record) => {
-                record.duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-                HistoryChange::Write(record)
+        // Asked for after the statements ran, inside the transaction, so the recorded duration is the real one.
+        let (owner, plan_id) = (self.owner.clone(), self.plan_id.clone());
+        let change = move || match direction {
+            Direction::Up => {
+                let duration = millis(started.elapsed());
+                HistoryChange::Write(new_record(m, RecordState::Applied, duration, &owner, plan_id.as_deref()))
             }
-            delete => delete,
+            Direction::Down => HistoryChange::Delete(m.version),
         };
-        match self.driver.execute_atomic(&step.statements, &change, &mut on_done).await {
+        let result = self.driver.execute_atomic(&step.statements, &change, &mut on_done).await;
+        match result {
             Ok(()) => Ok(rows),
             Err(e) => Err(self.failure(step, e.statement, e.error.to_string(), false)),
         }
@@ -566,6 +567,46 @@ impl Executor {
             dirty,
         }
     }
+}
+
+fn new_record(
+    m: &Migration,
+    state: RecordState,
+    duration_ms: u64,
+    owner: &str,
+    plan_id: Option<&str>,
+) -> AppliedMigration {
+    AppliedMigration {
+        version: m.version,
+        name: m.name.clone(),
+        checksum: m.checksum.clone(),
+        state,
+        applied_at: Utc::now(),
+        duration_ms: i64::try_from(duration_ms).unwrap_or(i64::MAX),
+        applied_by: owner.to_string(),
+        plan_id: plan_id.map(str::to_string),
+    }
+}
+
+type PreparedSet<'a> = std::collections::HashMap<(i64, Direction), Prepared<'a>>;
+
+/// The prepared scripts for planned steps, in plan order. plan() refuses a rollback without a DOWN and
+/// prepare_set() holds every script that exists, so a miss is a bug: refuse rather than skip a step.
+fn pick<'p, 'a>(
+    prepared: &'p PreparedSet<'a>,
+    steps: &[flotilla_core::Step<'a>],
+) -> Result<Vec<&'p Prepared<'a>>, ExecError> {
+    steps
+        .iter()
+        .map(|s| {
+            prepared.get(&(s.migration.version, s.direction)).ok_or_else(|| {
+                ExecError::Refused(format!(
+                    "internal: migration {} {} was not prepared",
+                    s.migration.version, s.direction
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Drops a script's own `BEGIN … COMMIT` around its body when Flotilla supplies the transaction.

@@ -51,3 +51,20 @@ async fn dev_runs_on_embedded_defaults() {
     assert_eq!(json["applied"].as_array().map(Vec::len), Some(4));
     assert_eq!(json["rolled_back"].as_array().map(Vec::len), Some(4));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_records_the_real_duration() {
+    // Atomic (PostgreSQL) and statement by statement (MySQL): the record carries how long the migration took.
+    for (engine, sleep) in [(Postgres, "SELECT pg_sleep(0.3);"), (Mysql, "SELECT SLEEP(0.3);")] {
+        let db = TestDb::new(engine).await;
+        let dir = Dir::new();
+        dir.migration(engine, 1, "slow", sleep, "SELECT 1;");
+        cmd("up", &db, dir.path(), &[]).await.ok();
+        let mut conn = db.sql().await;
+        let ms: i64 = sqlx::query_scalar("SELECT duration_ms FROM flotilla_schema_history WHERE version = 1")
+            .fetch_one(&mut conn)
+            .await
+            .expect("duration");
+        assert!(ms >= 300, "{engine}: recorded {ms} ms for a 300 ms migration");
+    }
+}

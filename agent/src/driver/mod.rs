@@ -82,11 +82,12 @@ pub trait Driver: Send {
     /// Rolls back a transaction a script left open after one of its statements failed.
     async fn rollback_open_transaction(&mut self);
 
-    /// Runs `statements`, then `change`, in one transaction. `on_done(i, rows)` is called after statement `i`.
+    /// Runs `statements`, then the history change `change()` returns, in one transaction. `on_done(i, rows)` is
+    /// called after statement `i`; `change` is called after the last one, so the record can carry the real duration.
     async fn execute_atomic(
         &mut self,
         statements: &[Statement],
-        change: &HistoryChange,
+        change: &(dyn Fn() -> HistoryChange + Send + Sync),
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError>;
 

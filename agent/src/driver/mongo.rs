@@ -367,7 +367,7 @@ impl Driver for MongoDriver {
     async fn execute_atomic(
         &mut self,
         statements: &[Statement],
-        change: &HistoryChange,
+        change: &(dyn Fn() -> HistoryChange + Send + Sync),
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError> {
         let at_commit = |error| AtomicError { statement: None, error };
@@ -388,7 +388,7 @@ impl Driver for MongoDriver {
                 }
             }
         }
-        if let Err(error) = self.apply_change(change, &mut session).await {
+        if let Err(error) = self.apply_change(&change(), &mut session).await {
             let _ = session.abort_transaction().await;
             return Err(at_commit(error));
         }

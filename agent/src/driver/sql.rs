@@ -200,7 +200,7 @@ impl SqlDriver {
     async fn atomic_body(
         &mut self,
         statements: &[Statement],
-        change: &HistoryChange,
+        change: &(dyn Fn() -> HistoryChange + Send + Sync),
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError> {
         let at_commit = |error| AtomicError { statement: None, error };
@@ -215,7 +215,7 @@ impl SqlDriver {
                 .map_err(|error| AtomicError { statement: Some(i), error })?;
             on_done(i, rows);
         }
-        Self::apply_change(&mut self.conn, self.dialect, change).await.map_err(at_commit)
+        Self::apply_change(&mut self.conn, self.dialect, &change()).await.map_err(at_commit)
     }
 
     /// Extends the SQLite lease; fails with `LockLost` when another runner holds it now.
@@ -493,7 +493,7 @@ impl Driver for SqlDriver {
     async fn execute_atomic(
         &mut self,
         statements: &[Statement],
-        change: &HistoryChange,
+        change: &(dyn Fn() -> HistoryChange + Send + Sync),
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError> {
         let at_commit = |error| AtomicError { statement: None, error };
