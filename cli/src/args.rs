@@ -72,6 +72,23 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Write a new migration (UP and DOWN templates) in the directory's convention.
+    New {
+        /// What the migration does, e.g. "add status column to orders" (becomes the file name).
+        description: String,
+        /// Migrations directory (created if missing).
+        #[arg(long, env = "FLOTILLA_DIR", default_value = "migrations")]
+        dir: PathBuf,
+        /// Engine the templates are written for (default: from the directory, FLOTILLA_DB_URL, else postgres).
+        #[arg(long)]
+        engine: Option<flotilla_core::Engine>,
+        /// native, flyway, golang-migrate, dbmate, sqlx or diesel (default: the directory's, else native).
+        #[arg(long)]
+        style: Option<String>,
+        /// Template an UP that backs up what it destroys and a DOWN that restores it.
+        #[arg(long)]
+        destructive: bool,
+    },
     /// Capture or compare schemas.
     Schema {
         #[command(subcommand)]

@@ -86,6 +86,21 @@ pub async fn run(cli: Cli) -> Code {
         }
         Command::Dev { db, keep } => crate::dev::run(out, db, keep).await,
         Command::Schema { command } => crate::schema::run(out, command).await,
+        Command::New { description, dir, engine, style, destructive } => {
+            match new_migration(&description, &dir, engine, style.as_deref(), destructive) {
+                Ok(paths) => {
+                    if out.json {
+                        out.print_json(&json!({ "ok": true, "files": paths }));
+                    } else {
+                        for p in &paths {
+                            println!("created {}", p.display());
+                        }
+                    }
+                    Code::Ok
+                }
+                Err(message) => out.error(Code::BadInput, &message),
+            }
+        }
         Command::Validate { target, test_cmd } => {
             let url = target.db.clone();
             with_target(out, &target, true, PlanOptions::default(), |mut ex, set| async move {
@@ -142,4 +157,66 @@ where
         Ok(()) => Code::Ok,
         Err(e) => out.error(Code::of(&e), &e.to_string()),
     }
+}
+
+/// Writes a new migration's files; refuses to overwrite or to mix conventions. Returns the paths written.
+fn new_migration(
+    description: &str,
+    dir: &std::path::Path,
+    engine: Option<flotilla_core::Engine>,
+    style: Option<&str>,
+    destructive: bool,
+) -> Result<Vec<std::path::PathBuf>, String> {
+    use flotilla_core::generate::{files, next_version, Request as NewRequest, Style};
+    use flotilla_core::{Engine, Format};
+
+    let existing = if dir.exists() {
+        read_dir(dir, &ReadOptions { allow_missing_down: true }).map_err(|e| e.to_string())?
+    } else {
+        MigrationSet { dir: dir.to_path_buf(), format: None, migrations: Vec::new() }
+    };
+    let style = match (style.map(Style::parse).transpose()?, existing.format) {
+        (Some(s), Some(f)) if s != Style::of(f) => {
+            return Err(format!(
+                "{} holds {} migrations; a {style:?} file would mix conventions (use --style matching it, or another --dir)",
+                dir.display(),
+                f.as_str(),
+                style = s
+            ))
+        }
+        (Some(s), _) => s,
+        (None, Some(f)) => Style::of(f),
+        (None, None) => Style::Native,
+    };
+    let engine = match (engine, existing.format) {
+        (Some(Engine::Mongodb), Some(f)) if f != Format::Mongo => {
+            return Err(format!("{} holds SQL migrations", dir.display()))
+        }
+        (Some(e), Some(Format::Mongo)) if e != Engine::Mongodb => {
+            return Err(format!("{} holds MongoDB migrations", dir.display()))
+        }
+        (Some(e), _) => e,
+        (None, Some(Format::Mongo)) => Engine::Mongodb,
+        (None, _) => {
+            std::env::var("FLOTILLA_DB_URL").ok().and_then(|u| Engine::from_url(&u)).unwrap_or(Engine::Postgres)
+        }
+    };
+    let (version, width) = next_version(&existing, chrono::Utc::now());
+    let new = files(&NewRequest { description, engine, style, destructive }, version, width)?;
+    for f in &new {
+        let path = dir.join(&f.path);
+        if path.exists() {
+            return Err(format!("{} already exists; nothing was written", path.display()));
+        }
+    }
+    let mut written = Vec::new();
+    for f in new {
+        let path = dir.join(&f.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        std::fs::write(&path, f.text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
 }

@@ -68,3 +68,29 @@ async fn history_records_the_real_duration() {
         assert!(ms >= 300, "{engine}: recorded {ms} ms for a 300 ms migration");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_writes_in_the_directory_convention_and_never_overwrites() {
+    let dir = Dir::new();
+    dir.file("V1__init.sql", "CREATE TABLE a (id INT);").file("U1__init.sql", "DROP TABLE a;");
+    let d = dir.path().to_str().expect("utf-8");
+    let run = flotilla(&["new", "add b", "--dir", d, "--json"]).await;
+    let files: Vec<String> = run.ok().json()["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f.as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        files.iter().any(|f| f.ends_with("V2__add_b.sql")) && files.iter().any(|f| f.ends_with("U2__add_b.sql")),
+        "{files:?}"
+    );
+    flotilla(&["new", "add c", "--dir", d, "--style", "dbmate"]).await.fails(2, "would mix conventions");
+    flotilla(&["new", "!!!", "--dir", d]).await.fails(2, "at least one letter");
+    let entries = std::fs::read_dir(dir.path()).expect("dir").count();
+    assert_eq!(entries, 4, "refused requests wrote nothing");
+    // The generated migration applies and rolls back.
+    let db = TestDb::new(Sqlite).await;
+    cmd("up", &db, dir.path(), &[]).await.ok();
+    cmd("down", &db, dir.path(), &["--all"]).await.ok();
+}
