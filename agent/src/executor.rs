@@ -15,13 +15,13 @@ use chrono::Utc;
 use flotilla_core::plan::{self, PlanOptions, StatusRow};
 use flotilla_core::split::is_transaction_control;
 use flotilla_core::{
-    AppliedMigration, Direction, Migration, MigrationSet, PlanError, ReadError, RecordState, Request, ScriptKind,
-    Statement,
+    AppliedMigration, Backfill, Direction, Migration, MigrationSet, PlanError, ReadError, RecordState, Request,
+    ScriptKind, Statement,
 };
 use serde::Serialize;
 use tracing::{info_span, Instrument};
 
-use crate::driver::{Driver, DriverError, HistoryChange};
+use crate::driver::{BackfillCursor, Driver, DriverError, HistoryChange};
 
 /// Why a run stopped.
 #[derive(Debug, thiserror::Error)]
@@ -89,10 +89,32 @@ pub struct Progress {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ProgressKind {
-    Started { statements: usize, atomic: bool, resume_from: usize },
-    Statement { index: usize, total: usize, rows_affected: u64, elapsed_ms: u64 },
-    Finished { elapsed_ms: u64 },
-    Failed { statement: Option<usize>, error: String },
+    Started {
+        statements: usize,
+        atomic: bool,
+        resume_from: usize,
+    },
+    Statement {
+        index: usize,
+        total: usize,
+        rows_affected: u64,
+        elapsed_ms: u64,
+    },
+    /// A backfill batch committed: every key up to `last_key` is done.
+    Batch {
+        batch: i64,
+        last_key: i64,
+        rows_affected: u64,
+        total_rows: i64,
+        elapsed_ms: u64,
+    },
+    Finished {
+        elapsed_ms: u64,
+    },
+    Failed {
+        statement: Option<usize>,
+        error: String,
+    },
 }
 
 pub type ProgressSink = Arc<dyn Fn(&Progress) + Send + Sync>;
@@ -134,6 +156,8 @@ struct Prepared<'a> {
     direction: Direction,
     statements: Vec<Statement>,
     atomic: bool,
+    /// Set for a batched backfill; `statements` then holds its one UPDATE template.
+    backfill: Option<Backfill>,
 }
 
 /// Runs migrations against one target through its driver.
@@ -403,7 +427,17 @@ impl Executor {
                 .into());
             }
         }
-        Ok(Prepared { migration, direction, statements, atomic })
+        if let Some(backfill) = &script.backfill {
+            if migration.kind != ScriptKind::Sql || statements.len() != 1 {
+                return Err(ReadError::new(
+                    &script.path,
+                    "a backfill script holds exactly one SQL UPDATE (with {lo} and {hi}), and runs on SQL engines",
+                )
+                .into());
+            }
+            return Ok(Prepared { migration, direction, statements, atomic: false, backfill: Some(backfill.clone()) });
+        }
+        Ok(Prepared { migration, direction, statements, atomic, backfill: None })
     }
 
     fn record(&self, m: &Migration, state: RecordState, duration_ms: u64) -> AppliedMigration {
@@ -436,7 +470,9 @@ impl Executor {
                 step,
                 ProgressKind::Started { statements: step.statements.len(), atomic: step.atomic, resume_from },
             );
-            let result = if step.atomic {
+            let result = if let Some(backfill) = &step.backfill {
+                self.run_backfill(step, backfill, started).await
+            } else if step.atomic {
                 self.run_atomic(step, started).await
             } else {
                 self.run_stepwise(step, resume_from, started).await
@@ -491,6 +527,98 @@ impl Executor {
             Ok(()) => Ok(rows),
             Err(e) => Err(self.failure(step, e.statement, e.error.to_string(), false)),
         }
+    }
+
+    /// Runs a backfill batch by batch; each batch's update and cursor commit together. A killed run leaves the
+    /// migration pending with its cursor saved, and the next run resumes after the last committed batch.
+    async fn run_backfill(
+        &mut self,
+        step: &Prepared<'_>,
+        backfill: &Backfill,
+        started: Instant,
+    ) -> Result<u64, ExecError> {
+        let m = step.migration;
+        let (version, direction) = (m.version, step.direction);
+        let Some(Statement::Sql { text: template, line }) = step.statements.first() else {
+            return Err(ExecError::Refused(format!("internal: backfill {version} has no statement")));
+        };
+        let mut cursor = match self.driver.backfill_cursor(version, direction).await? {
+            Some(c) if c.checksum != m.checksum.0 => {
+                return Err(ExecError::Refused(format!(
+                "backfill {version} ({}) was started from a different version of its file (checksum {} then, {} now); \
+                     restore the file to finish it",
+                m.name,
+                &c.checksum[..c.checksum.len().min(12)],
+                m.checksum.short()
+            )))
+            }
+            Some(c) => c,
+            None => BackfillCursor {
+                version,
+                direction,
+                checksum: m.checksum.0.clone(),
+                last_key: i64::MIN,
+                batches: 0,
+                rows: 0,
+            },
+        };
+        let resumed_rows = cursor.rows;
+        loop {
+            self.driver.check_lock().await?;
+            let Some(hi) = self.driver.next_batch_end(backfill, cursor.last_key).await? else { break };
+            let statement = Statement::Sql { text: Backfill::bind(template, cursor.last_key, hi), line: *line };
+            let rows = std::sync::atomic::AtomicU64::new(0);
+            let mut on_done = |_: usize, n: u64| rows.store(n, std::sync::atomic::Ordering::SeqCst);
+            let next = |rows: u64| BackfillCursor {
+                last_key: hi,
+                batches: cursor.batches + 1,
+                rows: cursor.rows + i64::try_from(rows).unwrap_or(i64::MAX),
+                ..cursor.clone()
+            };
+            let change = || HistoryChange::SaveCursor(next(rows.load(std::sync::atomic::Ordering::SeqCst)));
+            if let Err(e) = self.driver.execute_atomic(std::slice::from_ref(&statement), &change, &mut on_done).await {
+                let error = format!(
+                    "{} (batch {} over keys after {}; the {} batches before it are kept: run again to resume)",
+                    e.error,
+                    cursor.batches + 1,
+                    cursor.last_key,
+                    cursor.batches
+                );
+                return Err(self.failure(step, Some(0), error, false));
+            }
+            let n = rows.load(std::sync::atomic::Ordering::SeqCst);
+            cursor = next(n);
+            self.emit(
+                step,
+                ProgressKind::Batch {
+                    batch: cursor.batches,
+                    last_key: hi,
+                    rows_affected: n,
+                    total_rows: cursor.rows,
+                    elapsed_ms: millis(started.elapsed()),
+                },
+            );
+            if backfill.pause_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(backfill.pause_ms)).await;
+            }
+        }
+        // The history record and the end of the cursor commit together.
+        let (owner, plan_id) = (self.owner.clone(), self.plan_id.clone());
+        let finish = move || {
+            let record = match direction {
+                Direction::Up => {
+                    let duration = millis(started.elapsed());
+                    HistoryChange::Write(new_record(m, RecordState::Applied, duration, &owner, plan_id.as_deref()))
+                }
+                Direction::Down => HistoryChange::Delete(version),
+            };
+            HistoryChange::Many(vec![record, HistoryChange::ClearCursor { version, direction }])
+        };
+        self.driver
+            .execute_atomic(&[], &finish, &mut |_, _| {})
+            .await
+            .map_err(|e| self.failure(step, None, e.error.to_string(), false))?;
+        Ok(u64::try_from(cursor.rows - resumed_rows).unwrap_or(0))
     }
 
     async fn run_stepwise(&mut self, step: &Prepared<'_>, from: usize, started: Instant) -> Result<u64, ExecError> {

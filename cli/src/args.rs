@@ -40,6 +40,10 @@ pub enum Command {
         /// Apply pending migrations older than the newest applied one instead of refusing.
         #[arg(long)]
         allow_out_of_order: bool,
+        /// Zero-downtime rollouts: `expand` stops before the first contract migration; `contract` applies the
+        /// pending contract migrations and is refused until expand has finished.
+        #[arg(long, value_parser = parse_phase)]
+        phase: Option<flotilla_core::Phase>,
     },
     /// Roll back applied migrations, newest first.
     Down {
@@ -196,4 +200,12 @@ pub enum SchemaCommand {
 pub enum DumpFormat {
     Json,
     Sql,
+}
+
+fn parse_phase(s: &str) -> Result<flotilla_core::Phase, String> {
+    match s {
+        "expand" => Ok(flotilla_core::Phase::Expand),
+        "contract" => Ok(flotilla_core::Phase::Contract),
+        other => Err(format!("`{other}` is not a phase (expand or contract)")),
+    }
 }

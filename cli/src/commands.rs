@@ -23,8 +23,8 @@ pub async fn run(cli: Cli) -> Code {
             })
             .await
         }
-        Command::Up { target, to, dry_run, allow_out_of_order } => {
-            let options = PlanOptions { allow_out_of_order, ignore_missing: target.ignore_missing };
+        Command::Up { target, to, dry_run, allow_out_of_order, phase } => {
+            let options = PlanOptions { allow_out_of_order, ignore_missing: target.ignore_missing, phase };
             with_target(out, &target, !dry_run, options, |mut ex, set| async move {
                 let report = ex.migrate(&set, Request::Up { to }, dry_run).await;
                 ex.close().await;
@@ -38,7 +38,7 @@ pub async fn run(cli: Cli) -> Code {
                 (_, Some(n)) => Request::DownSteps(n),
                 _ => Request::DownAll,
             };
-            let options = PlanOptions { allow_out_of_order: false, ignore_missing: target.ignore_missing };
+            let options = PlanOptions { ignore_missing: target.ignore_missing, ..PlanOptions::default() };
             with_target(out, &target, !dry_run, options, |mut ex, set| async move {
                 let report = ex.migrate(&set, request, dry_run).await;
                 ex.close().await;

@@ -44,6 +44,10 @@ impl Output {
                     Some(format!("    statement {index}/{total} done, {rows_affected} rows, {elapsed_ms} ms"))
                 }
                 ProgressKind::Statement { .. } => None,
+                ProgressKind::Batch { batch, last_key, rows_affected, total_rows, elapsed_ms } if verbose > 0 => Some(format!(
+                    "    batch {batch} committed: keys up to {last_key}, {rows_affected} rows ({total_rows} in all), {elapsed_ms} ms"
+                )),
+                ProgressKind::Batch { .. } => None,
                 ProgressKind::Finished { elapsed_ms } => Some(format!("  done in {elapsed_ms} ms")),
                 ProgressKind::Failed { .. } => None,
             };

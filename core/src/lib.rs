@@ -17,6 +17,6 @@ pub mod schema;
 pub mod split;
 
 pub use history::{AppliedMigration, Direction, RecordState};
-pub use migration::{Checksum, Engine, Migration, MigrationOptions, Phase, Script, ScriptKind, Statement};
+pub use migration::{Backfill, Checksum, Engine, Migration, MigrationOptions, Phase, Script, ScriptKind, Statement};
 pub use plan::{plan, verify, PlanError, PlanOptions, Request, Step};
 pub use reader::{read_dir, Format, MigrationSet, ReadError, ReadOptions};

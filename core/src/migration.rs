@@ -114,6 +114,65 @@ pub struct Script {
     pub text: String,
     /// Run statement by statement outside a transaction (needed for `CREATE INDEX CONCURRENTLY`).
     pub no_transaction: bool,
+    /// Run the script's one UPDATE in key-range batches (`-- flotilla:backfill …`).
+    pub backfill: Option<Backfill>,
+}
+
+/// A large data change run in batches over an integer key: each batch's update and its cursor commit together, so a
+/// killed run resumes after the last committed batch and every row is updated once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backfill {
+    pub table: String,
+    pub key: String,
+    pub batch: u32,
+    /// Pause between batches, to leave the database room for its real work.
+    pub pause_ms: u64,
+}
+
+impl Backfill {
+    pub const LO: &'static str = "{lo}";
+    pub const HI: &'static str = "{hi}";
+
+    /// Parses `table=orders key=id batch=10000 pause-ms=5`.
+    pub fn parse(words: &[&str]) -> Result<Backfill, String> {
+        let (mut table, mut key, mut batch, mut pause_ms) = (None, None, 1000u32, 0u64);
+        for word in words {
+            let (k, v) = word.split_once('=').ok_or_else(|| format!("backfill option `{word}` is not key=value"))?;
+            let ident = |v: &str| {
+                if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                    Ok(v.to_string())
+                } else {
+                    Err(format!("backfill {k} `{v}` must be a plain name (letters, digits, _ and .)"))
+                }
+            };
+            match k {
+                "table" => table = Some(ident(v)?),
+                "key" => key = Some(ident(v)?),
+                "batch" => {
+                    batch = v
+                        .parse()
+                        .ok()
+                        .filter(|b| *b > 0)
+                        .ok_or(format!("backfill batch `{v}` must be a positive integer"))?
+                }
+                "pause-ms" => {
+                    pause_ms = v.parse().map_err(|_| format!("backfill pause-ms `{v}` must be a whole number"))?
+                }
+                other => return Err(format!("unknown backfill option `{other}` (table, key, batch, pause-ms)")),
+            }
+        }
+        Ok(Backfill {
+            table: table.ok_or("backfill needs table=NAME")?,
+            key: key.ok_or("backfill needs key=COLUMN (an integer key)")?,
+            batch,
+            pause_ms,
+        })
+    }
+
+    /// The script's update for keys in `(lo, hi]`.
+    pub fn bind(template: &str, lo: i64, hi: i64) -> String {
+        template.replace(Self::LO, &lo.to_string()).replace(Self::HI, &hi.to_string())
+    }
 }
 
 impl Script {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::history::{AppliedMigration, Direction, RecordState};
-use crate::migration::{Checksum, Migration};
+use crate::migration::{Checksum, Migration, Phase};
 
 /// What the operator asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +29,9 @@ pub struct PlanOptions {
     pub allow_out_of_order: bool,
     /// Go on when an applied migration has no local file (it is then left alone).
     pub ignore_missing: bool,
+    /// Zero-downtime rollouts: `expand` applies pending migrations up to the first `contract` one; `contract`
+    /// applies the pending contract migrations, and is refused while an expand step before them is pending.
+    pub phase: Option<Phase>,
 }
 
 /// One migration to run in one direction.
@@ -52,6 +55,8 @@ pub enum PlanError {
     NoDown { version: i64, name: String },
     #[error("migration {version} ({name}) was recorded by `baseline`, not run, so Flotilla will not roll it back")]
     BelowBaseline { version: i64, name: String },
+    #[error("contract is refused: migration {version} ({name}) comes first and is not a contract step; finish expand first (`up --phase expand`)")]
+    ExpandNotFinished { version: i64, name: String },
     #[error("version {0} is not a migration in the directory")]
     UnknownVersion(i64),
 }
@@ -107,7 +112,7 @@ pub fn plan<'a>(
                 }
                 steps.push(Step { migration: m, direction: Direction::Up });
             }
-            Ok(steps)
+            limit_to_phase(steps, options.phase)
         }
         Request::DownTo(to) => {
             if to != 0 && find(local, to).is_none() && !applied.contains_key(&to) {
@@ -117,6 +122,21 @@ pub fn plan<'a>(
         }
         Request::DownSteps(n) => down_steps(local, applied.values().rev().take(n as usize)),
         Request::DownAll => down_steps(local, applied.values().rev()),
+    }
+}
+
+fn limit_to_phase(steps: Vec<Step<'_>>, phase: Option<Phase>) -> Result<Vec<Step<'_>>, PlanError> {
+    let is_contract = |s: &Step| s.migration.options.phase == Some(Phase::Contract);
+    match phase {
+        None => Ok(steps),
+        Some(Phase::Expand) => Ok(steps.into_iter().take_while(|s| !is_contract(s)).collect()),
+        Some(Phase::Contract) => match steps.first() {
+            Some(first) if !is_contract(first) => Err(PlanError::ExpandNotFinished {
+                version: first.migration.version,
+                name: first.migration.name.clone(),
+            }),
+            _ => Ok(steps.into_iter().take_while(is_contract).collect()),
+        },
     }
 }
 
@@ -230,6 +250,7 @@ mod tests {
             first_line: 1,
             text: t.into(),
             no_transaction: false,
+            backfill: None,
         };
         let up = format!("CREATE TABLE t{version} (id int);");
         let down_text = format!("DROP TABLE t{version};");
@@ -337,6 +358,30 @@ mod tests {
         assert!(matches!(plan(&local, &h, Request::DownAll, &o), Err(PlanError::NoDown { version: 2, .. })));
         let b = vec![applied(&local[0], RecordState::Baseline)];
         assert!(matches!(plan(&local, &b, Request::DownAll, &o), Err(PlanError::BelowBaseline { version: 1, .. })));
+    }
+
+    #[test]
+    fn phases_split_expand_from_contract() {
+        let mut local = vec![mig(1, true), mig(2, true), mig(3, true), mig(4, true)];
+        local[0].options.phase = Some(Phase::Expand);
+        local[2].options.phase = Some(Phase::Contract);
+        local[3].options.phase = Some(Phase::Contract);
+        let with = |phase| PlanOptions { phase: Some(phase), ..Default::default() };
+        let up = Request::Up { to: None };
+        assert_eq!(
+            versions(&plan(&local, &[], up, &with(Phase::Expand)).unwrap()),
+            [(1, Direction::Up), (2, Direction::Up)]
+        );
+        assert!(matches!(
+            plan(&local, &[], up, &with(Phase::Contract)),
+            Err(PlanError::ExpandNotFinished { version: 1, .. })
+        ));
+        let expanded: Vec<_> = local[..2].iter().map(|m| applied(m, RecordState::Applied)).collect();
+        assert_eq!(
+            versions(&plan(&local, &expanded, up, &with(Phase::Contract)).unwrap()),
+            [(3, Direction::Up), (4, Direction::Up)]
+        );
+        assert!(plan(&local, &expanded, up, &with(Phase::Expand)).unwrap().is_empty());
     }
 
     #[test]

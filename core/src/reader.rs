@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::migration::{Checksum, Migration, MigrationOptions, Phase, Script, ScriptKind};
+use crate::migration::{Backfill, Checksum, Migration, MigrationOptions, Phase, Script, ScriptKind};
 
 /// A directory convention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -354,12 +354,21 @@ fn build(version: i64, parts: Parts, format: Format, options: &ReadOptions) -> R
             let down = parts.down.unwrap_or_default();
             return Err(ReadError::new(&down, format!("version {version} has a DOWN but no UP")));
         };
-        let up =
-            Script { text: read_text(&up_path)?, path: up_path, first_line: 1, no_transaction: parts.no_transaction };
+        let up = Script {
+            text: read_text(&up_path)?,
+            path: up_path,
+            first_line: 1,
+            no_transaction: parts.no_transaction,
+            backfill: None,
+        };
         let down = match parts.down {
-            Some(p) => {
-                Some(Script { text: read_text(&p)?, path: p, first_line: 1, no_transaction: parts.no_transaction })
-            }
+            Some(p) => Some(Script {
+                text: read_text(&p)?,
+                path: p,
+                first_line: 1,
+                no_transaction: parts.no_transaction,
+                backfill: None,
+            }),
             None => None,
         };
         (up, down)
@@ -416,12 +425,19 @@ fn dbmate_sections(path: &Path, text: &str) -> Result<(Script, Option<Script>), 
         offset += line.len();
     }
     let (start, first_line, no_transaction) = up.ok_or_else(|| ReadError::new(path, "no `-- migrate:up` section"))?;
-    let up = Script { path: path.to_path_buf(), first_line, text: text[start..up_end].to_string(), no_transaction };
+    let up = Script {
+        path: path.to_path_buf(),
+        first_line,
+        text: text[start..up_end].to_string(),
+        no_transaction,
+        backfill: None,
+    };
     let down = down.map(|(start, first_line, no_transaction)| Script {
         path: path.to_path_buf(),
         first_line,
         text: text[start..].to_string(),
         no_transaction,
+        backfill: None,
     });
     Ok((up, down))
 }
@@ -458,11 +474,23 @@ fn apply_directives(mut script: Script) -> Result<(Script, MigrationOptions), Re
             (Some("phase"), _, _) => return Err(ReadError::at(&script.path, line_no, "phase must be `expand` or `contract`")),
             // Lint rule switches, read by `flotilla lint`.
             (Some("allow" | "deny"), Some(_), _) => {}
+            (Some("backfill"), _, _) => {
+                let words: Vec<&str> = directive.split_whitespace().skip(1).collect();
+                let backfill = Backfill::parse(&words).map_err(|e| ReadError::at(&script.path, line_no, e))?;
+                if !(script.text.contains(Backfill::LO) && script.text.contains(Backfill::HI)) {
+                    return Err(ReadError::at(
+                        &script.path,
+                        line_no,
+                        "a backfill's UPDATE must limit itself to the batch with {lo} and {hi}, e.g. WHERE id > {lo} AND id <= {hi}",
+                    ));
+                }
+                script.backfill = Some(backfill);
+            }
             _ => {
                 return Err(ReadError::at(
                     &script.path,
                     line_no,
-                    format!("unknown directive `flotilla:{directive}` (known: no-transaction, phase expand|contract, allow RULE, deny RULE)"),
+                    format!("unknown directive `flotilla:{directive}` (known: no-transaction, phase expand|contract, backfill table=… key=… batch=…, allow RULE, deny RULE)"),
                 ))
             }
         }

@@ -8,7 +8,7 @@ mod sql;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flotilla_core::{AppliedMigration, Engine, Statement};
+use flotilla_core::{AppliedMigration, Backfill, Direction, Engine, Statement};
 
 pub use mongo::MongoDriver;
 pub use sql::SqlDriver;
@@ -36,6 +36,27 @@ pub enum DriverError {
 pub enum HistoryChange {
     Write(AppliedMigration),
     Delete(i64),
+    /// Records how far a backfill has come (`flotilla_backfill`).
+    SaveCursor(BackfillCursor),
+    /// Forgets a finished backfill's cursor.
+    ClearCursor {
+        version: i64,
+        direction: Direction,
+    },
+    /// Several changes in the same transaction.
+    Many(Vec<HistoryChange>),
+}
+
+/// How far a backfill has come: every key up to `last_key` is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillCursor {
+    pub version: i64,
+    pub direction: Direction,
+    /// The migration's checksum when the backfill started: a resumed run must be the same file.
+    pub checksum: String,
+    pub last_key: i64,
+    pub batches: i64,
+    pub rows: i64,
 }
 
 /// A failure inside an atomic run; nothing of it committed.
@@ -90,6 +111,17 @@ pub trait Driver: Send {
         change: &(dyn Fn() -> HistoryChange + Send + Sync),
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError>;
+
+    /// The saved cursor of an interrupted backfill, if any.
+    async fn backfill_cursor(
+        &mut self,
+        version: i64,
+        direction: Direction,
+    ) -> Result<Option<BackfillCursor>, DriverError>;
+
+    /// The largest key of the next batch: the `batch`-th key of `table` after `after`, or the last one; `None` when
+    /// no key is left.
+    async fn next_batch_end(&mut self, backfill: &Backfill, after: i64) -> Result<Option<i64>, DriverError>;
 
     /// The database's schema, without Flotilla's own tables: what `schema dump` prints and `validate` compares.
     async fn schema(&mut self) -> Result<flotilla_core::schema::Schema, DriverError>;

@@ -10,13 +10,13 @@ use async_trait::async_trait;
 use bson::{doc, Bson, Document};
 use chrono::Utc;
 use flotilla_core::history::{HISTORY_TABLE, LOCK_TABLE};
-use flotilla_core::{AppliedMigration, Checksum, Engine, Statement};
+use flotilla_core::{AppliedMigration, Backfill, Checksum, Direction, Engine, Statement};
 use futures_util::TryStreamExt;
 use mongodb::options::ClientOptions;
 use mongodb::{Client, ClientSession, Collection, Database};
 use tokio_util::sync::CancellationToken;
 
-use super::{AtomicError, ConnectOptions, Driver, DriverError, HistoryChange};
+use super::{AtomicError, BackfillCursor, ConnectOptions, Driver, DriverError, HistoryChange};
 
 const LOCK_ID: &str = "migrate";
 /// Server error code for "collection already exists".
@@ -102,6 +102,15 @@ impl MongoDriver {
                 .map(drop),
             HistoryChange::Delete(version) => {
                 self.history.delete_one(doc! { "_id": *version }).session(session).await.map(drop)
+            }
+            HistoryChange::Many(changes) => {
+                for change in changes {
+                    Box::pin(self.apply_change(change, session)).await?;
+                }
+                Ok(())
+            }
+            HistoryChange::SaveCursor(_) | HistoryChange::ClearCursor { .. } => {
+                return Err(DriverError::Database("backfills run on SQL engines only".into()))
             }
         }
         .map_err(mongo_error)
@@ -393,6 +402,14 @@ impl Driver for MongoDriver {
             return Err(at_commit(error));
         }
         session.commit_transaction().await.map_err(|e| at_commit(mongo_error(e)))
+    }
+
+    async fn backfill_cursor(&mut self, _: i64, _: Direction) -> Result<Option<BackfillCursor>, DriverError> {
+        Ok(None)
+    }
+
+    async fn next_batch_end(&mut self, _: &Backfill, _: i64) -> Result<Option<i64>, DriverError> {
+        Err(DriverError::Database("backfills run on SQL engines only".into()))
     }
 
     async fn schema(&mut self) -> Result<flotilla_core::schema::Schema, DriverError> {

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_core::{AppliedMigration, Checksum, Engine, Statement};
+use flotilla_core::{AppliedMigration, Backfill, Checksum, Direction, Engine, Statement};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection, Row};
 
-use super::{AtomicError, ConnectOptions, Driver, DriverError, HistoryChange};
+use super::{AtomicError, BackfillCursor, ConnectOptions, Driver, DriverError, HistoryChange};
 
 /// Key of the PostgreSQL advisory lock: "flotilla" in ASCII. Advisory locks are scoped to the current database.
 const PG_LOCK_KEY: i64 = 0x666c_6f74_696c_6c61;
@@ -37,7 +37,21 @@ struct Dialect {
     delete: &'static str,
     /// How `applied_at` is bound.
     timestamp_format: &'static str,
+    save_cursor: &'static str,
+    select_cursor: &'static str,
+    clear_cursor: &'static str,
+    /// Type name that makes any integer a 64-bit one in CAST.
+    bigint: &'static str,
 }
+
+/// Backfill cursors: the same table on every SQL engine.
+const CREATE_CURSORS: &str = "CREATE TABLE IF NOT EXISTS flotilla_backfill (
+    version BIGINT NOT NULL, direction VARCHAR(8) NOT NULL, checksum VARCHAR(64) NOT NULL, last_key BIGINT NOT NULL,
+    batches BIGINT NOT NULL, rows_done BIGINT NOT NULL, PRIMARY KEY (version, direction))";
+const CURSOR_COLUMNS_ON_CONFLICT: &str =
+    "INSERT INTO flotilla_backfill (version, direction, checksum, last_key, batches, rows_done)
+    VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (version, direction) DO UPDATE SET checksum = excluded.checksum,
+    last_key = excluded.last_key, batches = excluded.batches, rows_done = excluded.rows_done";
 
 const POSTGRES: Dialect = Dialect {
     create_history: "CREATE TABLE IF NOT EXISTS flotilla_schema_history (
@@ -58,6 +72,13 @@ const POSTGRES: Dialect = Dialect {
     set_progress: "UPDATE flotilla_schema_history SET statements_done = $1 WHERE version = $2",
     delete: "DELETE FROM flotilla_schema_history WHERE version = $1",
     timestamp_format: "%Y-%m-%dT%H:%M:%S%.6fZ",
+    save_cursor: "INSERT INTO flotilla_backfill (version, direction, checksum, last_key, batches, rows_done)
+        VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (version, direction) DO UPDATE SET checksum = excluded.checksum,
+        last_key = excluded.last_key, batches = excluded.batches, rows_done = excluded.rows_done",
+    select_cursor:
+        "SELECT checksum, last_key, batches, rows_done FROM flotilla_backfill WHERE version = $1 AND direction = $2",
+    clear_cursor: "DELETE FROM flotilla_backfill WHERE version = $1 AND direction = $2",
+    bigint: "BIGINT",
 };
 
 const MYSQL: Dialect = Dialect {
@@ -82,6 +103,13 @@ const MYSQL: Dialect = Dialect {
     set_progress: "UPDATE flotilla_schema_history SET statements_done = ? WHERE version = ?",
     delete: "DELETE FROM flotilla_schema_history WHERE version = ?",
     timestamp_format: "%Y-%m-%d %H:%M:%S%.6f",
+    save_cursor: "INSERT INTO flotilla_backfill (version, direction, checksum, last_key, batches, rows_done)
+        VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE checksum = VALUES(checksum), last_key = VALUES(last_key),
+        batches = VALUES(batches), rows_done = VALUES(rows_done)",
+    select_cursor:
+        "SELECT checksum, last_key, batches, rows_done FROM flotilla_backfill WHERE version = ? AND direction = ?",
+    clear_cursor: "DELETE FROM flotilla_backfill WHERE version = ? AND direction = ?",
+    bigint: "SIGNED",
 };
 
 const SQLITE: Dialect = Dialect {
@@ -101,6 +129,11 @@ const SQLITE: Dialect = Dialect {
     set_progress: "UPDATE flotilla_schema_history SET statements_done = ? WHERE version = ?",
     delete: "DELETE FROM flotilla_schema_history WHERE version = ?",
     timestamp_format: "%Y-%m-%dT%H:%M:%S%.6fZ",
+    save_cursor: CURSOR_COLUMNS_ON_CONFLICT,
+    select_cursor:
+        "SELECT checksum, last_key, batches, rows_done FROM flotilla_backfill WHERE version = ? AND direction = ?",
+    clear_cursor: "DELETE FROM flotilla_backfill WHERE version = ? AND direction = ?",
+    bigint: "INTEGER",
 };
 
 /// SQLite has no server to release a session lock, so its lock is a lease row that expires.
@@ -191,6 +224,30 @@ impl SqlDriver {
             HistoryChange::Write(record) => Self::write_record_on(conn, dialect, record).await,
             HistoryChange::Delete(version) => {
                 sqlx::query(dialect.delete).bind(*version).execute(conn).await.map(drop).map_err(db_error)
+            }
+            HistoryChange::SaveCursor(c) => sqlx::query(dialect.save_cursor)
+                .bind(c.version)
+                .bind(c.direction.as_str())
+                .bind(c.checksum.clone())
+                .bind(c.last_key)
+                .bind(c.batches)
+                .bind(c.rows)
+                .execute(conn)
+                .await
+                .map(drop)
+                .map_err(db_error),
+            HistoryChange::ClearCursor { version, direction } => sqlx::query(dialect.clear_cursor)
+                .bind(*version)
+                .bind(direction.as_str())
+                .execute(conn)
+                .await
+                .map(drop)
+                .map_err(db_error),
+            HistoryChange::Many(changes) => {
+                for change in changes {
+                    Box::pin(Self::apply_change(conn, dialect, change)).await?;
+                }
+                Ok(())
             }
         }
     }
@@ -450,7 +507,40 @@ impl Driver for SqlDriver {
     }
 
     async fn ensure_history(&mut self) -> Result<(), DriverError> {
-        self.run(self.dialect.create_history).await.map(drop)
+        self.run(self.dialect.create_history).await?;
+        self.run(CREATE_CURSORS).await.map(drop)
+    }
+
+    async fn backfill_cursor(
+        &mut self,
+        version: i64,
+        direction: Direction,
+    ) -> Result<Option<BackfillCursor>, DriverError> {
+        let rows = sqlx::query(self.dialect.select_cursor)
+            .bind(version)
+            .bind(direction.as_str())
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(db_error)?;
+        let Some(row) = rows.first() else { return Ok(None) };
+        let bad = |e: sqlx::Error| DriverError::BadHistory(format!("flotilla_backfill: {e}"));
+        Ok(Some(BackfillCursor {
+            version,
+            direction,
+            checksum: row.try_get(0).map_err(bad)?,
+            last_key: row.try_get(1).map_err(bad)?,
+            batches: row.try_get(2).map_err(bad)?,
+            rows: row.try_get(3).map_err(bad)?,
+        }))
+    }
+
+    async fn next_batch_end(&mut self, backfill: &Backfill, after: i64) -> Result<Option<i64>, DriverError> {
+        // Names are checked to be plain identifiers when the directive is read; the bound is an integer.
+        let (key, table, batch, bigint) = (&backfill.key, &backfill.table, backfill.batch, self.dialect.bigint);
+        let sql = format!(
+            "SELECT CAST(max(k) AS {bigint}) FROM (SELECT {key} AS k FROM {table} WHERE {key} > {after} ORDER BY {key} LIMIT {batch}) batch"
+        );
+        sqlx::query_scalar::<_, Option<i64>>(&sql).fetch_one(&mut self.conn).await.map_err(db_error)
     }
 
     async fn history(&mut self) -> Result<Vec<AppliedMigration>, DriverError> {
