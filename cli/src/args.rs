@@ -76,6 +76,16 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Check migrations before they run: additive, destructive or data, and rule findings with severity and line.
+    /// Exit code: 0 clean (or information only), 5 warnings, 6 errors.
+    Lint {
+        /// Migrations directory; a `flotilla-lint.toml` in it may say `allow = [...]` and `deny = [...]`.
+        #[arg(long, env = "FLOTILLA_DIR", default_value = "migrations")]
+        dir: PathBuf,
+        /// SQL dialect to parse with (default: from FLOTILLA_DB_URL, else postgres).
+        #[arg(long)]
+        engine: Option<flotilla_core::Engine>,
+    },
     /// Write a new migration (UP and DOWN templates) in the directory's convention.
     New {
         /// What the migration does, e.g. "add status column to orders" (becomes the file name).

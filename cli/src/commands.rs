@@ -86,6 +86,7 @@ pub async fn run(cli: Cli) -> Code {
         }
         Command::Dev { db, keep } => crate::dev::run(out, db, keep).await,
         Command::Schema { command } => crate::schema::run(out, command).await,
+        Command::Lint { dir, engine } => crate::lint::run(out, &dir, engine),
         Command::New { description, dir, engine, style, destructive } => {
             match new_migration(&description, &dir, engine, style.as_deref(), destructive) {
                 Ok(paths) => {

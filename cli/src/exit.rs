@@ -14,6 +14,10 @@ pub enum Code {
     CannotConnect = 3,
     /// The target's state forbids the run: dirty, changed file, out of order, lock not acquired.
     Refused = 4,
+    /// `lint` found warnings (and no errors).
+    LintWarnings = 5,
+    /// `lint` found errors.
+    LintErrors = 6,
 }
 
 impl From<Code> for std::process::ExitCode {
@@ -49,6 +53,8 @@ impl Code {
             Code::BadInput => "bad_input",
             Code::CannotConnect => "cannot_connect",
             Code::Refused => "refused",
+            Code::LintWarnings => "lint_warnings",
+            Code::LintErrors => "lint_errors",
         }
     }
 }

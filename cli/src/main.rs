@@ -4,6 +4,7 @@ mod args;
 mod commands;
 mod dev;
 mod exit;
+mod lint;
 mod output;
 mod schema;
 

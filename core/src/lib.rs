@@ -9,6 +9,7 @@
 
 pub mod generate;
 pub mod history;
+pub mod lint;
 pub mod migration;
 pub mod mongo;
 pub mod plan;
