@@ -32,6 +32,15 @@ fn server_url(engine: Engine) -> String {
         Mongodb => "FLOTILLA_TEST_MONGO_URL",
         Sqlite => unreachable!("SQLite needs no server"),
     };
+    env_url(var)
+}
+
+/// The etcd endpoint `tests/servers.sh` runs.
+pub fn etcd_url() -> String {
+    env_url("FLOTILLA_TEST_ETCD_URL")
+}
+
+fn env_url(var: &str) -> String {
     if let Ok(url) = std::env::var(var) {
         return url;
     }
