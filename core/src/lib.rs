@@ -7,6 +7,7 @@
 //! - [`history`]: what a target database records about applied migrations.
 //! - [`plan`]: given local migrations and a target's history, what to run, or why not.
 
+pub mod fleet;
 pub mod generate;
 pub mod history;
 pub mod lint;

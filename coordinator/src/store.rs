@@ -1,0 +1,440 @@
+//! Where the coordinator keeps everything: content-addressed migration bundles, targets, plans, per-target steps,
+//! progress events and the audit log. One trait, one sqlx implementation for a SQLite file (the embedded default)
+//! and PostgreSQL (production), one shared test suite (tests/tests/store.rs). A restart loses nothing.
+
+use std::sync::Once;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use flotilla_core::fleet::{AuditEntry, Event, Plan, PlanState, Step, StepState, Target};
+use sha2::{Digest, Sha256};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store: {0}")]
+    Open(String),
+    #[error("store: {0}")]
+    Database(String),
+    #[error("bundle content does not match its id {0}")]
+    BundleMismatch(String),
+    #[error("a plan cannot go from {from} to {to}")]
+    IllegalTransition { from: String, to: String },
+    #[error("the store holds a record this version cannot read: {0}")]
+    Corrupt(String),
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Stores a bundle under its SHA-256; storing it again is a no-op. Returns the id.
+    async fn put_bundle(&self, body: &str) -> Result<String, StoreError>;
+    async fn bundle(&self, id: &str) -> Result<Option<String>, StoreError>;
+
+    async fn upsert_target(&self, target: &Target) -> Result<(), StoreError>;
+    async fn targets(&self) -> Result<Vec<Target>, StoreError>;
+
+    /// Creates a plan and its steps in one transaction.
+    async fn create_plan(&self, plan: &Plan, steps: &[Step]) -> Result<(), StoreError>;
+    async fn plan(&self, id: &str) -> Result<Option<Plan>, StoreError>;
+    async fn plans(&self) -> Result<Vec<Plan>, StoreError>;
+    /// Plans a restarted coordinator must pick up again.
+    async fn live_plans(&self) -> Result<Vec<Plan>, StoreError>;
+    /// Moves a plan from `from` to `to` if it is still in `from`; `Ok(false)` if it was not.
+    async fn set_plan_state(&self, id: &str, from: PlanState, to: PlanState) -> Result<bool, StoreError>;
+
+    async fn steps(&self, plan_id: &str) -> Result<Vec<Step>, StoreError>;
+    /// Moves a step if it is still in `from`, recording the fencing token and error.
+    async fn set_step_state(
+        &self,
+        plan_id: &str,
+        target: &str,
+        from: StepState,
+        to: StepState,
+        token: Option<u64>,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError>;
+
+    /// Appends an event; returns its sequence number (per plan, from 1, no gaps).
+    async fn append_event(
+        &self,
+        plan_id: &str,
+        target: Option<&str>,
+        kind: &str,
+        detail: &serde_json::Value,
+    ) -> Result<u64, StoreError>;
+    async fn events_after(&self, plan_id: &str, seq: u64) -> Result<Vec<Event>, StoreError>;
+
+    async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    async fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS bundles (id VARCHAR(64) PRIMARY KEY, body TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS targets (name VARCHAR(255) PRIMARY KEY, engine VARCHAR(16) NOT NULL, labels TEXT NOT NULL, agent VARCHAR(255) NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS plans (id VARCHAR(64) PRIMARY KEY, bundle VARCHAR(64) NOT NULL, selector TEXT NOT NULL,
+        goal TEXT NOT NULL, strategy TEXT NOT NULL, state VARCHAR(32) NOT NULL, created_at VARCHAR(40) NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS steps (plan_id VARCHAR(64) NOT NULL, target VARCHAR(255) NOT NULL, wave BIGINT NOT NULL,
+        state VARCHAR(32) NOT NULL, token BIGINT, error TEXT, updated_at VARCHAR(40) NOT NULL, PRIMARY KEY (plan_id, target))",
+    "CREATE TABLE IF NOT EXISTS events (plan_id VARCHAR(64) NOT NULL, seq BIGINT NOT NULL, at VARCHAR(40) NOT NULL,
+        target VARCHAR(255), kind VARCHAR(64) NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (plan_id, seq))",
+    "CREATE TABLE IF NOT EXISTS audit (id VARCHAR(32) PRIMARY KEY, at VARCHAR(40) NOT NULL, actor VARCHAR(255) NOT NULL,
+        action VARCHAR(64) NOT NULL, plan_id VARCHAR(64), detail TEXT NOT NULL)",
+];
+
+/// The `Store` on a SQLite file or PostgreSQL, through one sqlx pool.
+pub struct SqlStore {
+    pool: AnyPool,
+    postgres: bool,
+}
+
+impl SqlStore {
+    /// Opens (and creates) the store at `url`: `sqlite://PATH` or `postgres://…`.
+    pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        let url = match url.strip_prefix("sqlite://") {
+            Some(path) if !path.contains('?') => format!("sqlite://{path}?mode=rwc"),
+            Some(_) => url.to_string(),
+            None if postgres => url.to_string(),
+            None => return Err(StoreError::Open(format!("`{url}` is not a sqlite:// or postgres:// URL"))),
+        };
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(if postgres { 8 } else { 1 })
+            .connect(&url)
+            .await
+            .map_err(|e| StoreError::Open(e.to_string()))?;
+        let store = SqlStore { pool, postgres };
+        for ddl in SCHEMA {
+            sqlx::query(ddl).execute(&store.pool).await.map_err(db)?;
+        }
+        Ok(store)
+    }
+
+    /// Numbers `?` placeholders for PostgreSQL.
+    fn sql(&self, text: &str) -> String {
+        if !self.postgres {
+            return text.to_string();
+        }
+        let mut out = String::with_capacity(text.len() + 8);
+        let mut n = 0;
+        for c in text.chars() {
+            if c == '?' {
+                n += 1;
+                out.push_str(&format!("${n}"));
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+}
+
+fn time(text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("time `{text}`: {e}")))
+}
+
+fn json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("`{text}`: {e}")))
+}
+
+fn to_json(value: &impl serde::Serialize) -> String {
+    // Plain data (maps, strings, numbers) always serializes.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn get<T>(row: &AnyRow, i: usize) -> Result<T, StoreError>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    row.try_get(i).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn plan_from(row: &AnyRow) -> Result<Plan, StoreError> {
+    let state: String = get(row, 5)?;
+    Ok(Plan {
+        id: get(row, 0)?,
+        bundle: get(row, 1)?,
+        selector: json(&get::<String>(row, 2)?)?,
+        goal: json(&get::<String>(row, 3)?)?,
+        strategy: json(&get::<String>(row, 4)?)?,
+        state: state.parse().map_err(StoreError::Corrupt)?,
+        created_at: time(&get::<String>(row, 6)?)?,
+    })
+}
+
+const PLAN_COLUMNS: &str = "id, bundle, selector, goal, strategy, state, created_at";
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn put_bundle(&self, body: &str) -> Result<String, StoreError> {
+        let id = hex::encode(Sha256::digest(body.as_bytes()));
+        let existing = self.bundle(&id).await?;
+        match existing {
+            Some(stored) if stored == body => {}
+            Some(_) => return Err(StoreError::BundleMismatch(id)),
+            None => {
+                sqlx::query(&self.sql("INSERT INTO bundles (id, body) VALUES (?, ?)"))
+                    .bind(id.clone())
+                    .bind(body.to_string())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db)?;
+            }
+        }
+        Ok(id)
+    }
+
+    async fn bundle(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let rows = sqlx::query(&self.sql("SELECT body FROM bundles WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.first().map(|r| get(r, 0)).transpose()
+    }
+
+    async fn upsert_target(&self, t: &Target) -> Result<(), StoreError> {
+        sqlx::query(&self.sql(
+            "INSERT INTO targets (name, engine, labels, agent) VALUES (?, ?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET engine = excluded.engine, labels = excluded.labels, agent = excluded.agent",
+        ))
+        .bind(t.name.clone())
+        .bind(t.engine.as_str())
+        .bind(to_json(&t.labels))
+        .bind(t.agent.clone())
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(db)
+    }
+
+    async fn targets(&self) -> Result<Vec<Target>, StoreError> {
+        let rows = sqlx::query("SELECT name, engine, labels, agent FROM targets ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Target {
+                    name: get(r, 0)?,
+                    engine: get::<String>(r, 1)?.parse().map_err(StoreError::Corrupt)?,
+                    labels: json(&get::<String>(r, 2)?)?,
+                    agent: get(r, 3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_plan(&self, plan: &Plan, steps: &[Step]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query(&self.sql(&format!("INSERT INTO plans ({PLAN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)")))
+            .bind(plan.id.clone())
+            .bind(plan.bundle.clone())
+            .bind(to_json(&plan.selector))
+            .bind(to_json(&plan.goal))
+            .bind(to_json(&plan.strategy))
+            .bind(plan.state.as_str())
+            .bind(plan.created_at.to_rfc3339())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let insert = self.sql(
+            "INSERT INTO steps (plan_id, target, wave, state, token, error, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        );
+        for s in steps {
+            sqlx::query(&insert)
+                .bind(s.plan_id.clone())
+                .bind(s.target.clone())
+                .bind(i64::from(s.wave))
+                .bind(s.state.as_str())
+                .bind(s.token.map(|t| i64::try_from(t).unwrap_or(i64::MAX)))
+                .bind(s.error.clone())
+                .bind(s.updated_at.to_rfc3339())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn plan(&self, id: &str) -> Result<Option<Plan>, StoreError> {
+        let rows = sqlx::query(&self.sql(&format!("SELECT {PLAN_COLUMNS} FROM plans WHERE id = ?")))
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.first().map(plan_from).transpose()
+    }
+
+    async fn plans(&self) -> Result<Vec<Plan>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {PLAN_COLUMNS} FROM plans ORDER BY created_at, id"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(plan_from).collect()
+    }
+
+    async fn live_plans(&self) -> Result<Vec<Plan>, StoreError> {
+        Ok(self.plans().await?.into_iter().filter(|p| p.state.is_live()).collect())
+    }
+
+    async fn set_plan_state(&self, id: &str, from: PlanState, to: PlanState) -> Result<bool, StoreError> {
+        if !from.can_become(to) {
+            return Err(StoreError::IllegalTransition { from: from.to_string(), to: to.to_string() });
+        }
+        let done = sqlx::query(&self.sql("UPDATE plans SET state = ? WHERE id = ? AND state = ?"))
+            .bind(to.as_str())
+            .bind(id.to_string())
+            .bind(from.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn steps(&self, plan_id: &str) -> Result<Vec<Step>, StoreError> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT plan_id, target, wave, state, token, error, updated_at FROM steps WHERE plan_id = ? ORDER BY wave, target",
+        ))
+        .bind(plan_id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Step {
+                    plan_id: get(r, 0)?,
+                    target: get(r, 1)?,
+                    wave: u32::try_from(get::<i64>(r, 2)?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    state: get::<String>(r, 3)?.parse().map_err(StoreError::Corrupt)?,
+                    token: get::<Option<i64>>(r, 4)?.map(|t| u64::try_from(t).unwrap_or(0)),
+                    error: get(r, 5)?,
+                    updated_at: time(&get::<String>(r, 6)?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_step_state(
+        &self,
+        plan_id: &str,
+        target: &str,
+        from: StepState,
+        to: StepState,
+        token: Option<u64>,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        if !from.can_become(to) {
+            return Err(StoreError::IllegalTransition { from: from.to_string(), to: to.to_string() });
+        }
+        let done = sqlx::query(&self.sql(
+            "UPDATE steps SET state = ?, token = ?, error = ?, updated_at = ? WHERE plan_id = ? AND target = ? AND state = ?",
+        ))
+        .bind(to.as_str())
+        .bind(token.map(|t| i64::try_from(t).unwrap_or(i64::MAX)))
+        .bind(error.map(str::to_string))
+        .bind(Utc::now().to_rfc3339())
+        .bind(plan_id.to_string())
+        .bind(target.to_string())
+        .bind(from.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn append_event(
+        &self,
+        plan_id: &str,
+        target: Option<&str>,
+        kind: &str,
+        detail: &serde_json::Value,
+    ) -> Result<u64, StoreError> {
+        let insert = self.sql(
+            "INSERT INTO events (plan_id, seq, at, target, kind, detail)
+             SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ? FROM events WHERE plan_id = ? RETURNING seq",
+        );
+        // Two writers can pick the same next number; the primary key refuses one, which tries again.
+        let mut last_error = None;
+        for _ in 0..5 {
+            let result = sqlx::query(&insert)
+                .bind(plan_id.to_string())
+                .bind(Utc::now().to_rfc3339())
+                .bind(target.map(str::to_string))
+                .bind(kind.to_string())
+                .bind(detail.to_string())
+                .bind(plan_id.to_string())
+                .fetch_one(&self.pool)
+                .await;
+            match result {
+                Ok(row) => return u64::try_from(get::<i64>(&row, 0)?).map_err(|e| StoreError::Corrupt(e.to_string())),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(db(last_error.unwrap_or(sqlx::Error::PoolTimedOut)))
+    }
+
+    async fn events_after(&self, plan_id: &str, seq: u64) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT plan_id, seq, at, target, kind, detail FROM events WHERE plan_id = ? AND seq > ? ORDER BY seq",
+        ))
+        .bind(plan_id.to_string())
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Event {
+                    plan_id: get(r, 0)?,
+                    seq: u64::try_from(get::<i64>(r, 1)?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    at: time(&get::<String>(r, 2)?)?,
+                    target: get(r, 3)?,
+                    kind: get(r, 4)?,
+                    detail: json(&get::<String>(r, 5)?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let id = format!("{:016x}{:016x}", entry.at.timestamp_micros(), rand::random::<u64>());
+        sqlx::query(&self.sql("INSERT INTO audit (id, at, actor, action, plan_id, detail) VALUES (?, ?, ?, ?, ?, ?)"))
+            .bind(id)
+            .bind(entry.at.to_rfc3339())
+            .bind(entry.actor.clone())
+            .bind(entry.action.clone())
+            .bind(entry.plan_id.clone())
+            .bind(entry.detail.clone())
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+
+    async fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query("SELECT at, actor, action, plan_id, detail FROM audit ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    at: time(&get::<String>(r, 0)?)?,
+                    actor: get(r, 1)?,
+                    action: get(r, 2)?,
+                    plan_id: get(r, 3)?,
+                    detail: get(r, 4)?,
+                })
+            })
+            .collect()
+    }
+}

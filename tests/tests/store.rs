@@ -1,0 +1,183 @@
+//! One suite for every `Store`: the SQLite file (embedded default) and PostgreSQL (a real server).
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use flotilla_coordinator::{SqlStore, Store, StoreError};
+use flotilla_core::fleet::{AuditEntry, Goal, Plan, PlanState, Step, StepState, Target};
+use flotilla_core::Engine;
+use flotilla_tests::*;
+
+macro_rules! on_every_store {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite { $( #[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test(super::Sqlite).await } )* }
+        mod postgres { $( #[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test(super::Postgres).await } )* }
+    };
+}
+
+on_every_store!(
+    bundles_are_content_addressed,
+    targets_and_selectors,
+    plans_steps_and_transitions,
+    events_and_audit,
+    restart_loses_nothing
+);
+
+fn target(name: &str, env: &str) -> Target {
+    Target {
+        name: name.into(),
+        engine: Engine::Postgres,
+        labels: BTreeMap::from([("env".to_string(), env.to_string())]),
+        agent: "agent-1".into(),
+    }
+}
+
+fn plan(id: &str) -> Plan {
+    Plan {
+        id: id.into(),
+        bundle: "b".repeat(64),
+        selector: "env=prod".parse().expect("selector"),
+        goal: Goal::Up { to: Some(3) },
+        strategy: serde_json::json!({ "waves": ["1", "50%", "100%"], "max_parallel": 4 }),
+        state: PlanState::Pending,
+        created_at: Utc::now(),
+    }
+}
+
+fn step(plan: &str, target: &str, wave: u32) -> Step {
+    Step {
+        plan_id: plan.into(),
+        target: target.into(),
+        wave,
+        state: StepState::Pending,
+        token: None,
+        error: None,
+        updated_at: Utc::now(),
+    }
+}
+
+async fn bundles_are_content_addressed(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = SqlStore::open(&db.url).await.expect("open");
+    let body = r#"{"migrations": [{"version": 1}]}"#;
+    let id = store.put_bundle(body).await.expect("put");
+    assert_eq!(id.len(), 64);
+    assert_eq!(store.put_bundle(body).await.expect("again"), id, "storing it again is a no-op");
+    assert_eq!(store.bundle(&id).await.expect("get").as_deref(), Some(body));
+    assert_ne!(store.put_bundle("{}").await.expect("other"), id);
+    assert!(store.bundle(&"0".repeat(64)).await.expect("get").is_none());
+}
+
+async fn targets_and_selectors(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = SqlStore::open(&db.url).await.expect("open");
+    store.upsert_target(&target("db-b", "prod")).await.expect("upsert");
+    store.upsert_target(&target("db-a", "staging")).await.expect("upsert");
+    store.upsert_target(&target("db-a", "prod")).await.expect("upsert replaces");
+    let all = store.targets().await.expect("targets");
+    assert_eq!(all.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["db-a", "db-b"]);
+    let prod: flotilla_core::fleet::Selector = "env=prod".parse().expect("selector");
+    assert_eq!(all.iter().filter(|t| prod.matches(t)).count(), 2);
+}
+
+async fn plans_steps_and_transitions(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = SqlStore::open(&db.url).await.expect("open");
+    store.create_plan(&plan("p1"), &[step("p1", "db-a", 0), step("p1", "db-b", 1)]).await.expect("create");
+    // A plan with a step that cannot be stored is not created at all.
+    let dup = [step("p2", "db-a", 0), step("p2", "db-a", 1)];
+    assert!(store.create_plan(&plan("p2"), &dup).await.is_err());
+    assert!(store.plan("p2").await.expect("get").is_none(), "plan and steps commit together");
+
+    let got = store.plan("p1").await.expect("get").expect("p1");
+    let mut expected = plan("p1");
+    expected.created_at = got.created_at;
+    assert_eq!(got, expected);
+    assert!(store.set_plan_state("p1", PlanState::Pending, PlanState::Running).await.expect("cas"));
+    assert!(
+        !store.set_plan_state("p1", PlanState::Pending, PlanState::Running).await.expect("stale cas"),
+        "stale from-state"
+    );
+    assert!(matches!(
+        store.set_plan_state("p1", PlanState::Succeeded, PlanState::Running).await,
+        Err(StoreError::IllegalTransition { .. })
+    ));
+    assert_eq!(store.live_plans().await.expect("live").len(), 1);
+
+    assert!(store
+        .set_step_state("p1", "db-a", StepState::Pending, StepState::Assigned, Some(42), None)
+        .await
+        .expect("cas"));
+    assert!(!store
+        .set_step_state("p1", "db-a", StepState::Pending, StepState::Assigned, Some(43), None)
+        .await
+        .expect("cas"));
+    assert!(store
+        .set_step_state("p1", "db-a", StepState::Assigned, StepState::Running, Some(42), None)
+        .await
+        .expect("cas"));
+    assert!(store
+        .set_step_state("p1", "db-a", StepState::Running, StepState::Failed, Some(42), Some("boom"))
+        .await
+        .expect("cas"));
+    let steps = store.steps("p1").await.expect("steps");
+    assert_eq!(
+        (steps[0].state, steps[0].token, steps[0].error.as_deref()),
+        (StepState::Failed, Some(42), Some("boom"))
+    );
+    assert_eq!(steps[1].state, StepState::Pending);
+
+    assert!(store.set_plan_state("p1", PlanState::Running, PlanState::Halted).await.expect("cas"));
+    assert!(store.live_plans().await.expect("live").is_empty());
+}
+
+async fn events_and_audit(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = SqlStore::open(&db.url).await.expect("open");
+    store.create_plan(&plan("p1"), &[]).await.expect("create");
+    let mut tasks = Vec::new();
+    let store = std::sync::Arc::new(store);
+    for i in 0..20 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.append_event("p1", Some("db-a"), "statement", &serde_json::json!({ "i": i })).await
+        }));
+    }
+    let mut seqs: Vec<u64> = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.expect("join").expect("append"));
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "concurrent appends get every number once, without gaps");
+    let after = store.events_after("p1", 15).await.expect("events");
+    assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [16, 17, 18, 19, 20]);
+
+    for action in ["pause", "resume"] {
+        let entry = AuditEntry {
+            at: Utc::now(),
+            actor: "operator:alice".into(),
+            action: action.into(),
+            plan_id: Some("p1".into()),
+            detail: String::new(),
+        };
+        store.audit(&entry).await.expect("audit");
+    }
+    let log = store.audit_log().await.expect("log");
+    assert_eq!(log.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["pause", "resume"]);
+}
+
+async fn restart_loses_nothing(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    {
+        let store = SqlStore::open(&db.url).await.expect("open");
+        store.create_plan(&plan("p1"), &[step("p1", "db-a", 0)]).await.expect("create");
+        store.set_plan_state("p1", PlanState::Pending, PlanState::Running).await.expect("cas");
+        store.append_event("p1", None, "wave_started", &serde_json::json!({ "wave": 0 })).await.expect("event");
+    }
+    let reopened = SqlStore::open(&db.url).await.expect("reopen");
+    let live = reopened.live_plans().await.expect("live");
+    assert_eq!(live.iter().map(|p| (p.id.as_str(), p.state)).collect::<Vec<_>>(), [("p1", PlanState::Running)]);
+    assert_eq!(reopened.steps("p1").await.expect("steps").len(), 1);
+    assert_eq!(reopened.events_after("p1", 0).await.expect("events").len(), 1);
+    assert!(SqlStore::open("redis://nope").await.is_err());
+}
