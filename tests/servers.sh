@@ -25,6 +25,13 @@ die() { printf '[servers] error: %s\n' "$*" >&2; exit 1; }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# A port taken by a server this script did not start (another checkout's, say) would fail obscurely later.
+port_free() { # port_free NAME PORT
+  if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then
+    die "$1: port $2 is already in use by a process this checkout did not start; stop it (its tests/servers.sh stop) or set FLOTILLA_${1}_PORT"
+  fi
+}
+
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   local limit=$1 what=$2; shift 2
   local deadline=$((SECONDS + limit))
@@ -74,6 +81,7 @@ PY
 start_postgres() {
   local dir="$root/postgres"
   if alive "$dir/postmaster.pid.flotilla"; then return; fi
+  port_free PG "$pg_port"
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     mkdir -p "$dir"; rm -rf "$dir/data"; chown postgres "$dir"
     su -s /bin/sh postgres -c "$pg_bin/initdb -D '$dir/data' -U postgres --auth=trust -E UTF8 --locale=C.UTF-8" >"$dir/initdb.log" 2>&1 \
@@ -97,6 +105,7 @@ CONF
 start_mariadb() {
   local dir="$root/mariadb"
   if alive "$dir/pid"; then return; fi
+  port_free MYSQL "$my_port"
   mkdir -p "$dir"; chown mysql "$dir"
   if [ ! -d "$dir/data/mysql" ]; then
     rm -rf "$dir/data"
@@ -114,6 +123,7 @@ start_mariadb() {
 start_mongo() {
   local dir="$root/mongo"
   if alive "$dir/pid"; then return; fi
+  port_free MONGO "$mongo_port"
   mkdir -p "$dir/data"
   "$mongod_bin" --dbpath "$dir/data" --bind_ip 127.0.0.1 --port "$mongo_port" --replSet rs0 \
     --wiredTigerCacheSizeGB 0.25 --nounixsocket --logpath "$dir/server.log" --pidfilepath "$dir/pid" --fork >/dev/null \
@@ -146,6 +156,7 @@ PY
 start_etcd() {
   local dir="$root/etcd"
   if alive "$dir/pid"; then return; fi
+  port_free ETCD "$etcd_port"
   mkdir -p "$dir"
   etcd --name flotilla-test --data-dir "$dir/data" \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
