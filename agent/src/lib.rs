@@ -1,6 +1,7 @@
 //! Flotilla's agent library: one [`Driver`](driver::Driver) per engine, and the one engine-neutral
 //! [`executor`] that holds the migration algorithm (lock, refuse dirty, verify checksums, apply, record).
 
+pub mod daemon;
 pub mod driver;
 pub mod executor;
 mod schema;

@@ -117,14 +117,71 @@ pub enum Command {
         #[arg(long, value_name = "CMD")]
         test_cmd: Option<String>,
     },
-    /// Try Flotilla on embedded defaults: apply a sample migration set to a SQLite database and roll it back.
+    /// Try the fleet on embedded defaults: an in-process coordinator and agent over mTLS roll a sample migration
+    /// set across a dozen SQLite databases in three waves, then roll the fleet back.
     Dev {
-        /// Use this database instead of a temporary SQLite file (postgres://, mysql://, mongodb://, sqlite://).
-        #[arg(long, env = "FLOTILLA_DB_URL", hide_env_values = true)]
-        db: Option<String>,
-        /// Keep the sample migrations and the SQLite database in this directory.
+        /// Use these databases instead of temporary SQLite files (postgres://, mysql://, mongodb://, sqlite://;
+        /// repeatable). Each must have no migration history.
+        #[arg(long = "db", value_name = "URL")]
+        dbs: Vec<String>,
+        /// How many SQLite databases to create when no --db is given.
+        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u16).range(1..=500))]
+        targets: u16,
+        /// Keep the working files (databases, certificates, store) in this directory.
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
+    },
+    /// Fleet plans, through the coordinator.
+    Plan {
+        #[command(flatten)]
+        conn: crate::fleet::Conn,
+        #[command(subcommand)]
+        command: crate::fleet::PlanCommand,
+    },
+    /// Make a plan taking every target PLAN touched back to the version it had, in reverse wave order.
+    Rollback {
+        #[command(flatten)]
+        conn: crate::fleet::Conn,
+        plan: String,
+        /// Follow the rollback until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// The fleet as the coordinator sees it.
+    Fleet {
+        #[command(flatten)]
+        conn: crate::fleet::Conn,
+        #[command(subcommand)]
+        command: crate::fleet::FleetCommand,
+    },
+    /// Agents, their targets and whether they are connected.
+    Agents {
+        #[command(flatten)]
+        conn: crate::fleet::Conn,
+    },
+    /// Certificates for mTLS.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Make a development CA, a coordinator certificate, and operator and agent certificates (never overwrites).
+    Init {
+        /// Directory to write into.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Host names and IP addresses the coordinator is reached at.
+        #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        hosts: Vec<String>,
+        /// Operator certificate names (NAME.pem, NAME.key).
+        #[arg(long = "operator", default_values_t = ["admin".to_string()])]
+        operators: Vec<String>,
+        /// Agent certificates: NAME or NAME:GLOB,GLOB (the targets it may serve), repeatable.
+        #[arg(long = "agent", value_parser = crate::certs::parse_agent)]
+        agents: Vec<(String, Vec<String>)>,
     },
 }
 

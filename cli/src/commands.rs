@@ -8,7 +8,7 @@ use flotilla_agent::{connect, ConnectOptions, ExecError, Executor, RepairAction}
 use flotilla_core::{read_dir, MigrationSet, PlanOptions, ReadOptions, Request};
 use serde_json::json;
 
-use crate::args::{Cli, Command, Target};
+use crate::args::{CertsCommand, Cli, Command, Target};
 use crate::exit::Code;
 use crate::output::Output;
 
@@ -84,7 +84,26 @@ pub async fn run(cli: Cli) -> Code {
             })
             .await
         }
-        Command::Dev { db, keep } => crate::dev::run(out, db, keep).await,
+        Command::Dev { dbs, targets, keep } => crate::dev::run(out, dbs, usize::from(targets), keep).await,
+        Command::Plan { conn, command } => crate::fleet::plan(out, &conn, command).await,
+        Command::Rollback { conn, plan, watch } => crate::fleet::rollback(out, &conn, plan, watch).await,
+        Command::Fleet { conn, command } => crate::fleet::fleet(out, &conn, command).await,
+        Command::Agents { conn } => crate::fleet::agents(out, &conn).await,
+        Command::Certs { command: CertsCommand::Init { out: dir, hosts, operators, agents } } => {
+            match crate::certs::init(&dir, &hosts, &operators, &agents) {
+                Ok(files) => {
+                    if out.json {
+                        out.print_json(&files);
+                    } else {
+                        for f in files {
+                            println!("wrote {}", f.display());
+                        }
+                    }
+                    Code::Ok
+                }
+                Err(e) => out.error(Code::BadInput, &e),
+            }
+        }
         Command::Schema { command } => crate::schema::run(out, command).await,
         Command::Lint { dir, engine } => crate::lint::run(out, &dir, engine),
         Command::New { description, dir, engine, style, destructive } => {

@@ -1,21 +1,37 @@
-//! `flotilla dev`: Flotilla on embedded defaults. Writes a sample migration set, applies it to a SQLite database
-//! (or the database given), shows status, rolls everything back, and checks the database is back where it started.
+//! `flotilla dev`: the whole fleet on embedded defaults, in one process. It makes a development CA, starts a
+//! coordinator (SQLite store, in-process locks) and an agent over mTLS on loopback, gives the agent a dozen SQLite
+//! databases (or the URLs given), rolls a sample migration set out in three waves with live progress, rolls the
+//! fleet back, and checks every database's schema is what it was before.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use flotilla_agent::driver::{default_owner, redact};
-use flotilla_agent::{connect, ConnectOptions, ExecError, Executor};
-use flotilla_core::{read_dir, Engine, ReadOptions, Request};
+use flotilla_agent::daemon::config::{AgentConfig, TargetConfig, TlsFiles as AgentTls};
+use flotilla_agent::driver::redact;
+use flotilla_agent::{connect as connect_db, ConnectOptions, Executor};
+use flotilla_coordinator::config::TlsFiles;
+use flotilla_core::schema::Schema;
+use flotilla_core::Engine;
+use flotilla_proto::v1 as pb;
 use include_dir::{include_dir, Dir};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
+use crate::certs::{Ca, Role};
 use crate::exit::Code;
+use crate::fleet::{self, Conn, Fail};
 use crate::output::Output;
 
 static SAMPLES: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/samples");
 
-pub async fn run(out: Output, db: Option<String>, keep: Option<PathBuf>) -> Code {
+struct DevTarget {
+    name: String,
+    url: String,
+    labels: BTreeMap<String, String>,
+}
+
+pub async fn run(out: Output, dbs: Vec<String>, count: usize, keep: Option<PathBuf>) -> Code {
     let mut temp = None;
     let workdir: PathBuf = match keep {
         Some(dir) => dir,
@@ -24,92 +40,278 @@ pub async fn run(out: Output, db: Option<String>, keep: Option<PathBuf>) -> Code
             Err(e) => return out.error(Code::Failed, &format!("cannot create a temporary directory: {e}")),
         },
     };
-    let db = db.unwrap_or_else(|| format!("sqlite://{}", workdir.join("dev.db").display()));
-    let Some(engine) = Engine::from_url(&db) else {
-        return out.error(
-            Code::BadInput,
-            &format!("`{}` is not a postgres://, mysql://, sqlite:// or mongodb:// URL", redact(&db)),
-        );
-    };
-    let dir = workdir.join("migrations");
-    if let Err(e) = write_samples(engine, &dir) {
-        return out.error(Code::Failed, &format!("cannot write sample migrations to {}: {e}", dir.display()));
-    }
-    match demo(out, &db, &dir, temp.is_none()).await {
+    let result = demo(out, &dbs, count, &workdir).await;
+    drop(temp);
+    match result {
         Ok(summary) => {
             if out.json {
                 out.print_json(&summary);
             }
             Code::Ok
         }
-        Err(e) => out.error(Code::of(&e), &e.to_string()),
+        Err(Fail(code, message)) => out.error(code, &message),
     }
 }
 
-fn write_samples(engine: Engine, dir: &Path) -> std::io::Result<()> {
-    let set =
-        SAMPLES.get_dir(engine.as_str()).ok_or_else(|| std::io::Error::other(format!("no samples for {engine}")))?;
-    std::fs::create_dir_all(dir)?;
-    for file in set.files() {
-        if let Some(name) = file.path().file_name() {
-            std::fs::write(dir.join(name), file.contents())?;
+fn targets(dbs: &[String], count: usize, workdir: &Path) -> Result<Vec<DevTarget>, Fail> {
+    let region = |i: usize| if i % 2 == 0 { "eu" } else { "us" }.to_string();
+    if dbs.is_empty() {
+        let dir = workdir.join("databases");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Fail(Code::Failed, format!("cannot create {}: {e}", dir.display())))?;
+        return Ok((1..=count)
+            .map(|i| DevTarget {
+                name: format!("tenant-{i:02}"),
+                url: format!("sqlite://{}", dir.join(format!("tenant-{i:02}.db")).display()),
+                labels: [("env".to_string(), "dev".to_string()), ("region".to_string(), region(i))].into(),
+            })
+            .collect());
+    }
+    dbs.iter()
+        .enumerate()
+        .map(|(i, url)| {
+            let engine = Engine::from_url(url).ok_or_else(|| {
+                Fail(
+                    Code::BadInput,
+                    format!("`{}` is not a postgres://, mysql://, sqlite:// or mongodb:// URL", redact(url)),
+                )
+            })?;
+            Ok(DevTarget {
+                name: format!("{engine}-{:02}", i + 1),
+                url: url.clone(),
+                labels: [("env".to_string(), "dev".to_string()), ("region".to_string(), region(i + 1))].into(),
+            })
+        })
+        .collect()
+}
+
+fn write_samples(targets: &[DevTarget], dir: &Path) -> Result<(), Fail> {
+    let io =
+        |e: std::io::Error| Fail(Code::Failed, format!("cannot write sample migrations to {}: {e}", dir.display()));
+    let mut engines: Vec<Engine> = targets.iter().filter_map(|t| Engine::from_url(&t.url)).collect();
+    engines.sort_by_key(|e| e.as_str());
+    engines.dedup();
+    for engine in engines {
+        let set = SAMPLES
+            .get_dir(engine.as_str())
+            .ok_or_else(|| Fail(Code::Failed, format!("no sample migrations for {engine}")))?;
+        let into = dir.join(engine.as_str());
+        std::fs::create_dir_all(&into).map_err(io)?;
+        for file in set.files() {
+            if let Some(name) = file.path().file_name() {
+                std::fs::write(into.join(name), file.contents()).map_err(io)?;
+            }
         }
     }
     Ok(())
 }
 
-async fn demo(out: Output, db: &str, dir: &Path, kept: bool) -> Result<serde_json::Value, ExecError> {
+fn write_certs(dir: &Path) -> Result<(), Fail> {
+    let fail = |e: String| Fail(Code::Failed, e);
+    let ca = Ca::new("Flotilla dev CA").map_err(fail)?;
+    let hosts = ["localhost".to_string(), "127.0.0.1".to_string()];
+    let coordinator = ca.issue(Role::Coordinator { hosts: &hosts }).map_err(fail)?;
+    let operator = ca.issue(Role::Operator { name: "dev" }).map_err(fail)?;
+    let agent = ca.issue(Role::Agent { name: "dev-agent", targets: &["*".to_string()] }).map_err(fail)?;
+    std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+    for (name, text) in [
+        ("ca.pem", ca.cert_pem()),
+        ("coordinator.pem", coordinator.cert),
+        ("coordinator.key", coordinator.key),
+        ("dev.pem", operator.cert),
+        ("dev.key", operator.key),
+        ("dev-agent.pem", agent.cert),
+        ("dev-agent.key", agent.key),
+    ] {
+        std::fs::write(dir.join(name), text).map_err(|e| fail(format!("cannot write {name}: {e}")))?;
+    }
+    Ok(())
+}
+
+async fn schema_of(url: &str) -> Result<Schema, Fail> {
+    let driver = connect_db(url, &ConnectOptions::default())
+        .await
+        .map_err(|e| Fail(Code::CannotConnect, format!("{}: {e}", redact(url))))?;
+    let mut ex = Executor::new(driver, "flotilla-dev");
+    let schema = ex.schema().await.map_err(|e| Fail(Code::Failed, format!("{}: {e}", redact(url))));
+    let history = ex.history().await.map_err(|e| Fail(Code::Failed, e.to_string()));
+    ex.close().await;
+    if !history?.is_empty() {
+        return Err(Fail(
+            Code::Refused,
+            format!("{} already has migration history; `flotilla dev` wants databases of its own", redact(url)),
+        ));
+    }
+    schema
+}
+
+async fn demo(out: Output, dbs: &[String], count: usize, workdir: &Path) -> Result<serde_json::Value, Fail> {
     let say = |text: String| {
         if !out.json {
             println!("{text}");
         }
     };
-    let set = read_dir(dir, &ReadOptions::default())?;
-    say(format!("Flotilla dev: {} sample migrations in {}", set.migrations.len(), dir.display()));
-    say(format!("Database: {}\n", redact(db)));
-
-    let driver = connect(db, &ConnectOptions::default()).await?;
-    let mut ex = Executor::new(driver, default_owner()).with_lock_timeout(Duration::from_secs(30));
-    if let Some(sink) = out.progress_sink() {
-        ex = ex.with_progress(sink);
-    }
-    let before = ex.history().await?;
-    if !before.is_empty() {
-        return Err(ExecError::Refused(format!(
-            "{} already has {} migration record(s); `flotilla dev` wants a database of its own",
-            redact(db),
-            before.len()
-        )));
+    let targets = targets(dbs, count, workdir)?;
+    let migrations = workdir.join("migrations");
+    write_samples(&targets, &migrations)?;
+    let certs = workdir.join("certs");
+    write_certs(&certs)?;
+    let mut before = BTreeMap::new();
+    for t in &targets {
+        before.insert(t.name.clone(), schema_of(&t.url).await?);
     }
 
-    say("1. Apply every migration:".into());
-    let up = ex.migrate(&set, Request::Up { to: None }, false).await?;
-    say("\n2. Status:".into());
-    let applied = ex.status(&set).await?;
-    if !out.json {
-        out.status(&applied);
-    }
+    // The coordinator and the agent, in this process, over mTLS on loopback.
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Fail(Code::Failed, format!("cannot listen on loopback: {e}")))?;
+    let addr = listener.local_addr().map_err(|e| Fail(Code::Failed, e.to_string()))?;
+    let config = flotilla_coordinator::Config {
+        store: format!("sqlite://{}", workdir.join("coordinator.db").display()),
+        etcd: Vec::new(),
+        tls: Some(TlsFiles {
+            ca: certs.join("ca.pem"),
+            cert: certs.join("coordinator.pem"),
+            key: certs.join("coordinator.key"),
+        }),
+        service: flotilla_coordinator::service::Config { tick: Duration::from_millis(100), ..Default::default() },
+    };
+    let coordinator = tokio::spawn(flotilla_coordinator::run(listener, config, shutdown.clone()));
+    let agent_config = AgentConfig {
+        name: "dev-agent".into(),
+        coordinator: format!("https://127.0.0.1:{}", addr.port()),
+        tls: Some(AgentTls {
+            ca: certs.join("ca.pem"),
+            cert: certs.join("dev-agent.pem"),
+            key: certs.join("dev-agent.key"),
+        }),
+        insecure_dev: false,
+        heartbeat_secs: 1,
+        targets: targets
+            .iter()
+            .map(|t| TargetConfig {
+                name: t.name.clone(),
+                engine: None,
+                labels: t.labels.clone(),
+                url: Some(t.url.clone()),
+                url_file: None,
+                url_env: None,
+            })
+            .collect(),
+    };
+    let agent = tokio::spawn(flotilla_agent::daemon::run(agent_config, shutdown.clone()));
+    let conn = Conn {
+        coordinator: format!("https://127.0.0.1:{}", addr.port()),
+        certs: Some(certs.clone()),
+        operator: "dev".into(),
+        insecure_dev: false,
+    };
+    let result = rollout(out, &conn, &targets, &migrations, &before).await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), coordinator).await;
+    let summary = result?;
+    say(format!("Working files: {} (pass --keep DIR to keep them)", workdir.display()));
+    Ok(summary)
+}
 
-    say("\n3. Roll everything back, newest first:".into());
-    let down = ex.migrate(&set, Request::DownAll, false).await?;
-    let after = ex.status(&set).await?;
-    ex.close().await;
-    let all_pending = after.iter().all(|r| r.status == "pending");
+async fn rollout(
+    out: Output,
+    conn: &Conn,
+    targets: &[DevTarget],
+    migrations: &Path,
+    before: &BTreeMap<String, Schema>,
+) -> Result<serde_json::Value, Fail> {
+    let say = |text: String| {
+        if !out.json {
+            println!("{text}");
+        }
+    };
+    let mut client = fleet::connect(conn).await?;
+    // Wait for the agent to register every target.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let known = client.list_targets(pb::ListTargetsRequest { selector: String::new() }).await?.into_inner();
+        if known.targets.len() == targets.len() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(Fail(Code::Failed, "the agent did not register its targets within 30 s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     say(format!(
-        "\nSummary: applied {} and rolled back {} migrations; every migration is {} again.",
-        up.steps.len(),
-        down.steps.len(),
-        if all_pending { "pending" } else { "NOT pending" }
+        "Flotilla dev: a coordinator and an agent over mTLS on {}, serving {} database(s).\n",
+        conn.coordinator,
+        targets.len()
     ));
-    if kept {
-        say(format!("Try it yourself: flotilla up --db {} --dir {}", redact(db), dir.display()));
-    } else {
-        say("The temporary files are gone; pass --keep DIR to keep the migrations and the database.".into());
+
+    say("1. Roll the sample migrations out in three waves (1, 50%, 100%):".into());
+    let bundle = flotilla_core::bundle::Bundle::from_dir(migrations).map_err(|e| Fail(Code::Failed, e.to_string()))?;
+    let request = pb::SubmitPlanRequest {
+        bundle: bundle.to_json().into_bytes(),
+        selector: "env=dev".into(),
+        goal: Some(pb::Goal { direction: pb::goal::Direction::Up as i32, version: 0 }),
+        strategy: Some(pb::Strategy {
+            waves: vec!["1".into(), "50%".into(), "100%".into()],
+            max_parallel: 4,
+            max_failures_per_wave: 0,
+            approve_waves: false,
+            on_failure: pb::strategy::OnFailure::Halt as i32,
+        }),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let plan = client.submit_plan(request).await?.into_inner().summary.unwrap_or_default();
+    say(format!("   plan {}", plan.id));
+    let quiet = Output { json: true, ..out };
+    let code = fleet::watch(if out.json { quiet } else { out }, &mut client, &plan.id, 0).await?;
+    let up_ms = started.elapsed().as_millis();
+    if code != Code::Ok {
+        return Err(Fail(code, format!("plan {} did not succeed; see `flotilla plan show`", plan.id)));
     }
-    if !all_pending {
-        return Err(ExecError::Refused("after the rollback some migrations are still recorded".into()));
+
+    say("\n2. Fleet status:".into());
+    let status = client.fleet_status(pb::FleetStatusRequest { selector: String::new() }).await?.into_inner().targets;
+    if !out.json {
+        for r in &status {
+            println!("   {:<14} applied {}", r.target, r.applied_version);
+        }
+    }
+
+    say("\n3. Roll the whole fleet back (reverse wave order):".into());
+    let started = Instant::now();
+    let rb =
+        client.create_rollback(pb::PlanAction { id: plan.id.clone(), reason: "dev demo".into() }).await?.into_inner();
+    say(format!("   plan {}", rb.id));
+    let code = fleet::watch(if out.json { quiet } else { out }, &mut client, &rb.id, 0).await?;
+    let down_ms = started.elapsed().as_millis();
+    if code != Code::Ok {
+        return Err(Fail(code, format!("rollback plan {} did not succeed", rb.id)));
+    }
+
+    let mut same = 0;
+    for t in targets {
+        let driver = connect_db(&t.url, &ConnectOptions::default())
+            .await
+            .map_err(|e| Fail(Code::CannotConnect, e.to_string()))?;
+        let mut ex = Executor::new(driver, "flotilla-dev");
+        let schema = ex.schema().await.map_err(|e| Fail(Code::Failed, e.to_string()));
+        ex.close().await;
+        if before.get(&t.name) == Some(&schema?) {
+            same += 1;
+        }
+    }
+    say(format!(
+        "\nSummary: {} database(s) migrated in {up_ms} ms and rolled back in {down_ms} ms; {same} of {} have exactly the schema they had before.",
+        targets.len(),
+        targets.len()
+    ));
+    if same != targets.len() {
+        return Err(Fail(Code::Failed, "some databases do not have their original schema back".into()));
     }
     Ok(
-        json!({ "ok": true, "database": redact(db), "dir": dir, "applied": up.steps, "rolled_back": down.steps, "status_after_up": applied }),
+        json!({ "ok": true, "plan": plan.id, "rollback": rb.id, "targets": targets.len(), "up_ms": up_ms, "down_ms": down_ms, "schemas_restored": same }),
     )
 }

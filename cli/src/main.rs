@@ -1,9 +1,11 @@
 //! `flotilla`: parse the command line, then hand over to [`commands::run`].
 
 mod args;
+mod certs;
 mod commands;
 mod dev;
 mod exit;
+mod fleet;
 mod lint;
 mod output;
 mod schema;

@@ -54,6 +54,8 @@ struct State {
     held: HashMap<String, Held>,
     /// Last token issued per target; never goes back.
     tokens: HashMap<String, u64>,
+    /// Every token issued is above this (a restarted coordinator passes the highest token its store recorded).
+    floor: u64,
 }
 
 #[derive(Debug)]
@@ -67,6 +69,13 @@ struct Held {
 impl InProcessLock {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A lock whose tokens all exceed `floor`, so agents never see a token go back after a coordinator restart.
+    pub fn with_token_floor(floor: u64) -> Self {
+        let lock = Self::default();
+        lock.state().floor = floor;
+        lock
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -83,7 +92,7 @@ impl Lock for InProcessLock {
         if state.held.get(target).is_some_and(|h| h.expires > now) {
             return Ok(None);
         }
-        let token = state.tokens.get(target).copied().unwrap_or(0) + 1;
+        let token = state.tokens.get(target).copied().unwrap_or(0).max(state.floor) + 1;
         state.tokens.insert(target.to_string(), token);
         state.held.insert(target.to_string(), Held { holder: holder.to_string(), token, ttl, expires: now + ttl });
         Ok(Some(Lease { target: target.to_string(), holder: holder.to_string(), token, id: 0 }))

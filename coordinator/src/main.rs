@@ -1,10 +1,85 @@
-//! `flotilla-coordinator`: the fleet coordinator. Until the fleet control plane lands it only says so.
+//! `flotilla-coordinator`: parse the config, then `flotilla_coordinator::run`.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "flotilla-coordinator {}: the fleet coordinator is not built yet.\n\
-         To migrate one database now, use `flotilla up --db URL --dir DIR`.",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::ExitCode::from(2)
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use flotilla_coordinator::config::{File, TlsFiles};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Flotilla's fleet coordinator: stores plans, takes per-target locks, and assigns work to agents over mTLS gRPC"
+)]
+struct Args {
+    /// TOML config file (flags override it).
+    #[arg(long, env = "FLOTILLA_COORDINATOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Store URL: sqlite://PATH (default sqlite://flotilla-coordinator.db) or postgres://...
+    #[arg(long)]
+    store: Option<String>,
+    /// etcd endpoint for per-target locks (repeatable); without it, locks live in this process.
+    #[arg(long)]
+    etcd: Vec<String>,
+    #[arg(long, requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Plaintext, no client certificates: every caller may do everything. Local trials only.
+    #[arg(long)]
+    insecure_dev: bool,
+    /// Seconds a target's lock outlives its last renewal.
+    #[arg(long)]
+    lease_ttl_secs: Option<u64>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut file = match &args.config {
+        Some(path) => File::read(path).map_err(anyhow::Error::msg)?,
+        None => File::default(),
+    };
+    if let Some(listen) = args.listen {
+        file.listen = Some(listen);
+    }
+    if let Some(store) = args.store {
+        file.store = Some(store);
+    }
+    if !args.etcd.is_empty() {
+        file.etcd = args.etcd;
+    }
+    if let (Some(ca), Some(cert), Some(key)) = (args.ca, args.cert, args.key) {
+        file.tls = Some(TlsFiles { ca, cert, key });
+    }
+    file.insecure_dev |= args.insecure_dev;
+    if args.lease_ttl_secs.is_some() {
+        file.lease_ttl_secs = args.lease_ttl_secs;
+    }
+    let listen = file.listen.clone().unwrap_or_else(|| "127.0.0.1:7443".into());
+    let config = file.into_config().map_err(anyhow::Error::msg)?;
+    let listener =
+        tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        on_signal.cancel();
+    });
+    flotilla_coordinator::run(listener, config, shutdown).await?;
+    Ok(())
 }

@@ -19,7 +19,7 @@ pub enum StoreError {
     Database(String),
     #[error("bundle content does not match its id {0}")]
     BundleMismatch(String),
-    #[error("a plan cannot go from {from} to {to}")]
+    #[error("illegal state change from {from} to {to}")]
     IllegalTransition { from: String, to: String },
     #[error("the store holds a record this version cannot read: {0}")]
     Corrupt(String),
@@ -48,6 +48,19 @@ pub trait Store: Send + Sync {
     async fn set_plan_state(&self, id: &str, from: PlanState, to: PlanState) -> Result<bool, StoreError>;
 
     async fn steps(&self, plan_id: &str) -> Result<Vec<Step>, StoreError>;
+    async fn step(&self, plan_id: &str, target: &str) -> Result<Option<Step>, StoreError>;
+    /// Moves a plan from awaiting approval to running and records `wave` as approved.
+    async fn approve_wave(&self, id: &str, wave: u32) -> Result<bool, StoreError>;
+    /// Records the versions a step found and left (the first `before` sticks: a retried step keeps the original).
+    async fn set_step_versions(
+        &self,
+        plan_id: &str,
+        target: &str,
+        before: Option<i64>,
+        after: Option<i64>,
+    ) -> Result<(), StoreError>;
+    /// The highest fencing token ever recorded, so an in-process lock never issues a lower one after a restart.
+    async fn max_token(&self) -> Result<u64, StoreError>;
     /// Moves a step if it is still in `from`, recording the fencing token and error.
     async fn set_step_state(
         &self,
@@ -77,9 +90,11 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS bundles (id VARCHAR(64) PRIMARY KEY, body TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS targets (name VARCHAR(255) PRIMARY KEY, engine VARCHAR(16) NOT NULL, labels TEXT NOT NULL, agent VARCHAR(255) NOT NULL)",
     "CREATE TABLE IF NOT EXISTS plans (id VARCHAR(64) PRIMARY KEY, bundle VARCHAR(64) NOT NULL, selector TEXT NOT NULL,
-        goal TEXT NOT NULL, strategy TEXT NOT NULL, state VARCHAR(32) NOT NULL, created_at VARCHAR(40) NOT NULL)",
+        goal TEXT NOT NULL, strategy TEXT NOT NULL, phase VARCHAR(16), rollback_of VARCHAR(64),
+        approved_wave BIGINT NOT NULL, state VARCHAR(32) NOT NULL, created_at VARCHAR(40) NOT NULL)",
     "CREATE TABLE IF NOT EXISTS steps (plan_id VARCHAR(64) NOT NULL, target VARCHAR(255) NOT NULL, wave BIGINT NOT NULL,
-        state VARCHAR(32) NOT NULL, token BIGINT, error TEXT, updated_at VARCHAR(40) NOT NULL, PRIMARY KEY (plan_id, target))",
+        state VARCHAR(32) NOT NULL, token BIGINT, error TEXT, goal TEXT, version_before BIGINT, version_after BIGINT,
+        updated_at VARCHAR(40) NOT NULL, PRIMARY KEY (plan_id, target))",
     "CREATE TABLE IF NOT EXISTS events (plan_id VARCHAR(64) NOT NULL, seq BIGINT NOT NULL, at VARCHAR(40) NOT NULL,
         target VARCHAR(255), kind VARCHAR(64) NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (plan_id, seq))",
     "CREATE TABLE IF NOT EXISTS audit (id VARCHAR(32) PRIMARY KEY, at VARCHAR(40) NOT NULL, actor VARCHAR(255) NOT NULL,
@@ -106,6 +121,18 @@ impl SqlStore {
         };
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(if postgres { 8 } else { 1 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if !postgres {
+                        // WAL with NORMAL sync: a commit survives a process crash (the store's promise); a power
+                        // cut may lose the last commits, which agents' history tables then reconcile.
+                        sqlx::Executor::execute(&mut *conn, "PRAGMA journal_mode = WAL").await?;
+                        sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = NORMAL").await?;
+                        sqlx::Executor::execute(&mut *conn, "PRAGMA busy_timeout = 5000").await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await
             .map_err(|e| StoreError::Open(e.to_string()))?;
@@ -158,19 +185,42 @@ where
 }
 
 fn plan_from(row: &AnyRow) -> Result<Plan, StoreError> {
-    let state: String = get(row, 5)?;
     Ok(Plan {
         id: get(row, 0)?,
         bundle: get(row, 1)?,
         selector: json(&get::<String>(row, 2)?)?,
         goal: json(&get::<String>(row, 3)?)?,
         strategy: json(&get::<String>(row, 4)?)?,
-        state: state.parse().map_err(StoreError::Corrupt)?,
-        created_at: time(&get::<String>(row, 6)?)?,
+        phase: get::<Option<String>>(row, 5)?.map(|p| json(&p)).transpose()?,
+        rollback_of: get(row, 6)?,
+        approved_wave: u32::try_from(get::<i64>(row, 7)?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        state: get::<String>(row, 8)?.parse().map_err(StoreError::Corrupt)?,
+        created_at: time(&get::<String>(row, 9)?)?,
     })
 }
 
-const PLAN_COLUMNS: &str = "id, bundle, selector, goal, strategy, state, created_at";
+const PLAN_COLUMNS: &str = "id, bundle, selector, goal, strategy, phase, rollback_of, approved_wave, state, created_at";
+const STEP_COLUMNS: &str =
+    "plan_id, target, wave, state, token, error, goal, version_before, version_after, updated_at";
+
+fn step_from(r: &AnyRow) -> Result<Step, StoreError> {
+    Ok(Step {
+        plan_id: get(r, 0)?,
+        target: get(r, 1)?,
+        wave: u32::try_from(get::<i64>(r, 2)?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        state: get::<String>(r, 3)?.parse().map_err(StoreError::Corrupt)?,
+        token: get::<Option<i64>>(r, 4)?.map(|t| u64::try_from(t).unwrap_or(0)),
+        error: get(r, 5)?,
+        goal: get::<Option<String>>(r, 6)?.map(|g| json(&g)).transpose()?,
+        before: get(r, 7)?,
+        after: get(r, 8)?,
+        updated_at: time(&get::<String>(r, 9)?)?,
+    })
+}
+
+fn token_value(token: Option<u64>) -> Option<i64> {
+    token.map(|t| i64::try_from(t).unwrap_or(i64::MAX))
+}
 
 #[async_trait]
 impl Store for SqlStore {
@@ -235,28 +285,32 @@ impl Store for SqlStore {
 
     async fn create_plan(&self, plan: &Plan, steps: &[Step]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query(&self.sql(&format!("INSERT INTO plans ({PLAN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)")))
+        sqlx::query(&self.sql(&format!("INSERT INTO plans ({PLAN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")))
             .bind(plan.id.clone())
             .bind(plan.bundle.clone())
             .bind(to_json(&plan.selector))
             .bind(to_json(&plan.goal))
             .bind(to_json(&plan.strategy))
+            .bind(plan.phase.map(|p| to_json(&p)))
+            .bind(plan.rollback_of.clone())
+            .bind(i64::from(plan.approved_wave))
             .bind(plan.state.as_str())
             .bind(plan.created_at.to_rfc3339())
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        let insert = self.sql(
-            "INSERT INTO steps (plan_id, target, wave, state, token, error, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        );
+        let insert = self.sql(&format!("INSERT INTO steps ({STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
         for s in steps {
             sqlx::query(&insert)
                 .bind(s.plan_id.clone())
                 .bind(s.target.clone())
                 .bind(i64::from(s.wave))
                 .bind(s.state.as_str())
-                .bind(s.token.map(|t| i64::try_from(t).unwrap_or(i64::MAX)))
+                .bind(token_value(s.token))
                 .bind(s.error.clone())
+                .bind(s.goal.as_ref().map(to_json))
+                .bind(s.before)
+                .bind(s.after)
                 .bind(s.updated_at.to_rfc3339())
                 .execute(&mut *tx)
                 .await
@@ -301,26 +355,66 @@ impl Store for SqlStore {
     }
 
     async fn steps(&self, plan_id: &str) -> Result<Vec<Step>, StoreError> {
-        let rows = sqlx::query(&self.sql(
-            "SELECT plan_id, target, wave, state, token, error, updated_at FROM steps WHERE plan_id = ? ORDER BY wave, target",
-        ))
+        let rows = sqlx::query(
+            &self.sql(&format!("SELECT {STEP_COLUMNS} FROM steps WHERE plan_id = ? ORDER BY wave, target")),
+        )
         .bind(plan_id.to_string())
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                Ok(Step {
-                    plan_id: get(r, 0)?,
-                    target: get(r, 1)?,
-                    wave: u32::try_from(get::<i64>(r, 2)?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    state: get::<String>(r, 3)?.parse().map_err(StoreError::Corrupt)?,
-                    token: get::<Option<i64>>(r, 4)?.map(|t| u64::try_from(t).unwrap_or(0)),
-                    error: get(r, 5)?,
-                    updated_at: time(&get::<String>(r, 6)?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(step_from).collect()
+    }
+
+    async fn step(&self, plan_id: &str, target: &str) -> Result<Option<Step>, StoreError> {
+        let rows =
+            sqlx::query(&self.sql(&format!("SELECT {STEP_COLUMNS} FROM steps WHERE plan_id = ? AND target = ?")))
+                .bind(plan_id.to_string())
+                .bind(target.to_string())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        rows.first().map(step_from).transpose()
+    }
+
+    async fn approve_wave(&self, id: &str, wave: u32) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            &self.sql("UPDATE plans SET state = ?, approved_wave = ? WHERE id = ? AND state = ? AND approved_wave < ?"),
+        )
+        .bind(PlanState::Running.as_str())
+        .bind(i64::from(wave))
+        .bind(id.to_string())
+        .bind(PlanState::AwaitingApproval.as_str())
+        .bind(i64::from(wave))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_step_versions(
+        &self,
+        plan_id: &str,
+        target: &str,
+        before: Option<i64>,
+        after: Option<i64>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&self.sql(
+            "UPDATE steps SET version_before = COALESCE(version_before, ?), version_after = COALESCE(?, version_after)
+             WHERE plan_id = ? AND target = ?",
+        ))
+        .bind(before)
+        .bind(after)
+        .bind(plan_id.to_string())
+        .bind(target.to_string())
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(db)
+    }
+
+    async fn max_token(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COALESCE(MAX(token), 0) FROM steps").fetch_one(&self.pool).await.map_err(db)?;
+        Ok(u64::try_from(get::<i64>(&row, 0)?).unwrap_or(0))
     }
 
     async fn set_step_state(
@@ -339,7 +433,7 @@ impl Store for SqlStore {
             "UPDATE steps SET state = ?, token = ?, error = ?, updated_at = ? WHERE plan_id = ? AND target = ? AND state = ?",
         ))
         .bind(to.as_str())
-        .bind(token.map(|t| i64::try_from(t).unwrap_or(i64::MAX)))
+        .bind(token_value(token))
         .bind(error.map(str::to_string))
         .bind(Utc::now().to_rfc3339())
         .bind(plan_id.to_string())

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::Engine;
+use crate::{Engine, Phase};
 
 /// A database an agent serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,7 +125,8 @@ impl PlanState {
             (self, next),
             (Pending, Running)
                 | (Pending | Running | Paused | AwaitingApproval, Aborted)
-                | (Running, Paused | AwaitingApproval | Succeeded | Halted)
+                | (Pending | Running | AwaitingApproval, Paused)
+                | (Running, AwaitingApproval | Succeeded | Halted)
                 | (Paused, Running)
                 | (AwaitingApproval, Running)
         )
@@ -138,7 +139,8 @@ impl StepState {
         matches!(
             (self, next),
             (Pending, Assigned | Skipped)
-                | (Assigned, Running | Pending | Failed)
+                // A result can arrive before the progress event that said the step started.
+                | (Assigned, Running | Pending | Succeeded | Failed)
                 | (Running, Succeeded | Failed | Pending)
                 // A failed step is retried or, after a rollback decision, skipped.
                 | (Failed, Pending | Skipped)
@@ -150,6 +152,121 @@ impl StepState {
     }
 }
 
+/// One entry of a wave list: `1` (a count), `10%` (a share of all targets; counts and shares are cumulative), or
+/// `label:region=eu` (every target not yet in a wave that matches).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaveSpec {
+    Count(u32),
+    Percent(u32),
+    Label(Selector),
+}
+
+impl FromStr for WaveSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some(sel) = s.strip_prefix("label:") {
+            let sel: Selector = sel.parse()?;
+            if sel.0.is_empty() {
+                return Err(format!("wave `{s}` has an empty label selector"));
+            }
+            return Ok(WaveSpec::Label(sel));
+        }
+        if let Some(p) = s.strip_suffix('%') {
+            return match p.trim().parse::<u32>() {
+                Ok(p) if (1..=100).contains(&p) => Ok(WaveSpec::Percent(p)),
+                _ => Err(format!("wave `{s}` is not a percentage from 1% to 100%")),
+            };
+        }
+        match s.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(WaveSpec::Count(n)),
+            _ => Err(format!("wave `{s}` is not a count (`5`), a share (`10%`) or a label (`label:region=eu`)")),
+        }
+    }
+}
+
+impl fmt::Display for WaveSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaveSpec::Count(n) => write!(f, "{n}"),
+            WaveSpec::Percent(p) => write!(f, "{p}%"),
+            WaveSpec::Label(s) => write!(f, "label:{s}"),
+        }
+    }
+}
+
+string_enum!(OnFailure {
+    Halt = "halt",
+    RollbackFailed = "rollback-failed",
+    RollbackPlan = "rollback-plan",
+});
+
+/// How a plan rolls out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Strategy {
+    pub waves: Vec<WaveSpec>,
+    /// Steps running at once within a wave.
+    pub max_parallel: u32,
+    /// Failed targets a wave tolerates; one more halts the plan (and applies `on_failure`).
+    pub max_failures: u32,
+    /// Wait for `approve` before each wave after the first.
+    pub approve_waves: bool,
+    pub on_failure: OnFailure,
+}
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Strategy {
+            waves: vec![WaveSpec::Percent(100)],
+            max_parallel: 10,
+            max_failures: 0,
+            approve_waves: false,
+            on_failure: OnFailure::Halt,
+        }
+    }
+}
+
+/// Puts each target (sorted by name) in a wave, numbered from 1. Empty waves are dropped; targets no wave took go in
+/// a last wave. Wave 0 is for validation (`validate_on`).
+pub fn assign_waves(targets: &[Target], specs: &[WaveSpec]) -> Vec<(String, u32)> {
+    let mut names: Vec<&Target> = targets.iter().collect();
+    names.sort_by(|a, b| a.name.cmp(&b.name));
+    let total = names.len();
+    let mut taken = vec![false; total];
+    let mut out = Vec::with_capacity(total);
+    let mut wave = 0u32;
+    let mut placed = 0usize;
+    for spec in specs {
+        let members: Vec<usize> = match spec {
+            WaveSpec::Label(sel) => (0..total).filter(|&i| !taken[i] && sel.matches(names[i])).collect(),
+            WaveSpec::Count(_) | WaveSpec::Percent(_) => {
+                let upto = match spec {
+                    WaveSpec::Count(n) => *n as usize,
+                    WaveSpec::Percent(p) => (total * *p as usize).div_ceil(100),
+                    WaveSpec::Label(_) => 0,
+                };
+                let want = upto.min(total).saturating_sub(placed);
+                (0..total).filter(|&i| !taken[i]).take(want).collect()
+            }
+        };
+        if members.is_empty() {
+            continue;
+        }
+        wave += 1;
+        for i in members {
+            taken[i] = true;
+            placed += 1;
+            out.push((names[i].name.clone(), wave));
+        }
+    }
+    if placed < total {
+        wave += 1;
+        out.extend((0..total).filter(|&i| !taken[i]).map(|i| (names[i].name.clone(), wave)));
+    }
+    out
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub id: String,
@@ -157,8 +274,13 @@ pub struct Plan {
     pub bundle: String,
     pub selector: Selector,
     pub goal: Goal,
-    /// The strategy (waves, parallelism, failure budget, approvals, on-failure policy), as the scheduler reads it.
-    pub strategy: serde_json::Value,
+    pub strategy: Strategy,
+    /// Expand/contract: run only this phase.
+    pub phase: Option<Phase>,
+    /// Set on a rollback plan: the plan it undoes.
+    pub rollback_of: Option<String>,
+    /// The highest wave an operator approved (with `approve_waves`).
+    pub approved_wave: u32,
     pub state: PlanState,
     pub created_at: DateTime<Utc>,
 }
@@ -172,6 +294,11 @@ pub struct Step {
     /// Fencing token of the lock under which the step was assigned.
     pub token: Option<u64>,
     pub error: Option<String>,
+    /// Where this target goes when it differs from the plan's goal (rollback plans: the version it had before).
+    pub goal: Option<Goal>,
+    /// The applied version before and after the step, as the agent read them from the history table.
+    pub before: Option<i64>,
+    pub after: Option<i64>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -218,6 +345,38 @@ mod tests {
         assert_eq!(s.to_string(), "env=prod,region=eu");
         for bad in ["env", "=prod", "env=", "env=a,env=b"] {
             assert!(bad.parse::<Selector>().is_err(), "{bad}");
+        }
+    }
+
+    fn named(n: usize) -> Vec<Target> {
+        (0..n)
+            .map(|i| Target {
+                name: format!("db{i:02}"),
+                engine: Engine::Postgres,
+                labels: [("region".to_string(), if i % 3 == 0 { "eu" } else { "us" }.to_string())].into(),
+                agent: "a".into(),
+            })
+            .collect()
+    }
+
+    fn sizes(assigned: &[(String, u32)]) -> Vec<usize> {
+        let waves = assigned.iter().map(|(_, w)| *w).max().unwrap_or(0);
+        (1..=waves).map(|w| assigned.iter().filter(|(_, x)| *x == w).count()).collect()
+    }
+
+    #[test]
+    fn waves_are_cumulative_and_cover_every_target() {
+        let specs: Vec<WaveSpec> = ["1", "10%", "50%", "100%"].iter().map(|s| s.parse().unwrap()).collect();
+        assert_eq!(sizes(&assign_waves(&named(30), &specs)), vec![1, 2, 12, 15]);
+        assert_eq!(sizes(&assign_waves(&named(3), &specs)), vec![1, 1, 1], "empty waves are dropped");
+        let partial: Vec<WaveSpec> = vec!["2".parse().unwrap()];
+        assert_eq!(sizes(&assign_waves(&named(5), &partial)), vec![2, 3], "the rest go in a last wave");
+        let by_label: Vec<WaveSpec> = vec!["label:region=eu".parse().unwrap(), "100%".parse().unwrap()];
+        let assigned = assign_waves(&named(9), &by_label);
+        assert_eq!(sizes(&assigned), vec![3, 6]);
+        assert!(assigned.iter().filter(|(_, w)| *w == 1).all(|(n, _)| ["db00", "db03", "db06"].contains(&n.as_str())));
+        for bad in ["0", "0%", "101%", "x", "label:", "label:region"] {
+            assert!(bad.parse::<WaveSpec>().is_err(), "{bad}");
         }
     }
 

@@ -6,7 +6,10 @@
 //! - [`mongo`]: validates MongoDB command scripts (Extended JSON).
 //! - [`history`]: what a target database records about applied migrations.
 //! - [`plan`]: given local migrations and a target's history, what to run, or why not.
+//! - [`bundle`]: a migrations directory as the coordinator stores it and agents receive it.
+//! - [`fleet`]: targets, selectors, plans, waves and the plan and step state machines.
 
+pub mod bundle;
 pub mod fleet;
 pub mod generate;
 pub mod history;

@@ -1,11 +1,43 @@
-//! `flotilla-agent`: the fleet agent. Until the fleet control plane lands it only says so; the engine it will run
-//! (drivers and executor) is this crate's library, used today by the `flotilla` CLI.
+//! `flotilla-agent`: read the config, then `flotilla_agent::daemon::run`.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "flotilla-agent {}: the fleet agent (pulling assignments from a coordinator) is not built yet.\n\
-         To migrate one database now, use `flotilla up --db URL --dir DIR`.",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::ExitCode::from(2)
+use std::path::PathBuf;
+
+use clap::Parser;
+use flotilla_agent::daemon::{self, AgentConfig};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Flotilla's agent: serves the databases near it, pulling work from the coordinator over mTLS gRPC"
+)]
+struct Args {
+    /// TOML config: name, coordinator, [tls], [[targets]] (see deploy/agent.toml).
+    #[arg(long, env = "FLOTILLA_AGENT_CONFIG")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = AgentConfig::read(&args.config).map_err(anyhow::Error::msg)?;
+    if config.insecure_dev {
+        tracing::warn!("insecure_dev: plaintext gRPC without certificates; for local trials only");
+    }
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        on_signal.cancel();
+    });
+    daemon::run(config, shutdown).await?;
+    Ok(())
 }

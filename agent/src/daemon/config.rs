@@ -1,0 +1,178 @@
+//! The agent's TOML config: the coordinator, the agent's certificates, and the targets it serves. Connection URLs
+//! never leave the agent; they can be given directly, read from a file, or from an environment variable.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use flotilla_core::Engine;
+use serde::Deserialize;
+
+use crate::driver::redact;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The agent's name. With TLS, the coordinator knows the agent by its certificate and this must match it.
+    pub name: String,
+    /// `https://host:port` (or `http://` with `insecure_dev`).
+    pub coordinator: String,
+    pub tls: Option<TlsFiles>,
+    #[serde(default)]
+    pub insecure_dev: bool,
+    /// Seconds between heartbeats.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+    pub targets: Vec<TargetConfig>,
+}
+
+fn default_heartbeat() -> u64 {
+    3
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub name: String,
+    /// Defaults to the URL's scheme.
+    pub engine: Option<Engine>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub url: Option<String>,
+    pub url_file: Option<PathBuf>,
+    pub url_env: Option<String>,
+}
+
+/// A target ready to serve: its URL resolved.
+#[derive(Clone)]
+pub struct Target {
+    pub name: String,
+    pub engine: Engine,
+    pub labels: BTreeMap<String, String>,
+    pub url: String,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("name", &self.name)
+            .field("engine", &self.engine)
+            .field("url", &redact(&self.url))
+            .finish()
+    }
+}
+
+impl AgentConfig {
+    pub fn read(path: &Path) -> Result<AgentConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let config: AgentConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        config.check().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Everything that can be checked before connecting anywhere.
+    pub fn check(&self) -> Result<(), String> {
+        if self.name.is_empty() {
+            return Err("`name` is empty".into());
+        }
+        match (&self.tls, self.insecure_dev) {
+            (Some(_), true) => return Err("give either [tls] or insecure_dev, not both".into()),
+            (None, false) => {
+                return Err("TLS is required: give [tls] ca, cert and key (see `flotilla certs init`), or insecure_dev for a local trial".into())
+            }
+            _ => {}
+        }
+        let scheme_ok = if self.insecure_dev {
+            self.coordinator.starts_with("http://")
+        } else {
+            self.coordinator.starts_with("https://")
+        };
+        if !scheme_ok {
+            return Err(format!(
+                "coordinator `{}` must start with {}",
+                self.coordinator,
+                if self.insecure_dev { "http:// (insecure_dev)" } else { "https://" }
+            ));
+        }
+        if self.targets.is_empty() {
+            return Err("no [[targets]]".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &self.targets {
+            if !seen.insert(&t.name) {
+                return Err(format!("target `{}` is listed twice", t.name));
+            }
+            let sources = [t.url.is_some(), t.url_file.is_some(), t.url_env.is_some()].iter().filter(|b| **b).count();
+            if sources != 1 {
+                return Err(format!("target `{}` needs exactly one of url, url_file, url_env", t.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves every target's URL (reading files and the environment) and engine.
+    pub fn resolve(&self) -> Result<Vec<Target>, String> {
+        self.targets.iter().map(resolve_target).collect()
+    }
+}
+
+fn resolve_target(t: &TargetConfig) -> Result<Target, String> {
+    let url = if let Some(url) = &t.url {
+        url.clone()
+    } else if let Some(path) = &t.url_file {
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("target `{}`: cannot read url_file {}: {e}", t.name, path.display()))?
+            .trim()
+            .to_string()
+    } else if let Some(var) = &t.url_env {
+        std::env::var(var).map_err(|_| format!("target `{}`: environment variable {var} is not set", t.name))?
+    } else {
+        return Err(format!("target `{}` has no URL", t.name));
+    };
+    let from_url = Engine::from_url(&url).ok_or_else(|| {
+        format!("target `{}`: `{}` is not a postgres://, mysql://, sqlite:// or mongodb:// URL", t.name, redact(&url))
+    })?;
+    if let Some(engine) = t.engine {
+        if engine != from_url {
+            return Err(format!("target `{}` says engine {engine} but its URL is {from_url}", t.name));
+        }
+    }
+    Ok(Target { name: t.name.clone(), engine: from_url, labels: t.labels.clone(), url })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, String> {
+        let c: AgentConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.check()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn configs_are_checked() {
+        let ok = r#"
+            name = "a1"
+            coordinator = "http://127.0.0.1:7443"
+            insecure_dev = true
+            [[targets]]
+            name = "db1"
+            url_env = "FLOTILLA_TEST_UNSET_VAR"
+            labels = { env = "prod" }
+        "#;
+        let c = parse(ok).unwrap();
+        assert!(c.resolve().unwrap_err().contains("FLOTILLA_TEST_UNSET_VAR is not set"));
+        assert!(parse(&ok.replace("http://", "https://")).unwrap_err().contains("http://"));
+        assert!(parse(&ok.replace("insecure_dev = true", "")).unwrap_err().contains("TLS is required"));
+        assert!(parse(&ok.replace("url_env", "url = \"sqlite://x\"\nurl_env")).unwrap_err().contains("exactly one"));
+        assert!(parse(&ok.replace("labels", "lables")).is_err(), "unknown keys are refused");
+    }
+}

@@ -1,0 +1,450 @@
+//! The agent daemon: registers its targets with the coordinator, pulls assignments, runs each through the local
+//! [`Executor`], streams progress and reports what the target's history table says afterwards. It reconnects with
+//! backoff and keeps, per target, the highest fencing token it has seen, refusing work under a lower one.
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use flotilla_core::bundle::Bundle;
+use flotilla_core::{AppliedMigration, MigrationSet, Phase, PlanOptions, ReadOptions, Request};
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::agent_service_client::AgentServiceClient;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tracing::{info, info_span, warn, Instrument};
+
+pub use config::{AgentConfig, Target};
+
+use crate::driver::{connect, ConnectOptions};
+use crate::executor::{Executor, Progress, ProgressKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("config: {0}")]
+    Config(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// What the agent keeps across reconnections.
+struct State {
+    config: AgentConfig,
+    targets: HashMap<String, Target>,
+    /// Highest fencing token seen per target.
+    tokens: Mutex<HashMap<String, u64>>,
+    /// One step at a time per target.
+    running: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Applied version and dirtiness per target, as last read from its history table.
+    versions: Mutex<HashMap<String, Result<(i64, bool), String>>>,
+    /// Parsed bundles by (bundle id, engine).
+    sets: Mutex<HashMap<(String, String), Arc<MigrationSet>>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs the agent until `shutdown` fires. Connection failures are retried with backoff; only bad config is fatal.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    config.check().map_err(AgentError::Config)?;
+    let targets = config.resolve().map_err(AgentError::Config)?;
+    let endpoint = endpoint(&config)?;
+    let state = Arc::new(State {
+        running: targets.iter().map(|t| (t.name.clone(), Arc::default())).collect(),
+        targets: targets.into_iter().map(|t| (t.name.clone(), t)).collect(),
+        config,
+        tokens: Mutex::default(),
+        versions: Mutex::default(),
+        sets: Mutex::default(),
+    });
+    let steps = tokio_util::task::TaskTracker::new();
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let started = std::time::Instant::now();
+        match session(&state, &endpoint, &shutdown, &steps).await {
+            Ok(()) => {}
+            Err(e) => {
+                warn!(agent = %state.config.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "coordinator connection lost")
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(200);
+        }
+        let jitter = Duration::from_millis(rand::random::<u64>() % 200);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(backoff + jitter) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    // Running steps finish (a migration is never cut in half on purpose); then stop.
+    steps.close();
+    steps.wait().await;
+    info!(agent = %state.config.name, "agent stopped");
+    Ok(())
+}
+
+fn endpoint(config: &AgentConfig) -> Result<Endpoint, AgentError> {
+    let mut endpoint = Endpoint::from_shared(config.coordinator.clone())
+        .map_err(|e| AgentError::Config(format!("coordinator `{}`: {e}", config.coordinator)))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if let Some(tls) = &config.tls {
+        endpoint = endpoint
+            .tls_config(client_tls(&tls.ca, &tls.cert, &tls.key)?)
+            .map_err(|e| AgentError::Tls(e.to_string()))?;
+    }
+    Ok(endpoint)
+}
+
+/// A client TLS config presenting `cert`/`key` and trusting `ca`.
+pub fn client_tls(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<ClientTlsConfig, AgentError> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| AgentError::Tls(format!("cannot read the {what} {}: {e}", path.display())))
+    };
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("CA certificate", ca)?))
+        .identity(Identity::from_pem(read("certificate", cert)?, read("private key", key)?)))
+}
+
+/// One connection to the coordinator: register, heartbeat, take assignments until the stream ends.
+async fn session(
+    state: &Arc<State>,
+    endpoint: &Endpoint,
+    shutdown: &CancellationToken,
+    steps: &tokio_util::task::TaskTracker,
+) -> Result<(), tonic::Status> {
+    let channel: Channel =
+        endpoint.connect().await.map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
+    let mut client = AgentServiceClient::new(channel);
+    let name = state.config.name.clone();
+    let targets = state
+        .targets
+        .values()
+        .map(|t| pb::TargetInfo {
+            name: t.name.clone(),
+            engine: engine_to_proto(t.engine) as i32,
+            labels: t.labels.clone().into_iter().collect(),
+        })
+        .collect();
+    client
+        .register(pb::RegisterRequest { agent_version: env!("CARGO_PKG_VERSION").into(), targets, name: name.clone() })
+        .await?;
+    info!(agent = %name, targets = state.targets.len(), "registered with the coordinator");
+    refresh_all(state).await;
+    client.heartbeat(heartbeat(state)).await?;
+
+    let session = shutdown.child_token();
+    let _stop = session.clone().drop_guard();
+    // Heartbeats.
+    {
+        let (state, mut client, session) = (state.clone(), client.clone(), session.clone());
+        tokio::spawn(async move {
+            let every = Duration::from_secs(state.config.heartbeat_secs.max(1));
+            loop {
+                tokio::select! {
+                    _ = session.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = client.heartbeat(heartbeat(&state)).await {
+                    warn!(error = %e, "heartbeat failed");
+                }
+            }
+        });
+    }
+    // Progress: one client stream for the session.
+    let (progress_tx, progress_rx) = mpsc::unbounded_channel::<pb::ProgressEvent>();
+    {
+        let (mut client, session) = (client.clone(), session.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = session.cancelled() => {}
+                result = client.report_progress(UnboundedReceiverStream::new(progress_rx)) => {
+                    if let Err(e) = result { warn!(error = %e, "progress stream ended"); }
+                }
+            }
+        });
+    }
+    let mut assignments =
+        client.pull_assignments(pb::PullAssignmentsRequest { agent_id: name.clone() }).await?.into_inner();
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = assignments.message() => next?,
+        };
+        let Some(assignment) = next else {
+            return Err(tonic::Status::unavailable("the coordinator closed the stream"));
+        };
+        let (state, client, progress) = (state.clone(), client.clone(), progress_tx.clone());
+        steps.spawn(async move { handle(state, client, progress, assignment).await });
+    }
+}
+
+fn engine_to_proto(e: flotilla_core::Engine) -> pb::Engine {
+    use flotilla_core::Engine::*;
+    match e {
+        Postgres => pb::Engine::Postgres,
+        Mysql => pb::Engine::Mysql,
+        Sqlite => pb::Engine::Sqlite,
+        Mongodb => pb::Engine::Mongodb,
+    }
+}
+
+fn heartbeat(state: &State) -> pb::HeartbeatRequest {
+    let mut req = pb::HeartbeatRequest { agent_id: state.config.name.clone(), ..Default::default() };
+    for (target, v) in locked(&state.versions).iter() {
+        match v {
+            Ok((applied, dirty)) => {
+                req.applied_versions.insert(target.clone(), *applied);
+                if *dirty {
+                    req.dirty_targets.push(target.clone());
+                }
+            }
+            Err(e) => {
+                req.unreachable.insert(target.clone(), e.clone());
+            }
+        }
+    }
+    req
+}
+
+/// Applied version and dirtiness from a history table.
+pub fn summarize(history: &[AppliedMigration]) -> (i64, bool) {
+    let applied = history.iter().filter(|r| !r.state.is_dirty()).map(|r| r.version).max().unwrap_or(0);
+    (applied, history.iter().any(|r| r.state.is_dirty()))
+}
+
+async fn read_versions(target: &Target) -> Result<(i64, bool), String> {
+    let options = ConnectOptions { create: false, ..ConnectOptions::default() };
+    let driver = connect(&target.url, &options).await.map_err(|e| e.to_string())?;
+    let mut ex = Executor::new(driver, "flotilla-agent");
+    let history = ex.history().await.map_err(|e| e.to_string());
+    ex.close().await;
+    Ok(summarize(&history?))
+}
+
+async fn refresh_all(state: &State) {
+    let reads = state.targets.values().map(|t| async move { (t.name.clone(), read_versions(t).await) });
+    let results = futures_util::future::join_all(reads).await;
+    let mut versions = locked(&state.versions);
+    for (name, result) in results {
+        versions.insert(name, result);
+    }
+}
+
+/// Runs one assignment and reports its result.
+async fn handle(
+    state: Arc<State>,
+    mut client: AgentServiceClient<Channel>,
+    progress: mpsc::UnboundedSender<pb::ProgressEvent>,
+    a: pb::Assignment,
+) {
+    let traceparent = a.trace.as_ref().map(|t| t.traceparent.clone()).unwrap_or_default();
+    let span = info_span!(
+        "execute_step",
+        plan_id = %a.plan_id,
+        target = %a.target,
+        agent = %state.config.name,
+        fencing_token = a.fencing_token,
+        wave = a.wave,
+        traceparent = %traceparent,
+    );
+    async move {
+        let Some(target) = state.targets.get(&a.target).cloned() else {
+            warn!("refusing an assignment for a target this agent does not serve");
+            return;
+        };
+        let Some(gate) = state.running.get(&a.target).cloned() else { return };
+        if !fresh_token(&state, &a.target, a.fencing_token) {
+            warn!("refusing an assignment under a stale fencing token");
+            return;
+        }
+        let _one_at_a_time = gate.lock().await;
+        // A newer assignment may have arrived while this one waited.
+        if locked(&state.tokens).get(&a.target).is_some_and(|t| *t > a.fencing_token) {
+            warn!("dropping an assignment superseded by a newer fencing token");
+            return;
+        }
+        let result = execute(&state, &target, &a, &progress).await;
+        let versions = read_versions(&target).await;
+        locked(&state.versions).insert(target.name.clone(), versions.clone());
+        let (applied, dirty) = versions.clone().unwrap_or((0, false));
+        let (before, error) = match result {
+            Ok(before) => (before, None),
+            Err((before, e)) => (before, Some(e)),
+        };
+        match &error {
+            None => info!(applied, "step succeeded"),
+            Some(e) => warn!(error = %e, "step failed"),
+        }
+        let report = pb::StepResult {
+            plan_id: a.plan_id.clone(),
+            target: a.target.clone(),
+            fencing_token: a.fencing_token,
+            succeeded: error.is_none() && versions.is_ok(),
+            error: error.or(versions.err()).unwrap_or_default(),
+            applied_version: applied,
+            dirty,
+            version_before: before,
+            agent_id: state.config.name.clone(),
+        };
+        // If the coordinator is away, the step is reassigned after it returns; the rerun reads the history and
+        // finds the work done.
+        let mut wait = Duration::from_millis(200);
+        for attempt in 1..=5 {
+            match client.report_result(report.clone()).await {
+                Ok(_) => break,
+                Err(e) if e.code() == tonic::Code::Unavailable && attempt < 5 => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not report the result; the coordinator will reconcile");
+                    break;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn fresh_token(state: &State, target: &str, token: u64) -> bool {
+    let mut tokens = locked(&state.tokens);
+    let seen = tokens.entry(target.to_string()).or_insert(0);
+    if token < *seen {
+        return false;
+    }
+    *seen = token;
+    true
+}
+
+/// Runs the step; returns the version found before (and the error, if any).
+async fn execute(
+    state: &State,
+    target: &Target,
+    a: &pb::Assignment,
+    progress: &mpsc::UnboundedSender<pb::ProgressEvent>,
+) -> Result<i64, (i64, String)> {
+    let set = load_set(state, target, a).map_err(|e| (0, e))?;
+    let driver = connect(&target.url, &ConnectOptions::default()).await.map_err(|e| (0, e.to_string()))?;
+    let base = pb::ProgressEvent {
+        plan_id: a.plan_id.clone(),
+        target: a.target.clone(),
+        fencing_token: a.fencing_token,
+        agent_id: state.config.name.clone(),
+        ..Default::default()
+    };
+    let sink_base = base.clone();
+    let sink_tx = progress.clone();
+    let sink = Arc::new(move |p: &Progress| {
+        let mut e = sink_base.clone();
+        e.version = p.version;
+        e.direction = p.direction.as_str().to_string();
+        match &p.kind {
+            ProgressKind::Started { statements, .. } => {
+                e.kind = "migration_started".into();
+                e.statement_total = *statements as u32;
+            }
+            ProgressKind::Statement { index, total, rows_affected, elapsed_ms } => {
+                e.kind = "statement".into();
+                e.statement_index = *index as u32;
+                e.statement_total = *total as u32;
+                e.rows_affected = *rows_affected;
+                e.elapsed_ms = *elapsed_ms;
+            }
+            ProgressKind::Batch { batch, rows_affected, elapsed_ms, .. } => {
+                e.kind = "batch".into();
+                e.statement_index = u32::try_from(*batch).unwrap_or(u32::MAX);
+                e.rows_affected = *rows_affected;
+                e.elapsed_ms = *elapsed_ms;
+            }
+            ProgressKind::Finished { elapsed_ms } => {
+                e.kind = "migration_finished".into();
+                e.elapsed_ms = *elapsed_ms;
+            }
+            ProgressKind::Failed { statement, error } => {
+                e.kind = "migration_failed".into();
+                e.statement_index = statement.map_or(0, |s| s as u32);
+                e.error = error.clone();
+            }
+        }
+        let _ = sink_tx.send(e);
+    });
+    let phase = match a.phase.as_str() {
+        "expand" => Some(Phase::Expand),
+        "contract" => Some(Phase::Contract),
+        _ => None,
+    };
+    let mut ex = Executor::new(driver, format!("flotilla-agent:{}", state.config.name))
+        .with_plan_id(Some(a.plan_id.clone()))
+        .with_plan_options(PlanOptions { phase, ..PlanOptions::default() })
+        .with_progress(sink);
+    let before = match ex.history().await {
+        Ok(h) => summarize(&h).0,
+        Err(e) => {
+            ex.close().await;
+            return Err((0, e.to_string()));
+        }
+    };
+    let _ = progress.send(pb::ProgressEvent { kind: "started".into(), version_before: before, ..base.clone() });
+    let result = if a.validate {
+        match crate::validate::validate(&mut ex, &set, None).await {
+            Ok(report) if report.passed() => Ok(()),
+            Ok(report) => Err(validation_problems(&report)),
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        let request = match a.goal {
+            Some(g) if g.direction == pb::goal::Direction::Down as i32 => Request::DownTo(g.version),
+            Some(g) if g.version > 0 => Request::Up { to: Some(g.version) },
+            _ => Request::Up { to: None },
+        };
+        ex.migrate(&set, request, false).await.map(drop).map_err(|e| e.to_string())
+    };
+    ex.close().await;
+    result.map(|()| before).map_err(|e| (before, e))
+}
+
+fn validation_problems(report: &crate::validate::ValidationReport) -> String {
+    let mut parts: Vec<String> = report
+        .migrations
+        .iter()
+        .filter(|m| !m.problems.is_empty())
+        .map(|m| format!("{} ({}): {}", m.version, m.name, m.problems.join("; ")))
+        .collect();
+    if let Some(stopped) = &report.stopped {
+        parts.push(stopped.clone());
+    }
+    format!("validation failed: {}", parts.join(" | "))
+}
+
+/// The bundle's migration set for the target's engine, checked against its content address and parsed once.
+fn load_set(state: &State, target: &Target, a: &pb::Assignment) -> Result<Arc<MigrationSet>, String> {
+    let key = (a.bundle_id.clone(), target.engine.as_str().to_string());
+    if let Some(set) = locked(&state.sets).get(&key) {
+        return Ok(set.clone());
+    }
+    let digest = hex::encode(Sha256::digest(&a.bundle));
+    if digest != a.bundle_id {
+        return Err(format!("the bundle's content does not match its id {} (got {digest})", a.bundle_id));
+    }
+    let bundle = Bundle::from_json(&a.bundle).map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let set =
+        bundle.read(target.engine, dir.path(), &ReadOptions { allow_missing_down: true }).map_err(|e| e.to_string())?;
+    let set = Arc::new(set);
+    locked(&state.sets).insert(key, set.clone());
+    Ok(set)
+}

@@ -1,0 +1,103 @@
+//! The coordinator's configuration: a TOML file, with command-line flags on top (see deploy/coordinator.toml).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::service;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `sqlite://PATH` (the embedded default) or `postgres://…`.
+    pub store: String,
+    /// etcd endpoints; empty: locks inside this process (one coordinator only).
+    pub etcd: Vec<String>,
+    /// `None` only with `--insecure-dev`.
+    pub tls: Option<TlsFiles>,
+    pub service: service::Config,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Config {
+    /// The store URL without its password, for logs.
+    pub fn store_display(&self) -> String {
+        match url_password(&self.store) {
+            Some(p) => self.store.replace(&format!(":{p}@"), ":***@"),
+            None => self.store.clone(),
+        }
+    }
+}
+
+fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let userinfo = rest.split_once('@')?.0;
+    userinfo.split_once(':').map(|(_, p)| p)
+}
+
+/// The file's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub listen: Option<String>,
+    pub store: Option<String>,
+    #[serde(default)]
+    pub etcd: Vec<String>,
+    pub tls: Option<TlsFiles>,
+    #[serde(default)]
+    pub insecure_dev: bool,
+    pub lease_ttl_secs: Option<u64>,
+    pub heartbeat_timeout_secs: Option<u64>,
+    /// Agent name → target globs it may serve (on top of its certificate).
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEntry {
+    pub targets: Vec<String>,
+}
+
+impl File {
+    pub fn read(path: &Path) -> Result<File, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The config this file describes; `tls` must be set unless `insecure_dev`.
+    pub fn into_config(self) -> Result<Config, String> {
+        let tls = match (self.tls, self.insecure_dev) {
+            (Some(_), true) => return Err("give either [tls] or insecure_dev, not both".into()),
+            (None, false) => {
+                return Err("TLS is required: give [tls] ca, cert and key (see `flotilla certs init`), or insecure_dev for a local trial".into())
+            }
+            (tls, _) => tls,
+        };
+        let mut service = service::Config::default();
+        if let Some(ttl) = self.lease_ttl_secs {
+            if ttl == 0 {
+                return Err("lease_ttl_secs must be at least 1".into());
+            }
+            service.lease_ttl = Duration::from_secs(ttl);
+        }
+        if let Some(t) = self.heartbeat_timeout_secs {
+            service.heartbeat_timeout = Duration::from_secs(t.max(1));
+        }
+        service.agent_targets = self.agents.into_iter().map(|(k, v)| (k, v.targets)).collect();
+        Ok(Config {
+            store: self.store.unwrap_or_else(|| "sqlite://flotilla-coordinator.db".into()),
+            etcd: self.etcd,
+            tls,
+            service,
+        })
+    }
+}

@@ -1,0 +1,278 @@
+//! The scheduler: on every tick (and whenever something changes) it keeps the locks of running steps alive, takes
+//! back steps whose lock was lost, and moves every live plan forward: next wave, approvals, failure budget, dispatch.
+//! Pause, resume and abort only change the plan's state, so they take effect on the next tick.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use flotilla_core::fleet::{Goal, OnFailure, Plan, PlanState, Step, StepState, Target};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::lock::LockError;
+use crate::service::{Assignment, Coordinator, ServiceError};
+use crate::trace;
+
+type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// Runs until `cancel` fires.
+pub async fn run(coordinator: Arc<Coordinator>, cancel: CancellationToken) {
+    let mut interval = tokio::time::interval(coordinator.config.tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = interval.tick() => {}
+            _ = coordinator.wake.notified() => {}
+        }
+        if let Err(e) = coordinator.tick().await {
+            warn!(error = %e, "scheduler tick failed; trying again next tick");
+        }
+    }
+}
+
+fn in_flight(s: &Step) -> bool {
+    matches!(s.state, StepState::Assigned | StepState::Running)
+}
+
+impl Coordinator {
+    /// One scheduling pass over every held lock and every live plan.
+    pub async fn tick(&self) -> Result<()> {
+        let targets: HashMap<String, Target> =
+            self.store.targets().await?.into_iter().map(|t| (t.name.clone(), t)).collect();
+        self.renew_leases(&targets).await?;
+        for plan in self.store.live_plans().await? {
+            let id = plan.id.clone();
+            self.drive(plan, &targets).instrument(info_span!("schedule", plan_id = %id)).await?;
+        }
+        Ok(())
+    }
+
+    /// Renews the locks of steps whose agent is connected; a lock whose agent is gone is left to expire, and then
+    /// its step goes back to pending, to be reconciled from the target's history table when it runs again.
+    async fn renew_leases(&self, targets: &HashMap<String, Target>) -> Result<()> {
+        let ttl = self.config.lease_ttl;
+        for ((plan_id, target), lease, renewed) in self.held_leases() {
+            let connected = targets.get(&target).is_some_and(|t| self.is_connected(&t.agent));
+            if connected {
+                if renewed.elapsed() < ttl / 3 {
+                    continue;
+                }
+                match self.lock.renew(&lease).await {
+                    Ok(()) => self.renewed(&plan_id, &target),
+                    Err(LockError::Lost { .. }) => {
+                        self.forget(&plan_id, &target);
+                        self.reconcile(&plan_id, &target, "the step's lock was lost").await?;
+                    }
+                    Err(e) => warn!(plan_id, target, error = %e, "could not renew a lock"),
+                }
+            } else if renewed.elapsed() >= ttl {
+                self.release(&plan_id, &target).await;
+                self.reconcile(&plan_id, &target, "its agent went away and the step's lock expired").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends an in-flight step back to pending: whoever runs it next first reads what actually committed.
+    async fn reconcile(&self, plan_id: &str, target: &str, why: &str) -> Result<()> {
+        let steps = self.store.steps(plan_id).await?;
+        if let Some(s) = steps.iter().find(|s| s.target == target && in_flight(s)) {
+            if self.store.set_step_state(plan_id, target, s.state, StepState::Pending, s.token, None).await? {
+                warn!(plan_id, target, why, "step will be reconciled from the target's history");
+                self.event(plan_id, Some(target), "reconcile", json!({ "reason": why })).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn drive(&self, mut plan: Plan, targets: &HashMap<String, Target>) -> Result<()> {
+        if plan.state == PlanState::Pending {
+            if !self.store.set_plan_state(&plan.id, PlanState::Pending, PlanState::Running).await? {
+                return Ok(());
+            }
+            plan.state = PlanState::Running;
+            info!(plan_id = %plan.id, "plan started");
+            self.event(&plan.id, None, "started", json!({})).await?;
+        }
+        let mut steps = self.store.steps(&plan.id).await?;
+        if self.adopt_orphans(&plan, &steps).await? {
+            steps = self.store.steps(&plan.id).await?;
+        }
+        if plan.state != PlanState::Running {
+            return Ok(()); // paused or awaiting approval: running steps finish, nothing new starts
+        }
+        let running = steps.iter().filter(|s| in_flight(s)).count();
+        let Some(current) = steps.iter().filter(|s| !s.state.is_done()).map(|s| s.wave).min() else {
+            return self.finish(&plan, &steps).await;
+        };
+        let budget = if current == 0 { 0 } else { plan.strategy.max_failures };
+        let failed = steps.iter().filter(|s| s.wave == current && s.state == StepState::Failed).count();
+        if failed as u64 > u64::from(budget) {
+            if running == 0 {
+                let reason = if current == 0 {
+                    format!("validation failed on {failed} staging target(s)")
+                } else {
+                    format!("{failed} target(s) failed in wave {current}, over its budget of {budget}")
+                };
+                self.halt(&plan, &steps, &reason).await?;
+            }
+            return Ok(());
+        }
+        let first = steps.iter().map(|s| s.wave).min().unwrap_or(0);
+        let started = steps.iter().any(|s| s.wave == current && s.state != StepState::Pending);
+        if plan.strategy.approve_waves && current != first && current > plan.approved_wave && !started {
+            if running == 0
+                && self.store.set_plan_state(&plan.id, PlanState::Running, PlanState::AwaitingApproval).await?
+            {
+                self.event(&plan.id, None, "awaiting_approval", json!({ "wave": current })).await?;
+            }
+            return Ok(());
+        }
+        let mut slots = (plan.strategy.max_parallel.max(1) as usize).saturating_sub(running);
+        let mut bundle = None;
+        for step in steps.iter().filter(|s| s.wave == current && s.state == StepState::Pending) {
+            if slots == 0 {
+                break;
+            }
+            let Some(target) = targets.get(&step.target) else { continue };
+            if !self.is_connected(&target.agent) {
+                continue;
+            }
+            if bundle.is_none() {
+                bundle = Some(self.bundle_body(&plan.bundle).await?);
+            }
+            let body = bundle.clone().unwrap_or_default();
+            if self.dispatch(&plan, step, target, body).await? {
+                slots -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a coordinator restart, steps the store says are in flight have no lock here: take the lock (once the
+    /// old holder's lease expired) and send them back to pending, so they run again after reconciling.
+    async fn adopt_orphans(&self, plan: &Plan, steps: &[Step]) -> Result<bool> {
+        let mut changed = false;
+        for s in steps.iter().filter(|s| in_flight(s) && !self.held(&plan.id, &s.target)) {
+            let Some(lease) = self.lock.acquire(&s.target, &self.config.holder, self.config.lease_ttl).await? else {
+                continue;
+            };
+            self.hold(&plan.id, &s.target, lease.clone());
+            if self
+                .store
+                .set_step_state(&plan.id, &s.target, s.state, StepState::Pending, Some(lease.token), None)
+                .await?
+            {
+                changed = true;
+                self.event(&plan.id, Some(&s.target), "reconcile", json!({ "reason": "the coordinator restarted" }))
+                    .await?;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Takes the target's lock and sends the step to its agent. `false` if it could not (lock held elsewhere, agent
+    /// gone); the next tick tries again.
+    async fn dispatch(&self, plan: &Plan, step: &Step, target: &Target, bundle: Arc<String>) -> Result<bool> {
+        let lease = match self.held_lease(&plan.id, &step.target) {
+            Some(lease) => lease,
+            None => match self.lock.acquire(&step.target, &self.config.holder, self.config.lease_ttl).await? {
+                Some(lease) => {
+                    self.hold(&plan.id, &step.target, lease.clone());
+                    lease
+                }
+                None => return Ok(false),
+            },
+        };
+        let Some(sender) = self.sender(&target.agent) else {
+            self.release(&plan.id, &step.target).await;
+            return Ok(false);
+        };
+        let moved = self
+            .store
+            .set_step_state(&plan.id, &step.target, StepState::Pending, StepState::Assigned, Some(lease.token), None)
+            .await?;
+        if !moved {
+            self.release(&plan.id, &step.target).await;
+            return Ok(false);
+        }
+        let assignment = Assignment {
+            plan_id: plan.id.clone(),
+            target: step.target.clone(),
+            bundle_id: plan.bundle.clone(),
+            bundle,
+            goal: step.goal.unwrap_or(plan.goal),
+            token: lease.token,
+            wave: step.wave,
+            phase: plan.phase,
+            validate: step.wave == 0 && plan.rollback_of.is_none(),
+            traceparent: Some(trace::traceparent_for(&plan.id, &step.target)),
+        };
+        info!(plan_id = %plan.id, target = %step.target, agent = %target.agent, fencing_token = lease.token, wave = step.wave, "assign");
+        if sender.send(assignment).await.is_err() {
+            self.store
+                .set_step_state(
+                    &plan.id,
+                    &step.target,
+                    StepState::Assigned,
+                    StepState::Pending,
+                    Some(lease.token),
+                    None,
+                )
+                .await?;
+            self.release(&plan.id, &step.target).await;
+            return Ok(false);
+        }
+        let goal = match step.goal.unwrap_or(plan.goal) {
+            Goal::Up { to } => json!({ "direction": "up", "to": to }),
+            Goal::Down { to } => json!({ "direction": "down", "to": to }),
+        };
+        self.event(
+            &plan.id,
+            Some(&step.target),
+            "assigned",
+            json!({ "agent": target.agent, "fencing_token": lease.token, "wave": step.wave, "goal": goal }),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    async fn finish(&self, plan: &Plan, steps: &[Step]) -> Result<()> {
+        if self.store.set_plan_state(&plan.id, PlanState::Running, PlanState::Succeeded).await? {
+            let count = |state| steps.iter().filter(|s| s.state == state).count();
+            let detail = json!({
+                "succeeded": count(StepState::Succeeded),
+                "failed": count(StepState::Failed),
+                "skipped": count(StepState::Skipped),
+            });
+            info!(plan_id = %plan.id, %detail, "plan finished");
+            self.event(&plan.id, None, "finished", detail).await?;
+        }
+        Ok(())
+    }
+
+    async fn halt(&self, plan: &Plan, steps: &[Step], reason: &str) -> Result<()> {
+        if !self.store.set_plan_state(&plan.id, PlanState::Running, PlanState::Halted).await? {
+            return Ok(());
+        }
+        self.skip_pending(steps).await?;
+        warn!(plan_id = %plan.id, reason, "plan halted");
+        self.event(&plan.id, None, "halted", json!({ "reason": reason })).await?;
+        if plan.strategy.on_failure == OnFailure::RollbackPlan {
+            let touched: Vec<String> = self
+                .store
+                .steps(&plan.id)
+                .await?
+                .into_iter()
+                .filter(|s| s.before.is_some())
+                .map(|s| s.target)
+                .collect();
+            if !touched.is_empty() {
+                self.rollback_targets(plan, &touched).await?;
+            }
+        }
+        Ok(())
+    }
+}

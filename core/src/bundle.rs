@@ -1,0 +1,190 @@
+//! A migration bundle: the files of a migrations directory, as the coordinator stores them (content-addressed,
+//! immutable) and sends them to agents. Agents read a bundle with the same readers the CLI uses, so a migration's
+//! checksum is the same wherever it runs.
+//!
+//! A directory whose subdirectories are named after engines (`postgres/`, `mysql/`, `sqlite/`, `mongodb/`) holds one
+//! set per engine, so one plan can roll a change across a mixed fleet; any other directory is one set for every engine.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Component, Path};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::reader::{read_dir, MigrationSet, ReadError, ReadOptions};
+use crate::Engine;
+
+/// The key of the set that serves every engine without a set of its own.
+pub const ANY_ENGINE: &str = "*";
+/// Bundles are for migrations, not data: refuse anything larger.
+pub const MAX_BUNDLE_BYTES: usize = 64 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    /// Engine name (or `*`) → relative file path (with `/`) → content.
+    pub sets: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error("the bundle is not valid: {0}")]
+    Invalid(String),
+    #[error("the bundle has no migrations for {0}")]
+    NoSetFor(Engine),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> BundleError {
+    BundleError::Io { path: path.display().to_string(), message: e.to_string() }
+}
+
+impl Bundle {
+    /// Reads `dir` (see the module docs). Nothing is parsed here; [`Bundle::check`] does that.
+    pub fn from_dir(dir: &Path) -> Result<Bundle, BundleError> {
+        let mut sets = BTreeMap::new();
+        for engine in Engine::ALL {
+            let sub = dir.join(engine.as_str());
+            if sub.is_dir() {
+                sets.insert(engine.as_str().to_string(), files_under(&sub)?);
+            }
+        }
+        if sets.is_empty() {
+            sets.insert(ANY_ENGINE.to_string(), files_under(dir)?);
+        }
+        let bundle = Bundle { sets };
+        if bundle.to_json().len() > MAX_BUNDLE_BYTES {
+            return Err(BundleError::Invalid(format!("{} holds more than {MAX_BUNDLE_BYTES} bytes", dir.display())));
+        }
+        Ok(bundle)
+    }
+
+    /// Parses a bundle received over the network, refusing unknown engines and unsafe paths.
+    pub fn from_json(bytes: &[u8]) -> Result<Bundle, BundleError> {
+        if bytes.len() > MAX_BUNDLE_BYTES {
+            return Err(BundleError::Invalid(format!("larger than {MAX_BUNDLE_BYTES} bytes")));
+        }
+        let bundle: Bundle = serde_json::from_slice(bytes).map_err(|e| BundleError::Invalid(e.to_string()))?;
+        for (key, files) in &bundle.sets {
+            if key != ANY_ENGINE && key.parse::<Engine>().is_err() {
+                return Err(BundleError::Invalid(format!("unknown engine `{key}`")));
+            }
+            for path in files.keys() {
+                let safe = !path.is_empty()
+                    && Path::new(path).components().all(|c| matches!(c, Component::Normal(_)))
+                    && !path.contains('\\');
+                if !safe {
+                    return Err(BundleError::Invalid(format!("file path `{path}` is not a plain relative path")));
+                }
+            }
+        }
+        Ok(bundle)
+    }
+
+    /// Canonical JSON: the same files always give the same bytes (and so the same id).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The content address: SHA-256 of the canonical JSON, in hex.
+    pub fn id(&self) -> String {
+        hex::encode(Sha256::digest(self.to_json().as_bytes()))
+    }
+
+    /// The files for `engine`: its own set, or the set for every engine.
+    pub fn files_for(&self, engine: Engine) -> Option<&BTreeMap<String, String>> {
+        self.sets.get(engine.as_str()).or_else(|| self.sets.get(ANY_ENGINE))
+    }
+
+    /// Writes `engine`'s files under `into` and reads them back as a migration set.
+    pub fn read(&self, engine: Engine, into: &Path, options: &ReadOptions) -> Result<MigrationSet, BundleError> {
+        let files = self.files_for(engine).ok_or(BundleError::NoSetFor(engine))?;
+        read_files(files, into, options)
+    }
+
+    /// Reads every set, so bad files are refused before a plan is stored.
+    pub fn check(&self, options: &ReadOptions) -> Result<BTreeMap<String, MigrationSet>, BundleError> {
+        let mut out = BTreeMap::new();
+        for (key, files) in &self.sets {
+            let dir = tempfile::tempdir().map_err(|e| io(Path::new("temporary directory"), e))?;
+            out.insert(key.clone(), read_files(files, dir.path(), options)?);
+        }
+        Ok(out)
+    }
+}
+
+fn read_files(
+    files: &BTreeMap<String, String>,
+    into: &Path,
+    options: &ReadOptions,
+) -> Result<MigrationSet, BundleError> {
+    for (rel, text) in files {
+        let path = into.join(rel);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+        }
+        fs::write(&path, text).map_err(|e| io(&path, e))?;
+    }
+    Ok(read_dir(into, options)?)
+}
+
+fn files_under(dir: &Path) -> Result<BTreeMap<String, String>, BundleError> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).map_err(|e| io(&d, e))? {
+            let entry = entry.map_err(|e| io(&d, e))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).map_err(|e| io(&path, e))?;
+                let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                let text = fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+                out.insert(rel, text);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(io(dir, "no migration files"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_engine_sets_and_content_address() {
+        let dir = tempfile::tempdir().unwrap();
+        for (engine, file) in [("postgres", "1_a.up.sql"), ("mongodb", "1_a.up.json")] {
+            fs::create_dir_all(dir.path().join(engine)).unwrap();
+            fs::write(dir.path().join(engine).join(file), "x").unwrap();
+        }
+        let bundle = Bundle::from_dir(dir.path()).unwrap();
+        assert!(bundle.files_for(Engine::Postgres).unwrap().contains_key("1_a.up.sql"));
+        assert!(bundle.files_for(Engine::Mysql).is_none());
+        let again = Bundle::from_json(bundle.to_json().as_bytes()).unwrap();
+        assert_eq!(again.id(), bundle.id());
+    }
+
+    #[test]
+    fn unsafe_paths_and_unknown_engines_are_refused() {
+        for bad in [
+            r#"{"sets":{"*":{"../x.sql":""}}}"#,
+            r#"{"sets":{"*":{"/etc/x.sql":""}}}"#,
+            r#"{"sets":{"oracle":{"1_a.up.sql":""}}}"#,
+            r#"{"sets":3}"#,
+        ] {
+            assert!(Bundle::from_json(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+}
