@@ -125,13 +125,21 @@ pub struct Fail(pub Code, pub String);
 
 impl From<tonic::Status> for Fail {
     fn from(s: tonic::Status) -> Self {
+        // A TLS handshake the coordinator refused (say, a certificate from another CA) surfaces as a dropped
+        // connection, not as a status the coordinator chose.
+        let dropped = matches!(s.code(), GrpcCode::Cancelled | GrpcCode::Unknown)
+            && (s.message().contains("transport error") || s.message().contains("canceled"));
         let code = match s.code() {
+            _ if dropped => Code::CannotConnect,
             GrpcCode::InvalidArgument | GrpcCode::NotFound => Code::BadInput,
             GrpcCode::Unavailable | GrpcCode::DeadlineExceeded => Code::CannotConnect,
             GrpcCode::FailedPrecondition | GrpcCode::PermissionDenied | GrpcCode::Unauthenticated => Code::Refused,
             _ => Code::Failed,
         };
-        let message = if s.message().is_empty() { format!("{:?}", s.code()) } else { s.message().to_string() };
+        let mut message = if s.message().is_empty() { format!("{:?}", s.code()) } else { s.message().to_string() };
+        if dropped {
+            message.push_str("; the coordinator dropped the connection: is the client certificate signed by its CA?");
+        }
         Fail(code, format!("coordinator: {message} ({:?})", s.code()))
     }
 }

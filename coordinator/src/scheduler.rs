@@ -104,22 +104,35 @@ impl Coordinator {
             return Ok(()); // paused or awaiting approval: running steps finish, nothing new starts
         }
         let running = steps.iter().filter(|s| in_flight(s)).count();
-        let Some(current) = steps.iter().filter(|s| !s.state.is_done()).map(|s| s.wave).min() else {
-            return self.finish(&plan, &steps).await;
-        };
-        let budget = if current == 0 { 0 } else { plan.strategy.max_failures };
-        let failed = steps.iter().filter(|s| s.wave == current && s.state == StepState::Failed).count();
-        if failed as u64 > u64::from(budget) {
+        let current = steps.iter().filter(|s| !s.state.is_done()).map(|s| s.wave).min();
+        // A wave over its failure budget halts the plan, whether or not its other steps are done.
+        let over_budget = steps
+            .iter()
+            .filter(|s| s.state == StepState::Failed && current.is_none_or(|c| s.wave <= c))
+            .map(|s| s.wave)
+            .find(|&w| {
+                let budget = if w == 0 { 0 } else { plan.strategy.max_failures };
+                let failed = steps.iter().filter(|s| s.wave == w && s.state == StepState::Failed).count();
+                failed as u64 > u64::from(budget)
+            });
+        if let Some(wave) = over_budget {
             if running == 0 {
-                let reason = if current == 0 {
+                let failed = steps.iter().filter(|s| s.wave == wave && s.state == StepState::Failed).count();
+                let reason = if wave == 0 {
                     format!("validation failed on {failed} staging target(s)")
                 } else {
-                    format!("{failed} target(s) failed in wave {current}, over its budget of {budget}")
+                    format!(
+                        "{failed} target(s) failed in wave {wave}, over its budget of {}",
+                        plan.strategy.max_failures
+                    )
                 };
                 self.halt(&plan, &steps, &reason).await?;
             }
             return Ok(());
         }
+        let Some(current) = current else {
+            return self.finish(&plan, &steps).await;
+        };
         let first = steps.iter().map(|s| s.wave).min().unwrap_or(0);
         let started = steps.iter().any(|s| s.wave == current && s.state != StepState::Pending);
         if plan.strategy.approve_waves && current != first && current > plan.approved_wave && !started {

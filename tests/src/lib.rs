@@ -404,6 +404,8 @@ pub async fn cmd(command: &str, db: &TestDb, dir: &Path, extra: &[&str]) -> Run 
     flotilla(&args).await
 }
 
+pub mod fleet;
+
 /// Per-engine migration text, so one suite runs on every engine.
 pub mod sql {
     use super::*;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use flotilla_coordinator::{SqlStore, Store, StoreError};
-use flotilla_core::fleet::{AuditEntry, Goal, Plan, PlanState, Step, StepState, Target};
+use flotilla_core::fleet::{AuditEntry, Goal, Plan, PlanState, Step, StepState, Strategy, Target};
 use flotilla_core::Engine;
 use flotilla_tests::*;
 
@@ -20,7 +20,8 @@ on_every_store!(
     targets_and_selectors,
     plans_steps_and_transitions,
     events_and_audit,
-    restart_loses_nothing
+    restart_loses_nothing,
+    approvals_versions_and_tokens
 );
 
 fn target(name: &str, env: &str) -> Target {
@@ -38,7 +39,14 @@ fn plan(id: &str) -> Plan {
         bundle: "b".repeat(64),
         selector: "env=prod".parse().expect("selector"),
         goal: Goal::Up { to: Some(3) },
-        strategy: serde_json::json!({ "waves": ["1", "50%", "100%"], "max_parallel": 4 }),
+        strategy: Strategy {
+            waves: ["1", "50%", "100%"].iter().map(|w| w.parse().expect("wave")).collect(),
+            max_parallel: 4,
+            ..Strategy::default()
+        },
+        phase: None,
+        rollback_of: None,
+        approved_wave: 0,
         state: PlanState::Pending,
         created_at: Utc::now(),
     }
@@ -52,6 +60,9 @@ fn step(plan: &str, target: &str, wave: u32) -> Step {
         state: StepState::Pending,
         token: None,
         error: None,
+        goal: None,
+        before: None,
+        after: None,
         updated_at: Utc::now(),
     }
 }
@@ -180,4 +191,49 @@ async fn restart_loses_nothing(engine: Engine) {
     assert_eq!(reopened.steps("p1").await.expect("steps").len(), 1);
     assert_eq!(reopened.events_after("p1", 0).await.expect("events").len(), 1);
     assert!(SqlStore::open("redis://nope").await.is_err());
+}
+
+async fn approvals_versions_and_tokens(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = SqlStore::open(&db.url).await.expect("open");
+    assert_eq!(store.max_token().await.expect("max token"), 0);
+    let mut rollback = step("p1", "db-b", 2);
+    rollback.goal = Some(Goal::Down { to: 7 });
+    store.create_plan(&plan("p1"), &[step("p1", "db-a", 1), rollback]).await.expect("create");
+
+    // Approval only from awaiting_approval, and only forward.
+    assert!(!store.approve_wave("p1", 2).await.expect("approve"), "a pending plan is not awaiting approval");
+    assert!(store.set_plan_state("p1", PlanState::Pending, PlanState::Running).await.expect("run"));
+    assert!(store.set_plan_state("p1", PlanState::Running, PlanState::AwaitingApproval).await.expect("await"));
+    assert!(store.approve_wave("p1", 2).await.expect("approve"));
+    let p = store.plan("p1").await.expect("plan").expect("exists");
+    assert_eq!((p.state, p.approved_wave), (PlanState::Running, 2));
+    assert!(store.set_plan_state("p1", PlanState::Running, PlanState::AwaitingApproval).await.expect("await"));
+    assert!(!store.approve_wave("p1", 2).await.expect("approve"), "wave 2 was approved already");
+
+    // The first `before` sticks; `after` follows the latest report.
+    store.set_step_versions("p1", "db-a", Some(3), None).await.expect("versions");
+    store.set_step_versions("p1", "db-a", Some(5), Some(9)).await.expect("versions");
+    let a = store.step("p1", "db-a").await.expect("step").expect("exists");
+    assert_eq!((a.before, a.after), (Some(3), Some(9)));
+    let b = store.step("p1", "db-b").await.expect("step").expect("exists");
+    assert_eq!(b.goal, Some(Goal::Down { to: 7 }), "a step's own goal round-trips");
+    assert!(store.step("p1", "db-z").await.expect("step").is_none());
+
+    // The highest token ever recorded survives, so a restarted in-process lock never goes back.
+    assert!(store
+        .set_step_state("p1", "db-a", StepState::Pending, StepState::Assigned, Some(41), None)
+        .await
+        .expect("assign"));
+    assert!(store
+        .set_step_state("p1", "db-a", StepState::Assigned, StepState::Succeeded, Some(41), None)
+        .await
+        .expect("result before the started event"));
+    assert_eq!(store.max_token().await.expect("max token"), 41);
+    let lock = flotilla_coordinator::InProcessLock::with_token_floor(41);
+    let lease = flotilla_coordinator::Lock::acquire(&lock, "db-a", "c1", std::time::Duration::from_secs(5))
+        .await
+        .expect("acquire")
+        .expect("free");
+    assert_eq!(lease.token, 42);
 }

@@ -1,0 +1,269 @@
+//! A real fleet for tests: `flotilla certs init`, a `flotilla-coordinator` process and `flotilla-agent` processes
+//! over mTLS on loopback, each logging to a file in the fleet's directory. Processes are killed (SIGKILL) when
+//! dropped, or on purpose with `kill_*`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use crate::{binary, finish, Run};
+
+/// A database an agent serves.
+#[derive(Debug, Clone)]
+pub struct FleetTarget {
+    pub name: String,
+    pub url: String,
+    pub labels: Vec<(String, String)>,
+}
+
+impl FleetTarget {
+    pub fn new(name: &str, url: &str, labels: &[(&str, &str)]) -> FleetTarget {
+        FleetTarget {
+            name: name.into(),
+            url: url.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+}
+
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    etcd: Option<String>,
+    lease_ttl: u64,
+    coordinator: Option<Child>,
+    agents: BTreeMap<String, Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+impl Fleet {
+    /// Makes certificates for an operator `admin` and each `(agent, glob)`, and starts the coordinator.
+    pub async fn start(agents: &[(&str, &str)], etcd: Option<String>, lease_ttl: u64) -> Fleet {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = dir.path().join("certs");
+        let mut args = vec!["certs".to_string(), "init".into(), "--out".into(), certs.display().to_string()];
+        for (name, glob) in agents {
+            args.push("--agent".into());
+            args.push(format!("{name}:{glob}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::flotilla(&args).await.ok();
+        let mut fleet = Fleet { dir, port: free_port(), etcd, lease_ttl, coordinator: None, agents: BTreeMap::new() };
+        fleet.start_coordinator().await;
+        fleet
+    }
+
+    pub fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .expect("log file")
+    }
+
+    /// Starts (or restarts) the coordinator on the same port and store; returns once it accepts connections.
+    pub async fn start_coordinator(&mut self) {
+        let certs = self.certs();
+        let mut cmd = Command::new(binary("flotilla-coordinator"));
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--store")
+            .arg(format!("sqlite://{}", self.dir.path().join("store.db").display()))
+            .arg("--ca")
+            .arg(certs.join("ca.pem"))
+            .arg("--cert")
+            .arg(certs.join("coordinator.pem"))
+            .arg("--key")
+            .arg(certs.join("coordinator.key"))
+            .arg("--lease-ttl-secs")
+            .arg(self.lease_ttl.to_string());
+        if let Some(etcd) = &self.etcd {
+            cmd.arg("--etcd").arg(etcd);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(self.log("coordinator"))
+            .stderr(self.log("coordinator"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn coordinator");
+        self.coordinator = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(Instant::now() < deadline, "the coordinator did not start:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub async fn kill_coordinator(&mut self) {
+        if let Some(mut child) = self.coordinator.take() {
+            child.kill().await.expect("kill coordinator");
+        }
+    }
+
+    /// Starts agent `name` serving `targets` (its certificate must exist: see `start`).
+    pub async fn start_agent(&mut self, name: &str, targets: &[FleetTarget]) {
+        let certs = self.certs();
+        let mut config = format!(
+            "name = \"{name}\"\ncoordinator = \"https://127.0.0.1:{}\"\nheartbeat_secs = 1\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            self.port,
+            certs.join("ca.pem").display(),
+            certs.join(format!("{name}.pem")).display(),
+            certs.join(format!("{name}.key")).display()
+        );
+        for t in targets {
+            let labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k} = \"{v}\"")).collect();
+            config.push_str(&format!(
+                "[[targets]]\nname = \"{}\"\nurl = \"{}\"\nlabels = {{ {} }}\n",
+                t.name,
+                t.url,
+                labels.join(", ")
+            ));
+        }
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, config).expect("agent config");
+        let child = Command::new(binary("flotilla-agent"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(self.log(name))
+            .stderr(self.log(name))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn agent");
+        self.agents.insert(name.to_string(), child);
+    }
+
+    pub async fn kill_agent(&mut self, name: &str) {
+        if let Some(mut child) = self.agents.remove(name) {
+            child.kill().await.expect("kill agent");
+        }
+    }
+
+    /// Every process's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+            paths.sort();
+            for p in paths.iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                out.push_str(&format!("==== {} ====\n", p.display()));
+                for line in tail.into_iter().rev() {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    pub fn log_of(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// `flotilla ARGS` as operator `operator`, against this fleet.
+    pub async fn cli_as(&self, operator: &str, args: &[&str]) -> Run {
+        let child = Command::new(binary("flotilla"))
+            .args(args)
+            .env("FLOTILLA_COORDINATOR", format!("https://127.0.0.1:{}", self.port))
+            .env("FLOTILLA_CERTS", self.certs())
+            .env("FLOTILLA_OPERATOR", operator)
+            .env_remove("FLOTILLA_DB_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn flotilla");
+        finish(child).await
+    }
+
+    pub async fn cli(&self, args: &[&str]) -> Run {
+        self.cli_as("admin", args).await
+    }
+
+    /// `plan show --json`.
+    pub async fn plan(&self, id: &str) -> serde_json::Value {
+        let run = self.cli(&["--json", "plan", "show", id]).await;
+        assert_eq!(run.code, 0, "plan show: {run:#?}\n{}", self.logs());
+        run.json()
+    }
+
+    /// Waits until `plan show` satisfies `done`.
+    pub async fn wait_plan(
+        &self,
+        id: &str,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let plan = self.plan(id).await;
+            if done(&plan) {
+                return plan;
+            }
+            assert!(Instant::now() < deadline, "plan {id} never became {what}: {plan:#}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn wait_state(&self, id: &str, state: &str) -> serde_json::Value {
+        self.wait_plan(id, state, |p| p["state"] == state).await
+    }
+
+    /// Waits until the coordinator knows `n` targets.
+    pub async fn wait_targets(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let run = self.cli(&["--json", "fleet", "status"]).await;
+            if run.code <= 1
+                && run
+                    .json()
+                    .as_array()
+                    .is_some_and(|a| a.len() >= n && a.iter().all(|t| !t["applied_version"].is_null()))
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "only some targets registered: {run:#?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `plan create --json ARGS`; returns the plan id.
+    pub async fn create(&self, dir: &Path, extra: &[&str]) -> String {
+        let dir = dir.to_str().expect("utf-8");
+        let mut args = vec!["--json", "plan", "create", "--dir", dir];
+        args.extend_from_slice(extra);
+        let run = self.cli(&args).await;
+        assert_eq!(run.code, 0, "plan create: {run:#?}\n{}", self.logs());
+        run.json()["id"].as_str().expect("plan id").to_string()
+    }
+}
+
+/// The steps of a `plan show --json`, by target.
+pub fn steps(plan: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
+    plan["steps"]
+        .as_array()
+        .map(|a| a.iter().map(|s| (s["target"].as_str().unwrap_or_default().to_string(), s.clone())).collect())
+        .unwrap_or_default()
+}
+
+/// How many steps are in `state`.
+pub fn count(plan: &serde_json::Value, state: &str) -> usize {
+    plan["steps"].as_array().map(|a| a.iter().filter(|s| s["state"] == state).count()).unwrap_or(0)
+}
