@@ -54,7 +54,7 @@ pub async fn run(out: Output, dbs: Vec<String>, count: usize, keep: Option<PathB
 }
 
 fn targets(dbs: &[String], count: usize, workdir: &Path) -> Result<Vec<DevTarget>, Fail> {
-    let region = |i: usize| if i % 2 == 0 { "eu" } else { "us" }.to_string();
+    let region = |i: usize| if i.is_multiple_of(2) { "eu" } else { "us" }.to_string();
     if dbs.is_empty() {
         let dir = workdir.join("databases");
         std::fs::create_dir_all(&dir)
@@ -265,8 +265,8 @@ async fn rollout(
     let started = Instant::now();
     let plan = client.submit_plan(request).await?.into_inner().summary.unwrap_or_default();
     say(format!("   plan {}", plan.id));
-    let quiet = Output { json: true, ..out };
-    let code = fleet::watch(if out.json { quiet } else { out }, &mut client, &plan.id, 0).await?;
+    let shown = (!out.json).then_some(out);
+    let code = fleet::follow(shown, &mut client, &plan.id, 0).await?;
     let up_ms = started.elapsed().as_millis();
     if code != Code::Ok {
         return Err(Fail(code, format!("plan {} did not succeed; see `flotilla plan show`", plan.id)));
@@ -285,7 +285,7 @@ async fn rollout(
     let rb =
         client.create_rollback(pb::PlanAction { id: plan.id.clone(), reason: "dev demo".into() }).await?.into_inner();
     say(format!("   plan {}", rb.id));
-    let code = fleet::watch(if out.json { quiet } else { out }, &mut client, &rb.id, 0).await?;
+    let code = fleet::follow(shown, &mut client, &rb.id, 0).await?;
     let down_ms = started.elapsed().as_millis();
     if code != Code::Ok {
         return Err(Fail(code, format!("rollback plan {} did not succeed", rb.id)));

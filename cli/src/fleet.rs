@@ -361,11 +361,21 @@ fn print_detail(out: Output, d: &pb::PlanDetail, verb: &str) {
 
 /// Follows a plan until its event stream ends; the exit code says how it ended.
 pub async fn watch(out: Output, client: &mut Client, id: &str, after: u64) -> Result<Code, Fail> {
+    follow(Some(out), client, id, after).await
+}
+
+/// Follows a plan to its end; prints nothing when `out` is `None`.
+pub async fn follow(out: Option<Output>, client: &mut Client, id: &str, after: u64) -> Result<Code, Fail> {
+    let quiet = out.is_none();
+    let out = out.unwrap_or(Output { json: false, verbose: 0 });
     let detail = client.get_plan(pb::GetPlanRequest { id: id.to_string() }).await?.into_inner();
     let wave_of: HashMap<String, u32> = detail.steps.iter().map(|s| (s.target.clone(), s.wave)).collect();
     let mut stream = client.watch_plan(pb::WatchPlanRequest { id: id.to_string(), after }).await?.into_inner();
-    let bars = (!out.json && std::io::stderr().is_terminal()).then(|| Bars::new(&detail));
+    let bars = (!quiet && !out.json && std::io::stderr().is_terminal()).then(|| Bars::new(&detail));
     while let Some(event) = stream.message().await? {
+        if quiet {
+            continue;
+        }
         if out.json {
             let detail: serde_json::Value = serde_json::from_str(&event.detail).unwrap_or(json!(event.detail));
             println!(
@@ -383,7 +393,7 @@ pub async fn watch(out: Output, client: &mut Client, id: &str, after: u64) -> Re
     }
     let detail = client.get_plan(pb::GetPlanRequest { id: id.to_string() }).await?.into_inner();
     let s = detail.summary.unwrap_or_default();
-    if !out.json {
+    if !out.json && !quiet {
         println!("plan {}: {} ({} succeeded, {} failed of {})", s.id, s.state, s.succeeded, s.failed, s.targets);
     }
     Ok(match s.state.as_str() {
@@ -458,7 +468,7 @@ impl Bars {
             self.log.set_message(event_line(e));
         }
         if matches!(e.kind.as_str(), "failed" | "halted" | "reconcile" | "awaiting_approval" | "paused" | "aborted") {
-            let _ = self.log.println(event_line(e));
+            self.log.println(event_line(e));
         }
     }
 

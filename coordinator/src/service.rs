@@ -429,7 +429,7 @@ impl Coordinator {
         if o.error.is_some() {
             let plan = self.store.plan(&o.plan_id).await?;
             if let Some(plan) = plan.filter(|p| p.strategy.on_failure == OnFailure::RollbackFailed) {
-                self.rollback_targets(&plan, &[o.target.clone()]).await?;
+                self.rollback_targets(&plan, std::slice::from_ref(&o.target)).await?;
             }
         }
         self.wake.notify_one();

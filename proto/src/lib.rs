@@ -22,6 +22,8 @@ mod tests {
             fencing_token: 42,
             wave: 1,
             trace: None,
+            phase: "expand".into(),
+            validate: false,
         };
         let bytes = sent.encode_to_vec();
         assert_eq!(Assignment::decode(bytes.as_slice()).unwrap(), sent);

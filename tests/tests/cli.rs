@@ -48,8 +48,24 @@ async fn status_on_a_missing_sqlite_file_creates_nothing() {
 async fn dev_runs_on_embedded_defaults() {
     let run = flotilla(&["dev", "--json"]).await;
     let json = run.ok().json();
-    assert_eq!(json["applied"].as_array().map(Vec::len), Some(4));
-    assert_eq!(json["rolled_back"].as_array().map(Vec::len), Some(4));
+    assert_eq!(json["targets"], 12);
+    assert_eq!(json["schemas_restored"], 12, "every database has its original schema back: {json}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_runs_on_real_servers_given_their_urls() {
+    let (pg, my, mo) = (TestDb::new(Postgres).await, TestDb::new(Mysql).await, TestDb::new(Mongodb).await);
+    let run = flotilla(&["dev", "--json", "--db", &pg.url, "--db", &my.url, "--db", &mo.url]).await;
+    let json = run.ok().json();
+    assert_eq!((json["targets"].as_u64(), json["schemas_restored"].as_u64()), (Some(3), Some(3)), "{json}");
+    for db in [&pg, &my, &mo] {
+        assert!(db.history().await.is_empty(), "{}: rolled back", db.url);
+    }
+    // A database with history is refused before anything runs.
+    let dir = Dir::new();
+    dir.migration(Postgres, 1, "t", "CREATE TABLE t (id INT);", "DROP TABLE t;");
+    cmd("up", &pg, dir.path(), &[]).await.ok();
+    flotilla(&["dev", "--db", &pg.url]).await.fails(4, "already has migration history");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -46,10 +46,13 @@ fn versions(history: &[(i64, String, i64)]) -> Vec<i64> {
     history.iter().map(|(v, _, _)| *v).collect()
 }
 
+/// A target's name, database and labels.
+type Named<'a> = (String, &'a TestDb, Vec<(&'static str, &'static str)>);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fleet_of_32_databases_rolls_out_in_waves_halts_on_failure_and_rolls_back() {
     let (pg, my, mo) = tokio::join!(databases(Postgres, 12), databases(Mysql, 12), databases(Mongodb, 8));
-    let mut named: Vec<(String, &TestDb, Vec<(&str, &str)>)> = Vec::new();
+    let mut named: Vec<Named> = Vec::new();
     for (i, db) in pg.iter().enumerate() {
         let tier = match i {
             0 => "canary",

@@ -32,6 +32,9 @@ pub enum AgentError {
     Tls(String),
 }
 
+/// A target's applied version and whether it is dirty, or why they could not be read.
+type Versions = Result<(i64, bool), String>;
+
 /// What the agent keeps across reconnections.
 struct State {
     config: AgentConfig,
@@ -41,7 +44,7 @@ struct State {
     /// One step at a time per target.
     running: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// Applied version and dirtiness per target, as last read from its history table.
-    versions: Mutex<HashMap<String, Result<(i64, bool), String>>>,
+    versions: Mutex<HashMap<String, Versions>>,
     /// Parsed bundles by (bundle id, engine).
     sets: Mutex<HashMap<(String, String), Arc<MigrationSet>>>,
 }
@@ -225,7 +228,7 @@ pub fn summarize(history: &[AppliedMigration]) -> (i64, bool) {
     (applied, history.iter().any(|r| r.state.is_dirty()))
 }
 
-async fn read_versions(target: &Target) -> Result<(i64, bool), String> {
+async fn read_versions(target: &Target) -> Versions {
     let options = ConnectOptions { create: false, ..ConnectOptions::default() };
     let driver = connect(&target.url, &options).await.map_err(|e| e.to_string())?;
     let mut ex = Executor::new(driver, "flotilla-agent");

@@ -1,0 +1,244 @@
+//! Strategy features on a real coordinator and agent (SQLite targets keep them quick): approvals, on-failure
+//! policies, validation as wave 0, expand/contract across the fleet, and two coordinators sharing etcd.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_coordinator::identity::Identity;
+use flotilla_coordinator::service::{Config, Coordinator, Submission};
+use flotilla_coordinator::{EtcdLock, SqlStore};
+use flotilla_core::fleet::{Goal, Selector, Strategy, Target};
+use flotilla_core::Engine::Sqlite;
+use flotilla_tests::fleet::{count, steps, Fleet, FleetTarget};
+use flotilla_tests::*;
+
+async fn sqlite_fleet(names: &[(&str, &str)]) -> (Fleet, Vec<TestDb>) {
+    let dbs = futures_util::future::join_all(names.iter().map(|_| TestDb::new(Sqlite))).await;
+    let targets: Vec<FleetTarget> =
+        names.iter().zip(&dbs).map(|((name, env), db)| FleetTarget::new(name, &db.url, &[("env", env)])).collect();
+    let mut fleet = Fleet::start(&[("agent-1", "sq-*")], None, 5).await;
+    fleet.start_agent("agent-1", &targets).await;
+    fleet.wait_targets(names.len()).await;
+    (fleet, dbs)
+}
+
+fn two_tables() -> Dir {
+    let dir = Dir::new();
+    dir.migration(Sqlite, 1, "a", "CREATE TABLE a (id INT);", "DROP TABLE a;").migration(
+        Sqlite,
+        2,
+        "b",
+        "CREATE TABLE b (id INT);",
+        "DROP TABLE b;",
+    );
+    dir
+}
+
+fn versions(history: &[(i64, String, i64)]) -> Vec<i64> {
+    history.iter().map(|(v, _, _)| *v).collect()
+}
+
+const FOUR: [(&str, &str); 4] = [("sq-01", "prod"), ("sq-02", "prod"), ("sq-03", "prod"), ("sq-04", "prod")];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_wave_after_the_first_waits_for_approval() {
+    let (fleet, _dbs) = sqlite_fleet(&FOUR).await;
+    let dir = two_tables();
+    let id = fleet.create(dir.path(), &["--waves", "1,2,100%", "--approve-waves"]).await;
+    let waiting = fleet.wait_state(&id, "awaiting_approval").await;
+    assert_eq!(count(&waiting, "succeeded"), 1);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(count(&fleet.plan(&id).await, "succeeded"), 1, "nothing runs before approval");
+    fleet.cli(&["plan", "approve", &id]).await.ok();
+    let waiting =
+        fleet.wait_plan(&id, "at wave 3", |p| p["state"] == "awaiting_approval" && count(p, "succeeded") == 2).await;
+    assert_eq!(waiting["current_wave"], 3);
+    fleet.cli(&["plan", "approve", &id, "--reason", "canaries look fine"]).await.ok();
+    fleet.wait_state(&id, "succeeded").await;
+    fleet.cli(&["plan", "approve", &id]).await.fails(4, "cannot approve");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_plan_policy_takes_every_touched_target_back() {
+    let (fleet, dbs) = sqlite_fleet(&FOUR).await;
+    dbs[2].exec("CREATE TABLE b (id INT)").await; // sq-03 fails at migration 2
+    let dir = two_tables();
+    let id = fleet.create(dir.path(), &["--waves", "100%", "--parallel", "1", "--on-failure", "rollback-plan"]).await;
+    let plan = fleet.wait_state(&id, "halted").await;
+    assert_eq!(steps(&plan)["sq-03"]["state"], "failed");
+    assert_eq!(steps(&plan)["sq-04"]["state"], "skipped");
+    let plans = fleet.cli(&["--json", "plan", "list"]).await.ok().json();
+    let rollback = plans
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["rollback_of"] == id.as_str()))
+        .unwrap_or_else(|| panic!("no rollback plan: {plans:#}"))["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let rb = fleet.wait_state(&rollback, "succeeded").await;
+    assert_eq!(count(&rb, "succeeded"), 3, "sq-01..03 were touched: {rb:#}");
+    for db in &dbs {
+        assert!(db.history().await.is_empty(), "{}", db.url);
+    }
+    assert!(!dbs[0].has_table("a").await && dbs[2].has_table("b").await, "sq-03 keeps only what was there before");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_failed_policy_rolls_back_only_the_failed_target() {
+    let (fleet, dbs) = sqlite_fleet(&FOUR).await;
+    dbs[1].exec("CREATE TABLE b (id INT)").await; // sq-02 applies 1, fails at 2
+    let dir = two_tables();
+    let id =
+        fleet.create(dir.path(), &["--waves", "100%", "--max-failures", "1", "--on-failure", "rollback-failed"]).await;
+    let plan = fleet.wait_state(&id, "succeeded").await;
+    assert_eq!((count(&plan, "succeeded"), count(&plan, "failed")), (3, 1));
+    let rollback = format!("{id}-rollback-sq-02");
+    fleet.wait_state(&rollback, "succeeded").await;
+    assert!(dbs[1].history().await.is_empty(), "the failed target is back at its prior version");
+    for i in [0, 2, 3] {
+        assert_eq!(versions(&dbs[i].history().await), vec![1, 2]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validation_on_staging_runs_first_and_stops_the_plan_on_a_mismatch() {
+    let (fleet, dbs) = sqlite_fleet(&[("sq-stage", "staging"), ("sq-01", "prod"), ("sq-02", "prod")]).await;
+    let dir = two_tables();
+    let id = fleet.create(dir.path(), &["--select", "env=prod", "--validate-on", "env=staging"]).await;
+    let plan = fleet.wait_state(&id, "succeeded").await;
+    assert_eq!(steps(&plan)["sq-stage"]["wave"], 0, "validation is wave 0");
+    assert_eq!(count(&plan, "succeeded"), 3);
+    for db in &dbs {
+        assert_eq!(versions(&db.history().await), vec![1, 2]);
+    }
+
+    // Migration 3's DOWN leaves a table behind: after up and down, the schema is not what it was.
+    dir.migration(Sqlite, 3, "c", "CREATE TABLE c (id INT);", "CREATE TABLE left_behind (id INT);\nDROP TABLE c;");
+    let id = fleet.create(dir.path(), &["--select", "env=prod", "--validate-on", "env=staging"]).await;
+    let plan = fleet.wait_state(&id, "halted").await;
+    let s = steps(&plan);
+    assert_eq!(s["sq-stage"]["state"], "failed");
+    let error = s["sq-stage"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("validation failed") && error.contains("left_behind"), "{plan:#}");
+    assert_eq!((s["sq-01"]["state"].as_str(), s["sq-02"]["state"].as_str()), (Some("skipped"), Some("skipped")));
+    for db in &dbs[1..] {
+        assert_eq!(versions(&db.history().await), vec![1, 2], "production untouched");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn contract_waits_until_expand_finished_on_every_target() {
+    let (fleet, dbs) = sqlite_fleet(&FOUR).await;
+    let dir = Dir::new();
+    dir.migration(
+        Sqlite,
+        1,
+        "add_email",
+        "-- flotilla:phase expand\nALTER TABLE users ADD COLUMN email TEXT;",
+        "ALTER TABLE users DROP COLUMN email;",
+    )
+    .migration(
+        Sqlite,
+        2,
+        "drop_mail",
+        "-- flotilla:phase contract\nALTER TABLE users DROP COLUMN mail;",
+        "ALTER TABLE users ADD COLUMN mail TEXT;",
+    );
+    for db in &dbs {
+        db.exec("CREATE TABLE users (id INT, mail TEXT)").await;
+    }
+    fleet
+        .cli(&["plan", "create", "--dir", dir.path().to_str().unwrap(), "--phase", "contract"])
+        .await
+        .fails(4, "contract is refused until expand has finished");
+    let expand = fleet.create(dir.path(), &["--phase", "expand"]).await;
+    fleet.wait_state(&expand, "succeeded").await;
+    for db in &dbs {
+        assert_eq!(versions(&db.history().await), vec![1], "expand stops before contract");
+    }
+    // Fleet status must have caught up before contract is allowed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let contract = loop {
+        let run = fleet
+            .cli(&["--json", "plan", "create", "--dir", dir.path().to_str().unwrap(), "--phase", "contract"])
+            .await;
+        if run.code == 0 {
+            break run.json()["id"].as_str().expect("id").to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "{run:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    fleet.wait_state(&contract, "succeeded").await;
+    for db in &dbs {
+        assert_eq!(versions(&db.history().await), vec![1, 2]);
+    }
+}
+
+/// Two coordinators on one store and one etcd: only the one holding a target's lock assigns work on it; the other
+/// takes over (with a higher fencing token) only after that lock expires.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_coordinators_never_hold_one_target_at_once() {
+    let store_db = TestDb::new(flotilla_core::Engine::Postgres).await;
+    let config = |holder: &str| Config {
+        holder: holder.into(),
+        lease_ttl: Duration::from_secs(2),
+        tick: Duration::from_millis(50),
+        ..Config::default()
+    };
+    let open = || async {
+        let store = Arc::new(SqlStore::open(&store_db.url).await.expect("store"));
+        let lock = Arc::new(EtcdLock::connect(&[etcd_url()]).await.expect("etcd"));
+        (store, lock)
+    };
+    let (s1, l1) = open().await;
+    let (s2, l2) = open().await;
+    let a = Coordinator::new(s1, l1, config("coordinator-a"));
+    let b = Coordinator::new(s2, l2, config("coordinator-b"));
+    let who = Identity::Insecure;
+    let name = format!("sq-{}", rand::random::<u32>());
+    let target = Target {
+        name: name.clone(),
+        engine: Sqlite,
+        labels: [("run".to_string(), name.clone())].into(),
+        agent: "agent-1".into(),
+    };
+    a.register(&who, "agent-1", vec![target.clone()]).await.expect("register a");
+    b.register(&who, "agent-1", vec![target]).await.expect("register b");
+    let (mut to_a, _) = a.connect(&who, "agent-1").expect("connect a");
+    let (mut to_b, _) = b.connect(&who, "agent-1").expect("connect b");
+
+    let dir = two_tables();
+    let bundle = flotilla_core::bundle::Bundle::from_dir(dir.path()).expect("bundle");
+    let submission = Submission {
+        bundle: bundle.to_json().into_bytes(),
+        selector: format!("run={name}").parse::<Selector>().expect("selector"),
+        goal: Goal::Up { to: None },
+        strategy: Strategy::default(),
+        phase: None,
+        validate_on: None,
+        dry_run: false,
+    };
+    let plan = a.submit(&who, submission).await.expect("submit").plan;
+    a.tick().await.expect("tick a");
+    let first = to_a.try_recv().expect("a assigns the step");
+    for _ in 0..5 {
+        a.tick().await.expect("tick a"); // keeps its lock alive
+        b.tick().await.expect("tick b");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(to_b.try_recv().is_err(), "b must not assign a target a holds");
+    // a goes silent (as if it died): its lease expires and b takes over with a higher token.
+    drop(a);
+    drop(to_a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        b.tick().await.expect("tick b");
+        if let Ok(assignment) = to_b.try_recv() {
+            break assignment;
+        }
+        assert!(std::time::Instant::now() < deadline, "b never took over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((second.plan_id.as_str(), second.target.as_str()), (plan.id.as_str(), name.as_str()));
+    assert!(second.token > first.token, "fencing tokens grow: {} then {}", first.token, second.token);
+}
