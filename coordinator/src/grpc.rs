@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use flotilla_core::fleet::{Goal, OnFailure, Selector, Step, StepState, Strategy, Target, WaveSpec};
 use flotilla_core::{Engine, Phase};
+use flotilla_proto::telemetry;
 use flotilla_proto::v1 as pb;
 use futures_util::Stream;
 use serde_json::json;
@@ -15,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::error;
+use tracing::{error, Instrument};
 
 use crate::identity::{self, Identity};
 use crate::service::{Assignment, Coordinator, Outcome, PlanView, Progress, ServiceError, Submission, TargetReport};
@@ -338,7 +339,18 @@ impl pb::agent_service_server::AgentService for AgentApi {
 
     async fn report_result(&self, request: Request<pb::StepResult>) -> Result<Response<pb::ResultAck>, Status> {
         let (who, name) = self.auth.agent(&request, &request.get_ref().agent_id)?;
+        let traceparent =
+            request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let r = request.into_inner();
+        let span = tracing::info_span!(
+            "record_result",
+            plan_id = %r.plan_id,
+            target = %r.target,
+            agent = %name,
+            fencing_token = r.fencing_token,
+            version = r.applied_version,
+        );
+        telemetry::join_traceparent(&span, &traceparent);
         let outcome = Outcome {
             plan_id: r.plan_id,
             target: r.target,
@@ -348,7 +360,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
             applied_version: r.applied_version,
             dirty: r.dirty,
         };
-        self.coordinator.result(&who, &name, outcome).await.map_err(status)?;
+        self.coordinator.result(&who, &name, outcome).instrument(span).await.map_err(status)?;
         Ok(Response::new(pb::ResultAck {}))
     }
 }

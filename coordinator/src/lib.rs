@@ -9,7 +9,6 @@ pub mod lock;
 pub mod scheduler;
 pub mod service;
 pub mod store;
-pub mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;

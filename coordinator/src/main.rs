@@ -41,10 +41,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    let telemetry = flotilla_proto::telemetry::init("flotilla-coordinator", "info,sqlx=warn");
     let args = Args::parse();
     let mut file = match &args.config {
         Some(path) => File::read(path).map_err(anyhow::Error::msg)?,
@@ -80,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         }
         on_signal.cancel();
     });
-    flotilla_coordinator::run(listener, config, shutdown).await?;
-    Ok(())
+    let result = flotilla_coordinator::run(listener, config, shutdown).await;
+    telemetry.shutdown();
+    Ok(result?)
 }

@@ -12,7 +12,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::lock::LockError;
 use crate::service::{Assignment, Coordinator, ServiceError};
-use crate::trace;
+use flotilla_proto::telemetry;
 
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
@@ -44,7 +44,9 @@ impl Coordinator {
         self.renew_leases(&targets).await?;
         for plan in self.store.live_plans().await? {
             let id = plan.id.clone();
-            self.drive(plan, &targets).instrument(info_span!("schedule", plan_id = %id)).await?;
+            let span = info_span!("schedule", plan_id = %id);
+            telemetry::join_plan(&span, &id);
+            self.drive(plan, &targets).instrument(span).await?;
         }
         Ok(())
     }
@@ -211,6 +213,15 @@ impl Coordinator {
             self.release(&plan.id, &step.target).await;
             return Ok(false);
         }
+        let span = info_span!(
+            "assign",
+            plan_id = %plan.id,
+            target = %step.target,
+            agent = %target.agent,
+            fencing_token = lease.token,
+            wave = step.wave,
+        );
+        telemetry::join_plan(&span, &plan.id);
         let assignment = Assignment {
             plan_id: plan.id.clone(),
             target: step.target.clone(),
@@ -221,9 +232,9 @@ impl Coordinator {
             wave: step.wave,
             phase: plan.phase,
             validate: step.wave == 0 && plan.rollback_of.is_none(),
-            traceparent: Some(trace::traceparent_for(&plan.id, &step.target)),
+            traceparent: Some(telemetry::traceparent(&span, &plan.id, &step.target)),
         };
-        info!(plan_id = %plan.id, target = %step.target, agent = %target.agent, fencing_token = lease.token, wave = step.wave, "assign");
+        span.in_scope(|| info!("assign"));
         if sender.send(assignment).await.is_err() {
             self.store
                 .set_step_state(

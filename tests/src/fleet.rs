@@ -36,6 +36,8 @@ pub struct Fleet {
     lease_ttl: u64,
     coordinator: Option<Child>,
     agents: BTreeMap<String, Child>,
+    /// Environment for every process started from now on (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).
+    pub env: Vec<(String, String)>,
 }
 
 fn free_port() -> u16 {
@@ -45,6 +47,16 @@ fn free_port() -> u16 {
 impl Fleet {
     /// Makes certificates for an operator `admin` and each `(agent, glob)`, and starts the coordinator.
     pub async fn start(agents: &[(&str, &str)], etcd: Option<String>, lease_ttl: u64) -> Fleet {
+        Fleet::start_with(agents, etcd, lease_ttl, Vec::new()).await
+    }
+
+    /// `start`, with `env` set for every process.
+    pub async fn start_with(
+        agents: &[(&str, &str)],
+        etcd: Option<String>,
+        lease_ttl: u64,
+        env: Vec<(String, String)>,
+    ) -> Fleet {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = dir.path().join("certs");
         let mut args = vec!["certs".to_string(), "init".into(), "--out".into(), certs.display().to_string()];
@@ -54,9 +66,22 @@ impl Fleet {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         crate::flotilla(&args).await.ok();
-        let mut fleet = Fleet { dir, port: free_port(), etcd, lease_ttl, coordinator: None, agents: BTreeMap::new() };
+        let mut fleet =
+            Fleet { dir, port: free_port(), etcd, lease_ttl, coordinator: None, agents: BTreeMap::new(), env };
         fleet.start_coordinator().await;
         fleet
+    }
+
+    /// Stops every process with SIGTERM (an ordered shutdown) and waits for each to exit.
+    pub async fn stop(&mut self) {
+        let mut children: Vec<Child> = std::mem::take(&mut self.agents).into_values().collect();
+        children.extend(self.coordinator.take());
+        for mut child in children {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+        }
     }
 
     pub fn certs(&self) -> PathBuf {
@@ -91,6 +116,7 @@ impl Fleet {
             cmd.arg("--etcd").arg(etcd);
         }
         let child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,sqlx=warn")
             .stdin(Stdio::null())
             .stdout(self.log("coordinator"))
@@ -137,6 +163,7 @@ impl Fleet {
         let child = Command::new(binary("flotilla-agent"))
             .arg("--config")
             .arg(&path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,sqlx=warn")
             .stdin(Stdio::null())
             .stdout(self.log(name))

@@ -19,10 +19,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    let telemetry = flotilla_proto::telemetry::init("flotilla-agent", "info,sqlx=warn");
     let args = Args::parse();
     let config = AgentConfig::read(&args.config).map_err(anyhow::Error::msg)?;
     if config.insecure_dev {
@@ -38,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         }
         on_signal.cancel();
     });
-    daemon::run(config, shutdown).await?;
-    Ok(())
+    let result = daemon::run(config, shutdown).await;
+    telemetry.shutdown();
+    Ok(result?)
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use flotilla_core::bundle::Bundle;
 use flotilla_core::{AppliedMigration, MigrationSet, Phase, PlanOptions, ReadOptions, Request};
+use flotilla_proto::telemetry;
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::agent_service_client::AgentServiceClient;
 use sha2::{Digest, Sha256};
@@ -255,14 +256,14 @@ async fn handle(
 ) {
     let traceparent = a.trace.as_ref().map(|t| t.traceparent.clone()).unwrap_or_default();
     let span = info_span!(
-        "execute_step",
+        "execute_assignment",
         plan_id = %a.plan_id,
         target = %a.target,
         agent = %state.config.name,
         fencing_token = a.fencing_token,
         wave = a.wave,
-        traceparent = %traceparent,
     );
+    telemetry::join_traceparent(&span, &traceparent);
     async move {
         let Some(target) = state.targets.get(&a.target).cloned() else {
             warn!("refusing an assignment for a target this agent does not serve");
@@ -279,14 +280,15 @@ async fn handle(
             warn!("dropping an assignment superseded by a newer fencing token");
             return;
         }
-        let result = execute(&state, &target, &a, &progress).await;
-        let versions = read_versions(&target).await;
+        let run = execute(&state, &target, &a, &progress).await;
+        // The history as the step's own connection read it afterwards; a new connection only if that failed.
+        let versions = match run.after {
+            Some(Ok(v)) => Ok(v),
+            _ => read_versions(&target).await,
+        };
         locked(&state.versions).insert(target.name.clone(), versions.clone());
         let (applied, dirty) = versions.clone().unwrap_or((0, false));
-        let (before, error) = match result {
-            Ok(before) => (before, None),
-            Err((before, e)) => (before, Some(e)),
-        };
+        let (before, error) = (run.before, run.error);
         match &error {
             None => info!(applied, "step succeeded"),
             Some(e) => warn!(error = %e, "step failed"),
@@ -306,7 +308,12 @@ async fn handle(
         // finds the work done.
         let mut wait = Duration::from_millis(200);
         for attempt in 1..=5 {
-            match client.report_result(report.clone()).await {
+            let mut request = tonic::Request::new(report.clone());
+            let parent = telemetry::traceparent(&tracing::Span::current(), &a.plan_id, &a.target);
+            if let Ok(value) = parent.parse() {
+                request.metadata_mut().insert("traceparent", value);
+            }
+            match client.report_result(request).await {
                 Ok(_) => break,
                 Err(e) if e.code() == tonic::Code::Unavailable && attempt < 5 => {
                     tokio::time::sleep(wait).await;
@@ -333,15 +340,31 @@ fn fresh_token(state: &State, target: &str, token: u64) -> bool {
     true
 }
 
-/// Runs the step; returns the version found before (and the error, if any).
+/// What running a step found and left.
+struct StepRun {
+    /// Applied version before the step.
+    before: i64,
+    error: Option<String>,
+    /// Applied version and dirtiness after, read on the step's connection (`None` if it never connected).
+    after: Option<Versions>,
+}
+
+/// Runs the step on one connection: read the history, run, read the history again.
 async fn execute(
     state: &State,
     target: &Target,
     a: &pb::Assignment,
     progress: &mpsc::UnboundedSender<pb::ProgressEvent>,
-) -> Result<i64, (i64, String)> {
-    let set = load_set(state, target, a).map_err(|e| (0, e))?;
-    let driver = connect(&target.url, &ConnectOptions::default()).await.map_err(|e| (0, e.to_string()))?;
+) -> StepRun {
+    let failed = |e: String| StepRun { before: 0, error: Some(e), after: None };
+    let set = match load_set(state, target, a) {
+        Ok(set) => set,
+        Err(e) => return failed(e),
+    };
+    let driver = match connect(&target.url, &ConnectOptions::default()).await {
+        Ok(driver) => driver,
+        Err(e) => return failed(e.to_string()),
+    };
     let base = pb::ProgressEvent {
         plan_id: a.plan_id.clone(),
         target: a.target.clone(),
@@ -398,7 +421,7 @@ async fn execute(
         Ok(h) => summarize(&h).0,
         Err(e) => {
             ex.close().await;
-            return Err((0, e.to_string()));
+            return failed(e.to_string());
         }
     };
     let _ = progress.send(pb::ProgressEvent { kind: "started".into(), version_before: before, ..base.clone() });
@@ -416,8 +439,9 @@ async fn execute(
         };
         ex.migrate(&set, request, false).await.map(drop).map_err(|e| e.to_string())
     };
+    let after = ex.history().await.map(|h| summarize(&h)).map_err(|e| e.to_string());
     ex.close().await;
-    result.map(|()| before).map_err(|e| (before, e))
+    StepRun { before, error: result.err(), after: Some(after) }
 }
 
 fn validation_problems(report: &crate::validate::ValidationReport) -> String {
