@@ -384,7 +384,7 @@ pub async fn follow(out: Option<Output>, client: &mut Client, id: &str, after: u
             );
         } else if let Some(bars) = &bars {
             bars.event(&event, wave_of.get(&event.target).copied());
-        } else {
+        } else if out.verbose > 0 || !is_detail(&event.kind) {
             println!("{}", event_line(&event));
         }
     }
@@ -401,6 +401,11 @@ pub async fn follow(out: Option<Output>, client: &mut Client, id: &str, after: u
         "succeeded" | "halted" | "aborted" => Code::Failed,
         _ => Code::Ok,
     })
+}
+
+/// Per-statement and per-migration events: shown with -v.
+fn is_detail(kind: &str) -> bool {
+    matches!(kind, "statement" | "batch" | "migration_started" | "migration_finished")
 }
 
 fn event_line(e: &pb::PlanEvent) -> String {
@@ -464,7 +469,7 @@ impl Bars {
             }
             _ => {}
         }
-        if !matches!(e.kind.as_str(), "statement" | "migration_started" | "migration_finished") {
+        if !is_detail(&e.kind) {
             self.log.set_message(event_line(e));
         }
         if matches!(e.kind.as_str(), "failed" | "halted" | "reconcile" | "awaiting_approval" | "paused" | "aborted") {

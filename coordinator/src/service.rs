@@ -386,6 +386,10 @@ impl Coordinator {
 
     pub async fn progress(&self, who: &Identity, name: &str, p: Progress) -> Result<()> {
         let Some(step) = self.owned_step(who, name, &p.plan_id, &p.target, p.token).await? else { return Ok(()) };
+        if step.state.is_done() {
+            // Progress that arrives after the step's result adds nothing, and would read out of order.
+            return Ok(());
+        }
         if p.kind == "started" && step.state == StepState::Assigned {
             self.store
                 .set_step_state(&p.plan_id, &p.target, StepState::Assigned, StepState::Running, Some(p.token), None)

@@ -110,3 +110,32 @@ async fn new_writes_in_the_directory_convention_and_never_overwrites() {
     cmd("up", &db, dir.path(), &[]).await.ok();
     cmd("down", &db, dir.path(), &["--all"]).await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_commands_refuse_bad_input_before_reaching_the_coordinator() {
+    let dir = Dir::new();
+    dir.migration(Sqlite, 1, "t", "CREATE TABLE t (id INT);", "DROP TABLE t;");
+    let d = dir.path().to_str().expect("utf-8");
+    // Nothing listens on port 9: anything that got as far as connecting would fail with exit 3 instead.
+    let base = ["plan", "create", "--dir", d, "--insecure-dev", "--coordinator", "http://127.0.0.1:9"];
+    let with = |extra: &[&'static str]| [&base[..], extra].concat();
+    flotilla(&with(&["--select", "env"])).await.fails(2, "--select");
+    flotilla(&with(&["--waves", "1,0%"])).await.fails(2, "--waves");
+    flotilla(&with(&["--on-failure", "shrug"])).await.fails(2, "--on-failure");
+    flotilla(&with(&["--phase", "sideways"])).await.fails(2, "--phase");
+    flotilla(&with(&["--to", "0"])).await.fails(2, "--to");
+    flotilla(&["plan", "create", "--dir", "/no/such/dir", "--insecure-dev", "--coordinator", "http://127.0.0.1:9"])
+        .await
+        .fails(2, "/no/such/dir");
+    flotilla(&["plan", "list", "--coordinator", "https://127.0.0.1:9"]).await.fails(2, "--certs");
+    flotilla(&["plan", "list", "--insecure-dev", "--coordinator", "https://127.0.0.1:9"]).await.fails(2, "http://");
+    flotilla(&with(&[])).await.fails(3, "cannot reach the coordinator");
+
+    let certs = tempfile::tempdir().expect("dir");
+    let out = certs.path().join("c");
+    let out = out.to_str().expect("utf-8");
+    let made = flotilla(&["--json", "certs", "init", "--out", out, "--agent", "a1:pg-*"]).await;
+    assert_eq!(made.ok().json().as_array().map(Vec::len), Some(7), "ca, coordinator, admin and a1 (cert and key each)");
+    flotilla(&["certs", "init", "--out", out]).await.fails(2, "never overwrites");
+    flotilla(&["certs", "init", "--out", out, "--agent", "bad/name"]).await.fails(2, "agent name");
+}

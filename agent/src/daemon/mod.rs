@@ -33,6 +33,9 @@ pub enum AgentError {
     Tls(String),
 }
 
+/// How often idle targets' history tables are read again.
+const REREAD: Duration = Duration::from_secs(60);
+
 /// A target's applied version and whether it is dirty, or why they could not be read.
 type Versions = Result<(i64, bool), String>;
 
@@ -156,10 +159,16 @@ async fn session(
         let (state, mut client, session) = (state.clone(), client.clone(), session.clone());
         tokio::spawn(async move {
             let every = Duration::from_secs(state.config.heartbeat_secs.max(1));
+            let mut last_read = std::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = session.cancelled() => break,
                     _ = tokio::time::sleep(every) => {}
+                }
+                // Re-read every history table now and then, so changes made outside Flotilla show as drift.
+                if last_read.elapsed() >= REREAD {
+                    refresh_all(&state).await;
+                    last_read = std::time::Instant::now();
                 }
                 if let Err(e) = client.heartbeat(heartbeat(&state)).await {
                     warn!(error = %e, "heartbeat failed");
