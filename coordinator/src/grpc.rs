@@ -213,6 +213,24 @@ fn assignment_to_proto(a: Assignment) -> pb::Assignment {
     }
 }
 
+fn progress_from_proto(event: pb::ProgressEvent) -> Progress {
+    let mut detail = json!({
+        "version": event.version,
+        "direction": event.direction,
+        "statement": event.statement_index,
+        "statements": event.statement_total,
+        "rows_affected": event.rows_affected,
+        "elapsed_ms": event.elapsed_ms,
+    });
+    if !event.error.is_empty() {
+        detail["error"] = json!(event.error);
+    }
+    if event.kind == "started" {
+        detail["version_before"] = json!(event.version_before);
+    }
+    Progress { plan_id: event.plan_id, target: event.target, token: event.fencing_token, kind: event.kind, detail }
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 pub struct AgentApi {
@@ -296,43 +314,32 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let mut stream = request.into_inner();
         let mut received = 0;
         loop {
-            let event = tokio::select! {
+            let first = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 event = stream.message() => match event? {
                     Some(event) => event,
                     None => break,
                 },
             };
+            // Take what else has already arrived, to record the burst in one write.
+            let mut burst = vec![first];
+            while burst.len() < 256 {
+                match futures_util::FutureExt::now_or_never(stream.message()) {
+                    Some(Ok(Some(event))) => burst.push(event),
+                    Some(Err(e)) => return Err(e),
+                    _ => break,
+                }
+            }
             let name = match &who {
                 Identity::Agent { name, .. } => name.clone(),
-                Identity::Insecure => event.agent_id.clone(),
+                Identity::Insecure => burst[0].agent_id.clone(),
                 Identity::Operator(name) => {
                     return Err(Status::permission_denied(format!("operator `{name}` cannot report progress")))
                 }
             };
-            let mut detail = json!({
-                "version": event.version,
-                "direction": event.direction,
-                "statement": event.statement_index,
-                "statements": event.statement_total,
-                "rows_affected": event.rows_affected,
-                "elapsed_ms": event.elapsed_ms,
-            });
-            if !event.error.is_empty() {
-                detail["error"] = json!(event.error);
-            }
-            if event.kind == "started" {
-                detail["version_before"] = json!(event.version_before);
-            }
-            let progress = Progress {
-                plan_id: event.plan_id,
-                target: event.target,
-                token: event.fencing_token,
-                kind: event.kind,
-                detail,
-            };
-            self.coordinator.progress(&who, &name, progress).await.map_err(status)?;
-            received += 1;
+            received += burst.len() as u64;
+            let batch: Vec<Progress> = burst.into_iter().map(progress_from_proto).collect();
+            self.coordinator.progress(&who, &name, batch).await.map_err(status)?;
         }
         Ok(Response::new(pb::ProgressAck { received }))
     }
@@ -432,6 +439,8 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut after = req.after;
+            // Whether the plan may be over: checked (a read of every step) only once a plan-level end was seen.
+            let mut ending = false;
             loop {
                 changes.mark_unchanged();
                 let events = match coordinator.events_after(&req.id, after).await {
@@ -441,8 +450,10 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                         return;
                     }
                 };
+                let fresh = !events.is_empty();
                 for e in events {
                     after = e.seq;
+                    ending |= e.target.is_none() && matches!(e.kind.as_str(), "finished" | "halted" | "aborted");
                     let event = pb::PlanEvent {
                         plan_id: e.plan_id,
                         seq: e.seq,
@@ -455,12 +466,14 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                         return; // the watcher went away
                     }
                 }
-                let over = match coordinator.view(&req.id).await {
-                    Ok(view) => !view.plan.state.is_live() && !view.steps.iter().any(|s| !s.state.is_done()),
-                    Err(_) => true,
-                };
-                if over && coordinator.events_after(&req.id, after).await.map(|e| e.is_empty()).unwrap_or(true) {
-                    return;
+                if ending || !fresh {
+                    let over = match coordinator.view(&req.id).await {
+                        Ok(view) => !view.plan.state.is_live() && !view.steps.iter().any(|s| !s.state.is_done()),
+                        Err(_) => true,
+                    };
+                    if over && coordinator.events_after(&req.id, after).await.map(|e| e.is_empty()).unwrap_or(true) {
+                        return;
+                    }
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

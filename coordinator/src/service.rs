@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::identity::{self, Identity};
 use crate::lock::{Lease, Lock, LockError};
-use crate::store::{Store, StoreError};
+use crate::store::{NewEvent, Store, StoreError};
 
 /// What went wrong, as callers branch on it; `grpc::status` maps each to a gRPC status in one place.
 #[derive(Debug, thiserror::Error)]
@@ -384,7 +384,32 @@ impl Coordinator {
         }
     }
 
-    pub async fn progress(&self, who: &Identity, name: &str, p: Progress) -> Result<()> {
+    /// Records a burst of progress events: those of steps running under their current lock in one write.
+    pub async fn progress(&self, who: &Identity, name: &str, batch: Vec<Progress>) -> Result<()> {
+        self.check_agent(who, name)?;
+        let mut fast = Vec::with_capacity(batch.len());
+        for p in batch {
+            // The common case, checked in memory: the step's lock is held here under this token, for this agent.
+            let current = self.held_lease(&p.plan_id, &p.target).is_some_and(|l| l.token == p.token)
+                && self.inner().owners.get(&p.target).is_some_and(|owner| owner == name);
+            if current && p.kind != "started" {
+                fast.push(NewEvent { plan_id: p.plan_id, target: Some(p.target), kind: p.kind, detail: p.detail });
+            } else {
+                if !fast.is_empty() {
+                    self.store.append_events(&std::mem::take(&mut fast)).await?;
+                }
+                self.progress_checked(who, name, p).await?;
+            }
+        }
+        if !fast.is_empty() {
+            self.store.append_events(&fast).await?;
+        }
+        self.events.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// One progress event, checked against the store.
+    async fn progress_checked(&self, who: &Identity, name: &str, p: Progress) -> Result<()> {
         let Some(step) = self.owned_step(who, name, &p.plan_id, &p.target, p.token).await? else { return Ok(()) };
         if step.state.is_done() {
             // Progress that arrives after the step's result adds nothing, and would read out of order.

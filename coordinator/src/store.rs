@@ -80,6 +80,8 @@ pub trait Store: Send + Sync {
         kind: &str,
         detail: &serde_json::Value,
     ) -> Result<u64, StoreError>;
+    /// Appends several events in one transaction (progress arrives in bursts).
+    async fn append_events(&self, events: &[NewEvent]) -> Result<(), StoreError>;
     async fn events_after(&self, plan_id: &str, seq: u64) -> Result<Vec<Event>, StoreError>;
 
     async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
@@ -100,6 +102,18 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS audit (id VARCHAR(32) PRIMARY KEY, at VARCHAR(40) NOT NULL, actor VARCHAR(255) NOT NULL,
         action VARCHAR(64) NOT NULL, plan_id VARCHAR(64), detail TEXT NOT NULL)",
 ];
+
+/// An event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub plan_id: String,
+    pub target: Option<String>,
+    pub kind: String,
+    pub detail: serde_json::Value,
+}
+
+const INSERT_EVENT: &str = "INSERT INTO events (plan_id, seq, at, target, kind, detail)
+     SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ? FROM events WHERE plan_id = ? RETURNING seq";
 
 /// The `Store` on a SQLite file or PostgreSQL, through one sqlx pool.
 pub struct SqlStore {
@@ -452,10 +466,7 @@ impl Store for SqlStore {
         kind: &str,
         detail: &serde_json::Value,
     ) -> Result<u64, StoreError> {
-        let insert = self.sql(
-            "INSERT INTO events (plan_id, seq, at, target, kind, detail)
-             SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ? FROM events WHERE plan_id = ? RETURNING seq",
-        );
+        let insert = self.sql(INSERT_EVENT);
         // Two writers can pick the same next number; the primary key refuses one, which tries again.
         let mut last_error = None;
         for _ in 0..5 {
@@ -470,6 +481,34 @@ impl Store for SqlStore {
                 .await;
             match result {
                 Ok(row) => return u64::try_from(get::<i64>(&row, 0)?).map_err(|e| StoreError::Corrupt(e.to_string())),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(db(last_error.unwrap_or(sqlx::Error::PoolTimedOut)))
+    }
+
+    async fn append_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        let insert = self.sql(INSERT_EVENT);
+        let mut last_error = None;
+        // As in `append_event`: a concurrent writer may take a number first; the whole batch tries again.
+        for _ in 0..5 {
+            let attempt = async {
+                let mut tx = self.pool.begin().await?;
+                for e in events {
+                    sqlx::query(&insert)
+                        .bind(e.plan_id.clone())
+                        .bind(Utc::now().to_rfc3339())
+                        .bind(e.target.clone())
+                        .bind(e.kind.clone())
+                        .bind(e.detail.to_string())
+                        .bind(e.plan_id.clone())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await
+            };
+            match attempt.await {
+                Ok(()) => return Ok(()),
                 Err(e) => last_error = Some(e),
             }
         }
