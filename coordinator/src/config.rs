@@ -101,3 +101,20 @@ impl File {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deploy_example_is_valid_and_tls_is_required() {
+        let file: File = toml::from_str(include_str!("../../deploy/coordinator.toml")).unwrap();
+        let config = file.into_config().unwrap();
+        assert_eq!(config.etcd.len(), 3);
+        assert_eq!(config.service.agent_targets["agent-eu-1"], vec!["shop-eu-*".to_string()]);
+        assert_eq!(config.store_display(), "postgres://flotilla@pg.internal/flotilla");
+        let bare: File = toml::from_str("store = \"sqlite://x.db\"").unwrap();
+        assert!(bare.into_config().unwrap_err().contains("TLS is required"));
+        assert!(toml::from_str::<File>("lisen = \"x\"").is_err(), "unknown keys are refused");
+    }
+}

@@ -97,11 +97,24 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS steps (plan_id VARCHAR(64) NOT NULL, target VARCHAR(255) NOT NULL, wave BIGINT NOT NULL,
         state VARCHAR(32) NOT NULL, token BIGINT, error TEXT, goal TEXT, version_before BIGINT, version_after BIGINT,
         updated_at VARCHAR(40) NOT NULL, PRIMARY KEY (plan_id, target))",
+    "CREATE INDEX IF NOT EXISTS plans_state ON plans (state)",
     "CREATE TABLE IF NOT EXISTS events (plan_id VARCHAR(64) NOT NULL, seq BIGINT NOT NULL, at VARCHAR(40) NOT NULL,
         target VARCHAR(255), kind VARCHAR(64) NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (plan_id, seq))",
     "CREATE TABLE IF NOT EXISTS audit (id VARCHAR(32) PRIMARY KEY, at VARCHAR(40) NOT NULL, actor VARCHAR(255) NOT NULL,
         action VARCHAR(64) NOT NULL, plan_id VARCHAR(64), detail TEXT NOT NULL)",
 ];
+
+/// Plan states a restarted coordinator resumes.
+const LIVE: [PlanState; 4] = [PlanState::Pending, PlanState::Running, PlanState::Paused, PlanState::AwaitingApproval];
+
+#[cfg(test)]
+#[test]
+fn live_states_are_the_live_ones() {
+    use PlanState::*;
+    for state in [Pending, Running, Paused, AwaitingApproval, Succeeded, Halted, Aborted] {
+        assert_eq!(LIVE.contains(&state), state.is_live(), "{state}");
+    }
+}
 
 /// An event to append.
 #[derive(Debug, Clone)]
@@ -351,7 +364,15 @@ impl Store for SqlStore {
     }
 
     async fn live_plans(&self) -> Result<Vec<Plan>, StoreError> {
-        Ok(self.plans().await?.into_iter().filter(|p| p.state.is_live()).collect())
+        let live: Vec<String> = LIVE.iter().map(|s| format!("'{}'", s.as_str())).collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {PLAN_COLUMNS} FROM plans WHERE state IN ({}) ORDER BY created_at, id",
+            live.join(", ")
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(plan_from).collect()
     }
 
     async fn set_plan_state(&self, id: &str, from: PlanState, to: PlanState) -> Result<bool, StoreError> {

@@ -158,6 +158,12 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_example_is_valid() {
+        let c = parse(include_str!("../../../deploy/agent.toml")).unwrap();
+        assert_eq!(c.targets.len(), 3);
+    }
+
+    #[test]
     fn configs_are_checked() {
         let ok = r#"
             name = "a1"
