@@ -242,3 +242,40 @@ async fn two_coordinators_never_hold_one_target_at_once() {
     assert_eq!((second.plan_id.as_str(), second.target.as_str()), (plan.id.as_str(), name.as_str()));
     assert!(second.token > first.token, "fencing tokens grow: {} then {}", first.token, second.token);
 }
+
+/// `--insecure-dev`: plaintext, no certificates, a warning in the log; the CLI needs the flag too.
+#[tokio::test(flavor = "multi_thread")]
+async fn insecure_dev_mode_is_explicit_and_warns() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let log = std::fs::File::create(dir.path().join("coordinator.log")).expect("log");
+    let store = format!("sqlite://{}", dir.path().join("store.db").display());
+    let mut coordinator = tokio::process::Command::new(binary("flotilla-coordinator"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--store", &store, "--insecure-dev"])
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let address = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "coordinator did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run = flotilla(&["plan", "list", "--insecure-dev", "--coordinator", &address]).await;
+    assert!(run.ok().stdout.contains("no plans"), "{run:?}");
+    // Without the flag the CLI wants certificates, and says so.
+    flotilla(&["plan", "list", "--coordinator", &address]).await.fails(2, "--insecure-dev");
+    let text = std::fs::read_to_string(dir.path().join("coordinator.log")).expect("log");
+    assert!(text.contains("insecure-dev") && text.contains("WARN"), "{text}");
+    // A coordinator with neither TLS nor --insecure-dev refuses to start.
+    let refused = tokio::process::Command::new(binary("flotilla-coordinator"))
+        .args(["--listen", "127.0.0.1:0", "--store", &store])
+        .output()
+        .await
+        .expect("run");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("TLS is required"), "{refused:?}");
+    coordinator.kill().await.expect("kill");
+}
