@@ -18,6 +18,9 @@ type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
 /// Runs until `cancel` fires.
 pub async fn run(coordinator: Arc<Coordinator>, cancel: CancellationToken) {
+    if let Err(e) = coordinator.recover().await {
+        warn!(error = %e, "could not finish what a previous coordinator left undone");
+    }
     let mut interval = tokio::time::interval(coordinator.config.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -37,6 +40,32 @@ fn in_flight(s: &Step) -> bool {
 }
 
 impl Coordinator {
+    /// Once at start: a plan halted under `rollback-plan` whose rollback was never created (the coordinator
+    /// stopped between the two) gets it now.
+    pub async fn recover(&self) -> Result<()> {
+        let plans = self.store.plans().await?;
+        let halted =
+            plans.iter().filter(|p| p.state == PlanState::Halted && p.strategy.on_failure == OnFailure::RollbackPlan);
+        for plan in halted {
+            if plans.iter().any(|p| p.rollback_of.as_deref() == Some(plan.id.as_str())) {
+                continue;
+            }
+            let touched: Vec<String> = self
+                .store
+                .steps(&plan.id)
+                .await?
+                .into_iter()
+                .filter(|s| s.before.is_some())
+                .map(|s| s.target)
+                .collect();
+            if !touched.is_empty() {
+                warn!(plan_id = %plan.id, "creating the rollback plan a previous coordinator did not");
+                self.rollback_targets(plan, &touched).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// One scheduling pass over every held lock and every live plan.
     pub async fn tick(&self) -> Result<()> {
         let targets: HashMap<String, Target> =

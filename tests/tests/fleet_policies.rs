@@ -279,3 +279,54 @@ async fn insecure_dev_mode_is_explicit_and_warns() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("TLS is required"), "{refused:?}");
     coordinator.kill().await.expect("kill");
 }
+
+/// A coordinator that stopped between halting a `rollback-plan` plan and creating its rollback: the next one
+/// creates it at start, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_left_undone_by_a_previous_coordinator_is_created_at_start() {
+    use flotilla_core::fleet::{OnFailure, Plan, PlanState, Step, StepState};
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store = Arc::new(SqlStore::open(&url).await.expect("store"));
+    let now = chrono::Utc::now();
+    let plan = Plan {
+        id: "p1".into(),
+        bundle: "b".repeat(64),
+        selector: Selector::default(),
+        goal: Goal::Up { to: None },
+        strategy: Strategy { on_failure: OnFailure::RollbackPlan, ..Strategy::default() },
+        phase: None,
+        rollback_of: None,
+        approved_wave: 0,
+        state: PlanState::Halted,
+        created_at: now,
+    };
+    let step = |target: &str, state, before| Step {
+        plan_id: "p1".into(),
+        target: target.into(),
+        wave: 1,
+        state,
+        token: Some(1),
+        error: None,
+        goal: None,
+        before,
+        after: None,
+        updated_at: now,
+    };
+    let steps = [
+        step("a", StepState::Succeeded, Some(3)),
+        step("b", StepState::Failed, Some(0)),
+        step("c", StepState::Skipped, None),
+    ];
+    flotilla_coordinator::Store::create_plan(store.as_ref(), &plan, &steps).await.expect("create");
+    let lock = Arc::new(flotilla_coordinator::InProcessLock::new());
+    let coordinator = Coordinator::new(store.clone(), lock, Config::default());
+    coordinator.recover().await.expect("recover");
+    coordinator.recover().await.expect("recover again");
+    let plans = flotilla_coordinator::Store::plans(store.as_ref()).await.expect("plans");
+    let rollbacks: Vec<_> = plans.iter().filter(|p| p.rollback_of.as_deref() == Some("p1")).collect();
+    assert_eq!(rollbacks.len(), 1, "created once: {plans:#?}");
+    let rb_steps = flotilla_coordinator::Store::steps(store.as_ref(), &rollbacks[0].id).await.expect("steps");
+    let goals: Vec<_> = rb_steps.iter().map(|s| (s.target.as_str(), s.goal)).collect();
+    assert_eq!(goals, vec![("a", Some(Goal::Down { to: 3 })), ("b", Some(Goal::Down { to: 0 }))]);
+}
