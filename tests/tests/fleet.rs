@@ -338,3 +338,33 @@ async fn callers_without_the_right_certificate_are_refused_and_change_nothing() 
     );
     assert!(db.history().await.is_empty());
 }
+
+/// MySQL commits DDL statement by statement: an agent killed mid-migration leaves it dirty. After the lock expires
+/// the step is reassigned, the agent reads the dirty record, refuses to run anything twice, and the plan halts as its
+/// policy (a budget of 0) says.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_mid_mysql_migration_leaves_it_dirty_and_the_plan_halts() {
+    let db = TestDb::new(Mysql).await;
+    let targets = vec![FleetTarget::new("my-01", &db.url, &[("env", "test")])];
+    let mut fleet = Fleet::start(&[("agent-1", "my-*")], Some(etcd_url()), 3).await;
+    fleet.start_agent("agent-1", &targets).await;
+    fleet.wait_targets(1).await;
+    let dir = Dir::new();
+    dir.file("000001_two_tables.up.sql", "CREATE TABLE a (id INT);\nSELECT SLEEP(3);\nCREATE TABLE b (id INT);")
+        .file("000001_two_tables.down.sql", "DROP TABLE IF EXISTS b;\nDROP TABLE IF EXISTS a;");
+    let id = fleet.create(dir.path(), &["--max-failures", "0"]).await;
+    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await; // CREATE TABLE a has committed; SLEEP runs
+    fleet.kill_agent("agent-1").await;
+    fleet.wait_plan(&id, "reconciled", |p| count(p, "pending") == 1).await;
+    fleet.start_agent("agent-1", &targets).await;
+    let plan = fleet.wait_state(&id, "halted").await;
+    let step = &steps(&plan)["my-01"];
+    assert_eq!(step["state"], "failed");
+    assert!(step["error"].as_str().unwrap_or_default().contains("dirty"), "{step:#}");
+    let history = db.history().await;
+    assert_eq!(history, vec![(1, "dirty".to_string(), 1)], "statement 1 of 3 committed, recorded once");
+    assert!(db.has_table("a").await && !db.has_table("b").await, "nothing ran twice, nothing ran past the kill");
+    let status = fleet.cli(&["--json", "fleet", "status"]).await.json();
+    assert_eq!(status[0]["dirty"], true, "{status:#}");
+}
