@@ -1,10 +1,12 @@
 //! The coordinator's configuration: a TOML file, with command-line flags on top (see deploy/coordinator.toml).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+pub use flotilla_proto::process::TlsFiles;
 
 use crate::service;
 
@@ -17,14 +19,6 @@ pub struct Config {
     /// `None` only with `--insecure-dev`.
     pub tls: Option<TlsFiles>,
     pub service: service::Config,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 impl Config {

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use flotilla_coordinator::config::{File, TlsFiles};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -67,16 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let config = file.into_config().map_err(anyhow::Error::msg)?;
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-        on_signal.cancel();
-    });
+    let shutdown = flotilla_proto::process::shutdown_on_signal();
     let result = flotilla_coordinator::run(listener, config, shutdown).await;
     telemetry.shutdown();
     Ok(result?)

@@ -50,17 +50,8 @@ impl Coordinator {
             if plans.iter().any(|p| p.rollback_of.as_deref() == Some(plan.id.as_str())) {
                 continue;
             }
-            let touched: Vec<String> = self
-                .store
-                .steps(&plan.id)
-                .await?
-                .into_iter()
-                .filter(|s| s.before.is_some())
-                .map(|s| s.target)
-                .collect();
-            if !touched.is_empty() {
-                warn!(plan_id = %plan.id, "creating the rollback plan a previous coordinator did not");
-                self.rollback_targets(plan, &touched).await?;
+            if self.rollback_touched(plan).await?.is_some() {
+                warn!(plan_id = %plan.id, "created the rollback plan a previous coordinator did not");
             }
         }
         Ok(())
@@ -314,17 +305,7 @@ impl Coordinator {
         warn!(plan_id = %plan.id, reason, "plan halted");
         self.event(&plan.id, None, "halted", json!({ "reason": reason })).await?;
         if plan.strategy.on_failure == OnFailure::RollbackPlan {
-            let touched: Vec<String> = self
-                .store
-                .steps(&plan.id)
-                .await?
-                .into_iter()
-                .filter(|s| s.before.is_some())
-                .map(|s| s.target)
-                .collect();
-            if !touched.is_empty() {
-                self.rollback_targets(plan, &touched).await?;
-            }
+            self.rollback_touched(plan).await?;
         }
         Ok(())
     }

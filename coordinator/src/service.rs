@@ -717,10 +717,27 @@ impl Coordinator {
                 view.plan.state
             )));
         }
-        let targets: Vec<String> = view.steps.iter().filter(|s| s.before.is_some()).map(|s| s.target.clone()).collect();
-        let plan = self.rollback_targets(&view.plan, &targets).await?;
+        let plan = self.rollback_touched(&view.plan).await?.ok_or_else(|| {
+            ServiceError::FailedPrecondition(format!("plan `{id}` changed no target, so there is nothing to roll back"))
+        })?;
         self.audit(who, "rollback", Some(id), format!("rollback plan {}", plan.plan.id)).await?;
         Ok(plan)
+    }
+
+    /// Creates and starts a rollback plan for every target `original` touched; `None` if it touched none.
+    pub(crate) async fn rollback_touched(&self, original: &Plan) -> Result<Option<PlanView>> {
+        let touched: Vec<String> = self
+            .store
+            .steps(&original.id)
+            .await?
+            .into_iter()
+            .filter(|s| s.before.is_some())
+            .map(|s| s.target)
+            .collect();
+        if touched.is_empty() {
+            return Ok(None);
+        }
+        self.rollback_targets(original, &touched).await.map(Some)
     }
 
     /// Creates and starts a rollback plan for `targets` of `original`.

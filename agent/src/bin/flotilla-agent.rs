@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use flotilla_agent::daemon::{self, AgentConfig};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -25,16 +24,7 @@ async fn main() -> anyhow::Result<()> {
     if config.insecure_dev {
         tracing::warn!("insecure_dev: plaintext gRPC without certificates; for local trials only");
     }
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-        on_signal.cancel();
-    });
+    let shutdown = flotilla_proto::process::shutdown_on_signal();
     let result = daemon::run(config, shutdown).await;
     telemetry.shutdown();
     Ok(result?)

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use flotilla_core::Engine;
 use serde::Deserialize;
 
+pub use flotilla_proto::process::TlsFiles;
+
 use crate::driver::redact;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -27,14 +29,6 @@ pub struct AgentConfig {
 
 fn default_heartbeat() -> u64 {
     3
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
