@@ -44,7 +44,7 @@ struct State {
     config: AgentConfig,
     targets: HashMap<String, Target>,
     /// Highest fencing token seen per target.
-    tokens: Mutex<HashMap<String, u64>>,
+    tokens: Tokens,
     /// One step at a time per target.
     running: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// Applied version and dirtiness per target, as last read from its history table.
@@ -66,7 +66,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         running: targets.iter().map(|t| (t.name.clone(), Arc::default())).collect(),
         targets: targets.into_iter().map(|t| (t.name.clone(), t)).collect(),
         config,
-        tokens: Mutex::default(),
+        tokens: Tokens::default(),
         versions: Mutex::default(),
         sets: Mutex::default(),
     });
@@ -279,13 +279,13 @@ async fn handle(
             return;
         };
         let Some(gate) = state.running.get(&a.target).cloned() else { return };
-        if !fresh_token(&state, &a.target, a.fencing_token) {
+        if !state.tokens.admit(&a.target, a.fencing_token) {
             warn!("refusing an assignment under a stale fencing token");
             return;
         }
         let _one_at_a_time = gate.lock().await;
         // A newer assignment may have arrived while this one waited.
-        if locked(&state.tokens).get(&a.target).is_some_and(|t| *t > a.fencing_token) {
+        if state.tokens.superseded(&a.target, a.fencing_token) {
             warn!("dropping an assignment superseded by a newer fencing token");
             return;
         }
@@ -339,14 +339,26 @@ async fn handle(
     .await
 }
 
-fn fresh_token(state: &State, target: &str, token: u64) -> bool {
-    let mut tokens = locked(&state.tokens);
-    let seen = tokens.entry(target.to_string()).or_insert(0);
-    if token < *seen {
-        return false;
+/// The highest fencing token seen per target: work under a lower one comes from a coordinator that lost the lock.
+#[derive(Default)]
+struct Tokens(Mutex<HashMap<String, u64>>);
+
+impl Tokens {
+    /// Records `token` for `target`; `false` if a higher one was seen before (refuse the work).
+    fn admit(&self, target: &str, token: u64) -> bool {
+        let mut tokens = locked(&self.0);
+        let seen = tokens.entry(target.to_string()).or_insert(0);
+        if token < *seen {
+            return false;
+        }
+        *seen = token;
+        true
     }
-    *seen = token;
-    true
+
+    /// Whether a newer token arrived for `target` since `token` was admitted.
+    fn superseded(&self, target: &str, token: u64) -> bool {
+        locked(&self.0).get(target).is_some_and(|t| *t > token)
+    }
 }
 
 /// What running a step found and left.
@@ -483,4 +495,20 @@ fn load_set(state: &State, target: &Target, a: &pb::Assignment) -> Result<Arc<Mi
     let set = Arc::new(set);
     locked(&state.sets).insert(key, set.clone());
     Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tokens;
+
+    #[test]
+    fn stale_fencing_tokens_are_refused() {
+        let tokens = Tokens::default();
+        assert!(tokens.admit("db1", 5));
+        assert!(tokens.admit("db1", 5), "the same assignment again (a re-sent stream) is fine");
+        assert!(!tokens.admit("db1", 4), "a lower token is a coordinator that lost the lock");
+        assert!(tokens.admit("db2", 1), "tokens are per target");
+        assert!(tokens.admit("db1", 7));
+        assert!(tokens.superseded("db1", 5) && !tokens.superseded("db1", 7));
+    }
 }
