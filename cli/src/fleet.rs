@@ -31,7 +31,7 @@ pub struct Conn {
     #[arg(long, env = "FLOTILLA_OPERATOR", default_value = "admin", global = true)]
     pub operator: String,
     /// Plaintext, no certificate (only against a coordinator started with --insecure-dev).
-    #[arg(long, global = true)]
+    #[arg(long, env = "FLOTILLA_INSECURE_DEV", global = true)]
     pub insecure_dev: bool,
 }
 
@@ -335,9 +335,13 @@ fn print_detail(out: Output, d: &pb::PlanDetail, verb: &str) {
         out.print_json(&v);
         return;
     }
-    let title = if s.id.is_empty() { "plan (dry run)".to_string() } else { format!("plan {}", s.id) };
     let goal = s.goal.as_ref().map(goal_text).unwrap_or_default();
-    println!("{verb}{}{title}: {}, {} targets, {goal}", if verb.is_empty() { "" } else { " " }, s.state, s.targets);
+    if s.id.is_empty() {
+        println!("dry run, nothing stored: {} targets, {goal}", s.targets);
+    } else {
+        let verb = if verb.is_empty() { String::new() } else { format!("{verb} ") };
+        println!("{verb}plan {}: {}, {} targets, {goal}", s.id, s.state, s.targets);
+    }
     if !s.rollback_of.is_empty() {
         println!("  rolls back plan {}", s.rollback_of);
     }
@@ -526,14 +530,18 @@ pub async fn fleet(out: Output, conn: &Conn, command: FleetCommand) -> Code {
             println!("{:<24} {:<12} {:>8} {:<16} {:<6} DRIFT", "TARGET", "AGENT", "APPLIED", "PENDING", "DIRTY");
             for r in &rows {
                 let applied = if r.applied_version < 0 { "?".to_string() } else { r.applied_version.to_string() };
-                let pending: Vec<String> = r.pending.iter().map(i64::to_string).collect();
+                let pending = match r.pending.as_slice() {
+                    [] => String::new(),
+                    [one] => one.to_string(),
+                    [first, rest @ ..] => format!("{first} +{}", rest.len()),
+                };
                 let stale = if r.stale { " (stale)" } else { "" };
                 println!(
                     "{:<24} {:<12} {:>8} {:<16} {:<6} {}{stale}",
                     r.target,
                     r.agent,
                     applied,
-                    pending.join(","),
+                    pending,
                     if r.dirty { "yes" } else { "no" },
                     r.drift
                 );
