@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use flotilla_core::fleet::{Goal, OnFailure, Plan, PlanState, Step, StepState, Target};
+use flotilla_core::fleet::{Goal, OnFailure, Plan, PlanState, Step, StepState};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
@@ -59,8 +59,7 @@ impl Coordinator {
 
     /// One scheduling pass over every held lock and every live plan.
     pub async fn tick(&self) -> Result<()> {
-        let targets: HashMap<String, Target> =
-            self.store.targets().await?.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let targets = self.owners();
         self.renew_leases(&targets).await?;
         for plan in self.store.live_plans().await? {
             let id = plan.id.clone();
@@ -73,10 +72,10 @@ impl Coordinator {
 
     /// Renews the locks of steps whose agent is connected; a lock whose agent is gone is left to expire, and then
     /// its step goes back to pending, to be reconciled from the target's history table when it runs again.
-    async fn renew_leases(&self, targets: &HashMap<String, Target>) -> Result<()> {
+    async fn renew_leases(&self, targets: &HashMap<String, String>) -> Result<()> {
         let ttl = self.config.lease_ttl;
         for ((plan_id, target), lease, renewed) in self.held_leases() {
-            let connected = targets.get(&target).is_some_and(|t| self.is_connected(&t.agent));
+            let connected = targets.get(&target).is_some_and(|agent| self.is_connected(agent));
             if connected {
                 if renewed.elapsed() < ttl / 3 {
                     continue;
@@ -109,7 +108,7 @@ impl Coordinator {
         Ok(())
     }
 
-    async fn drive(&self, mut plan: Plan, targets: &HashMap<String, Target>) -> Result<()> {
+    async fn drive(&self, mut plan: Plan, targets: &HashMap<String, String>) -> Result<()> {
         if plan.state == PlanState::Pending {
             if !self.store.set_plan_state(&plan.id, PlanState::Pending, PlanState::Running).await? {
                 return Ok(());
@@ -171,15 +170,15 @@ impl Coordinator {
             if slots == 0 {
                 break;
             }
-            let Some(target) = targets.get(&step.target) else { continue };
-            if !self.is_connected(&target.agent) {
+            let Some(agent) = targets.get(&step.target) else { continue };
+            if !self.is_connected(agent) {
                 continue;
             }
             if bundle.is_none() {
                 bundle = Some(self.bundle_body(&plan.bundle).await?);
             }
             let body = bundle.clone().unwrap_or_default();
-            if self.dispatch(&plan, step, target, body).await? {
+            if self.dispatch(&plan, step, agent, body).await? {
                 slots -= 1;
             }
         }
@@ -210,7 +209,7 @@ impl Coordinator {
 
     /// Takes the target's lock and sends the step to its agent. `false` if it could not (lock held elsewhere, agent
     /// gone); the next tick tries again.
-    async fn dispatch(&self, plan: &Plan, step: &Step, target: &Target, bundle: Arc<String>) -> Result<bool> {
+    async fn dispatch(&self, plan: &Plan, step: &Step, agent: &str, bundle: Arc<String>) -> Result<bool> {
         let lease = match self.held_lease(&plan.id, &step.target) {
             Some(lease) => lease,
             None => match self.lock.acquire(&step.target, &self.config.holder, self.config.lease_ttl).await? {
@@ -221,7 +220,7 @@ impl Coordinator {
                 None => return Ok(false),
             },
         };
-        let Some(sender) = self.sender(&target.agent) else {
+        let Some(sender) = self.sender(agent) else {
             self.release(&plan.id, &step.target).await;
             return Ok(false);
         };
@@ -237,7 +236,7 @@ impl Coordinator {
             "assign",
             plan_id = %plan.id,
             target = %step.target,
-            agent = %target.agent,
+            agent = %agent,
             fencing_token = lease.token,
             wave = step.wave,
         );
@@ -277,7 +276,7 @@ impl Coordinator {
             &plan.id,
             Some(&step.target),
             "assigned",
-            json!({ "agent": target.agent, "fencing_token": lease.token, "wave": step.wave, "goal": goal }),
+            json!({ "agent": agent, "fencing_token": lease.token, "wave": step.wave, "goal": goal }),
         )
         .await?;
         Ok(true)

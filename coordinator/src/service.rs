@@ -173,7 +173,7 @@ struct Inner {
     /// (plan, target) → the lock held for its step.
     held: HashMap<(String, String), Held>,
     /// Target → the agent serving it.
-    owners: HashMap<String, String>,
+    pub(crate) owners: HashMap<String, String>,
     /// Bundle id → engine key → versions, for fleet status.
     versions: HashMap<String, BTreeMap<String, Vec<i64>>>,
 }
@@ -187,11 +187,39 @@ pub struct Coordinator {
     events: watch::Sender<u64>,
     /// Wakes the scheduler before its next tick.
     pub(crate) wake: tokio::sync::Notify,
+    /// Events go through one writer that commits whatever is queued together (group commit).
+    writer: mpsc::UnboundedSender<QueuedEvents>,
+}
+
+/// Events to write, and who waits for their commit.
+type QueuedEvents = (Vec<NewEvent>, tokio::sync::oneshot::Sender<Result<(), String>>);
+
+/// The event writer: one store transaction for every batch queued while the previous one was written. It ends
+/// when the coordinator (the only sender) is dropped.
+async fn write_events(store: Arc<dyn Store>, mut queue: mpsc::UnboundedReceiver<QueuedEvents>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match queue.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let events: Vec<NewEvent> = batch.iter().flat_map(|(events, _)| events.iter().cloned()).collect();
+        let result = store.append_events(&events).await.map_err(|e| e.to_string());
+        for (_, done) in batch {
+            let _ = done.send(result.clone());
+        }
+    }
 }
 
 impl Coordinator {
+    /// Must be called inside the Tokio runtime (it starts the event writer).
     pub fn new(store: Arc<dyn Store>, lock: Arc<dyn Lock>, config: Config) -> Arc<Coordinator> {
+        let (writer, queue) = mpsc::unbounded_channel();
+        tokio::spawn(write_events(store.clone(), queue));
         Arc::new(Coordinator {
+            writer,
             store,
             lock,
             config,
@@ -213,7 +241,19 @@ impl Coordinator {
         kind: &str,
         detail: serde_json::Value,
     ) -> Result<()> {
-        self.store.append_event(plan_id, target, kind, &detail).await?;
+        let event = NewEvent { plan_id: plan_id.into(), target: target.map(str::to_string), kind: kind.into(), detail };
+        self.append(vec![event]).await
+    }
+
+    /// Appends events through the writer, waits for their commit, and wakes watchers.
+    async fn append(&self, events: Vec<NewEvent>) -> Result<()> {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.writer.send((events, done)).map_err(|_| StoreError::Database("the event writer stopped".into()))?;
+        match committed.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StoreError::Database(e).into()),
+            Err(_) => return Err(StoreError::Database("the event writer stopped".into()).into()),
+        }
         self.events.send_modify(|n| *n += 1);
         Ok(())
     }
@@ -344,6 +384,11 @@ impl Coordinator {
         }
     }
 
+    /// Which agent serves each registered target (agents that have not registered since a restart are absent).
+    pub(crate) fn owners(&self) -> HashMap<String, String> {
+        self.inner().owners.clone()
+    }
+
     pub(crate) fn is_connected(&self, agent: &str) -> bool {
         let inner = self.inner();
         inner.agents.get(agent).is_some_and(|e| {
@@ -396,15 +441,14 @@ impl Coordinator {
                 fast.push(NewEvent { plan_id: p.plan_id, target: Some(p.target), kind: p.kind, detail: p.detail });
             } else {
                 if !fast.is_empty() {
-                    self.store.append_events(&std::mem::take(&mut fast)).await?;
+                    self.append(std::mem::take(&mut fast)).await?;
                 }
                 self.progress_checked(who, name, p).await?;
             }
         }
         if !fast.is_empty() {
-            self.store.append_events(&fast).await?;
+            self.append(fast).await?;
         }
-        self.events.send_modify(|n| *n += 1);
         Ok(())
     }
 
@@ -419,8 +463,6 @@ impl Coordinator {
             self.store
                 .set_step_state(&p.plan_id, &p.target, StepState::Assigned, StepState::Running, Some(p.token), None)
                 .await?;
-            let before = p.detail.get("version_before").and_then(serde_json::Value::as_i64);
-            self.store.set_step_versions(&p.plan_id, &p.target, before, None).await?;
         }
         self.event(&p.plan_id, Some(&p.target), &p.kind, p.detail).await
     }
