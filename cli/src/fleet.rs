@@ -457,6 +457,7 @@ impl Bars {
             waves.insert(w, bar);
         }
         let log = multi.add(ProgressBar::new_spinner());
+        log.enable_steady_tick(Duration::from_millis(120));
         Bars { _multi: multi, overall, waves, log }
     }
 

@@ -184,7 +184,9 @@ async fn session(
             tokio::select! {
                 _ = session.cancelled() => {}
                 result = client.report_progress(UnboundedReceiverStream::new(progress_rx)) => {
+                    // Without a progress stream the session is broken: end it, and the agent reconnects.
                     if let Err(e) = result { warn!(error = %e, "progress stream ended"); }
+                    session.cancel();
                 }
             }
         });
@@ -194,6 +196,7 @@ async fn session(
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
+            _ = session.cancelled() => return Err(tonic::Status::unavailable("the progress stream ended")),
             next = assignments.message() => next?,
         };
         let Some(assignment) = next else {
