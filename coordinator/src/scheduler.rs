@@ -80,6 +80,11 @@ impl Coordinator {
                 if renewed.elapsed() < ttl / 3 {
                     continue;
                 }
+                // A lock outliving its step (whatever the race) is given back rather than renewed.
+                if self.store.step(&plan_id, &target).await?.is_none_or(|s| s.state.is_done()) {
+                    self.release(&plan_id, &target).await;
+                    continue;
+                }
                 match self.lock.renew(&lease).await {
                     Ok(()) => self.renewed(&plan_id, &target),
                     Err(LockError::Lost { .. }) => {
@@ -185,8 +190,9 @@ impl Coordinator {
         Ok(())
     }
 
-    /// After a coordinator restart, steps the store says are in flight have no lock here: take the lock (once the
-    /// old holder's lease expired) and send them back to pending, so they run again after reconciling.
+    /// After a coordinator restart (or when another coordinator died), steps the store says are in flight have no
+    /// lock here: take the lock (once the old holder's lease expired) and send them back to pending, so they run
+    /// again after reconciling. `steps` may be stale: a step whose result arrived meanwhile is left alone.
     async fn adopt_orphans(&self, plan: &Plan, steps: &[Step]) -> Result<bool> {
         let mut changed = false;
         for s in steps.iter().filter(|s| in_flight(s) && !self.held(&plan.id, &s.target)) {
@@ -202,6 +208,10 @@ impl Coordinator {
                 changed = true;
                 self.event(&plan.id, Some(&s.target), "reconcile", json!({ "reason": "the coordinator restarted" }))
                     .await?;
+            } else {
+                // The step finished after `steps` was read (its result released the lock just before we took it):
+                // give the lock back, or it would be renewed for nothing and block the target.
+                self.release(&plan.id, &s.target).await;
             }
         }
         Ok(changed)
