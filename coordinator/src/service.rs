@@ -593,6 +593,24 @@ impl Coordinator {
                 no_set.join(", ")
             )));
         }
+        // A goal version must be a migration of every set the plan uses, or every step would fail on it.
+        let wanted = match s.goal {
+            Goal::Up { to: Some(v) } => Some(v),
+            Goal::Down { to } if to > 0 => Some(to),
+            _ => None,
+        };
+        if let Some(v) = wanted {
+            for t in selected.iter().chain(&validate) {
+                let key = if bundle.sets.contains_key(t.engine.as_str()) { t.engine.as_str() } else { "*" };
+                if sets.get(key).is_some_and(|set| set.get(v).is_none()) {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "version {v} is not a migration in the {} set (target {})",
+                        if key == "*" { "migrations" } else { key },
+                        t.name
+                    )));
+                }
+            }
+        }
         if s.phase == Some(Phase::Contract) {
             self.check_expand_done(&bundle, &sets, &selected)?;
         }

@@ -147,6 +147,10 @@ async fn contract_waits_until_expand_finished_on_every_target() {
     for db in &dbs {
         db.exec("CREATE TABLE users (id INT, mail TEXT)").await;
     }
+    // A goal version that is not a migration is refused before anything is stored.
+    fleet.cli(&["plan", "create", "--dir", dir.path().to_str().unwrap(), "--to", "99"]).await.fails(2, "version 99");
+    fleet.cli(&["plan", "create", "--dir", dir.path().to_str().unwrap(), "--down-to", "7"]).await.fails(2, "version 7");
+    assert_eq!(fleet.cli(&["--json", "plan", "list"]).await.ok().json().as_array().map(Vec::len), Some(0));
     fleet
         .cli(&["plan", "create", "--dir", dir.path().to_str().unwrap(), "--phase", "contract"])
         .await
