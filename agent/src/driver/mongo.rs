@@ -31,6 +31,8 @@ pub struct MongoDriver {
     locks: Collection<Document>,
     ttl: Duration,
     lease: Option<HeldLease>,
+    /// The history collection is known to exist: no need to create it again.
+    history_known: bool,
 }
 
 struct HeldLease {
@@ -58,6 +60,7 @@ impl MongoDriver {
             client,
             ttl: options.lock_ttl,
             lease: None,
+            history_known: false,
         })
     }
 
@@ -325,9 +328,15 @@ impl Driver for MongoDriver {
     }
 
     async fn ensure_history(&mut self) -> Result<(), DriverError> {
+        if self.history_known {
+            return Ok(());
+        }
         match self.db.create_collection(HISTORY_TABLE).await {
             Err(e) if code_of(&e) != Some(NAMESPACE_EXISTS) => Err(mongo_error(e)),
-            _ => Ok(()),
+            _ => {
+                self.history_known = true;
+                Ok(())
+            }
         }
     }
 

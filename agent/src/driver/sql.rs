@@ -29,7 +29,8 @@ macro_rules! on_conflict_update {
 /// What differs between the SQL engines.
 struct Dialect {
     create_history: &'static str,
-    history_exists: &'static str,
+    /// Counts the history table and the backfill cursor table (0 or 1 each), in one row.
+    tables_exist: &'static str,
     /// Selects every history column, with `applied_at` rendered as RFC 3339 text.
     select_history: &'static str,
     upsert: &'static str,
@@ -58,8 +59,11 @@ const POSTGRES: Dialect = Dialect {
         version BIGINT PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, state TEXT NOT NULL, direction TEXT,
         statements_done BIGINT NOT NULL DEFAULT 0, statements_total BIGINT NOT NULL DEFAULT 0, error TEXT,
         applied_at TIMESTAMPTZ NOT NULL, duration_ms BIGINT NOT NULL, applied_by TEXT NOT NULL, plan_id TEXT)",
-    history_exists: "SELECT count(*) FROM information_schema.tables
-        WHERE table_schema = current_schema() AND table_name = 'flotilla_schema_history'",
+    tables_exist: "SELECT
+        (SELECT count(*) FROM information_schema.tables
+         WHERE table_schema = current_schema() AND table_name = 'flotilla_schema_history'),
+        (SELECT count(*) FROM information_schema.tables
+         WHERE table_schema = current_schema() AND table_name = 'flotilla_backfill')",
     select_history: "SELECT version, name, checksum, state, direction, statements_done, statements_total, error,
         to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), duration_ms, applied_by, plan_id
         FROM flotilla_schema_history ORDER BY version",
@@ -87,8 +91,11 @@ const MYSQL: Dialect = Dialect {
         state VARCHAR(16) NOT NULL, direction VARCHAR(8) NULL, statements_done BIGINT NOT NULL DEFAULT 0,
         statements_total BIGINT NOT NULL DEFAULT 0, error TEXT NULL, applied_at DATETIME(6) NOT NULL,
         duration_ms BIGINT NOT NULL, applied_by VARCHAR(255) NOT NULL, plan_id VARCHAR(64) NULL) ENGINE=InnoDB",
-    history_exists: "SELECT count(*) FROM information_schema.tables
-        WHERE table_schema = DATABASE() AND table_name = 'flotilla_schema_history'",
+    tables_exist: "SELECT
+        (SELECT count(*) FROM information_schema.tables
+         WHERE table_schema = DATABASE() AND table_name = 'flotilla_schema_history'),
+        (SELECT count(*) FROM information_schema.tables
+         WHERE table_schema = DATABASE() AND table_name = 'flotilla_backfill')",
     // MariaDB reports TEXT columns as BLOB; read `error` as characters.
     select_history: "SELECT version, name, checksum, state, direction, statements_done, statements_total,
         CAST(error AS CHAR(4000)), DATE_FORMAT(applied_at, '%Y-%m-%dT%H:%i:%s.%fZ'), duration_ms, applied_by, plan_id
@@ -117,7 +124,9 @@ const SQLITE: Dialect = Dialect {
         version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, state TEXT NOT NULL, direction TEXT,
         statements_done INTEGER NOT NULL DEFAULT 0, statements_total INTEGER NOT NULL DEFAULT 0, error TEXT,
         applied_at TEXT NOT NULL, duration_ms INTEGER NOT NULL, applied_by TEXT NOT NULL, plan_id TEXT)",
-    history_exists: "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'flotilla_schema_history'",
+    tables_exist: "SELECT
+        (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'flotilla_schema_history'),
+        (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'flotilla_backfill')",
     select_history: "SELECT version, name, checksum, state, direction, statements_done, statements_total, error,
         applied_at, duration_ms, applied_by, plan_id FROM flotilla_schema_history ORDER BY version",
     upsert: concat!(
@@ -146,6 +155,8 @@ pub struct SqlDriver {
     conn: AnyConnection,
     lease: Option<Lease>,
     ttl: Duration,
+    /// Flotilla's tables are known to exist on this connection's database: no need to look or create again.
+    tables_known: bool,
 }
 
 /// A held SQLite lease.
@@ -172,7 +183,7 @@ impl SqlDriver {
             .await
             .map_err(|_| DriverError::Connect(format!("no answer within {:?}", options.connect_timeout)))?
             .map_err(|e| DriverError::Connect(e.to_string()))?;
-        let mut driver = SqlDriver { engine, dialect, conn, lease: None, ttl: options.lock_ttl };
+        let mut driver = SqlDriver { engine, dialect, conn, lease: None, ttl: options.lock_ttl, tables_known: false };
         match engine {
             // Wait for a busy database instead of failing at once.
             Engine::Sqlite => driver.run("PRAGMA busy_timeout = 30000").await.map(drop)?,
@@ -252,24 +263,32 @@ impl SqlDriver {
         }
     }
 
-    /// Inside an open transaction: renew the lease if there is one (the fence: it fails if another runner took it),
-    /// run the statements, write the history change.
+    /// Opens the transaction (or leaves BEGIN to go with the first statement), then: renew the lease if there is one (the
+    /// fence: it fails if another runner took it), run the statements, write the history change.
     async fn atomic_body(
         &mut self,
         statements: &[Statement],
+        begin_with_first: bool,
         change: &(dyn Fn() -> HistoryChange + Send + Sync),
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError> {
         let at_commit = |error| AtomicError { statement: None, error };
+        if !begin_with_first {
+            run_on(&mut self.conn, "BEGIN").await.map_err(at_commit)?;
+        }
         // The fence, as the transaction's first write: it fails if another runner took the lease, and once it
         // succeeds this transaction holds SQLite's write lock, so nobody can take the lease until we commit.
         if self.lease.is_some() {
             self.renew_lease().await.map_err(at_commit)?;
         }
         for (i, statement) in statements.iter().enumerate() {
-            let rows = run_on(&mut self.conn, sql_text(statement))
-                .await
-                .map_err(|error| AtomicError { statement: Some(i), error })?;
+            let text = sql_text(statement);
+            let result = if i == 0 && begin_with_first {
+                run_on(&mut self.conn, &format!("BEGIN;\n{text}")).await
+            } else {
+                run_on(&mut self.conn, text).await
+            };
+            let rows = result.map_err(|error| AtomicError { statement: Some(i), error })?;
             on_done(i, rows);
         }
         Self::apply_change(&mut self.conn, self.dialect, &change()).await.map_err(at_commit)
@@ -423,7 +442,16 @@ impl Driver for SqlDriver {
     async fn lock(&mut self, owner: &str, timeout: Duration) -> Result<(), DriverError> {
         match self.engine {
             Engine::Postgres => {
-                // lock_timeout bounds the wait; a lock held by a dead session is released by the server.
+                // The common case, a free lock, in one round trip.
+                let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(PG_LOCK_KEY)
+                    .fetch_one(&mut self.conn)
+                    .await
+                    .map_err(db_error)?;
+                if free {
+                    return Ok(());
+                }
+                // Otherwise wait, bounded by lock_timeout; a lock held by a dead session is released by the server.
                 self.run(&format!("SET lock_timeout = {}", timeout.as_millis().max(1))).await?;
                 let got = sqlx::query("SELECT pg_advisory_lock($1)").bind(PG_LOCK_KEY).execute(&mut self.conn).await;
                 self.run("RESET lock_timeout").await?;
@@ -507,8 +535,12 @@ impl Driver for SqlDriver {
     }
 
     async fn ensure_history(&mut self) -> Result<(), DriverError> {
-        self.run(self.dialect.create_history).await?;
-        self.run(CREATE_CURSORS).await.map(drop)
+        if !self.tables_known {
+            self.run(self.dialect.create_history).await?;
+            self.run(CREATE_CURSORS).await?;
+            self.tables_known = true;
+        }
+        Ok(())
     }
 
     async fn backfill_cursor(
@@ -544,10 +576,13 @@ impl Driver for SqlDriver {
     }
 
     async fn history(&mut self) -> Result<Vec<AppliedMigration>, DriverError> {
-        let exists: i64 =
-            sqlx::query_scalar(self.dialect.history_exists).fetch_one(&mut self.conn).await.map_err(db_error)?;
-        if exists == 0 {
-            return Ok(Vec::new());
+        if !self.tables_known {
+            let (history, cursors): (i64, i64) =
+                sqlx::query_as(self.dialect.tables_exist).fetch_one(&mut self.conn).await.map_err(db_error)?;
+            if history == 0 {
+                return Ok(Vec::new());
+            }
+            self.tables_known = cursors > 0;
         }
         let rows = sqlx::query(self.dialect.select_history).fetch_all(&mut self.conn).await.map_err(db_error)?;
         rows.iter().map(parse_row).collect()
@@ -587,8 +622,10 @@ impl Driver for SqlDriver {
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError> {
         let at_commit = |error| AtomicError { statement: None, error };
-        run_on(&mut self.conn, "BEGIN").await.map_err(at_commit)?;
-        let result = self.atomic_body(statements, change, on_done).await;
+        // PostgreSQL's simple query protocol takes BEGIN and the first statement together: one round trip fewer
+        // per migration. (A SQLite transaction starts with the lease fence instead.)
+        let begin_with_first = self.engine == Engine::Postgres && !statements.is_empty();
+        let result = self.atomic_body(statements, begin_with_first, change, on_done).await;
         match result {
             Ok(()) => match run_on(&mut self.conn, "COMMIT").await {
                 Ok(_) => Ok(()),
