@@ -148,6 +148,9 @@ impl SqlStore {
         };
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(if postgres { 8 } else { 1 })
+            // An in-process SQLite connection cannot go stale; pinging its worker thread before every query only
+            // doubles the thread hand-offs.
+            .test_before_acquire(postgres)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if !postgres {

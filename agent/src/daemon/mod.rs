@@ -35,6 +35,8 @@ pub enum AgentError {
 
 /// How often idle targets' history tables are read again.
 const REREAD: Duration = Duration::from_secs(60);
+/// How many targets' histories are read at once when all are re-read.
+const REFRESH_PARALLEL: usize = 16;
 
 /// A target's applied version and whether it is dirty, or why they could not be read.
 type Versions = Result<(i64, bool), String>;
@@ -250,12 +252,17 @@ async fn read_versions(target: &Target) -> Versions {
     Ok(summarize(&history?))
 }
 
+/// Reads every target's history, a bounded number at a time: an agent serving thousands of databases must not open
+/// thousands of connections at once.
 async fn refresh_all(state: &State) {
-    let reads = state.targets.values().map(|t| async move { (t.name.clone(), read_versions(t).await) });
-    let results = futures_util::future::join_all(reads).await;
-    let mut versions = locked(&state.versions);
-    for (name, result) in results {
-        versions.insert(name, result);
+    use futures_util::StreamExt;
+    let reads = state.targets.values().cloned().map(|t| async move {
+        let versions = read_versions(&t).await;
+        (t.name, versions)
+    });
+    let mut results = futures_util::stream::iter(reads).buffer_unordered(REFRESH_PARALLEL);
+    while let Some((name, result)) = results.next().await {
+        locked(&state.versions).insert(name, result);
     }
 }
 

@@ -59,11 +59,9 @@ const POSTGRES: Dialect = Dialect {
         version BIGINT PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, state TEXT NOT NULL, direction TEXT,
         statements_done BIGINT NOT NULL DEFAULT 0, statements_total BIGINT NOT NULL DEFAULT 0, error TEXT,
         applied_at TIMESTAMPTZ NOT NULL, duration_ms BIGINT NOT NULL, applied_by TEXT NOT NULL, plan_id TEXT)",
-    tables_exist: "SELECT
-        (SELECT count(*) FROM information_schema.tables
-         WHERE table_schema = current_schema() AND table_name = 'flotilla_schema_history'),
-        (SELECT count(*) FROM information_schema.tables
-         WHERE table_schema = current_schema() AND table_name = 'flotilla_backfill')",
+    // to_regclass resolves names as the queries that follow do, and costs a fresh backend far less than
+    // information_schema's views.
+    tables_exist: "SELECT count(to_regclass('flotilla_schema_history')), count(to_regclass('flotilla_backfill'))",
     select_history: "SELECT version, name, checksum, state, direction, statements_done, statements_total, error,
         to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), duration_ms, applied_by, plan_id
         FROM flotilla_schema_history ORDER BY version",
@@ -263,8 +261,8 @@ impl SqlDriver {
         }
     }
 
-    /// Opens the transaction (or leaves BEGIN to go with the first statement), then: renew the lease if there is one (the
-    /// fence: it fails if another runner took it), run the statements, write the history change.
+    /// Opens the transaction (or leaves BEGIN to go with the first statement), checks the lease if there is one,
+    /// runs the statements and writes the history change.
     async fn atomic_body(
         &mut self,
         statements: &[Statement],
@@ -273,13 +271,21 @@ impl SqlDriver {
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError> {
         let at_commit = |error| AtomicError { statement: None, error };
-        if !begin_with_first {
+        if let Some(lease) = &self.lease {
+            // The fence. BEGIN IMMEDIATE takes SQLite's write lock first, so from here on nobody can take the lease
+            // until we commit; then the lease must still name us (it may have expired, but nobody took it).
+            // Renewing it is `check_lock`'s job, so the fence is a read and costs no page write per migration.
+            let owner = lease.owner.clone();
+            run_on(&mut self.conn, "BEGIN IMMEDIATE").await.map_err(at_commit)?;
+            let holder: Option<String> = sqlx::query_scalar("SELECT owner FROM flotilla_lock WHERE id = 1")
+                .fetch_optional(&mut self.conn)
+                .await
+                .map_err(|e| at_commit(db_error(e)))?;
+            if holder.as_deref() != Some(owner.as_str()) {
+                return Err(at_commit(DriverError::LockLost));
+            }
+        } else if !begin_with_first {
             run_on(&mut self.conn, "BEGIN").await.map_err(at_commit)?;
-        }
-        // The fence, as the transaction's first write: it fails if another runner took the lease, and once it
-        // succeeds this transaction holds SQLite's write lock, so nobody can take the lease until we commit.
-        if self.lease.is_some() {
-            self.renew_lease().await.map_err(at_commit)?;
         }
         for (i, statement) in statements.iter().enumerate() {
             let text = sql_text(statement);
@@ -350,6 +356,12 @@ impl SqlDriver {
 /// Runs one statement as written (PostgreSQL's simple query protocol, MySQL's text protocol: no preparing).
 async fn run_on(conn: &mut AnyConnection, sql: &str) -> Result<u64, DriverError> {
     sqlx::Executor::execute(conn, sql).await.map(|r| r.rows_affected()).map_err(db_error)
+}
+
+/// Runs a query without parameters as written and returns its rows: one round trip on a fresh connection, where a
+/// prepared statement would first need one of its own to be prepared.
+async fn fetch_unprepared(conn: &mut AnyConnection, sql: &str) -> Result<Vec<AnyRow>, DriverError> {
+    sqlx::Executor::fetch_all(conn, sql).await.map_err(db_error)
 }
 
 fn ttl_ms(ttl: Duration) -> i64 {
@@ -443,12 +455,9 @@ impl Driver for SqlDriver {
         match self.engine {
             Engine::Postgres => {
                 // The common case, a free lock, in one round trip.
-                let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                    .bind(PG_LOCK_KEY)
-                    .fetch_one(&mut self.conn)
-                    .await
-                    .map_err(db_error)?;
-                if free {
+                let rows =
+                    fetch_unprepared(&mut self.conn, &format!("SELECT pg_try_advisory_lock({PG_LOCK_KEY})")).await?;
+                if rows.first().and_then(|r| r.try_get::<bool, _>(0).ok()) == Some(true) {
                     return Ok(());
                 }
                 // Otherwise wait, bounded by lock_timeout; a lock held by a dead session is released by the server.
@@ -511,11 +520,7 @@ impl Driver for SqlDriver {
     async fn unlock(&mut self) -> Result<(), DriverError> {
         match self.engine {
             Engine::Postgres => {
-                sqlx::query("SELECT pg_advisory_unlock($1)")
-                    .bind(PG_LOCK_KEY)
-                    .execute(&mut self.conn)
-                    .await
-                    .map_err(db_error)?;
+                self.run(&format!("SELECT pg_advisory_unlock({PG_LOCK_KEY})")).await?;
             }
             Engine::Mysql => {
                 self.run("DO RELEASE_LOCK(CONCAT('flotilla:', DATABASE()))").await?;
@@ -577,14 +582,15 @@ impl Driver for SqlDriver {
 
     async fn history(&mut self) -> Result<Vec<AppliedMigration>, DriverError> {
         if !self.tables_known {
-            let (history, cursors): (i64, i64) =
-                sqlx::query_as(self.dialect.tables_exist).fetch_one(&mut self.conn).await.map_err(db_error)?;
+            let rows = fetch_unprepared(&mut self.conn, self.dialect.tables_exist).await?;
+            let count = |i| rows.first().map(|r| r.try_get::<i64, _>(i)).transpose().map_err(db_error);
+            let (history, cursors) = (count(0)?.unwrap_or(0), count(1)?.unwrap_or(0));
             if history == 0 {
                 return Ok(Vec::new());
             }
             self.tables_known = cursors > 0;
         }
-        let rows = sqlx::query(self.dialect.select_history).fetch_all(&mut self.conn).await.map_err(db_error)?;
+        let rows = fetch_unprepared(&mut self.conn, self.dialect.select_history).await?;
         rows.iter().map(parse_row).collect()
     }
 
