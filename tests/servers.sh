@@ -94,6 +94,8 @@ max_connections = 300
 fsync = off
 synchronous_commit = off
 full_page_writes = off
+max_wal_size = 256MB
+min_wal_size = 64MB
 CONF
   fi
   su -s /bin/sh postgres -c "$pg_bin/pg_ctl -D '$dir/data' -l '$dir/server.log' -w -t 60 start" >/dev/null \
@@ -167,6 +169,29 @@ start_etcd() {
   log "etcd on 127.0.0.1:$etcd_port"
 }
 
+# Tests drop their databases (t_…) when done; this sweeps what killed or aborted runs left behind, so the servers'
+# data never grows without bound.
+sweep_test_databases() {
+  local pg_dir="$root/postgres" my_dir="$root/mariadb" n=0 db
+  for db in $(psql -h "$pg_dir" -p "$pg_port" -U postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 't\_%'" postgres); do
+    psql -h "$pg_dir" -p "$pg_port" -U postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" postgres >/dev/null && n=$((n + 1))
+  done
+  for db in $(mariadb --no-defaults -S "$my_dir/sock" -uroot -N -e "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 't\\_%'"); do
+    mariadb --no-defaults -S "$my_dir/sock" -uroot -e "DROP DATABASE IF EXISTS \`$db\`" && n=$((n + 1))
+  done
+  n=$((n + $("$tools/venv/bin/python" - "$mongo_port" <<'PY'
+import sys
+from pymongo import MongoClient
+client = MongoClient("127.0.0.1", int(sys.argv[1]), directConnection=True)
+names = [d for d in client.list_database_names() if d.startswith("t_")]
+for d in names:
+    client.drop_database(d)
+print(len(names))
+PY
+)))
+  [ "$n" -eq 0 ] || log "dropped $n test database(s) left behind by earlier runs"
+}
+
 print_env() {
   cat <<ENV
 export FLOTILLA_TEST_PG_URL=postgres://postgres@127.0.0.1:$pg_port/postgres
@@ -196,6 +221,7 @@ case "${1:-}" in
     start_mongo
     init_mongo_replica_set
     start_etcd
+    sweep_test_databases
     print_env >"$root/env"
     ;;
   stop)

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Once;
+use std::time::Duration;
 
 use flotilla_core::Engine;
 use futures_util::TryStreamExt;
@@ -70,6 +71,26 @@ pub struct TestDb {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// Databases are dropped when their test is done, so runs do not pile them up on the test servers' disk (thousands
+/// of PostgreSQL databases filled a disk once). Best effort, bounded: what a killed run leaves behind is swept by
+/// `tests/servers.sh start`.
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.engine == Sqlite {
+            return;
+        }
+        let (engine, name) = (self.engine, self.name.clone());
+        // Drop cannot await, and may run inside a runtime: drop from a thread with a runtime of its own.
+        let dropping = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            runtime.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(10), TestDb::drop_database(engine, &name)).await;
+            });
+        });
+        let _ = dropping.join();
+    }
+}
+
 impl TestDb {
     pub async fn new(engine: Engine) -> TestDb {
         install_drivers();
@@ -94,6 +115,28 @@ impl TestDb {
                 let _ = admin.close().await;
                 let cut = base.rfind('/').expect("URL has a path");
                 TestDb { engine, url: format!("{}/{name}", &base[..cut]), name, _dir: None }
+            }
+        }
+    }
+
+    /// Drops the database (see `Drop`).
+    async fn drop_database(engine: Engine, name: &str) {
+        match engine {
+            Sqlite => {}
+            Mongodb => {
+                if let Ok(client) = mongodb::Client::with_uri_str(server_url(Mongodb)).await {
+                    let _ = client.database(name).drop().await;
+                    client.shutdown().await;
+                }
+            }
+            Postgres | Mysql => {
+                let base = server_url(engine);
+                let Ok(mut admin) = AnyConnection::connect(&base).await else { return };
+                // PostgreSQL: FORCE ends sessions a test left behind (an agent process still connected, say).
+                let force = if engine == Postgres { " WITH (FORCE)" } else { "" };
+                let _ = sqlx::Executor::execute(&mut admin, format!("DROP DATABASE IF EXISTS {name}{force}").as_str())
+                    .await;
+                let _ = admin.close().await;
             }
         }
     }
