@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real database servers for Flotilla's tests: PostgreSQL, MariaDB, MongoDB (single-node replica set) and etcd.
 #
-#   tests/servers.sh start   install what is missing, start all four on private loopback ports (idempotent)
+#   tests/servers.sh start   install what is missing, start all four on private loopback ports (idempotent), and
+#                            drop the test databases (t_*) that killed runs left behind
 #   tests/servers.sh stop    stop what `start` started, by PID
 #   tests/servers.sh env     print the URLs as shell exports
 #
