@@ -45,7 +45,7 @@ fn env_url(var: &str) -> String {
     if let Ok(url) = std::env::var(var) {
         return url;
     }
-    let env_file = Path::new(env!("CARGO_MANIFEST_DIR")).join(".servers/env");
+    let env_file = manifest_dir().join(".servers/env");
     let text = std::fs::read_to_string(&env_file).unwrap_or_else(|_| {
         panic!(
             "{var} is not set and {} does not exist: run `tests/servers.sh start` first (or tests/run)",
@@ -56,6 +56,15 @@ fn env_url(var: &str) -> String {
         .find_map(|l| l.strip_prefix(&format!("export {var}=")))
         .unwrap_or_else(|| panic!("{} has no {var}", env_file.display()))
         .to_string()
+}
+
+/// This package's directory, as cargo says at run time. The compile-time path is only the fallback: cargo may reuse
+/// a test binary built in another checkout of the same workspace (a shared target directory, older sources here),
+/// and that path may be gone.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 fn install_drivers() {

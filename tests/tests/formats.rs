@@ -7,7 +7,7 @@ use flotilla_core::Engine;
 use flotilla_tests::*;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    manifest_dir().join("fixtures").join(name)
 }
 
 /// Reads `name` through `flotilla status`, checks versions and names, then applies it, checks `probe` (a table that

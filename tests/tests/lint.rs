@@ -8,7 +8,7 @@ use flotilla_core::Engine;
 use flotilla_tests::*;
 
 fn corpus(engine: Engine) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/lint").join(engine.as_str())
+    manifest_dir().join("fixtures/lint").join(engine.as_str())
 }
 
 async fn corpus_matches_expectations(engine: Engine) {
