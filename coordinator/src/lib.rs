@@ -25,7 +25,7 @@ pub use config::{Config, TlsFiles};
 pub use etcd::EtcdLock;
 pub use lock::{Holder, InProcessLock, Lease, Lock, LockError};
 pub use service::Coordinator;
-pub use store::{SqlStore, Store, StoreError};
+pub use store::{SqlStore, StepCount, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -12,6 +12,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::lock::LockError;
 use crate::service::{Assignment, Coordinator, ServiceError};
+use crate::store::StepCount;
 use flotilla_proto::telemetry;
 
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
@@ -122,28 +123,26 @@ impl Coordinator {
             info!(plan_id = %plan.id, "plan started");
             self.event(&plan.id, None, "started", json!({})).await?;
         }
-        let mut steps = self.store.steps(&plan.id).await?;
-        if self.adopt_orphans(&plan, &steps).await? {
-            steps = self.store.steps(&plan.id).await?;
+        // Counts and the steps in flight (at most `max_parallel` per plan), never every step: a pass over a plan of
+        // thousands of targets reads a few rows.
+        let mut in_flight = self.in_flight(&plan.id).await?;
+        if self.adopt_orphans(&plan, &in_flight).await? {
+            in_flight = self.in_flight(&plan.id).await?;
         }
         if plan.state != PlanState::Running {
             return Ok(()); // paused or awaiting approval: running steps finish, nothing new starts
         }
-        let running = steps.iter().filter(|s| in_flight(s)).count();
-        let current = steps.iter().filter(|s| !s.state.is_done()).map(|s| s.wave).min();
+        let counts = Counts(self.store.step_counts(&plan.id).await?);
+        let running = in_flight.len();
+        let current = counts.lowest_wave(|s| !s.is_done());
         // A wave over its failure budget halts the plan, whether or not its other steps are done.
-        let over_budget = steps
-            .iter()
-            .filter(|s| s.state == StepState::Failed && current.is_none_or(|c| s.wave <= c))
-            .map(|s| s.wave)
-            .find(|&w| {
-                let budget = if w == 0 { 0 } else { plan.strategy.max_failures };
-                let failed = steps.iter().filter(|s| s.wave == w && s.state == StepState::Failed).count();
-                failed as u64 > u64::from(budget)
-            });
+        let over_budget = counts.waves().into_iter().filter(|&w| current.is_none_or(|c| w <= c)).find(|&w| {
+            let budget = if w == 0 { 0 } else { plan.strategy.max_failures };
+            counts.of(w, StepState::Failed) > u64::from(budget)
+        });
         if let Some(wave) = over_budget {
             if running == 0 {
-                let failed = steps.iter().filter(|s| s.wave == wave && s.state == StepState::Failed).count();
+                let failed = counts.of(wave, StepState::Failed);
                 let reason = if wave == 0 {
                     format!("validation failed on {failed} staging target(s)")
                 } else {
@@ -152,15 +151,15 @@ impl Coordinator {
                         plan.strategy.max_failures
                     )
                 };
-                self.halt(&plan, &steps, &reason).await?;
+                self.halt(&plan, &reason).await?;
             }
             return Ok(());
         }
         let Some(current) = current else {
-            return self.finish(&plan, &steps).await;
+            return self.finish(&plan, &counts).await;
         };
-        let first = steps.iter().map(|s| s.wave).min().unwrap_or(0);
-        let started = steps.iter().any(|s| s.wave == current && s.state != StepState::Pending);
+        let first = counts.lowest_wave(|_| true).unwrap_or(0);
+        let started = counts.in_wave(current, |s| s != StepState::Pending) > 0;
         if plan.strategy.approve_waves && current != first && current > plan.approved_wave && !started {
             if running == 0
                 && self.store.set_plan_state(&plan.id, PlanState::Running, PlanState::AwaitingApproval).await?
@@ -171,23 +170,44 @@ impl Coordinator {
         }
         let mut slots = (plan.strategy.max_parallel.max(1) as usize).saturating_sub(running);
         let mut bundle = None;
-        for step in steps.iter().filter(|s| s.wave == current && s.state == StepState::Pending) {
-            if slots == 0 {
+        // Pending steps of the current wave by target name, a page at a time: one page when every agent is here.
+        let mut after: Option<String> = None;
+        while slots > 0 {
+            let page = u32::try_from(slots).unwrap_or(u32::MAX).max(PAGE);
+            let pending =
+                self.store.steps_in_state(&plan.id, StepState::Pending, Some(current), after.as_deref(), page).await?;
+            let last_page = pending.len() < page as usize;
+            for step in &pending {
+                if slots == 0 {
+                    break;
+                }
+                let Some(agent) = targets.get(&step.target) else { continue };
+                if !self.is_connected(agent) {
+                    continue;
+                }
+                if bundle.is_none() {
+                    bundle = Some(self.bundle_body(&plan.bundle).await?);
+                }
+                let body = bundle.clone().unwrap_or_default();
+                if self.dispatch(&plan, step, agent, body).await? {
+                    slots -= 1;
+                }
+            }
+            after = pending.last().map(|s| s.target.clone());
+            if last_page {
                 break;
-            }
-            let Some(agent) = targets.get(&step.target) else { continue };
-            if !self.is_connected(agent) {
-                continue;
-            }
-            if bundle.is_none() {
-                bundle = Some(self.bundle_body(&plan.bundle).await?);
-            }
-            let body = bundle.clone().unwrap_or_default();
-            if self.dispatch(&plan, step, agent, body).await? {
-                slots -= 1;
             }
         }
         Ok(())
+    }
+
+    /// The plan's steps in flight (assigned or running).
+    async fn in_flight(&self, plan_id: &str) -> Result<Vec<Step>> {
+        let mut steps = Vec::new();
+        for state in [StepState::Assigned, StepState::Running] {
+            steps.extend(self.store.steps_in_state(plan_id, state, None, None, u32::MAX).await?);
+        }
+        Ok(steps)
     }
 
     /// After a coordinator restart (or when another coordinator died), steps the store says are in flight have no
@@ -292,9 +312,9 @@ impl Coordinator {
         Ok(true)
     }
 
-    async fn finish(&self, plan: &Plan, steps: &[Step]) -> Result<()> {
+    async fn finish(&self, plan: &Plan, counts: &Counts) -> Result<()> {
         if self.store.set_plan_state(&plan.id, PlanState::Running, PlanState::Succeeded).await? {
-            let count = |state| steps.iter().filter(|s| s.state == state).count();
+            let count = |state| counts.total(state);
             let detail = json!({
                 "succeeded": count(StepState::Succeeded),
                 "failed": count(StepState::Failed),
@@ -306,16 +326,47 @@ impl Coordinator {
         Ok(())
     }
 
-    async fn halt(&self, plan: &Plan, steps: &[Step], reason: &str) -> Result<()> {
+    async fn halt(&self, plan: &Plan, reason: &str) -> Result<()> {
         if !self.store.set_plan_state(&plan.id, PlanState::Running, PlanState::Halted).await? {
             return Ok(());
         }
-        self.skip_pending(steps).await?;
+        self.skip_pending(&self.store.steps(&plan.id).await?).await?;
         warn!(plan_id = %plan.id, reason, "plan halted");
         self.event(&plan.id, None, "halted", json!({ "reason": reason })).await?;
         if plan.strategy.on_failure == OnFailure::RollbackPlan {
             self.rollback_touched(plan).await?;
         }
         Ok(())
+    }
+}
+
+/// How many dispatch candidates one store read fetches at least.
+const PAGE: u32 = 64;
+
+/// A plan's step counts by wave and state, as the store counted them.
+struct Counts(Vec<StepCount>);
+
+impl Counts {
+    fn of(&self, wave: u32, state: StepState) -> u64 {
+        self.in_wave(wave, |s| s == state)
+    }
+
+    fn in_wave(&self, wave: u32, pick: impl Fn(StepState) -> bool) -> u64 {
+        self.0.iter().filter(|c| c.wave == wave && pick(c.state)).map(|c| c.count).sum()
+    }
+
+    fn total(&self, state: StepState) -> u64 {
+        self.0.iter().filter(|c| c.state == state).map(|c| c.count).sum()
+    }
+
+    fn lowest_wave(&self, pick: impl Fn(StepState) -> bool) -> Option<u32> {
+        self.0.iter().filter(|c| c.count > 0 && pick(c.state)).map(|c| c.wave).min()
+    }
+
+    /// Every wave with a step, in order.
+    fn waves(&self) -> Vec<u32> {
+        let mut waves: Vec<u32> = self.0.iter().map(|c| c.wave).collect();
+        waves.dedup();
+        waves
     }
 }

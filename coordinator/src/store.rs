@@ -49,6 +49,19 @@ pub trait Store: Send + Sync {
 
     async fn steps(&self, plan_id: &str) -> Result<Vec<Step>, StoreError>;
     async fn step(&self, plan_id: &str, target: &str) -> Result<Option<Step>, StoreError>;
+    /// How many of a plan's steps each wave has in each state: what the scheduler decides on, counted by the database
+    /// so a pass over a plan of thousands of targets reads a few rows, not thousands.
+    async fn step_counts(&self, plan_id: &str) -> Result<Vec<StepCount>, StoreError>;
+    /// A plan's steps in `state`, by target name, after the target `after` (keyset paging) and at most `limit`;
+    /// `wave` narrows it to one wave.
+    async fn steps_in_state(
+        &self,
+        plan_id: &str,
+        state: StepState,
+        wave: Option<u32>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Step>, StoreError>;
     /// Moves a plan from awaiting approval to running and records `wave` as approved.
     async fn approve_wave(&self, id: &str, wave: u32) -> Result<bool, StoreError>;
     /// Records the versions a step found and left (the first `before` sticks: a retried step keeps the original).
@@ -98,6 +111,7 @@ const SCHEMA: &[&str] = &[
         state VARCHAR(32) NOT NULL, token BIGINT, error TEXT, goal TEXT, version_before BIGINT, version_after BIGINT,
         updated_at VARCHAR(40) NOT NULL, PRIMARY KEY (plan_id, target))",
     "CREATE INDEX IF NOT EXISTS plans_state ON plans (state)",
+    "CREATE INDEX IF NOT EXISTS steps_by_state ON steps (plan_id, state, wave, target)",
     "CREATE TABLE IF NOT EXISTS events (plan_id VARCHAR(64) NOT NULL, seq BIGINT NOT NULL, at VARCHAR(40) NOT NULL,
         target VARCHAR(255), kind VARCHAR(64) NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (plan_id, seq))",
     "CREATE TABLE IF NOT EXISTS audit (id VARCHAR(32) PRIMARY KEY, at VARCHAR(40) NOT NULL, actor VARCHAR(255) NOT NULL,
@@ -114,6 +128,14 @@ fn live_states_are_the_live_ones() {
     for state in [Pending, Running, Paused, AwaitingApproval, Succeeded, Halted, Aborted] {
         assert_eq!(LIVE.contains(&state), state.is_live(), "{state}");
     }
+}
+
+/// How many steps of one wave are in one state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepCount {
+    pub wave: u32,
+    pub state: StepState,
+    pub count: u64,
 }
 
 /// An event to append.
@@ -412,6 +434,52 @@ impl Store for SqlStore {
                 .await
                 .map_err(db)?;
         rows.first().map(step_from).transpose()
+    }
+
+    async fn step_counts(&self, plan_id: &str) -> Result<Vec<StepCount>, StoreError> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT wave, state, count(*) FROM steps WHERE plan_id = ? GROUP BY wave, state ORDER BY wave, state",
+        ))
+        .bind(plan_id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let corrupt = |e: std::num::TryFromIntError| StoreError::Corrupt(e.to_string());
+        rows.iter()
+            .map(|r| {
+                Ok(StepCount {
+                    wave: u32::try_from(get::<i64>(r, 0)?).map_err(corrupt)?,
+                    state: get::<String>(r, 1)?.parse().map_err(StoreError::Corrupt)?,
+                    count: u64::try_from(get::<i64>(r, 2)?).map_err(corrupt)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn steps_in_state(
+        &self,
+        plan_id: &str,
+        state: StepState,
+        wave: Option<u32>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Step>, StoreError> {
+        // Only the conditions asked for, so the (plan_id, state, wave, target) index serves the range directly.
+        let wave_clause = if wave.is_some() { " AND wave = ?" } else { "" };
+        let after_clause = if after.is_some() { " AND target > ?" } else { "" };
+        let sql = self.sql(&format!(
+            "SELECT {STEP_COLUMNS} FROM steps WHERE plan_id = ? AND state = ?{wave_clause}{after_clause}
+             ORDER BY target LIMIT ?"
+        ));
+        let mut query = sqlx::query(&sql).bind(plan_id.to_string()).bind(state.as_str());
+        if let Some(wave) = wave {
+            query = query.bind(i64::from(wave));
+        }
+        if let Some(after) = after {
+            query = query.bind(after.to_string());
+        }
+        let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await.map_err(db)?;
+        rows.iter().map(step_from).collect()
     }
 
     async fn approve_wave(&self, id: &str, wave: u32) -> Result<bool, StoreError> {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use flotilla_coordinator::{SqlStore, Store, StoreError};
+use flotilla_coordinator::{SqlStore, StepCount, Store, StoreError};
 use flotilla_core::fleet::{AuditEntry, Goal, Plan, PlanState, Step, StepState, Strategy, Target};
 use flotilla_core::Engine;
 use flotilla_tests::*;
@@ -21,7 +21,8 @@ on_every_store!(
     plans_steps_and_transitions,
     events_and_audit,
     restart_loses_nothing,
-    approvals_versions_and_tokens
+    approvals_versions_and_tokens,
+    counts_and_pages_of_steps
 );
 
 fn target(name: &str, env: &str) -> Target {
@@ -236,4 +237,50 @@ async fn approvals_versions_and_tokens(engine: Engine) {
         .expect("acquire")
         .expect("free");
     assert_eq!(lease.token, 42);
+}
+
+/// What the scheduler reads instead of every step: counts per wave and state, and pages of steps in one state.
+async fn counts_and_pages_of_steps(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = SqlStore::open(&db.url).await.expect("open");
+    // Wave 1: db-00 … db-09; wave 2: db-10 … db-14. Another plan's steps must never show.
+    let steps: Vec<Step> = (0..15).map(|i| step("p1", &format!("db-{i:02}"), if i < 10 { 1 } else { 2 })).collect();
+    store.create_plan(&plan("p1"), &steps).await.expect("create");
+    store.create_plan(&plan("p2"), &[step("p2", "db-00", 1)]).await.expect("create");
+    for (target, to) in [("db-03", StepState::Assigned), ("db-05", StepState::Assigned), ("db-07", StepState::Skipped)]
+    {
+        assert!(store.set_step_state("p1", target, StepState::Pending, to, Some(1), None).await.expect("cas"));
+    }
+    assert!(store
+        .set_step_state("p1", "db-05", StepState::Assigned, StepState::Running, Some(1), None)
+        .await
+        .expect("cas"));
+
+    let count = |wave, state, count| StepCount { wave, state, count };
+    let mut counts = store.step_counts("p1").await.expect("counts");
+    counts.sort_by_key(|c| (c.wave, c.state.as_str()));
+    assert_eq!(
+        counts,
+        [
+            count(1, StepState::Assigned, 1),
+            count(1, StepState::Pending, 7),
+            count(1, StepState::Running, 1),
+            count(1, StepState::Skipped, 1),
+            count(2, StepState::Pending, 5),
+        ]
+    );
+
+    let names = |steps: Vec<Step>| steps.into_iter().map(|s| s.target).collect::<Vec<_>>();
+    let page = |wave, after, limit| store.steps_in_state("p1", StepState::Pending, wave, after, limit);
+    assert_eq!(names(page(Some(1), None, 3).await.expect("page")), ["db-00", "db-01", "db-02"]);
+    assert_eq!(names(page(Some(1), Some("db-02"), 3).await.expect("page")), ["db-04", "db-06", "db-08"]);
+    assert_eq!(names(page(Some(1), Some("db-08"), 3).await.expect("page")), ["db-09"]);
+    assert_eq!(names(page(Some(2), None, 100).await.expect("page")).len(), 5);
+    assert_eq!(
+        names(page(None, Some("db-09"), 100).await.expect("page")),
+        ["db-10", "db-11", "db-12", "db-13", "db-14"]
+    );
+    let running = store.steps_in_state("p1", StepState::Running, None, None, 100).await.expect("running");
+    assert_eq!(names(running), ["db-05"]);
+    assert!(store.steps_in_state("p1", StepState::Failed, None, None, 100).await.expect("failed").is_empty());
 }
