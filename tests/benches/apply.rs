@@ -77,11 +77,6 @@ async fn flotilla(db: &TestDb, scripts: &[String]) -> Duration {
     elapsed
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() {
     println!("Applying {MIGRATIONS} migrations (3 statements each) over one connection; median of {RUNS} runs.\n");

@@ -216,11 +216,6 @@ async fn rollout(client: &mut OperatorServiceClient<tonic::transport::Channel>, 
     assert_eq!((summary.state.as_str(), summary.succeeded as usize), ("succeeded", n), "{summary:?}");
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn main() {
     let n: usize = std::env::var("BENCH_TARGETS").ok().and_then(|v| v.parse().ok()).unwrap_or(48);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");

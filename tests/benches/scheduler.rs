@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use flotilla_coordinator::{SqlStore, Store};
 use flotilla_core::fleet::{Goal, Plan, PlanState, Step, StepState, Strategy, WaveSpec};
+use flotilla_tests::{median, pending_step};
 
 const PASSES: usize = 50;
 
@@ -28,11 +29,6 @@ fn plan() -> Plan {
     }
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() {
     println!("One scheduler pass over a plan, SQLite store; median of {PASSES} passes.\n");
@@ -40,20 +36,7 @@ async fn main() {
     for n in [100usize, 1_000, 5_000, 20_000] {
         let dir = tempfile::tempdir().expect("dir");
         let store = SqlStore::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.expect("open");
-        let steps: Vec<Step> = (0..n)
-            .map(|i| Step {
-                plan_id: "p".into(),
-                target: format!("db-{i:06}"),
-                wave: 1,
-                state: StepState::Pending,
-                token: None,
-                error: None,
-                goal: None,
-                before: None,
-                after: None,
-                updated_at: Utc::now(),
-            })
-            .collect();
+        let steps: Vec<Step> = (0..n).map(|i| pending_step("p", &format!("db-{i:06}"), 1)).collect();
         store.create_plan(&plan(), &steps).await.expect("create");
         for (i, s) in steps.iter().enumerate().take(n / 10 + 8) {
             let to = if i < n / 10 { StepState::Skipped } else { StepState::Assigned };

@@ -527,3 +527,25 @@ pub mod sql {
         }
     }
 }
+
+/// The median of timings (benchmarks report medians).
+pub fn median(mut timings: Vec<Duration>) -> Duration {
+    timings.sort();
+    timings[timings.len() / 2]
+}
+
+/// A pending step of `plan_id` for `target` in `wave`, as a plan is created with.
+pub fn pending_step(plan_id: &str, target: &str, wave: u32) -> flotilla_core::fleet::Step {
+    flotilla_core::fleet::Step {
+        plan_id: plan_id.into(),
+        target: target.into(),
+        wave,
+        state: flotilla_core::fleet::StepState::Pending,
+        token: None,
+        error: None,
+        goal: None,
+        before: None,
+        after: None,
+        updated_at: chrono::Utc::now(),
+    }
+}

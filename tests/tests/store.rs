@@ -54,18 +54,7 @@ fn plan(id: &str) -> Plan {
 }
 
 fn step(plan: &str, target: &str, wave: u32) -> Step {
-    Step {
-        plan_id: plan.into(),
-        target: target.into(),
-        wave,
-        state: StepState::Pending,
-        token: None,
-        error: None,
-        goal: None,
-        before: None,
-        after: None,
-        updated_at: Utc::now(),
-    }
+    pending_step(plan, target, wave)
 }
 
 async fn bundles_are_content_addressed(engine: Engine) {
