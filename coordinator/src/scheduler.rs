@@ -366,6 +366,7 @@ impl Counts {
     /// Every wave with a step, in order.
     fn waves(&self) -> Vec<u32> {
         let mut waves: Vec<u32> = self.0.iter().map(|c| c.wave).collect();
+        waves.sort_unstable();
         waves.dedup();
         waves
     }
