@@ -355,7 +355,8 @@ fn print_detail(out: Output, d: &pb::PlanDetail, verb: &str) {
             let versions = if st.state == "pending" || st.state == "skipped" {
                 String::new()
             } else {
-                format!(" {} -> {}", st.version_before, st.version_after)
+                let known = |v: Option<i64>| v.map_or("?".to_string(), |v| v.to_string());
+                format!(" {} -> {}", known(st.version_before), known(st.version_after))
             };
             let error = if st.error.is_empty() { String::new() } else { format!(": {}", st.error) };
             println!("    {:<24} {:<10}{versions}{error}", st.target, st.state);
@@ -407,6 +408,15 @@ pub async fn follow(out: Option<Output>, client: &mut Client, id: &str, after: u
     })
 }
 
+/// A version from an event's detail, `?` where it is unknown (null).
+fn known(v: &serde_json::Value) -> String {
+    if v.is_null() {
+        "?".to_string()
+    } else {
+        v.to_string()
+    }
+}
+
 /// Per-statement and per-migration events: shown with -v.
 fn is_detail(kind: &str) -> bool {
     matches!(kind, "statement" | "batch" | "migration_started" | "migration_finished")
@@ -419,13 +429,14 @@ fn event_line(e: &pb::PlanEvent) -> String {
         "statement" => format!(" {} statement {}/{}", detail["version"], detail["statement"], detail["statements"]),
         "succeeded" | "failed" => format!(
             " {} -> {}{}",
-            detail["version_before"],
-            detail["applied_version"],
+            known(&detail["version_before"]),
+            known(&detail["applied_version"]),
             detail["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
         ),
         "assigned" => format!(" to {} (token {})", detail["agent"].as_str().unwrap_or(""), detail["fencing_token"]),
         "halted" | "reconcile" => format!(": {}", detail["reason"].as_str().unwrap_or("")),
         "rollback_created" => format!(": {}", detail["plan"].as_str().unwrap_or("")),
+        "rollback_left_alone" => format!(": {} ({})", detail["targets"], detail["reason"].as_str().unwrap_or("")),
         _ => String::new(),
     };
     format!("[{}] {}{target}{extra}", e.seq, e.kind)

@@ -184,8 +184,8 @@ fn step_info(s: &Step, agent: &str) -> pb::StepInfo {
         state: s.state.to_string(),
         fencing_token: s.token.unwrap_or(0),
         error: s.error.clone().unwrap_or_default(),
-        version_before: s.before.unwrap_or(0),
-        version_after: s.after.unwrap_or(0),
+        version_before: s.before,
+        version_after: s.after,
         agent: agent.to_string(),
     }
 }
@@ -355,7 +355,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
             target = %r.target,
             agent = %name,
             fencing_token = r.fencing_token,
-            version = r.applied_version,
+            version = ?r.applied_version,
         );
         telemetry::join_traceparent(&span, &traceparent);
         let outcome = Outcome {

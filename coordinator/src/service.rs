@@ -97,8 +97,10 @@ pub struct Outcome {
     pub target: String,
     pub token: u64,
     pub error: Option<String>,
-    pub version_before: i64,
-    pub applied_version: i64,
+    /// `None`: the step failed before it read the target's history, so nothing is known of where it was.
+    pub version_before: Option<i64>,
+    /// `None`: the history could not be read after the step.
+    pub applied_version: Option<i64>,
     pub dirty: bool,
 }
 
@@ -472,7 +474,7 @@ impl Coordinator {
         if step.state.is_done() {
             return Ok(()); // a repeated report
         }
-        self.store.set_step_versions(&o.plan_id, &o.target, Some(o.version_before), Some(o.applied_version)).await?;
+        self.store.set_step_versions(&o.plan_id, &o.target, o.version_before, o.applied_version).await?;
         let to = if o.error.is_some() { StepState::Failed } else { StepState::Succeeded };
         // The progress stream may move the step from assigned to running meanwhile: compare-and-set again.
         let mut from = step.state;
@@ -487,10 +489,12 @@ impl Coordinator {
                 _ => return Ok(()),
             }
         }
-        self.inner().live.insert(
-            o.target.clone(),
-            TargetLive { applied: Some(o.applied_version), dirty: o.dirty, reported: Instant::now() },
-        );
+        if let Some(applied) = o.applied_version {
+            self.inner().live.insert(
+                o.target.clone(),
+                TargetLive { applied: Some(applied), dirty: o.dirty, reported: Instant::now() },
+            );
+        }
         self.release(&o.plan_id, &o.target).await;
         let detail = json!({
             "version_before": o.version_before, "applied_version": o.applied_version, "dirty": o.dirty,
@@ -778,7 +782,16 @@ impl Coordinator {
             )));
         }
         let plan = self.rollback_touched(&view.plan).await?.ok_or_else(|| {
-            ServiceError::FailedPrecondition(format!("plan `{id}` changed no target, so there is nothing to roll back"))
+            let unknown = unknown_before(&view.steps);
+            ServiceError::FailedPrecondition(if unknown.is_empty() {
+                format!("plan `{id}` changed no target, so there is nothing to roll back")
+            } else {
+                format!(
+                    "plan `{id}` changed no target it knows the prior version of, so there is nothing to roll back; \
+                     left alone because their version before the plan was never read: {}",
+                    unknown.join(", ")
+                )
+            })
         })?;
         self.audit(who, "rollback", Some(id), format!("rollback plan {}", plan.plan.id)).await?;
         Ok(plan)
@@ -786,22 +799,23 @@ impl Coordinator {
 
     /// Creates and starts a rollback plan for every target `original` touched; `None` if it touched none.
     pub(crate) async fn rollback_touched(&self, original: &Plan) -> Result<Option<PlanView>> {
-        let touched: Vec<String> = self
+        let ran: Vec<String> = self
             .store
             .steps(&original.id)
             .await?
             .into_iter()
-            .filter(|s| s.before.is_some())
+            .filter(|s| s.before.is_some() || matches!(s.state, StepState::Failed | StepState::Succeeded))
             .map(|s| s.target)
             .collect();
-        if touched.is_empty() {
+        if ran.is_empty() {
             return Ok(None);
         }
-        self.rollback_targets(original, &touched).await.map(Some)
+        self.rollback_targets(original, &ran).await
     }
 
-    /// Creates and starts a rollback plan for `targets` of `original`.
-    pub(crate) async fn rollback_targets(&self, original: &Plan, targets: &[String]) -> Result<PlanView> {
+    /// Creates and starts a rollback plan for `targets` of `original`: each down to the version its step found.
+    /// Targets whose version before is unknown are left alone (an event says so); `None` if that leaves none.
+    pub(crate) async fn rollback_targets(&self, original: &Plan, targets: &[String]) -> Result<Option<PlanView>> {
         let steps = self.store.steps(&original.id).await?;
         let last = steps.iter().map(|s| s.wave).max().unwrap_or(0);
         let id = if targets.len() == 1 && original.strategy.on_failure == OnFailure::RollbackFailed {
@@ -810,19 +824,24 @@ impl Coordinator {
             format!("{}-rollback-{:04x}", original.id, rand::random::<u16>())
         };
         let now = Utc::now();
-        let rb_steps: Vec<Step> = steps
+        let chosen: Vec<Step> = steps.iter().filter(|s| targets.contains(&s.target)).cloned().collect();
+        // Only down to a version the target was seen at: a target whose prior version is unknown (its step failed
+        // before it read the history) is left alone, never taken down to 0.
+        let rb_steps: Vec<Step> = chosen
             .iter()
-            .filter(|s| targets.contains(&s.target))
             .filter_map(|s| {
                 let before = s.before?;
                 Some(new_step(&id, &s.target, last - s.wave + 1, Some(Goal::Down { to: before }), now))
             })
             .collect();
+        let unknown = unknown_before(&chosen);
+        if !unknown.is_empty() {
+            let reason = "the version before the plan was never read, so a rollback would not know where to stop";
+            self.event(&original.id, None, "rollback_left_alone", json!({ "targets": unknown, "reason": reason }))
+                .await?;
+        }
         if rb_steps.is_empty() {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "plan `{}` changed no target, so there is nothing to roll back",
-                original.id
-            )));
+            return Ok(None);
         }
         let plan = Plan {
             id: id.clone(),
@@ -855,7 +874,7 @@ impl Coordinator {
         self.event(&original.id, None, "rollback_created", json!({ "plan": id, "targets": rb_steps.len() })).await?;
         self.event(&id, None, "submitted", json!({ "rollback_of": original.id, "targets": rb_steps.len() })).await?;
         self.wake.notify_one();
-        Ok(PlanView { plan, steps: rb_steps })
+        Ok(Some(PlanView { plan, steps: rb_steps }))
     }
 
     pub async fn targets(&self, who: &Identity, selector: &Selector) -> Result<Vec<Target>> {
@@ -954,6 +973,15 @@ impl Coordinator {
             self.store.bundle(id).await?.ok_or_else(|| StoreError::Corrupt(format!("bundle {id} is missing")))?;
         Ok(Arc::new(body))
     }
+}
+
+/// Targets whose step ran or failed without ever reading the target's history: a rollback leaves them alone.
+fn unknown_before(steps: &[Step]) -> Vec<String> {
+    steps
+        .iter()
+        .filter(|s| s.before.is_none() && matches!(s.state, StepState::Failed | StepState::Succeeded))
+        .map(|s| s.target.clone())
+        .collect()
 }
 
 pub(crate) fn new_step(plan: &str, target: &str, wave: u32, goal: Option<Goal>, now: DateTime<Utc>) -> Step {

@@ -457,6 +457,7 @@ pub async fn cmd(command: &str, db: &TestDb, dir: &Path, extra: &[&str]) -> Run 
 }
 
 pub mod fleet;
+pub mod proxy;
 
 /// Per-engine migration text, so one suite runs on every engine.
 pub mod sql {

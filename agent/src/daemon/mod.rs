@@ -306,10 +306,13 @@ async fn handle(
             _ => read_versions(&target).await,
         };
         locked(&state.versions).insert(target.name.clone(), versions.clone());
-        let (applied, dirty) = versions.clone().unwrap_or((0, false));
+        let (applied, dirty) = match &versions {
+            Ok((applied, dirty)) => (Some(*applied), *dirty),
+            Err(_) => (None, false),
+        };
         let (before, error) = (run.before, run.error);
         match &error {
-            None => info!(applied, "step succeeded"),
+            None => info!(applied = ?applied, "step succeeded"),
             Some(e) => warn!(error = %e, "step failed"),
         }
         let report = pb::StepResult {
@@ -373,8 +376,8 @@ impl Tokens {
 
 /// What running a step found and left.
 struct StepRun {
-    /// Applied version before the step.
-    before: i64,
+    /// Applied version before the step; `None` if the step failed before it could read the history.
+    before: Option<i64>,
     error: Option<String>,
     /// Applied version and dirtiness after, read on the step's connection (`None` if it never connected).
     after: Option<Versions>,
@@ -387,7 +390,7 @@ async fn execute(
     a: &pb::Assignment,
     progress: &mpsc::UnboundedSender<pb::ProgressEvent>,
 ) -> StepRun {
-    let failed = |e: String| StepRun { before: 0, error: Some(e), after: None };
+    let failed = |e: String| StepRun { before: None, error: Some(e), after: None };
     let set = match load_set(state, target, a) {
         Ok(set) => set,
         Err(e) => return failed(e),
@@ -472,7 +475,7 @@ async fn execute(
     };
     let after = ex.history().await.map(|h| summarize(&h)).map_err(|e| e.to_string());
     ex.close().await;
-    StepRun { before, error: result.err(), after: Some(after) }
+    StepRun { before: Some(before), error: result.err(), after: Some(after) }
 }
 
 fn validation_problems(report: &crate::validate::ValidationReport) -> String {
