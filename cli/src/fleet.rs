@@ -172,7 +172,9 @@ pub async fn connect(conn: &Conn) -> Result<Client, Fail> {
         .connect()
         .await
         .map_err(|e| Fail(Code::CannotConnect, format!("cannot reach the coordinator at {}: {e}", conn.coordinator)))?;
-    Ok(OperatorServiceClient::new(channel).max_decoding_message_size(flotilla_core::bundle::MAX_BUNDLE_BYTES))
+    Ok(OperatorServiceClient::new(channel)
+        .max_decoding_message_size(flotilla_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(flotilla_proto::MAX_MESSAGE_BYTES))
 }
 
 fn finish(out: Output, result: Result<Code, Fail>) -> Code {

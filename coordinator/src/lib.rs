@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use flotilla_proto::v1::agent_service_server::AgentServiceServer;
 use flotilla_proto::v1::operator_service_server::OperatorServiceServer;
+use flotilla_proto::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -25,7 +26,7 @@ pub use config::{Config, TlsFiles};
 pub use etcd::EtcdLock;
 pub use lock::{Holder, InProcessLock, Lease, Lock, LockError};
 pub use service::Coordinator;
-pub use store::{SqlStore, StepCount, Store, StoreError};
+pub use store::{SqlStore, StepCount, StepFinish, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -66,9 +67,15 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     let agents = grpc::AgentApi { coordinator: coordinator.clone(), auth: auth.clone(), shutdown: tasks.clone() };
     let operators = grpc::OperatorApi { coordinator: coordinator.clone(), auth, shutdown: tasks.clone() };
     let router = server
-        .add_service(AgentServiceServer::new(agents).max_decoding_message_size(flotilla_core::bundle::MAX_BUNDLE_BYTES))
         .add_service(
-            OperatorServiceServer::new(operators).max_decoding_message_size(flotilla_core::bundle::MAX_BUNDLE_BYTES),
+            AgentServiceServer::new(agents)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            OperatorServiceServer::new(operators)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
         );
     info!(addr = ?listener.local_addr().ok(), store = %config.store_display(), etcd = !config.etcd.is_empty(), "coordinator listening");
     // Accepted sockets need TCP_NODELAY like the clients' (tonic sets it only on listeners it binds itself):

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::identity::{self, Identity};
 use crate::lock::{Lease, Lock, LockError};
-use crate::store::{NewEvent, Store, StoreError};
+use crate::store::{NewEvent, StepFinish, Store, StoreError};
 
 /// What went wrong, as callers branch on it; `grpc::status` maps each to a gRPC status in one place.
 #[derive(Debug, thiserror::Error)]
@@ -462,33 +462,37 @@ impl Coordinator {
             return Ok(());
         }
         if p.kind == "started" && step.state == StepState::Assigned {
-            self.store
-                .set_step_state(&p.plan_id, &p.target, StepState::Assigned, StepState::Running, Some(p.token), None)
-                .await?;
+            let before = p.detail.get("version_before").and_then(serde_json::Value::as_i64);
+            self.store.start_step(&p.plan_id, &p.target, p.token, before).await?;
         }
         self.event(&p.plan_id, Some(&p.target), &p.kind, p.detail).await
     }
 
+    /// A step's result: recorded in one store transaction if the step is still in flight under the report's
+    /// token; a late or repeated report is acknowledged and ignored, so the agent stops sending it.
     pub async fn result(&self, who: &Identity, name: &str, o: Outcome) -> Result<()> {
-        let Some(step) = self.owned_step(who, name, &o.plan_id, &o.target, o.token).await? else { return Ok(()) };
-        if step.state.is_done() {
-            return Ok(()); // a repeated report
+        if self.owned_step(who, name, &o.plan_id, &o.target, o.token).await?.is_none() {
+            return Ok(());
         }
-        self.store.set_step_versions(&o.plan_id, &o.target, o.version_before, o.applied_version).await?;
         let to = if o.error.is_some() { StepState::Failed } else { StepState::Succeeded };
-        // The progress stream may move the step from assigned to running meanwhile: compare-and-set again.
-        let mut from = step.state;
-        loop {
-            if self.store.set_step_state(&o.plan_id, &o.target, from, to, Some(o.token), o.error.as_deref()).await? {
-                break;
-            }
-            match self.store.step(&o.plan_id, &o.target).await? {
-                Some(now) if now.token == Some(o.token) && !now.state.is_done() && now.state != from => {
-                    from = now.state
-                }
-                _ => return Ok(()),
-            }
+        let finish = StepFinish {
+            plan_id: o.plan_id.clone(),
+            target: o.target.clone(),
+            token: o.token,
+            state: to,
+            error: o.error.clone(),
+            before: o.version_before,
+            after: o.applied_version,
+            detail: json!({
+                "version_before": o.version_before, "applied_version": o.applied_version, "dirty": o.dirty,
+                "error": o.error,
+            }),
+        };
+        if self.store.finish_step(&finish).await?.is_none() {
+            info!(plan_id = %o.plan_id, target = %o.target, token = o.token, "a late or repeated result, acknowledged");
+            return Ok(());
         }
+        self.events.send_modify(|n| *n += 1);
         if let Some(applied) = o.applied_version {
             self.inner().live.insert(
                 o.target.clone(),
@@ -496,11 +500,6 @@ impl Coordinator {
             );
         }
         self.release(&o.plan_id, &o.target).await;
-        let detail = json!({
-            "version_before": o.version_before, "applied_version": o.applied_version, "dirty": o.dirty,
-            "error": o.error, "wave": step.wave,
-        });
-        self.event(&o.plan_id, Some(&o.target), to.as_str(), detail).await?;
         if o.error.is_some() {
             let plan = self.store.plan(&o.plan_id).await?;
             if let Some(plan) = plan.filter(|p| p.strategy.on_failure == OnFailure::RollbackFailed) {
@@ -818,11 +817,7 @@ impl Coordinator {
     pub(crate) async fn rollback_targets(&self, original: &Plan, targets: &[String]) -> Result<Option<PlanView>> {
         let steps = self.store.steps(&original.id).await?;
         let last = steps.iter().map(|s| s.wave).max().unwrap_or(0);
-        let id = if targets.len() == 1 && original.strategy.on_failure == OnFailure::RollbackFailed {
-            format!("{}-rollback-{}", original.id, targets[0])
-        } else {
-            format!("{}-rollback-{:04x}", original.id, rand::random::<u16>())
-        };
+        let id = rollback_id(original, targets);
         let now = Utc::now();
         let chosen: Vec<Step> = steps.iter().filter(|s| targets.contains(&s.target)).cloned().collect();
         // Only down to a version the target was seen at: a target whose prior version is unknown (its step failed
@@ -973,6 +968,19 @@ impl Coordinator {
             self.store.bundle(id).await?.ok_or_else(|| StoreError::Corrupt(format!("bundle {id} is missing")))?;
         Ok(Arc::new(body))
     }
+}
+
+/// A rollback plan's id: the original's and 8 hex digits, never built from a target's name (names may be as long as
+/// the store allows; ids must fit 64 characters). `rollback-failed` derives the digits from the target, so one
+/// failed target has one rollback plan.
+fn rollback_id(original: &Plan, targets: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let suffix = if targets.len() == 1 && original.strategy.on_failure == OnFailure::RollbackFailed {
+        hex::encode(&Sha256::digest(targets[0].as_bytes())[..4])
+    } else {
+        format!("{:08x}", rand::random::<u32>())
+    };
+    format!("{}-rb-{suffix}", original.id)
 }
 
 /// Targets whose step ran or failed without ever reading the target's history: a rollback leaves them alone.

@@ -64,14 +64,6 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<Step>, StoreError>;
     /// Moves a plan from awaiting approval to running and records `wave` as approved.
     async fn approve_wave(&self, id: &str, wave: u32) -> Result<bool, StoreError>;
-    /// Records the versions a step found and left (the first `before` sticks: a retried step keeps the original).
-    async fn set_step_versions(
-        &self,
-        plan_id: &str,
-        target: &str,
-        before: Option<i64>,
-        after: Option<i64>,
-    ) -> Result<(), StoreError>;
     /// The highest fencing token ever recorded, so an in-process lock never issues a lower one after a restart.
     async fn max_token(&self) -> Result<u64, StoreError>;
     /// Moves a step if it is still in `from`, recording the fencing token and error.
@@ -84,6 +76,20 @@ pub trait Store: Send + Sync {
         token: Option<u64>,
         error: Option<&str>,
     ) -> Result<bool, StoreError>;
+    /// The agent started the step it was assigned under `token`: `assigned → running`, recording the version it
+    /// found (unless a version before was recorded already: the first observation stands). `false` if the step
+    /// is not assigned under `token` (a late or repeated report).
+    async fn start_step(
+        &self,
+        plan_id: &str,
+        target: &str,
+        token: u64,
+        before: Option<i64>,
+    ) -> Result<bool, StoreError>;
+    /// A step's result, as one fact in one transaction: the state (`succeeded` or `failed`) and error, the
+    /// versions (the first `before` stands), and the event, by compare-and-set on the step being in flight under
+    /// `token`. `None` if it is not (a late or repeated report: nothing is written).
+    async fn finish_step(&self, result: &StepFinish) -> Result<Option<Step>, StoreError>;
 
     /// Appends an event; returns its sequence number (per plan, from 1, no gaps).
     async fn append_event(
@@ -136,6 +142,20 @@ pub struct StepCount {
     pub wave: u32,
     pub state: StepState,
     pub count: u64,
+}
+
+/// A step's result, for [`Store::finish_step`].
+#[derive(Debug, Clone)]
+pub struct StepFinish {
+    pub plan_id: String,
+    pub target: String,
+    pub token: u64,
+    pub state: StepState,
+    pub error: Option<String>,
+    pub before: Option<i64>,
+    pub after: Option<i64>,
+    /// The event's detail; `wave` is added from the step.
+    pub detail: serde_json::Value,
 }
 
 /// An event to append.
@@ -497,27 +517,6 @@ impl Store for SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn set_step_versions(
-        &self,
-        plan_id: &str,
-        target: &str,
-        before: Option<i64>,
-        after: Option<i64>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(&self.sql(
-            "UPDATE steps SET version_before = COALESCE(version_before, ?), version_after = COALESCE(?, version_after)
-             WHERE plan_id = ? AND target = ?",
-        ))
-        .bind(before)
-        .bind(after)
-        .bind(plan_id.to_string())
-        .bind(target.to_string())
-        .execute(&self.pool)
-        .await
-        .map(drop)
-        .map_err(db)
-    }
-
     async fn max_token(&self) -> Result<u64, StoreError> {
         let row = sqlx::query("SELECT COALESCE(MAX(token), 0) FROM steps").fetch_one(&self.pool).await.map_err(db)?;
         Ok(u64::try_from(get::<i64>(&row, 0)?).unwrap_or(0))
@@ -549,6 +548,84 @@ impl Store for SqlStore {
         .await
         .map_err(db)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn start_step(
+        &self,
+        plan_id: &str,
+        target: &str,
+        token: u64,
+        before: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(&self.sql(
+            "UPDATE steps SET state = 'running', version_before = COALESCE(version_before, ?), updated_at = ?
+             WHERE plan_id = ? AND target = ? AND state = 'assigned' AND token = ?",
+        ))
+        .bind(before)
+        .bind(Utc::now().to_rfc3339())
+        .bind(plan_id.to_string())
+        .bind(target.to_string())
+        .bind(token_value(Some(token)))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish_step(&self, r: &StepFinish) -> Result<Option<Step>, StoreError> {
+        if !r.state.is_done() || r.state == StepState::Skipped {
+            return Err(StoreError::IllegalTransition { from: "running".into(), to: r.state.to_string() });
+        }
+        let update = self.sql(&format!(
+            "UPDATE steps SET state = ?, error = ?, version_before = COALESCE(version_before, ?),
+             version_after = COALESCE(?, version_after), updated_at = ?
+             WHERE plan_id = ? AND target = ? AND token = ? AND state IN ('assigned', 'running') RETURNING {STEP_COLUMNS}"
+        ));
+        let insert = self.sql(INSERT_EVENT);
+        let mut last_error = None;
+        // As in `append_events`: a concurrent event writer may take the next number first; the whole fact is tried
+        // again (the compare-and-set makes a second try that finds the step finished a no-op).
+        for _ in 0..5 {
+            let attempt = async {
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query(&update)
+                    .bind(r.state.as_str())
+                    .bind(r.error.clone())
+                    .bind(r.before)
+                    .bind(r.after)
+                    .bind(Utc::now().to_rfc3339())
+                    .bind(r.plan_id.clone())
+                    .bind(r.target.clone())
+                    .bind(token_value(Some(r.token)))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    tx.rollback().await?;
+                    return Ok(None);
+                };
+                let step = step_from(&row);
+                let mut detail = r.detail.clone();
+                if let (Ok(step), Some(map)) = (&step, detail.as_object_mut()) {
+                    map.insert("wave".into(), step.wave.into());
+                }
+                sqlx::query(&insert)
+                    .bind(r.plan_id.clone())
+                    .bind(Utc::now().to_rfc3339())
+                    .bind(Some(r.target.clone()))
+                    .bind(r.state.as_str())
+                    .bind(detail.to_string())
+                    .bind(r.plan_id.clone())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Some(step))
+            };
+            match attempt.await {
+                Ok(step) => return step.transpose(),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(db(last_error.unwrap_or(sqlx::Error::PoolTimedOut)))
     }
 
     async fn append_event(

@@ -17,8 +17,9 @@ use crate::Engine;
 
 /// The key of the set that serves every engine without a set of its own.
 pub const ANY_ENGINE: &str = "*";
-/// Bundles are for migrations, not data: refuse anything larger.
-pub const MAX_BUNDLE_BYTES: usize = 64 << 20;
+/// Bundles are for migrations, not data: refuse anything larger. An assignment carries one whole, so gRPC's message
+/// limit (`flotilla_proto::MAX_MESSAGE_BYTES`) is this plus room for the rest of the message.
+pub const MAX_BUNDLE_BYTES: usize = 63 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bundle {

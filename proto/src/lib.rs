@@ -4,6 +4,11 @@
 pub mod process;
 pub mod telemetry;
 
+/// The largest gRPC message either side sends or accepts, set once for the coordinator's servers and the agent's
+/// and the CLI's clients: an assignment carries a whole bundle (at most `flotilla_core::bundle::MAX_BUNDLE_BYTES`),
+/// and a client left at tonic's 4 MiB default would never receive a larger one.
+pub const MAX_MESSAGE_BYTES: usize = flotilla_core::bundle::MAX_BUNDLE_BYTES + (1 << 20);
+
 pub mod v1 {
     tonic::include_proto!("flotilla.v1");
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use flotilla_coordinator::{SqlStore, StepCount, Store, StoreError};
+use flotilla_coordinator::{SqlStore, StepCount, StepFinish, Store, StoreError};
 use flotilla_core::fleet::{AuditEntry, Goal, Plan, PlanState, Step, StepState, Strategy, Target};
 use flotilla_core::Engine;
 use flotilla_tests::*;
@@ -201,24 +201,53 @@ async fn approvals_versions_and_tokens(engine: Engine) {
     assert!(store.set_plan_state("p1", PlanState::Running, PlanState::AwaitingApproval).await.expect("await"));
     assert!(!store.approve_wave("p1", 2).await.expect("approve"), "wave 2 was approved already");
 
-    // The first `before` sticks; `after` follows the latest report.
-    store.set_step_versions("p1", "db-a", Some(3), None).await.expect("versions");
-    store.set_step_versions("p1", "db-a", Some(5), Some(9)).await.expect("versions");
-    let a = store.step("p1", "db-a").await.expect("step").expect("exists");
-    assert_eq!((a.before, a.after), (Some(3), Some(9)));
     let b = store.step("p1", "db-b").await.expect("step").expect("exists");
     assert_eq!(b.goal, Some(Goal::Down { to: 7 }), "a step's own goal round-trips");
     assert!(store.step("p1", "db-z").await.expect("step").is_none());
 
-    // The highest token ever recorded survives, so a restarted in-process lock never goes back.
+    // Started and finished only under the step's current token; the first `before` sticks.
+    let assign = |token| store.set_step_state("p1", "db-a", StepState::Pending, StepState::Assigned, Some(token), None);
+    assert!(assign(40).await.expect("assign"));
+    assert!(!store.start_step("p1", "db-a", 39, Some(1)).await.expect("start"), "an older token starts nothing");
+    assert!(store.start_step("p1", "db-a", 40, Some(3)).await.expect("start"));
+    assert!(!store.start_step("p1", "db-a", 40, Some(3)).await.expect("start"), "started once");
+    // Reconciled and re-dispatched under a newer token: the first run's result must not finish the new run.
     assert!(store
-        .set_step_state("p1", "db-a", StepState::Pending, StepState::Assigned, Some(41), None)
+        .set_step_state("p1", "db-a", StepState::Running, StepState::Pending, Some(40), None)
+        .await
+        .expect("reconcile"));
+    assert!(assign(41).await.expect("assign again"));
+    let finish = |token, before, after| StepFinish {
+        plan_id: "p1".into(),
+        target: "db-a".into(),
+        token,
+        state: StepState::Succeeded,
+        error: None,
+        before,
+        after,
+        detail: serde_json::json!({ "applied_version": after }),
+    };
+    let events = store.events_after("p1", 0).await.expect("events").len();
+    assert!(store.finish_step(&finish(40, Some(5), Some(9))).await.expect("finish").is_none(), "stale token");
+    assert_eq!(store.events_after("p1", 0).await.expect("events").len(), events, "a stale result writes nothing");
+    let done = store.finish_step(&finish(41, Some(5), Some(9))).await.expect("finish").expect("finished");
+    assert_eq!((done.state, done.before, done.after), (StepState::Succeeded, Some(3), Some(9)));
+    assert!(store.finish_step(&finish(41, Some(5), Some(9))).await.expect("finish").is_none(), "repeated");
+    let written = store.events_after("p1", 0).await.expect("events");
+    assert_eq!(written.len(), events + 1, "the result and its event are one fact");
+    let last = written.last().expect("event");
+    assert_eq!((last.kind.as_str(), last.target.as_deref()), ("succeeded", Some("db-a")));
+    assert_eq!((last.detail["applied_version"].as_i64(), last.detail["wave"].as_u64()), (Some(9), Some(1)));
+    // A step that never read its history records no `before`: it stays unknown.
+    assert!(store
+        .set_step_state("p1", "db-b", StepState::Pending, StepState::Assigned, Some(7), None)
         .await
         .expect("assign"));
-    assert!(store
-        .set_step_state("p1", "db-a", StepState::Assigned, StepState::Succeeded, Some(41), None)
-        .await
-        .expect("result before the started event"));
+    let unread = StepFinish { target: "db-b".into(), token: 7, state: StepState::Failed, ..finish(7, None, None) };
+    let failed = store.finish_step(&unread).await.expect("finish").expect("finished");
+    assert_eq!((failed.state, failed.before, failed.after), (StepState::Failed, None, None));
+
+    // The highest token ever recorded survives, so a restarted in-process lock never goes back.
     assert_eq!(store.max_token().await.expect("max token"), 41);
     let lock = flotilla_coordinator::InProcessLock::with_token_floor(41);
     let lease = flotilla_coordinator::Lock::acquire(&lock, "db-a", "c1", std::time::Duration::from_secs(5))

@@ -136,7 +136,9 @@ async fn session(
 ) -> Result<(), tonic::Status> {
     let channel: Channel =
         endpoint.connect().await.map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
-    let mut client = AgentServiceClient::new(channel);
+    let mut client = AgentServiceClient::new(channel)
+        .max_decoding_message_size(flotilla_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(flotilla_proto::MAX_MESSAGE_BYTES);
     let name = state.config.name.clone();
     let targets = state
         .targets
@@ -241,6 +243,18 @@ fn heartbeat(state: &State) -> pb::HeartbeatRequest {
 pub fn summarize(history: &[AppliedMigration]) -> (i64, bool) {
     let applied = history.iter().filter(|r| !r.state.is_dirty()).map(|r| r.version).max().unwrap_or(0);
     (applied, history.iter().any(|r| r.state.is_dirty()))
+}
+
+/// The version a target had before plan `plan_id` touched it: the highest applied version among rows the plan did
+/// not write. A re-run of a step whose first run committed (and whose result was lost) still reports where the
+/// target was before the plan, not where the first run left it.
+pub fn version_before_plan(history: &[AppliedMigration], plan_id: &str) -> i64 {
+    history
+        .iter()
+        .filter(|r| !r.state.is_dirty() && r.plan_id.as_deref() != Some(plan_id))
+        .map(|r| r.version)
+        .max()
+        .unwrap_or(0)
 }
 
 async fn read_versions(target: &Target) -> Versions {
@@ -452,7 +466,7 @@ async fn execute(
         .with_plan_options(PlanOptions { phase, ..PlanOptions::default() })
         .with_progress(sink);
     let before = match ex.history().await {
-        Ok(h) => summarize(&h).0,
+        Ok(h) => version_before_plan(&h, &a.plan_id),
         Err(e) => {
             ex.close().await;
             return failed(e.to_string());
@@ -512,7 +526,30 @@ fn load_set(state: &State, target: &Target, a: &pb::Assignment) -> Result<Arc<Mi
 
 #[cfg(test)]
 mod tests {
-    use super::Tokens;
+    use super::{version_before_plan, Tokens};
+    use flotilla_core::{AppliedMigration, Checksum, RecordState};
+
+    fn row(version: i64, plan: Option<&str>) -> AppliedMigration {
+        AppliedMigration {
+            version,
+            name: format!("m{version}"),
+            checksum: Checksum::of("up", Some("down")),
+            state: RecordState::Applied,
+            applied_at: chrono::Utc::now(),
+            duration_ms: 1,
+            applied_by: "test".into(),
+            plan_id: plan.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_version_before_a_plan_ignores_what_the_plan_itself_applied() {
+        let history = vec![row(1, None), row(2, Some("p1")), row(3, Some("p2")), row(4, Some("p2"))];
+        assert_eq!(version_before_plan(&history, "p2"), 2, "a re-run of p2 reports where p2 found the target");
+        assert_eq!(version_before_plan(&history, "p3"), 4, "a new plan finds the top");
+        assert_eq!(version_before_plan(&history[..1], "p2"), 1);
+        assert_eq!(version_before_plan(&[], "p2"), 0, "an empty history is 0: known, and nothing applied");
+    }
 
     #[test]
     fn stale_fencing_tokens_are_refused() {
