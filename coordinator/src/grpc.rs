@@ -284,6 +284,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
             applied: req.applied_versions.into_iter().collect(),
             dirty: req.dirty_targets,
             unreachable: req.unreachable.into_iter().collect(),
+            running: req.running.into_iter().map(|s| (s.plan_id, s.target, s.fencing_token)).collect(),
         };
         self.coordinator.heartbeat(&who, &name, report).await.map_err(status)?;
         Ok(Response::new(pb::HeartbeatResponse {}))

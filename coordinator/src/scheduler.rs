@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use flotilla_core::fleet::{Goal, OnFailure, Plan, PlanState, Step, StepState};
 use serde_json::json;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -66,7 +67,10 @@ impl Coordinator {
             let id = plan.id.clone();
             let span = info_span!("schedule", plan_id = %id);
             telemetry::join_plan(&span, &id);
-            self.drive(plan, &targets).instrument(span).await?;
+            // One plan's failure (a store error, a missing bundle) is that plan's: the others are scheduled.
+            if let Err(e) = self.drive(plan, &targets).instrument(span).await {
+                warn!(plan_id = %id, error = %e, "could not schedule the plan this tick");
+            }
         }
         Ok(())
     }
@@ -102,10 +106,25 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Takes back a step in flight under `token` whose agent is not running it: the lock is given back (the next
+    /// dispatch takes a new one, with a higher token) and the step goes back to pending.
+    pub(crate) async fn reclaim(&self, plan_id: &str, target: &str, token: u64, why: &str) -> Result<()> {
+        match self.store.step(plan_id, target).await? {
+            Some(s) if in_flight(&s) && s.token == Some(token) => {
+                self.release(plan_id, target).await;
+                self.reconcile(plan_id, target, why).await?;
+                self.wake.notify_one();
+            }
+            // Finished or pending already: the lock, if still held, has nothing to guard.
+            Some(s) if s.state.is_done() => self.release(plan_id, target).await,
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Sends an in-flight step back to pending: whoever runs it next first reads what actually committed.
     async fn reconcile(&self, plan_id: &str, target: &str, why: &str) -> Result<()> {
-        let steps = self.store.steps(plan_id).await?;
-        if let Some(s) = steps.iter().find(|s| s.target == target && in_flight(s)) {
+        if let Some(s) = self.store.step(plan_id, target).await?.filter(in_flight) {
             if self.store.set_step_state(plan_id, target, s.state, StepState::Pending, s.token, None).await? {
                 warn!(plan_id, target, why, "step will be reconciled from the target's history");
                 self.event(plan_id, Some(target), "reconcile", json!({ "reason": why })).await?;
@@ -262,6 +281,7 @@ impl Coordinator {
             self.release(&plan.id, &step.target).await;
             return Ok(false);
         }
+        self.assigned(&plan.id, &step.target);
         let span = info_span!(
             "assign",
             plan_id = %plan.id,
@@ -284,7 +304,14 @@ impl Coordinator {
             traceparent: Some(telemetry::traceparent(&span, &plan.id, &step.target)),
         };
         span.in_scope(|| info!("assign"));
-        if sender.send(assignment).await.is_err() {
+        // Never wait on an agent: a full stream (an agent not reading) or a closed one gives the step back for a
+        // later tick, and every other agent and plan goes on.
+        if let Err(e) = sender.try_send(assignment) {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "the agent's assignment stream is full",
+                mpsc::error::TrySendError::Closed(_) => "the agent's assignment stream closed",
+            };
+            warn!(plan_id = %plan.id, target = %step.target, agent, why, "assignment not sent");
             self.store
                 .set_step_state(
                     &plan.id,

@@ -104,13 +104,21 @@ pub struct Outcome {
     pub dirty: bool,
 }
 
-/// What an agent last read from its targets.
+/// What an agent last read from its targets, and the steps it is running.
 #[derive(Debug, Clone, Default)]
 pub struct TargetReport {
     pub applied: BTreeMap<String, i64>,
     pub dirty: Vec<String>,
     pub unreachable: BTreeMap<String, String>,
+    /// (plan, target, fencing token) of every step the agent process is running or holds a result for.
+    pub running: std::collections::HashSet<(String, String, u64)>,
 }
+
+/// Heartbeats that must miss an assigned step before it is taken back: one could have been sent before the
+/// assignment arrived.
+const MISSES_BEFORE_RECLAIM: u32 = 2;
+/// A heartbeat this soon after an assignment was sent does not count as missing it (it may be in transit).
+const ASSIGNMENT_TRANSIT: Duration = Duration::from_secs(1);
 
 /// A plan submission.
 #[derive(Debug, Clone)]
@@ -166,6 +174,10 @@ struct TargetLive {
 pub(crate) struct Held {
     pub lease: Lease,
     pub renewed: Instant,
+    /// When the lock was taken for the step (its assignment follows at once).
+    pub since: Instant,
+    /// Heartbeats from the target's agent that did not list the step.
+    pub misses: u32,
 }
 
 #[derive(Default)]
@@ -338,7 +350,24 @@ impl Coordinator {
 
     pub async fn heartbeat(&self, who: &Identity, name: &str, report: TargetReport) -> Result<()> {
         self.check_agent(who, name)?;
-        let mut inner = self.inner();
+        let missing = self.record_heartbeat(name, &report)?;
+        for (plan_id, target, token) in missing {
+            self.reclaim(
+                &plan_id,
+                &target,
+                token,
+                "its agent is not running the step (restarted, or the assignment was lost or refused)",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Records what the heartbeat says; returns the steps held for this agent's targets that it has now missed
+    /// `MISSES_BEFORE_RECLAIM` times.
+    fn record_heartbeat(&self, name: &str, report: &TargetReport) -> Result<Vec<(String, String, u64)>> {
+        let mut guard = self.inner();
+        let inner = &mut *guard;
         let Some(entry) = inner.agents.get_mut(name) else {
             return Err(ServiceError::FailedPrecondition(format!("agent `{name}` has not registered")));
         };
@@ -354,7 +383,21 @@ impl Coordinator {
                 inner.live.insert(target, TargetLive { applied: Some(applied), dirty, reported: now });
             }
         }
-        Ok(())
+        let mut missing = Vec::new();
+        for ((plan_id, target), held) in inner.held.iter_mut() {
+            if inner.owners.get(target).map(String::as_str) != Some(name) || held.since.elapsed() < ASSIGNMENT_TRANSIT {
+                continue;
+            }
+            if report.running.contains(&(plan_id.clone(), target.clone(), held.lease.token)) {
+                held.misses = 0;
+                continue;
+            }
+            held.misses += 1;
+            if held.misses >= MISSES_BEFORE_RECLAIM {
+                missing.push((plan_id.clone(), target.clone(), held.lease.token));
+            }
+        }
+        Ok(missing)
     }
 
     /// Opens an agent's assignment stream; the coordinator pushes work into it. Returns the stream's generation,
@@ -521,7 +564,18 @@ impl Coordinator {
     }
 
     pub(crate) fn hold(&self, plan_id: &str, target: &str, lease: Lease) {
-        self.inner().held.insert((plan_id.to_string(), target.to_string()), Held { lease, renewed: Instant::now() });
+        let now = Instant::now();
+        self.inner()
+            .held
+            .insert((plan_id.to_string(), target.to_string()), Held { lease, renewed: now, since: now, misses: 0 });
+    }
+
+    /// The step was just dispatched under its held lock: heartbeats count from now.
+    pub(crate) fn assigned(&self, plan_id: &str, target: &str) {
+        if let Some(h) = self.inner().held.get_mut(&(plan_id.to_string(), target.to_string())) {
+            h.since = Instant::now();
+            h.misses = 0;
+        }
     }
 
     pub(crate) fn held_leases(&self) -> Vec<((String, String), Lease, Instant)> {

@@ -34,6 +34,8 @@ pub struct Fleet {
     pub port: u16,
     etcd: Option<String>,
     lease_ttl: u64,
+    /// The coordinator's store: a SQLite file in `dir` unless set (a PostgreSQL URL, say).
+    pub store: Option<String>,
     coordinator: Option<Child>,
     agents: BTreeMap<String, Child>,
     /// Environment for every process started from now on (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).
@@ -66,8 +68,25 @@ impl Fleet {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         crate::flotilla(&args).await.ok();
-        let mut fleet =
-            Fleet { dir, port: free_port(), etcd, lease_ttl, coordinator: None, agents: BTreeMap::new(), env };
+        let mut fleet = Fleet {
+            dir,
+            port: free_port(),
+            etcd,
+            lease_ttl,
+            store: None,
+            coordinator: None,
+            agents: BTreeMap::new(),
+            env,
+        };
+        fleet.start_coordinator().await;
+        fleet
+    }
+
+    /// `start`, with the coordinator's store at `store` (e.g. a PostgreSQL database).
+    pub async fn start_on_store(agents: &[(&str, &str)], etcd: Option<String>, lease_ttl: u64, store: &str) -> Fleet {
+        let mut fleet = Fleet::start(agents, etcd, lease_ttl).await;
+        fleet.kill_coordinator().await;
+        fleet.store = Some(store.to_string());
         fleet.start_coordinator().await;
         fleet
     }
@@ -103,7 +122,11 @@ impl Fleet {
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--store")
-            .arg(format!("sqlite://{}", self.dir.path().join("store.db").display()))
+            .arg(
+                self.store
+                    .clone()
+                    .unwrap_or_else(|| format!("sqlite://{}", self.dir.path().join("store.db").display())),
+            )
             .arg("--ca")
             .arg(certs.join("ca.pem"))
             .arg("--cert")
@@ -141,10 +164,15 @@ impl Fleet {
 
     /// Starts agent `name` serving `targets` (its certificate must exist: see `start`).
     pub async fn start_agent(&mut self, name: &str, targets: &[FleetTarget]) {
+        self.start_agent_via(name, targets, self.port).await
+    }
+
+    /// `start_agent`, reaching the coordinator at `127.0.0.1:port` (a proxy in front of it, say).
+    pub async fn start_agent_via(&mut self, name: &str, targets: &[FleetTarget], port: u16) {
         let certs = self.certs();
         let mut config = format!(
             "name = \"{name}\"\ncoordinator = \"https://127.0.0.1:{}\"\nheartbeat_secs = 1\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            self.port,
+            port,
             certs.join("ca.pem").display(),
             certs.join(format!("{name}.pem")).display(),
             certs.join(format!("{name}.key")).display()
@@ -178,6 +206,15 @@ impl Fleet {
         if let Some(mut child) = self.agents.remove(name) {
             child.kill().await.expect("kill agent");
         }
+    }
+
+    /// SIGTERM to agent `name` (an ordered shutdown); returns its exit code once it has exited.
+    pub async fn stop_agent(&mut self, name: &str) -> Option<i32> {
+        let mut child = self.agents.remove(name)?;
+        let pid = child.id()?;
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let status = tokio::time::timeout(Duration::from_secs(90), child.wait()).await.ok()?.ok()?;
+        status.code()
     }
 
     /// Every process's log, for failure messages.

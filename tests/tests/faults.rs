@@ -4,7 +4,9 @@
 //! scenarios and outcomes is in docs/design/faults.md.
 
 use flotilla_core::Engine::Postgres;
-use flotilla_tests::fleet::{steps, Fleet, FleetTarget};
+use std::time::Duration;
+
+use flotilla_tests::fleet::{count, steps, Fleet, FleetTarget};
 use flotilla_tests::proxy::{Fault, Proxy};
 use flotilla_tests::*;
 
@@ -74,7 +76,7 @@ async fn a_step_that_never_reached_its_database_is_never_rolled_back_to_zero() {
     assert!(rollbacks.is_empty(), "no rollback plan was created: {plans:#}");
     let events = fleet.cli(&["--json", "plan", "watch", &p3]).await;
     assert!(events.stdout.contains("\"rollback_left_alone\""), "the plan says it left pg-01 alone: {}", events.stdout);
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(versions(&db.history().await), vec![1, 2], "nothing was rolled back");
     assert_eq!(db.count("orders").await, 1, "the data is still there");
 
@@ -82,4 +84,139 @@ async fn a_step_that_never_reached_its_database_is_never_rolled_back_to_zero() {
     let rb = fleet.cli(&["--json", "rollback", &p1]).await.ok().json()["id"].as_str().expect("id").to_string();
     fleet.wait_state(&rb, "succeeded").await;
     assert!(db.history().await.is_empty());
+}
+
+/// Migration 1 is quick; migration 2 sleeps `seconds` inside its transaction and counts its runs, so a second run
+/// would show in `runs`.
+fn slow_second(seconds: u32) -> Dir {
+    let dir = Dir::new();
+    dir.migration(Postgres, 1, "base", "CREATE TABLE base (id INT);", "DROP TABLE base;").migration(
+        Postgres,
+        2,
+        "runs",
+        &format!("CREATE TABLE runs (n INT);\nSELECT pg_sleep({seconds});\nINSERT INTO runs VALUES (1);"),
+        "DROP TABLE runs;",
+    );
+    dir
+}
+
+/// One PostgreSQL target at version 1, served by `agent-1` (through `via`, a port in front of the coordinator,
+/// when given), with etcd locks and `lease_ttl`.
+async fn one_target_at_v1(dir: &Dir, lease_ttl: u64, via: Option<&Proxy>) -> (Fleet, TestDb, Vec<FleetTarget>) {
+    let db = TestDb::new(Postgres).await;
+    let targets = vec![FleetTarget::new("pg-01", &db.url, &[("env", "test")])];
+    let mut fleet = Fleet::start(&[("agent-1", "pg-*")], Some(etcd_url()), lease_ttl).await;
+    match via {
+        Some(proxy) => fleet.start_agent_via("agent-1", &targets, proxy.addr().port()).await,
+        None => fleet.start_agent("agent-1", &targets).await,
+    }
+    fleet.wait_targets(1).await;
+    let p0 = fleet.create(dir.path(), &["--to", "1"]).await;
+    fleet.wait_state(&p0, "succeeded").await;
+    (fleet, db, targets)
+}
+
+/// After everything: the history is `expected`, migration 2 ran at most once, and a rollback of `plan` takes the
+/// target back to version 1, where the plan found it (never below).
+async fn ran_once_and_rolls_back_to_where_it_was(fleet: &Fleet, db: &TestDb, plan: &str, expected: &[i64]) {
+    assert_eq!(versions(&db.history().await), expected);
+    if expected.contains(&2) {
+        assert_eq!(db.count("runs").await, 1, "migration 2 committed exactly once");
+    }
+    let step = &steps(&fleet.plan(plan).await)["pg-01"];
+    assert_eq!(step["version_before"], 1, "the version the plan found, not one a re-run found: {step:#}");
+    let rb = fleet.cli(&["--json", "rollback", plan]).await.ok().json()["id"].as_str().expect("id").to_string();
+    fleet.wait_state(&rb, "succeeded").await;
+    assert_eq!(versions(&db.history().await), vec![1], "rolled back to where the plan found it");
+}
+
+/// The shipped systemd unit restarts a killed agent after 2 s, well inside the lease TTL (10 s here): the
+/// coordinator still holds the lock and renews it for the reconnected agent, which knows nothing of the step. The
+/// agent's heartbeats list what it runs; the missing step is taken back and run again, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_restarted_faster_than_the_lease_ttl_does_not_leave_its_step_hanging() {
+    let dir = slow_second(3);
+    let (mut fleet, db, targets) = one_target_at_v1(&dir, 10, None).await;
+    let id = fleet.create(dir.path(), &[]).await;
+    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
+    fleet.kill_agent("agent-1").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    fleet.start_agent("agent-1", &targets).await;
+    let plan = fleet.wait_state(&id, "succeeded").await;
+    let events = fleet.cli(&["--json", "plan", "watch", &id]).await;
+    assert!(events.stdout.contains("is not running the step"), "reconciled for the right reason: {}", events.stdout);
+    assert!(steps(&plan)["pg-01"]["fencing_token"].as_u64() > Some(0));
+    ran_once_and_rolls_back_to_where_it_was(&fleet, &db, &id, &[1, 2]).await;
+}
+
+/// The coordinator dies while the agent runs the step; the agent finishes, cannot report, holds the result, and
+/// sends it when a new coordinator process is up. The step is recorded once, with the version it started from.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_held_while_the_coordinator_was_down_is_delivered_when_it_returns() {
+    let dir = slow_second(2);
+    let (mut fleet, db, _) = one_target_at_v1(&dir, 3, None).await;
+    let id = fleet.create(dir.path(), &[]).await;
+    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
+    fleet.kill_coordinator().await;
+    // The migration commits meanwhile; the agent's retries (about 3 s) run out before the coordinator is back.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    fleet.start_coordinator().await;
+    let plan = fleet.wait_state(&id, "succeeded").await;
+    assert_eq!(steps(&plan)["pg-01"]["version_after"], 2, "{plan:#}");
+    ran_once_and_rolls_back_to_where_it_was(&fleet, &db, &id, &[1, 2]).await;
+}
+
+/// Agent and coordinator lose each other (a blackhole: packets vanish, nothing is refused) while the database
+/// stays reachable. The migration commits during the partition; the coordinator, hearing nothing, lets the lease
+/// expire and takes the step back; once the partition heals the agent reconnects, its late result is acknowledged
+/// and ignored, and the re-run finds the migration applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_between_agent_and_coordinator_mid_step_converges_without_a_second_run() {
+    let dir = slow_second(2);
+    let db = TestDb::new(Postgres).await;
+    let targets = vec![FleetTarget::new("pg-01", &db.url, &[("env", "test")])];
+    let mut fleet = Fleet::start(&[("agent-1", "pg-*")], Some(etcd_url()), 3).await;
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", fleet.port)).await;
+    fleet.start_agent_via("agent-1", &targets, proxy.addr().port()).await;
+    fleet.wait_targets(1).await;
+    let p0 = fleet.create(dir.path(), &["--to", "1"]).await;
+    fleet.wait_state(&p0, "succeeded").await;
+
+    let id = fleet.create(dir.path(), &[]).await;
+    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
+    proxy.set(Fault::Blackhole);
+    // The coordinator notices on its own: heartbeats stop, the lease expires, the step goes back to pending.
+    fleet.wait_plan(&id, "reconciled", |p| count(p, "pending") == 1).await;
+    proxy.set(Fault::Reset);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set(Fault::Pass);
+    fleet.wait_state(&id, "succeeded").await;
+    ran_once_and_rolls_back_to_where_it_was(&fleet, &db, &id, &[1, 2]).await;
+}
+
+/// The coordinator loses etcd (blackholed) in the middle of a step, for longer than the lease TTL: the lock
+/// cannot be renewed and expires. When etcd is reachable again the lease is found lost, the step is taken back,
+/// and the re-run under a new token finds the migration applied: nothing runs twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_etcd_mid_step_past_the_lease_ttl_runs_nothing_twice() {
+    let dir = slow_second(3);
+    let (etcd, etcd_through) = Proxy::in_front_of(&etcd_url()).await;
+    let db = TestDb::new(Postgres).await;
+    let targets = vec![FleetTarget::new("pg-01", &db.url, &[("env", "test")])];
+    let mut fleet = Fleet::start(&[("agent-1", "pg-*")], Some(etcd_through), 3).await;
+    fleet.start_agent("agent-1", &targets).await;
+    fleet.wait_targets(1).await;
+    let p0 = fleet.create(dir.path(), &["--to", "1"]).await;
+    fleet.wait_state(&p0, "succeeded").await;
+
+    let id = fleet.create(dir.path(), &[]).await;
+    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
+    etcd.set(Fault::Blackhole);
+    tokio::time::sleep(Duration::from_secs(5)).await; // past the 3 s TTL: etcd drops the lease
+    etcd.set(Fault::Reset);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    etcd.set(Fault::Pass);
+    let plan = fleet.wait_state(&id, "succeeded").await;
+    assert_eq!(count(&plan, "succeeded"), 1, "{plan:#}");
+    ran_once_and_rolls_back_to_where_it_was(&fleet, &db, &id, &[1, 2]).await;
 }

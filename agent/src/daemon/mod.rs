@@ -4,7 +4,7 @@
 
 pub mod config;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -37,6 +37,11 @@ pub enum AgentError {
 const REREAD: Duration = Duration::from_secs(60);
 /// How many targets' histories are read at once when all are re-read.
 const REFRESH_PARALLEL: usize = 16;
+/// How long shutdown lets running steps finish (heartbeats and reports go on meanwhile) before it stops anyway.
+const DRAIN: Duration = Duration::from_secs(60);
+
+/// A step as the coordinator names it: (plan, target, fencing token).
+type StepKey = (String, String, u64);
 
 /// A target's applied version and whether it is dirty, or why they could not be read.
 type Versions = Result<(i64, bool), String>;
@@ -53,6 +58,11 @@ struct State {
     versions: Mutex<HashMap<String, Versions>>,
     /// Parsed bundles by (bundle id, engine).
     sets: Mutex<HashMap<(String, String), Arc<MigrationSet>>>,
+    /// Steps this process is running or holds an unacknowledged result for; every heartbeat reports them, and the
+    /// coordinator reconciles an assigned step that is missing (lost, refused, or from before a restart).
+    inflight: Mutex<HashSet<StepKey>>,
+    /// Results the coordinator has not acknowledged yet, sent again after every (re)connection.
+    unacked: Mutex<HashMap<StepKey, pb::StepResult>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -71,8 +81,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         tokens: Tokens::default(),
         versions: Mutex::default(),
         sets: Mutex::default(),
+        inflight: Mutex::default(),
+        unacked: Mutex::default(),
     });
     let steps = tokio_util::task::TaskTracker::new();
+    // History re-reads on a task of their own: a slow or unreachable database never delays a heartbeat.
+    tokio::spawn(refresh_loop(state.clone(), shutdown.clone()));
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
         let started = std::time::Instant::now();
@@ -92,11 +106,37 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-    // Running steps finish (a migration is never cut in half on purpose); then stop.
-    steps.close();
-    steps.wait().await;
+    // Running steps finish (a migration is never cut in half on purpose); then stop. A connected session drained
+    // them already, with heartbeats going; this covers a shutdown while the coordinator was away.
+    drain(&steps).await;
     info!(agent = %state.config.name, "agent stopped");
     Ok(())
+}
+
+/// Stops taking work and waits for running steps, up to `DRAIN`.
+async fn drain(steps: &tokio_util::task::TaskTracker) {
+    steps.close();
+    if !steps.is_empty() {
+        info!(steps = steps.len(), "draining running steps");
+    }
+    if tokio::time::timeout(DRAIN, steps.wait()).await.is_err() {
+        warn!(steps = steps.len(), "steps still running after the drain timeout; stopping anyway");
+    }
+}
+
+/// Re-reads every target's history at start and then every `REREAD`, so the coordinator sees applied versions and
+/// changes made outside Flotilla (drift).
+async fn refresh_loop(state: Arc<State>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = refresh_all(&state) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(REREAD) => {}
+        }
+    }
 }
 
 fn endpoint(config: &AgentConfig) -> Result<Endpoint, AgentError> {
@@ -153,26 +193,22 @@ async fn session(
         .register(pb::RegisterRequest { agent_version: env!("CARGO_PKG_VERSION").into(), targets, name: name.clone() })
         .await?;
     info!(agent = %name, targets = state.targets.len(), "registered with the coordinator");
-    refresh_all(state).await;
+    resend_results(state, &mut client).await;
     client.heartbeat(heartbeat(state)).await?;
 
-    let session = shutdown.child_token();
+    // The session outlives a shutdown request until running steps have drained: heartbeats, progress and results
+    // keep flowing, so the coordinator never takes a draining agent for a dead one.
+    let session = CancellationToken::new();
     let _stop = session.clone().drop_guard();
-    // Heartbeats.
+    // Heartbeats, on their own task: nothing else waits in their loop.
     {
         let (state, mut client, session) = (state.clone(), client.clone(), session.clone());
         tokio::spawn(async move {
             let every = Duration::from_secs(state.config.heartbeat_secs.max(1));
-            let mut last_read = std::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = session.cancelled() => break,
                     _ = tokio::time::sleep(every) => {}
-                }
-                // Re-read every history table now and then, so changes made outside Flotilla show as drift.
-                if last_read.elapsed() >= REREAD {
-                    refresh_all(&state).await;
-                    last_read = std::time::Instant::now();
                 }
                 if let Err(e) = client.heartbeat(heartbeat(&state)).await {
                     warn!(error = %e, "heartbeat failed");
@@ -199,7 +235,10 @@ async fn session(
         client.pull_assignments(pb::PullAssignmentsRequest { agent_id: name.clone() }).await?.into_inner();
     loop {
         let next = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                drain(steps).await;
+                return Ok(());
+            }
             _ = session.cancelled() => return Err(tonic::Status::unavailable("the progress stream ended")),
             next = assignments.message() => next?,
         };
@@ -222,7 +261,15 @@ fn engine_to_proto(e: flotilla_core::Engine) -> pb::Engine {
 }
 
 fn heartbeat(state: &State) -> pb::HeartbeatRequest {
-    let mut req = pb::HeartbeatRequest { agent_id: state.config.name.clone(), ..Default::default() };
+    let running = locked(&state.inflight)
+        .iter()
+        .map(|(plan_id, target, token)| pb::StepRef {
+            plan_id: plan_id.clone(),
+            target: target.clone(),
+            fencing_token: *token,
+        })
+        .collect();
+    let mut req = pb::HeartbeatRequest { agent_id: state.config.name.clone(), running, ..Default::default() };
     for (target, v) in locked(&state.versions).iter() {
         match v {
             Ok((applied, dirty)) => {
@@ -304,13 +351,17 @@ async fn handle(
         };
         let Some(gate) = state.running.get(&a.target).cloned() else { return };
         if !state.tokens.admit(&a.target, a.fencing_token) {
+            // Not reported as running: the coordinator reconciles the step.
             warn!("refusing an assignment under a stale fencing token");
             return;
         }
+        let key: StepKey = (a.plan_id.clone(), a.target.clone(), a.fencing_token);
+        locked(&state.inflight).insert(key.clone());
         let _one_at_a_time = gate.lock().await;
         // A newer assignment may have arrived while this one waited.
         if state.tokens.superseded(&a.target, a.fencing_token) {
             warn!("dropping an assignment superseded by a newer fencing token");
+            locked(&state.inflight).remove(&key);
             return;
         }
         let run = execute(&state, &target, &a, &progress).await;
@@ -340,30 +391,70 @@ async fn handle(
             version_before: before,
             agent_id: state.config.name.clone(),
         };
-        // If the coordinator is away, the step is reassigned after it returns; the rerun reads the history and
-        // finds the work done.
+        // The result is held until the coordinator acknowledges it: retried here for a while, then sent again
+        // after the next (re)connection. Meanwhile heartbeats list the step, so it is not reconciled under it.
+        locked(&state.unacked).insert(key.clone(), report.clone());
+        let parent = telemetry::traceparent(&tracing::Span::current(), &a.plan_id, &a.target);
         let mut wait = Duration::from_millis(200);
         for attempt in 1..=5 {
-            let mut request = tonic::Request::new(report.clone());
-            let parent = telemetry::traceparent(&tracing::Span::current(), &a.plan_id, &a.target);
-            if let Ok(value) = parent.parse() {
-                request.metadata_mut().insert("traceparent", value);
-            }
-            match client.report_result(request).await {
-                Ok(_) => break,
-                Err(e) if e.code() == tonic::Code::Unavailable && attempt < 5 => {
+            match send_result(&state, &mut client, &key, &report, Some(&parent)).await {
+                Sent::Done => break,
+                Sent::Retry if attempt < 5 => {
                     tokio::time::sleep(wait).await;
                     wait *= 2;
                 }
-                Err(e) => {
-                    warn!(error = %e, "could not report the result; the coordinator will reconcile");
-                    break;
-                }
+                Sent::Retry => warn!("could not report the result; holding it until the coordinator is back"),
             }
         }
     }
     .instrument(span)
     .await
+}
+
+enum Sent {
+    /// Acknowledged, or refused for good: the result is no longer held.
+    Done,
+    /// The coordinator could not be reached: keep the result.
+    Retry,
+}
+
+/// Sends one held result. The coordinator acknowledges late and repeated results too, so anything but
+/// unavailability means it will never want this one again.
+async fn send_result(
+    state: &State,
+    client: &mut AgentServiceClient<Channel>,
+    key: &StepKey,
+    report: &pb::StepResult,
+    traceparent: Option<&str>,
+) -> Sent {
+    let mut request = tonic::Request::new(report.clone());
+    if let Some(value) = traceparent.and_then(|t| t.parse().ok()) {
+        request.metadata_mut().insert("traceparent", value);
+    }
+    match client.report_result(request).await {
+        Err(e) if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled) => {
+            Sent::Retry
+        }
+        outcome => {
+            if let Err(e) = outcome {
+                warn!(plan_id = %key.0, target = %key.1, error = %e, "the coordinator refused a result; dropping it");
+            }
+            locked(&state.unacked).remove(key);
+            locked(&state.inflight).remove(key);
+            Sent::Done
+        }
+    }
+}
+
+/// Sends every result still held (from before a reconnection).
+async fn resend_results(state: &State, client: &mut AgentServiceClient<Channel>) {
+    let held: Vec<(StepKey, pb::StepResult)> =
+        locked(&state.unacked).iter().map(|(k, r)| (k.clone(), r.clone())).collect();
+    for (key, report) in held {
+        if let Sent::Done = send_result(state, client, &key, &report, None).await {
+            info!(plan_id = %key.0, target = %key.1, "reported a result held across a reconnection");
+        }
+    }
 }
 
 /// The highest fencing token seen per target: work under a lower one comes from a coordinator that lost the lock.
