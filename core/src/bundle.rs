@@ -66,7 +66,11 @@ impl Bundle {
     /// Parses a bundle received over the network, refusing unknown engines and unsafe paths.
     pub fn from_json(bytes: &[u8]) -> Result<Bundle, BundleError> {
         if bytes.len() > MAX_BUNDLE_BYTES {
-            return Err(BundleError::Invalid(format!("larger than {MAX_BUNDLE_BYTES} bytes")));
+            return Err(BundleError::Invalid(format!(
+                "the bundle is {} bytes, over the limit of {MAX_BUNDLE_BYTES} bytes (63 MiB): bundles are for \
+                 migrations, not data",
+                bytes.len()
+            )));
         }
         let bundle: Bundle = serde_json::from_slice(bytes).map_err(|e| BundleError::Invalid(e.to_string()))?;
         for (key, files) in &bundle.sets {

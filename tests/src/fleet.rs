@@ -257,6 +257,22 @@ impl Fleet {
         finish(child).await
     }
 
+    /// A gRPC channel to the coordinator presenting `name`'s certificate (`admin` or an agent's), for raw RPCs.
+    pub async fn channel_as(&self, name: &str) -> tonic::transport::Channel {
+        let certs = self.certs();
+        let read = |file: String| std::fs::read(certs.join(file)).expect("certificate file");
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem".into())))
+            .identity(tonic::transport::Identity::from_pem(read(format!("{name}.pem")), read(format!("{name}.key"))));
+        tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", self.port))
+            .expect("endpoint")
+            .tls_config(tls)
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
     pub async fn cli(&self, args: &[&str]) -> Run {
         self.cli_as("admin", args).await
     }

@@ -67,7 +67,7 @@ pub fn manifest_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
-fn install_drivers() {
+pub(crate) fn install_drivers() {
     static ONCE: Once = Once::new();
     ONCE.call_once(sqlx::any::install_default_drivers);
 }
@@ -85,7 +85,7 @@ pub struct TestDb {
 /// `tests/servers.sh start`.
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if self.engine == Sqlite {
+        if self.engine == Sqlite || self.name.is_empty() {
             return;
         }
         let (engine, name) = (self.engine, self.name.clone());
@@ -126,6 +126,13 @@ impl TestDb {
                 TestDb { engine, url: format!("{}/{name}", &base[..cut]), name, _dir: None }
             }
         }
+    }
+
+    /// A database that lives elsewhere (on a private server of a fault test, say), for the same checks; it is not
+    /// dropped with this value.
+    pub fn on(engine: Engine, url: &str) -> TestDb {
+        install_drivers();
+        TestDb { engine, url: url.to_string(), name: String::new(), _dir: None }
     }
 
     /// Drops the database (see `Drop`).
@@ -176,7 +183,7 @@ impl TestDb {
 
     pub async fn mongo(&self) -> mongodb::Database {
         let client = mongodb::Client::with_uri_str(&self.url).await.expect("mongo client");
-        client.database(&self.name)
+        client.default_database().unwrap_or_else(|| client.database(&self.name))
     }
 
     /// Everything in the schema except Flotilla's own tables, as sorted lines. Read with plain catalog queries.
@@ -458,6 +465,7 @@ pub async fn cmd(command: &str, db: &TestDb, dir: &Path, extra: &[&str]) -> Run 
 
 pub mod fleet;
 pub mod proxy;
+pub mod servers;
 
 /// Per-engine migration text, so one suite runs on every engine.
 pub mod sql {

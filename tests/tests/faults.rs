@@ -3,11 +3,12 @@
 //! history is what the plan says, or the plan halted naming why, and no migration ran twice. The table of
 //! scenarios and outcomes is in docs/design/faults.md.
 
-use flotilla_core::Engine::Postgres;
+use flotilla_core::Engine::{Postgres, Sqlite};
 use std::time::Duration;
 
 use flotilla_tests::fleet::{count, steps, Fleet, FleetTarget};
 use flotilla_tests::proxy::{Fault, Proxy};
+use flotilla_tests::servers::{Kind, Server};
 use flotilla_tests::*;
 
 fn versions(history: &[(i64, String, i64)]) -> Vec<i64> {
@@ -219,4 +220,285 @@ async fn losing_etcd_mid_step_past_the_lease_ttl_runs_nothing_twice() {
     let plan = fleet.wait_state(&id, "succeeded").await;
     assert_eq!(count(&plan, "succeeded"), 1, "{plan:#}");
     ran_once_and_rolls_back_to_where_it_was(&fleet, &db, &id, &[1, 2]).await;
+}
+
+#[track_caller]
+fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: tonic::Code, needle: &str) {
+    let status = result.expect_err("the call must be refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(needle), "expected `{needle}` in {status:?}");
+}
+
+/// Every RPC given bad input answers with a status that says what is wrong, and nothing is stored: no plan, no
+/// target, no event; a message over the one size limit is refused by the transport, the coordinator unharmed.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_and_malformed_rpcs_get_a_clear_status_and_change_nothing() {
+    use flotilla_proto::v1 as pb;
+    use tonic::Code;
+    let db = TestDb::new(Sqlite).await;
+    let mut fleet = Fleet::start(&[("agent-1", "sq-*")], None, 5).await;
+    fleet.start_agent("agent-1", &[FleetTarget::new("sq-01", &db.url, &[("env", "test")])]).await;
+    fleet.wait_targets(1).await;
+    let unlimited = usize::MAX;
+    let mut agent = pb::agent_service_client::AgentServiceClient::new(fleet.channel_as("agent-1").await)
+        .max_encoding_message_size(unlimited);
+    let mut operator = pb::operator_service_client::OperatorServiceClient::new(fleet.channel_as("admin").await)
+        .max_encoding_message_size(unlimited);
+
+    let target = |name: &str, engine: pb::Engine| pb::TargetInfo {
+        name: name.into(),
+        engine: engine as i32,
+        labels: Default::default(),
+    };
+    let register = |targets| pb::RegisterRequest { targets, ..Default::default() };
+    refused(
+        agent.register(register(vec![target("sq-02", pb::Engine::Unspecified)])).await,
+        Code::InvalidArgument,
+        "has no engine",
+    );
+    refused(agent.register(register(vec![target("", pb::Engine::Sqlite)])).await, Code::InvalidArgument, "no name");
+    refused(
+        agent.register(register(vec![target("pg-01", pb::Engine::Postgres)])).await,
+        Code::PermissionDenied,
+        "may not serve",
+    );
+    let result = |plan: &str, target: &str| pb::StepResult {
+        plan_id: plan.into(),
+        target: target.into(),
+        fencing_token: 1,
+        succeeded: true,
+        ..Default::default()
+    };
+    refused(agent.report_result(result("no-such-plan", "sq-01")).await, Code::NotFound, "has no step");
+    refused(agent.report_result(result("no-such-plan", "pg-01")).await, Code::PermissionDenied, "does not serve");
+    let progress = pb::ProgressEvent {
+        plan_id: "no-such-plan".into(),
+        target: "sq-01".into(),
+        kind: "started".into(),
+        ..Default::default()
+    };
+    refused(agent.report_progress(tokio_stream::iter(vec![progress])).await, Code::NotFound, "has no step");
+    let huge = "x".repeat(flotilla_proto::MAX_MESSAGE_BYTES + 1024);
+    let mut oversized = register(vec![target("sq-01", pb::Engine::Sqlite)]);
+    oversized.agent_version = huge.clone();
+    refused(agent.register(oversized).await, Code::OutOfRange, "message length too large");
+
+    let submit = |bundle: Vec<u8>, selector: &str| pb::SubmitPlanRequest {
+        bundle,
+        selector: selector.into(),
+        strategy: Some(pb::Strategy { waves: vec!["100%".into()], max_parallel: 1, ..Default::default() }),
+        goal: Some(pb::Goal { direction: pb::goal::Direction::Up as i32, version: 0 }),
+        ..Default::default()
+    };
+    let good = br#"{"sets": {"sqlite": {"000001_a.up.sql": "CREATE TABLE a (id INT);", "000001_a.down.sql": "DROP TABLE a;"}}}"#;
+    refused(operator.submit_plan(submit(b"not json".to_vec(), "")).await, Code::InvalidArgument, "expected");
+    let unknown_engine = br#"{"sets": {"oracle": {"000001_a.up.sql": "SELECT 1;"}}}"#;
+    refused(
+        operator.submit_plan(submit(unknown_engine.to_vec(), "")).await,
+        Code::InvalidArgument,
+        "unknown engine `oracle`",
+    );
+    let escape = br#"{"sets": {"sqlite": {"../000001_a.up.sql": "SELECT 1;"}}}"#;
+    refused(operator.submit_plan(submit(escape.to_vec(), "")).await, Code::InvalidArgument, "../000001_a.up.sql");
+    let unreadable =
+        br#"{"sets": {"sqlite": {"000001_a.up.sql": "CREATE TABLE a (id INT);", "000001_b.up.sql": "SELECT 1;"}}}"#;
+    refused(operator.submit_plan(submit(unreadable.to_vec(), "")).await, Code::InvalidArgument, "do not read");
+    refused(operator.submit_plan(submit(good.to_vec(), "env=")).await, Code::InvalidArgument, "selector");
+    refused(
+        operator.submit_plan(submit(good.to_vec(), "env=nowhere")).await,
+        Code::FailedPrecondition,
+        "matches no registered target",
+    );
+    let mut bad_waves = submit(good.to_vec(), "");
+    bad_waves.strategy = Some(pb::Strategy { waves: vec!["150%".into()], ..Default::default() });
+    refused(operator.submit_plan(bad_waves).await, Code::InvalidArgument, "150%");
+    // Between the bundle limit and the message limit: through the transport, refused by the coordinator.
+    let mut large = submit(Vec::new(), "");
+    large.bundle = format!(
+        r#"{{"sets": {{"sqlite": {{"000001_a.up.sql": "{}"}}}}}}"#,
+        "x".repeat(flotilla_core::bundle::MAX_BUNDLE_BYTES)
+    )
+    .into_bytes();
+    refused(operator.submit_plan(large).await, Code::InvalidArgument, "over the limit of 66060288 bytes");
+    refused(operator.submit_plan(submit(huge.into_bytes(), "")).await, Code::OutOfRange, "message length too large");
+    refused(operator.get_plan(pb::GetPlanRequest { id: "no-such-plan".into() }).await, Code::NotFound, "no-such-plan");
+    refused(
+        operator.pause_plan(pb::PlanAction { id: "no-such-plan".into(), reason: String::new() }).await,
+        Code::NotFound,
+        "no-such-plan",
+    );
+    refused(
+        operator.create_rollback(pb::PlanAction { id: "no-such-plan".into(), reason: String::new() }).await,
+        Code::NotFound,
+        "no-such-plan",
+    );
+
+    // Nothing changed, and the coordinator still serves.
+    assert_eq!(fleet.cli(&["--json", "plan", "list"]).await.ok().json().as_array().map(Vec::len), Some(0));
+    let rows = fleet.cli(&["--json", "fleet", "status"]).await.ok().json();
+    let names: Vec<&str> = rows.as_array().expect("rows").iter().filter_map(|r| r["target"].as_str()).collect();
+    assert_eq!(names, ["sq-01"], "no target was registered by the refused calls");
+    assert!(db.history().await.is_empty());
+}
+
+/// A bundle larger than tonic's default 4 MiB message reaches the agent and is applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_5_mib_bundle_reaches_the_agent_and_applies() {
+    let db = TestDb::new(Sqlite).await;
+    let mut fleet = Fleet::start(&[("agent-1", "sq-*")], None, 5).await;
+    fleet.start_agent("agent-1", &[FleetTarget::new("sq-01", &db.url, &[("env", "test")])]).await;
+    fleet.wait_targets(1).await;
+    let dir = Dir::new();
+    // 5 MiB of reference data in the UP: the kind of seed migration that makes bundles large.
+    let rows: Vec<String> = (0..60_000).map(|i| format!("({i}, '{}')", "r".repeat(90))).collect();
+    let up =
+        format!("CREATE TABLE codes (id INT PRIMARY KEY, label TEXT);\nINSERT INTO codes VALUES {};", rows.join(",\n"));
+    assert!(up.len() > 5 << 20, "{} bytes", up.len());
+    dir.migration(Sqlite, 1, "codes", &up, "DROP TABLE codes;");
+    let id = fleet.create(dir.path(), &[]).await;
+    fleet.wait_state(&id, "succeeded").await;
+    assert_eq!(versions(&db.history().await), vec![1]);
+    assert_eq!(db.count("codes").await, 60_000);
+}
+
+/// A fleet with one agent serving `name` → `url`, etcd locks (`etcd`, or the shared one) and a lease TTL of 3 s.
+async fn fleet_on(name: &str, url: &str, etcd: Option<String>) -> Fleet {
+    let glob = format!("{}*", &name[..3]);
+    let mut fleet = Fleet::start(&[("agent-1", &glob)], Some(etcd.unwrap_or_else(etcd_url)), 3).await;
+    fleet.start_agent("agent-1", &[FleetTarget::new(name, url, &[("env", "test")])]).await;
+    fleet.wait_targets(1).await;
+    fleet
+}
+
+/// The database server is killed (SIGKILL) in the middle of a migration and restarted 2 s later. PostgreSQL rolls
+/// the transaction back: the step fails naming the lost connection, the plan halts, the target is where it was;
+/// the next plan applies the migration once.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_killed_mid_migration_rolls_it_back_and_the_next_plan_applies_it_once() {
+    let mut server = Server::start(Kind::Postgres).await;
+    let url = server.database("shop").await;
+    let db = TestDb::on(Postgres, &url);
+    let fleet = fleet_on("pg-01", &url, None).await;
+    let dir = slow_second(3);
+    let p0 = fleet.create(dir.path(), &["--to", "1"]).await;
+    fleet.wait_state(&p0, "succeeded").await;
+    let id = fleet.create(dir.path(), &["--max-failures", "0"]).await;
+    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // inside pg_sleep
+    server.kill().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.restart().await;
+    let plan = fleet.wait_state(&id, "halted").await;
+    let step = &steps(&plan)["pg-01"];
+    assert_eq!((step["state"].as_str(), step["version_before"].as_i64()), (Some("failed"), Some(1)), "{step:#}");
+    assert!(!step["error"].as_str().unwrap_or_default().is_empty(), "the failure is named: {step:#}");
+    assert_eq!(versions(&db.history().await), vec![1], "the killed transaction left nothing");
+    assert!(!db.has_table("runs").await);
+    let again = fleet.create(dir.path(), &[]).await;
+    fleet.wait_state(&again, "succeeded").await;
+    assert_eq!(versions(&db.history().await), vec![1, 2]);
+    assert_eq!(db.count("runs").await, 1);
+}
+
+/// MariaDB commits DDL statement by statement: killed mid-migration, it keeps what committed, and the history
+/// says exactly how far the migration got (dirty, 1 of 3). The plan halts; nothing later runs over it.
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_killed_mid_migration_leaves_it_dirty_at_the_statement_it_reached() {
+    let mut server = Server::start(Kind::Mariadb).await;
+    let url = server.database("shop").await;
+    let db = TestDb::on(Mysql, &url);
+    let fleet = fleet_on("my-01", &url, None).await;
+    let dir = Dir::new();
+    dir.file("000001_two_tables.up.sql", "CREATE TABLE a (id INT);\nSELECT SLEEP(3);\nCREATE TABLE b (id INT);")
+        .file("000001_two_tables.down.sql", "DROP TABLE IF EXISTS b;\nDROP TABLE IF EXISTS a;");
+    let id = fleet.create(dir.path(), &["--max-failures", "0"]).await;
+    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await; // CREATE TABLE a committed; SLEEP runs
+    server.kill().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.restart().await;
+    let plan = fleet.wait_state(&id, "halted").await;
+    assert_eq!(steps(&plan)["my-01"]["state"], "failed", "{plan:#}");
+    assert_eq!(db.history().await, vec![(1, "dirty".to_string(), 1)], "statement 1 of 3 committed, recorded once");
+    assert!(db.has_table("a").await && !db.has_table("b").await);
+    // A new plan refuses to run over the dirty migration.
+    let again = fleet.create(dir.path(), &["--max-failures", "0"]).await;
+    let plan = fleet.wait_state(&again, "halted").await;
+    assert!(steps(&plan)["my-01"]["error"].as_str().unwrap_or_default().contains("dirty"), "{plan:#}");
+    assert!(!db.has_table("b").await);
+}
+
+/// mongod is killed while a migration's slow command runs. Commands before it stay applied and the history says
+/// how many; the plan halts, and nothing runs twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn mongodb_killed_mid_migration_leaves_it_dirty_at_the_command_it_reached() {
+    let mut server = Server::start(Kind::Mongodb).await;
+    let url = server.database("shop").await;
+    let db = TestDb::on(flotilla_core::Engine::Mongodb, &url);
+    let fleet = fleet_on("mo-01", &url, None).await;
+    let dir = Dir::new();
+    dir.file(
+        "000001_runs.up.json",
+        r#"[{"create": "runs"}, {"insert": "runs", "documents": [{"_id": 1}]},
+            {"update": "runs", "updates": [{"q": {"$where": "sleep(3000) || true"}, "u": {"$set": {"slow": true}}}]}]"#,
+    )
+    .file("000001_runs.down.json", r#"[{"drop": "runs"}]"#);
+    let id = fleet.create(dir.path(), &["--max-failures", "0"]).await;
+    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await; // inside the sleeping update
+    server.kill().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.restart().await;
+    let plan = fleet.wait_state(&id, "halted").await;
+    assert_eq!(steps(&plan)["mo-01"]["state"], "failed", "{plan:#}");
+    assert_eq!(db.history().await, vec![(1, "dirty".to_string(), 2)], "2 of 3 commands committed, recorded once");
+    assert_eq!(db.count("runs").await, 1, "the insert ran once");
+}
+
+/// etcd is killed (SIGKILL) mid-step and restarted on its data 2 s later, inside the lease TTL: the lease survives
+/// the restart, the step finishes under its lock and the plan completes; nothing runs twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_killed_mid_step_and_restarted_the_plan_completes_once() {
+    let mut etcd = Server::start(Kind::Etcd).await;
+    let db = TestDb::new(Postgres).await;
+    let fleet = fleet_on("pg-01", &db.url, Some(etcd.url())).await;
+    let dir = slow_second(3);
+    let p0 = fleet.create(dir.path(), &["--to", "1"]).await;
+    fleet.wait_state(&p0, "succeeded").await;
+    let id = fleet.create(dir.path(), &[]).await;
+    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
+    etcd.kill().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    etcd.restart().await;
+    fleet.wait_state(&id, "succeeded").await;
+    ran_once_and_rolls_back_to_where_it_was(&fleet, &db, &id, &[1, 2]).await;
+}
+
+/// The coordinator's PostgreSQL store is killed mid-plan and restarted 2 s later: store calls fail meanwhile (the
+/// agent holds its result), the pool reconnects, and the plan completes with every step recorded once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_store_killed_mid_plan_and_restarted_loses_nothing() {
+    let mut store = Server::start(Kind::Postgres).await;
+    let store_url = store.database("flotilla").await;
+    let dbs = futures_util::future::join_all((0..3).map(|_| TestDb::new(Postgres))).await;
+    let targets: Vec<FleetTarget> = dbs
+        .iter()
+        .enumerate()
+        .map(|(i, db)| FleetTarget::new(&format!("pg-{:02}", i + 1), &db.url, &[("env", "test")]))
+        .collect();
+    let mut fleet = Fleet::start_on_store(&[("agent-1", "pg-*")], Some(etcd_url()), 3, &store_url).await;
+    fleet.start_agent("agent-1", &targets).await;
+    fleet.wait_targets(3).await;
+    let dir = slow_second(3);
+    let id = fleet.create(dir.path(), &["--parallel", "3"]).await;
+    fleet.wait_plan(&id, "running", |p| count(p, "running") >= 1).await;
+    store.kill().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    store.restart().await;
+    let plan = fleet.wait_state(&id, "succeeded").await;
+    assert_eq!(count(&plan, "succeeded"), 3, "{plan:#}");
+    for db in &dbs {
+        assert_eq!(versions(&db.history().await), vec![1, 2]);
+        assert_eq!(db.count("runs").await, 1, "no migration ran twice");
+    }
 }
