@@ -48,6 +48,7 @@ install_packages() {
   command -v mariadbd >/dev/null || missing+=(mariadb-server)
   command -v etcd >/dev/null || missing+=(etcd-server)
   command -v etcdctl >/dev/null || missing+=(etcd-client)
+  command -v faketime >/dev/null || missing+=(faketime)  # clock skew in the fault suite
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} (apt)"
     export DEBIAN_FRONTEND=noninteractive

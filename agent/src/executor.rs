@@ -166,6 +166,11 @@ pub struct Executor {
     /// Lock owner and `applied_by`.
     owner: String,
     plan_id: Option<String>,
+    /// The lock owner: `owner` and a suffix of this executor's own, so a lease is never re-entrant for another
+    /// process or another step that happens to share the name (two agent processes, two targets on one database).
+    lock_owner: String,
+    /// The fleet's fencing token for this step, checked against the highest the database has seen.
+    fencing_token: Option<u64>,
     lock_timeout: Duration,
     plan_options: PlanOptions,
     progress: Option<ProgressSink>,
@@ -173,10 +178,13 @@ pub struct Executor {
 
 impl Executor {
     pub fn new(driver: Box<dyn Driver>, owner: impl Into<String>) -> Self {
+        let owner = owner.into();
         Executor {
             driver,
-            owner: owner.into(),
+            lock_owner: format!("{owner}#{:016x}", rand::random::<u64>()),
+            owner,
             plan_id: None,
+            fencing_token: None,
             lock_timeout: Duration::from_secs(300),
             plan_options: PlanOptions::default(),
             progress: None,
@@ -195,6 +203,12 @@ impl Executor {
 
     pub fn with_plan_id(mut self, plan_id: Option<String>) -> Self {
         self.plan_id = plan_id;
+        self
+    }
+
+    /// Refuse to change the database if it has seen a higher fencing token than `token` (see [`Driver::fence_token`]).
+    pub fn with_fencing_token(mut self, token: Option<u64>) -> Self {
+        self.fencing_token = token;
         self
     }
 
@@ -250,6 +264,9 @@ impl Executor {
         self.driver.ensure_history().await?;
         let history = self.driver.history().await?;
         let steps = plan::plan(&set.migrations, &history, request, &self.plan_options)?;
+        if !steps.is_empty() {
+            self.fence().await?;
+        }
         let mut report = RunReport { dry_run: false, steps: Vec::with_capacity(steps.len()) };
         for step in pick(prepared, &steps)? {
             report.steps.push(self.run_step(step, 0).await?);
@@ -309,6 +326,7 @@ impl Executor {
     ) -> Result<(), ExecError> {
         self.driver.ensure_history().await?;
         check(&self.driver.history().await?)?;
+        self.fence().await?;
         for m in set.migrations.iter().filter(|m| m.version <= version) {
             let record = self.record(m, RecordState::Baseline, 0);
             self.driver.write_record(&record).await?;
@@ -342,6 +360,7 @@ impl Executor {
     ) -> Result<String, ExecError> {
         let history = self.driver.history().await?;
         let (m, direction, done, total) = self.dirty_target(set, &history, action)?;
+        self.fence().await?;
         match (action, direction) {
             (RepairAction::Resume, _) => {
                 let script = prepared
@@ -392,9 +411,24 @@ impl Executor {
 
     /// Takes the engine's per-database lock; pair with [`Self::release`].
     async fn lock(&mut self) -> Result<(), ExecError> {
-        let owner = self.owner.clone();
+        let owner = self.lock_owner.clone();
         self.driver.lock(&owner, self.lock_timeout).instrument(info_span!("lock", owner = %owner)).await?;
         Ok(())
+    }
+
+    /// Under the lock, before the first write: checks and raises the database's fencing token, so no runner with a
+    /// lower token changes it from here on. A run with nothing to write needs no fence (a second target name for
+    /// the same database finds the work done, whichever lock is older).
+    async fn fence(&mut self) -> Result<(), ExecError> {
+        let Some(token) = self.fencing_token else { return Ok(()) };
+        if self.driver.fence_token(token).await? {
+            return Ok(());
+        }
+        Err(ExecError::Refused(format!(
+            "fencing token {token} is lower than one this database has already seen: a runner holding a newer lock \
+             has changed it since (a coordinator that lost this target's lock, or another target name for the same \
+             database), so nothing was changed"
+        )))
     }
 
     /// Releases the lock whatever `result` is; the first error wins.

@@ -208,6 +208,12 @@ impl Fleet {
         }
     }
 
+    /// Hands over agent `name`'s process: the fleet forgets it (a new one may start under the name), and dropping
+    /// the child kills it.
+    pub fn take_agent(&mut self, name: &str) -> Option<Child> {
+        self.agents.remove(name)
+    }
+
     /// SIGTERM to agent `name` (an ordered shutdown); returns its exit code once it has exited.
     pub async fn stop_agent(&mut self, name: &str) -> Option<i32> {
         let mut child = self.agents.remove(name)?;

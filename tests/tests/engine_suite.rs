@@ -16,6 +16,7 @@ on_every_engine!(
     migration_outliving_its_lease_runs_once,
     failure_midway_leaves_dirty_and_repair_resumes,
     repair_marks_a_hand_resolved_migration,
+    a_lower_fencing_token_changes_nothing,
 );
 
 /// Migrations 1 (table a), 2 (table b), 3 (a row in a).
@@ -440,4 +441,36 @@ async fn repair_marks_a_hand_resolved_migration(engine: Engine) {
     cmd("repair", &db, dir.path(), &["--mark-applied"]).await.ok();
     assert_eq!(versions(&db.history().await), [(1, "applied"), (2, "applied")]);
     cmd("repair", &db, dir.path(), &["--mark-applied"]).await.fails(4, "nothing to repair");
+}
+
+/// The fleet's fencing token is checked by the database under its lock, before the first write: a runner holding a
+/// lower token than the database has seen (an assignment from a coordinator that lost the target's lock) changes
+/// nothing, up or down; the same token again, or a higher one, goes through; a run with nothing to write needs no
+/// fence.
+async fn a_lower_fencing_token_changes_nothing(engine: Engine) {
+    use flotilla_agent::{connect, ConnectOptions, Executor};
+    use flotilla_core::{read_dir, ReadOptions, Request};
+    let db = TestDb::new(engine).await;
+    let dir = three(engine);
+    let set = read_dir(dir.path(), &ReadOptions::default()).expect("read");
+    let run = |token: u64, request: Request| {
+        let (url, set) = (db.url.clone(), set.clone());
+        async move {
+            let driver = connect(&url, &ConnectOptions::default()).await.expect("connect");
+            let mut ex = Executor::new(driver, "fence-test").with_fencing_token(Some(token));
+            let result = ex.migrate(&set, request, false).await.map(drop);
+            ex.close().await;
+            result
+        }
+    };
+    let up = |to| Request::Up { to: Some(to) };
+    run(5, up(1)).await.expect("token 5");
+    let refused = run(3, up(2)).await.expect_err("token 3 is below 5");
+    assert!(refused.to_string().contains("fencing token 3 is lower"), "{refused}");
+    assert_eq!(versions(&db.history().await), [(1, "applied")], "the refused run changed nothing");
+    run(3, up(1)).await.expect("nothing to write: no fence needed");
+    run(5, up(2)).await.expect("the same token again (a re-sent assignment)");
+    run(9, up(3)).await.expect("a higher token");
+    assert!(run(7, Request::DownTo(1)).await.is_err(), "7 is below 9 now: a DOWN is refused too");
+    assert_eq!(versions(&db.history().await), [(1, "applied"), (2, "applied"), (3, "applied")]);
 }

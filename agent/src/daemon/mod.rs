@@ -554,6 +554,7 @@ async fn execute(
     };
     let mut ex = Executor::new(driver, format!("flotilla-agent:{}", state.config.name))
         .with_plan_id(Some(a.plan_id.clone()))
+        .with_fencing_token(Some(a.fencing_token))
         .with_plan_options(PlanOptions { phase, ..PlanOptions::default() })
         .with_progress(sink);
     let before = match ex.history().await {

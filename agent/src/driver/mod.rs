@@ -83,6 +83,10 @@ pub trait Driver: Send {
     async fn check_lock(&mut self) -> Result<(), DriverError>;
 
     async fn unlock(&mut self) -> Result<(), DriverError>;
+    /// Under the lock: records `token` as the highest fencing token this database has seen and returns `true`, or
+    /// returns `false` and changes nothing if it has seen a higher one (the caller's assignment comes from a
+    /// coordinator that has since lost the target's lock).
+    async fn fence_token(&mut self, token: u64) -> Result<bool, DriverError>;
 
     /// Creates the history table (collection) if missing.
     async fn ensure_history(&mut self) -> Result<(), DriverError>;

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bson::{doc, Bson, Document};
-use chrono::Utc;
 use flotilla_core::history::{HISTORY_TABLE, LOCK_TABLE};
 use flotilla_core::{AppliedMigration, Backfill, Checksum, Direction, Engine, Statement};
 use futures_util::TryStreamExt;
@@ -122,10 +121,9 @@ impl MongoDriver {
     async fn fence(&self, session: &mut ClientSession) -> Result<(), DriverError> {
         let Some(lease) = &self.lease else { return Err(DriverError::LockLost) };
         let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX / 2);
-        let expires = bson::DateTime::from_millis(Utc::now().timestamp_millis() + ttl_ms);
         let renewed = self
             .locks
-            .update_one(doc! { "_id": LOCK_ID, "owner": &lease.owner }, doc! { "$set": { "expires_at": expires } })
+            .update_one(doc! { "_id": LOCK_ID, "owner": &lease.owner }, extend_lease(None, ttl_ms))
             .session(session)
             .await
             .map_err(mongo_error)?;
@@ -239,6 +237,18 @@ fn parse_doc(d: &Document) -> Result<AppliedMigration, DriverError> {
     })
 }
 
+/// The lease document's `_id` in `flotilla_lock` holding the highest fencing token seen.
+const FENCE_ID: &str = "fence";
+
+/// An update pipeline that sets the lease's expiry `ttl_ms` after the server's now (and its owner, when taking it).
+fn extend_lease(owner: Option<&str>, ttl_ms: i64) -> Vec<bson::Document> {
+    let mut set = doc! { "expires_at": { "$add": ["$$NOW", ttl_ms] } };
+    if let Some(owner) = owner {
+        set.insert("owner", owner);
+    }
+    vec![doc! { "$set": set }]
+}
+
 #[async_trait]
 impl Driver for MongoDriver {
     fn engine(&self) -> Engine {
@@ -256,19 +266,24 @@ impl Driver for MongoDriver {
         let started = Instant::now();
         let mut pause = Duration::from_millis(20);
         loop {
-            let now = Utc::now();
-            let expires = bson::DateTime::from_millis(now.timestamp_millis() + ttl_ms);
-            let attempt = self
+            // Expiry is judged by the server's clock ($$NOW), never a client's: a runner whose clock is ahead must
+            // not see a live lease as expired.
+            // (An upsert may not filter with $expr: the document is created, already expired, when missing.)
+            let taken = self
                 .locks
                 .update_one(
-                    doc! { "_id": LOCK_ID, "$or": [ { "expires_at": { "$lt": bson::DateTime::from_chrono(now) } }, { "owner": owner } ] },
-                    doc! { "$set": { "owner": owner, "expires_at": expires } },
+                    doc! { "_id": LOCK_ID, "$or": [ { "$expr": { "$lt": ["$expires_at", "$$NOW"] } }, { "owner": owner } ] },
+                    extend_lease(Some(owner), ttl_ms),
                 )
-                .upsert(true)
-                .await;
-            match attempt {
-                Ok(_) => break,
-                Err(e) if code_of(&e) == Some(DUPLICATE_KEY) => {}
+                .await
+                .map_err(mongo_error)?;
+            if taken.matched_count == 1 {
+                break;
+            }
+            let expired = doc! { "_id": LOCK_ID, "owner": bson::Bson::Null, "expires_at": bson::DateTime::MIN };
+            match self.locks.insert_one(expired).await {
+                Ok(_) => continue,                                 // there was none: take it now
+                Err(e) if code_of(&e) == Some(DUPLICATE_KEY) => {} // held by another runner
                 Err(e) => return Err(mongo_error(e)),
             }
             if started.elapsed() >= timeout {
@@ -295,13 +310,8 @@ impl Driver for MongoDriver {
                     _ = token.cancelled() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
-                let expires = bson::DateTime::from_millis(Utc::now().timestamp_millis() + ttl_ms);
-                let renewed = locks
-                    .update_one(
-                        doc! { "_id": LOCK_ID, "owner": &owner_name },
-                        doc! { "$set": { "expires_at": expires } },
-                    )
-                    .await;
+                let renewed =
+                    locks.update_one(doc! { "_id": LOCK_ID, "owner": &owner_name }, extend_lease(None, ttl_ms)).await;
                 if !matches!(renewed, Ok(r) if r.matched_count == 1) {
                     tracing::warn!(owner = %owner_name, "MongoDB migration lease could not be renewed");
                     flag.store(true, Ordering::SeqCst);
@@ -311,6 +321,22 @@ impl Driver for MongoDriver {
         });
         self.lease = Some(HeldLease { owner: owner.to_string(), lost, keepalive });
         Ok(())
+    }
+
+    async fn fence_token(&mut self, token: u64) -> Result<bool, DriverError> {
+        let token =
+            i64::try_from(token).map_err(|_| DriverError::Database(format!("fencing token {token} overflows")))?;
+        // Matches only a fence at or below `token`; a higher one makes the upsert collide with its _id.
+        let raised = self
+            .locks
+            .update_one(doc! { "_id": FENCE_ID, "token": { "$lte": token } }, doc! { "$set": { "token": token } })
+            .upsert(true)
+            .await;
+        match raised {
+            Ok(_) => Ok(true),
+            Err(e) if code_of(&e) == Some(DUPLICATE_KEY) => Ok(false),
+            Err(e) => Err(mongo_error(e)),
+        }
     }
 
     async fn check_lock(&mut self) -> Result<(), DriverError> {

@@ -539,6 +539,44 @@ impl Driver for SqlDriver {
         Ok(())
     }
 
+    async fn fence_token(&mut self, token: u64) -> Result<bool, DriverError> {
+        let token =
+            i64::try_from(token).map_err(|_| DriverError::Database(format!("fencing token {token} overflows")))?;
+        const CREATE: &str = "CREATE TABLE IF NOT EXISTS flotilla_fence (id INT PRIMARY KEY, token BIGINT NOT NULL)";
+        match self.engine {
+            // The upsert raises the fence only from at or below `token` (no row touched otherwise). PostgreSQL
+            // takes both statements in one round trip; SQLite, in process, counts only the last one's rows.
+            Engine::Postgres | Engine::Sqlite => {
+                let upsert = format!(
+                    "INSERT INTO flotilla_fence (id, token) VALUES (1, {token})
+                     ON CONFLICT (id) DO UPDATE SET token = excluded.token WHERE flotilla_fence.token <= excluded.token"
+                );
+                let raised = if self.engine == Engine::Postgres {
+                    self.run(&format!("{CREATE}; {upsert}")).await?
+                } else {
+                    self.run(CREATE).await?;
+                    self.run(&upsert).await?
+                };
+                Ok(raised == 1)
+            }
+            // MySQL reports an unchanged row as 0 affected: keep the higher token, then read which it is.
+            Engine::Mysql => {
+                self.run(CREATE).await?;
+                self.run(&format!(
+                    "INSERT INTO flotilla_fence (id, token) VALUES (1, {token})
+                     ON DUPLICATE KEY UPDATE token = GREATEST(token, VALUES(token))"
+                ))
+                .await?;
+                let seen: i64 = sqlx::query_scalar("SELECT token FROM flotilla_fence WHERE id = 1")
+                    .fetch_one(&mut self.conn)
+                    .await
+                    .map_err(db_error)?;
+                Ok(seen == token)
+            }
+            Engine::Mongodb => unreachable!("MongoDB has its own driver"),
+        }
+    }
+
     async fn ensure_history(&mut self) -> Result<(), DriverError> {
         if !self.tables_known {
             self.run(self.dialect.create_history).await?;
