@@ -344,8 +344,8 @@ impl Executor {
         let prepared = self.prepare_set(set)?;
         if dry_run {
             let history = self.driver.history().await?;
-            let (m, direction, done, total) = self.dirty_target(set, &history, action)?;
-            return Ok(describe_repair(m, direction, done, total, action));
+            let dirty = self.dirty_target(set, &history, action)?;
+            return Ok(describe_repair(&dirty, action, &prepared));
         }
         self.lock().await?;
         let result = self.repair_locked(set, &prepared, action).await;
@@ -359,7 +359,8 @@ impl Executor {
         action: RepairAction,
     ) -> Result<String, ExecError> {
         let history = self.driver.history().await?;
-        let (m, direction, done, total) = self.dirty_target(set, &history, action)?;
+        let dirty = self.dirty_target(set, &history, action)?;
+        let DirtyTarget { migration: m, direction, done, .. } = dirty;
         self.fence().await?;
         match (action, direction) {
             (RepairAction::Resume, _) => {
@@ -378,7 +379,7 @@ impl Executor {
                 self.driver.delete_record(m.version).await?;
             }
         }
-        Ok(describe_repair(m, direction, done, total, action))
+        Ok(describe_repair(&dirty, action, prepared))
     }
 
     fn dirty_target<'s>(
@@ -386,12 +387,12 @@ impl Executor {
         set: &'s MigrationSet,
         history: &[AppliedMigration],
         action: RepairAction,
-    ) -> Result<(&'s Migration, Direction, u32, u32), ExecError> {
+    ) -> Result<DirtyTarget<'s>, ExecError> {
         let dirty = history
             .iter()
             .find(|h| h.state.is_dirty())
             .ok_or_else(|| ExecError::Refused("no migration is dirty: there is nothing to repair".into()))?;
-        let RecordState::Dirty { direction, statements_done, statements_total, .. } = dirty.state else {
+        let RecordState::Dirty { direction, statements_done, statements_total, ref error } = dirty.state else {
             unreachable!("found by is_dirty")
         };
         let m = set
@@ -406,7 +407,13 @@ impl Executor {
             }
             .into());
         }
-        Ok((m, direction, statements_done, statements_total))
+        Ok(DirtyTarget {
+            migration: m,
+            direction,
+            done: statements_done,
+            total: statements_total,
+            interrupted: error.is_none(),
+        })
     }
 
     /// Takes the engine's per-database lock; pair with [`Self::release`].
@@ -666,17 +673,43 @@ impl Executor {
         };
         self.driver.check_lock().await?;
         self.driver.write_record(&self.record(m, dirty(from, None), 0)).await?;
+        // A script that opens transactions of its own keeps them: its statements run as written.
+        let own_transactions =
+            step.statements.iter().any(|s| matches!(s, Statement::Sql { text, .. } if is_transaction_control(text)));
         let mut rows = 0;
+        let mut finished = false;
         for (i, statement) in step.statements.iter().enumerate().skip(from) {
             // A lost lock stops here: the record stays dirty (interrupted), so no other runner goes on blindly.
             self.driver.check_lock().await?;
-            match self.driver.execute(statement).await {
+            let last = i + 1 == total;
+            // A row change commits in one transaction with the record that says it ran (the progress, or after the
+            // last statement the final record), so a crash between the two cannot make a resume run it twice. DDL
+            // may commit on its own (MySQL): the record still says "interrupted at this statement", and `repair`
+            // says that it may have run.
+            let ran = if statement.is_dml() && !own_transactions {
+                let after = match (last, step.direction) {
+                    (false, _) => HistoryChange::Write(self.record(m, dirty(i + 1, None), 0)),
+                    (true, Direction::Up) => {
+                        HistoryChange::Write(self.record(m, RecordState::Applied, millis(started.elapsed())))
+                    }
+                    (true, Direction::Down) => HistoryChange::Delete(m.version),
+                };
+                let mut affected = 0;
+                let change = move || after.clone();
+                let mut count = |_, n| affected = n;
+                let result = self.driver.execute_atomic(std::slice::from_ref(statement), &change, &mut count).await;
+                finished = last;
+                result.map(|()| affected).map_err(|e| e.error)
+            } else {
+                let result = self.driver.execute(statement).await;
+                if result.is_ok() && !last {
+                    self.driver.set_progress(m.version, u32::try_from(i + 1).unwrap_or(u32::MAX)).await?;
+                }
+                result
+            };
+            match ran {
                 Ok(n) => {
                     rows += n;
-                    // After the last statement the final record write says it all.
-                    if i + 1 < total {
-                        self.driver.set_progress(m.version, u32::try_from(i + 1).unwrap_or(u32::MAX)).await?;
-                    }
                     let elapsed_ms = millis(started.elapsed());
                     self.emit(step, ProgressKind::Statement { index: i + 1, total, rows_affected: n, elapsed_ms });
                 }
@@ -703,11 +736,13 @@ impl Executor {
                 }
             }
         }
-        match step.direction {
-            Direction::Up => {
-                self.driver.write_record(&self.record(m, RecordState::Applied, millis(started.elapsed()))).await?
+        if !finished {
+            match step.direction {
+                Direction::Up => {
+                    self.driver.write_record(&self.record(m, RecordState::Applied, millis(started.elapsed()))).await?
+                }
+                Direction::Down => self.driver.delete_record(m.version).await?,
             }
-            Direction::Down => self.driver.delete_record(m.version).await?,
         }
         Ok(rows)
     }
@@ -795,11 +830,36 @@ fn planned(step: &Prepared) -> StepReport {
     }
 }
 
-fn describe_repair(m: &Migration, direction: Direction, done: u32, total: u32, action: RepairAction) -> String {
+/// The dirty migration a repair acts on, as its history record describes it.
+#[derive(Clone, Copy)]
+struct DirtyTarget<'s> {
+    migration: &'s Migration,
+    direction: Direction,
+    /// Statements known to have committed.
+    done: u32,
+    total: u32,
+    /// The run stopped (was killed) while statement `done + 1` ran, rather than failing on it.
+    interrupted: bool,
+}
+
+fn describe_repair(dirty: &DirtyTarget, action: RepairAction, prepared: &PreparedSet) -> String {
+    let DirtyTarget { migration: m, direction, done, total, interrupted } = *dirty;
     let what = match (action, direction) {
         (RepairAction::Resume, _) => {
             let of = if total > 0 { format!(" of {total}") } else { String::new() };
-            format!("resume {direction} from statement {}{of}", done + 1)
+            // A row change commits with its progress record, so it never ran unrecorded. A statement that commits
+            // on its own (DDL on MySQL, a MongoDB command) may have, if the run was killed while it ran.
+            let next = prepared.get(&(m.version, direction)).and_then(|p| p.statements.get(done as usize));
+            let doubt = match next {
+                Some(s) if interrupted && !s.is_dml() => format!(
+                    "; the run stopped while statement {} (line {}) ran, and it commits on its own, so it may have \
+                     committed: check it first (`flotilla schema dump`); if it did, resuming fails on it or repeats it",
+                    done + 1,
+                    s.line()
+                ),
+                _ => String::new(),
+            };
+            format!("resume {direction} from statement {}{of}{doubt}", done + 1)
         }
         (RepairAction::MarkApplied, Direction::Up) => "record it as applied".into(),
         (RepairAction::MarkApplied, Direction::Down) => "record it as rolled back".into(),

@@ -234,6 +234,29 @@ impl Statement {
         }
     }
 
+    /// Whether the statement only changes rows (SQL INSERT, UPDATE, DELETE, REPLACE; MongoDB insert, update,
+    /// delete): such a statement commits with the transaction it runs in, where DDL may commit on its own (MySQL).
+    pub fn is_dml(&self) -> bool {
+        match self {
+            Statement::Sql { text, .. } => {
+                let mut rest = text.trim_start();
+                // Leading comments do not change what the statement is.
+                loop {
+                    if let Some(after) = rest.strip_prefix("--") {
+                        rest = after.split_once('\n').map_or("", |(_, tail)| tail).trim_start();
+                    } else if let Some(after) = rest.strip_prefix("/*") {
+                        rest = after.split_once("*/").map_or("", |(_, tail)| tail).trim_start();
+                    } else {
+                        break;
+                    }
+                }
+                let word: String = rest.chars().take_while(char::is_ascii_alphabetic).collect();
+                matches!(word.to_ascii_uppercase().as_str(), "INSERT" | "UPDATE" | "DELETE" | "REPLACE")
+            }
+            Statement::Command { name, .. } => matches!(name.as_str(), "insert" | "update" | "delete"),
+        }
+    }
+
     pub fn line(&self) -> usize {
         match self {
             Statement::Sql { line, .. } | Statement::Command { line, .. } => *line,
@@ -316,6 +339,30 @@ impl Migration {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn dml_is_told_from_ddl() {
+        let sql = |text: &str| Statement::Sql { text: text.into(), line: 1 };
+        for dml in [
+            "INSERT INTO t VALUES (1)",
+            "  update t set n = 1",
+            "-- why\nDELETE FROM t",
+            "/* x */ REPLACE INTO t VALUES (1)",
+        ] {
+            assert!(sql(dml).is_dml(), "{dml}");
+        }
+        for ddl in [
+            "CREATE TABLE t (n INT)",
+            "ALTER TABLE t ADD COLUMN m INT",
+            "SELECT SLEEP(1)",
+            "-- INSERT\nDROP TABLE t",
+            "UPDATED",
+        ] {
+            assert!(!sql(ddl).is_dml(), "{ddl}");
+        }
+        let command = |name: &str| Statement::Command { command: serde_json::json!({}), name: name.into(), line: 1 };
+        assert!(command("update").is_dml() && !command("createIndexes").is_dml());
+    }
     use super::*;
 
     #[test]

@@ -3,7 +3,7 @@
 //! history is what the plan says, or the plan halted naming why, and no migration ran twice. The table of
 //! scenarios and outcomes is in docs/design/faults.md.
 
-use flotilla_core::Engine::{Postgres, Sqlite};
+use flotilla_core::Engine::{Mysql, Postgres, Sqlite};
 use std::path::Path;
 use std::time::Duration;
 
@@ -422,6 +422,10 @@ async fn mariadb_killed_mid_migration_leaves_it_dirty_at_the_statement_it_reache
     assert_eq!(steps(&plan)["my-01"]["state"], "failed", "{plan:#}");
     assert_eq!(db.history().await, vec![(1, "dirty".to_string(), 1)], "statement 1 of 3 committed, recorded once");
     assert!(db.has_table("a").await && !db.has_table("b").await);
+    // `repair` says that the statement the run stopped in commits on its own, so it may have run.
+    let dry = cmd("repair", &db, dir.path(), &["--resume", "--dry-run"]).await;
+    dry.ok();
+    assert!(dry.stdout.contains("statement 2") && dry.stdout.contains("may have committed"), "{dry:#?}");
     // A new plan refuses to run over the dirty migration.
     let again = fleet.create(dir.path(), &["--max-failures", "0"]).await;
     let plan = fleet.wait_state(&again, "halted").await;
@@ -612,4 +616,41 @@ async fn a_runner_with_a_skewed_clock_does_not_take_a_live_mongodb_lease() {
     fleet.wait_state(&id, "succeeded").await;
     assert_eq!(db.count("runs").await, 1, "the migration ran once");
     assert_eq!(versions(&db.history().await), vec![1]);
+}
+
+/// Statement by statement (MariaDB commits DDL on its own), a row change must commit together with the record
+/// that says it ran: otherwise a failure between the two (here injected for real, a trigger that makes the progress
+/// write fail just after the UPDATE) leaves the UPDATE committed but unrecorded, and `repair --resume` runs it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_change_and_its_progress_record_commit_together_on_mariadb() {
+    let db = TestDb::new(Mysql).await;
+    let dir = Dir::new();
+    dir.migration(Mysql, 1, "seed", "CREATE TABLE seed (id INT);", "DROP TABLE seed;").migration(
+        Mysql,
+        2,
+        "counter",
+        "CREATE TABLE t (n INT);\nINSERT INTO t VALUES (1);\nUPDATE t SET n = n + 1;\nCREATE TABLE u (id INT);",
+        "DROP TABLE u;\nDROP TABLE t;",
+    );
+    cmd("up", &db, dir.path(), &["--to", "1"]).await.ok();
+    db.exec(
+        "CREATE TRIGGER fail_progress BEFORE UPDATE ON flotilla_schema_history FOR EACH ROW BEGIN
+           IF NEW.version = 2 AND NEW.statements_done = 3 THEN
+             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'injected: the progress write fails';
+           END IF;
+         END",
+    )
+    .await;
+    cmd("up", &db, dir.path(), &[]).await.fails(1, "injected: the progress write fails");
+    let n = || async {
+        let mut conn = db.sql().await;
+        sqlx::query_scalar::<_, i32>("SELECT n FROM t").fetch_one(&mut conn).await.expect("n")
+    };
+    assert_eq!(n().await, 1, "the UPDATE rolled back with its progress record");
+    assert_eq!(db.history().await[1], (2, "dirty".to_string(), 2), "two statements are known to have run");
+    db.exec("DROP TRIGGER fail_progress").await;
+    cmd("repair", &db, dir.path(), &["--resume"]).await.ok();
+    assert_eq!(n().await, 2, "the UPDATE ran exactly once");
+    assert_eq!(versions(&db.history().await), vec![1, 2]);
+    assert!(db.has_table("u").await);
 }
