@@ -13,7 +13,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::lock::LockError;
 use crate::service::{Assignment, Coordinator, ServiceError};
-use crate::store::StepCount;
+use crate::store::{StepCount, StoreError};
 use flotilla_proto::telemetry;
 
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
@@ -67,9 +67,17 @@ impl Coordinator {
             let id = plan.id.clone();
             let span = info_span!("schedule", plan_id = %id);
             telemetry::join_plan(&span, &id);
-            // One plan's failure (a store error, a missing bundle) is that plan's: the others are scheduled.
-            if let Err(e) = self.drive(plan, &targets).instrument(span).await {
-                warn!(plan_id = %id, error = %e, "could not schedule the plan this tick");
+            // One plan's failure is that plan's: the others are scheduled. A plan whose stored data is broken (its
+            // bundle gone or unreadable) can never go on: it halts, saying why; anything else is tried again.
+            match self.drive(plan.clone(), &targets).instrument(span).await {
+                Ok(()) => {}
+                Err(ServiceError::Store(StoreError::Corrupt(why))) => {
+                    warn!(plan_id = %id, why, "halting a plan whose stored data is broken");
+                    if let Err(e) = self.halt(&plan, &format!("its stored data is broken: {why}")).await {
+                        warn!(plan_id = %id, error = %e, "could not halt the plan");
+                    }
+                }
+                Err(e) => warn!(plan_id = %id, error = %e, "could not schedule the plan this tick; trying again"),
             }
         }
         Ok(())

@@ -11,6 +11,23 @@ use tokio::process::{Child, Command};
 
 use crate::{binary, finish, Run};
 
+/// Which store the coordinator keeps its plans in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Sqlite,
+    Postgres,
+}
+
+/// Instantiates async test functions `fn name(store: Store)` once per coordinator store, in modules named after
+/// them, so the fleet's end-to-end tests run on both.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite_store { $( #[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test($crate::fleet::Store::Sqlite).await } )* }
+        mod postgres_store { $( #[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test($crate::fleet::Store::Postgres).await } )* }
+    };
+}
+
 /// A database an agent serves.
 #[derive(Debug, Clone)]
 pub struct FleetTarget {
@@ -36,6 +53,8 @@ pub struct Fleet {
     lease_ttl: u64,
     /// The coordinator's store: a SQLite file in `dir` unless set (a PostgreSQL URL, say).
     pub store: Option<String>,
+    /// A PostgreSQL store database this fleet made for itself, dropped with it.
+    store_db: Option<crate::TestDb>,
     coordinator: Option<Child>,
     agents: BTreeMap<String, Child>,
     /// Environment for every process started from now on (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).
@@ -59,6 +78,34 @@ impl Fleet {
         lease_ttl: u64,
         env: Vec<(String, String)>,
     ) -> Fleet {
+        Fleet::launch(agents, etcd, lease_ttl, env, None).await
+    }
+
+    /// `start` on either store: the SQLite file (the embedded default) or a fresh PostgreSQL database.
+    pub async fn start_on(store: Store, agents: &[(&str, &str)], etcd: Option<String>, lease_ttl: u64) -> Fleet {
+        match store {
+            Store::Sqlite => Fleet::start(agents, etcd, lease_ttl).await,
+            Store::Postgres => {
+                let db = crate::TestDb::new(crate::Postgres).await;
+                let mut fleet = Fleet::start_on_store(agents, etcd, lease_ttl, &db.url).await;
+                fleet.store_db = Some(db);
+                fleet
+            }
+        }
+    }
+
+    /// `start`, with the coordinator's store at `store` (e.g. a PostgreSQL database).
+    pub async fn start_on_store(agents: &[(&str, &str)], etcd: Option<String>, lease_ttl: u64, store: &str) -> Fleet {
+        Fleet::launch(agents, etcd, lease_ttl, Vec::new(), Some(store.to_string())).await
+    }
+
+    async fn launch(
+        agents: &[(&str, &str)],
+        etcd: Option<String>,
+        lease_ttl: u64,
+        env: Vec<(String, String)>,
+        store: Option<String>,
+    ) -> Fleet {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = dir.path().join("certs");
         let mut args = vec!["certs".to_string(), "init".into(), "--out".into(), certs.display().to_string()];
@@ -73,20 +120,12 @@ impl Fleet {
             port: free_port(),
             etcd,
             lease_ttl,
-            store: None,
+            store,
+            store_db: None,
             coordinator: None,
             agents: BTreeMap::new(),
             env,
         };
-        fleet.start_coordinator().await;
-        fleet
-    }
-
-    /// `start`, with the coordinator's store at `store` (e.g. a PostgreSQL database).
-    pub async fn start_on_store(agents: &[(&str, &str)], etcd: Option<String>, lease_ttl: u64, store: &str) -> Fleet {
-        let mut fleet = Fleet::start(agents, etcd, lease_ttl).await;
-        fleet.kill_coordinator().await;
-        fleet.store = Some(store.to_string());
         fleet.start_coordinator().await;
         fleet
     }
@@ -312,18 +351,24 @@ impl Fleet {
         self.wait_plan(id, state, |p| p["state"] == state).await
     }
 
-    /// Waits until the coordinator knows `n` targets.
+    /// Waits until the coordinator knows `n` targets and their versions, and every agent is connected (its
+    /// assignment stream open: a plan created earlier could skip an agent whose stream is still opening).
     pub async fn wait_targets(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let run = self.cli(&["--json", "fleet", "status"]).await;
-            if run.code <= 1
+            let known = run.code <= 1
                 && run
                     .json()
                     .as_array()
-                    .is_some_and(|a| a.len() >= n && a.iter().all(|t| !t["applied_version"].is_null()))
-            {
-                return;
+                    .is_some_and(|a| a.len() >= n && a.iter().all(|t| !t["applied_version"].is_null()));
+            if known {
+                let agents = self.cli(&["--json", "agents"]).await;
+                let connected = agents.code == 0
+                    && agents.json().as_array().is_some_and(|a| a.iter().all(|x| x["connected"] == true));
+                if connected {
+                    return;
+                }
             }
             assert!(Instant::now() < deadline, "only some targets registered: {run:#?}\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(200)).await;

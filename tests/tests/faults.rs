@@ -654,3 +654,154 @@ async fn a_row_change_and_its_progress_record_commit_together_on_mariadb() {
     assert_eq!(versions(&db.history().await), vec![1, 2]);
     assert!(db.has_table("u").await);
 }
+
+/// Forty of an agent's targets are unreachable (a blackhole: every connection attempt waits out its 10 s timeout)
+/// and one is fine. Reading the dead ones' histories must never hold back heartbeats or work on the healthy one:
+/// its plan completes while the unreachable ones are still being read.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_targets_never_hold_back_heartbeats_or_work_on_the_others() {
+    let good = TestDb::new(Postgres).await;
+    let dead = TestDb::new(Postgres).await;
+    let (blackhole, dead_url) = Proxy::in_front_of(&dead.url).await;
+    blackhole.set(Fault::Blackhole);
+    let mut targets = vec![FleetTarget::new("pg-good", &good.url, &[("env", "good")])];
+    targets.extend((0..40).map(|i| FleetTarget::new(&format!("pg-dead-{i:02}"), &dead_url, &[("env", "dead")])));
+    let mut fleet = Fleet::start(&[("agent-1", "pg-*")], Some(etcd_url()), 3).await;
+    fleet.start_agent("agent-1", &targets).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let agents = fleet.cli(&["--json", "agents"]).await.json();
+        if agents[0]["connected"] == true && agents[0]["targets"].as_array().map(Vec::len) == Some(41) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{agents:#}\n{}", fleet.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dir = three_migrations();
+    let id = fleet.create(dir.path(), &["--select", "env=good"]).await;
+    fleet.wait_state(&id, "succeeded").await;
+    assert_eq!(versions(&good.history().await), vec![1, 2, 3]);
+    let status = fleet.cli(&["--json", "fleet", "status", "--select", "env=dead"]).await.json();
+    let unread = status.as_array().expect("rows").iter().filter(|r| r["applied_version"].is_null()).count();
+    assert!(unread > 0, "the plan finished while the dead targets were still being read: {status:#}");
+    let agents = fleet.cli(&["--json", "agents"]).await.json();
+    assert_eq!(agents[0]["connected"], true, "heartbeats went on: {agents:#}");
+}
+
+/// SIGTERM while a step runs: the agent takes no new work, keeps its session (heartbeats, the result) while the
+/// step drains, reports it, and exits cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_stopped_mid_step_drains_it_reports_it_and_exits_cleanly() {
+    let dir = slow_second(3);
+    let (mut fleet, db, _) = one_target_at_v1(&dir, 3, None).await;
+    let id = fleet.create(dir.path(), &[]).await;
+    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
+    let code = fleet.stop_agent("agent-1").await;
+    assert_eq!(code, Some(0), "a clean exit after the drain:\n{}", fleet.logs());
+    let plan = fleet.plan(&id).await;
+    assert_eq!(plan["state"], "succeeded", "the drained step's result arrived before the agent exited: {plan:#}");
+    let events = fleet.cli(&["--json", "plan", "watch", &id]).await;
+    assert!(!events.stdout.contains("\"reconcile\""), "never taken for gone while draining: {}", events.stdout);
+    assert_eq!(versions(&db.history().await), vec![1, 2]);
+    assert_eq!(db.count("runs").await, 1);
+}
+
+/// Target names as long as the store allows, on the PostgreSQL store: a failed target's rollback plan
+/// (`rollback-failed`) is created and runs; its id is not built from the name.
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_failed_with_long_target_names_works_on_the_postgres_store() {
+    let store = TestDb::new(Postgres).await;
+    let dbs = futures_util::future::join_all((0..2).map(|_| TestDb::new(Postgres))).await;
+    let long = |i: usize| format!("pg-{i}-{}", "tenant-with-a-long-name-".repeat(4));
+    let targets: Vec<FleetTarget> =
+        dbs.iter().enumerate().map(|(i, db)| FleetTarget::new(&long(i), &db.url, &[("env", "test")])).collect();
+    assert!(targets[0].name.len() > 64);
+    let mut fleet = Fleet::start_on_store(&[("agent-1", "pg-*")], Some(etcd_url()), 3, &store.url).await;
+    fleet.start_agent("agent-1", &targets).await;
+    fleet.wait_targets(2).await;
+    // Migration 3 fails on target 1 only (its index name is taken), after 1 and 2 have committed there.
+    dbs[1].exec("CREATE TABLE other (status TEXT)").await;
+    dbs[1].exec("CREATE INDEX orders_status ON other (status)").await;
+    let dir = three_migrations();
+    let id =
+        fleet.create(dir.path(), &["--waves", "100%", "--max-failures", "1", "--on-failure", "rollback-failed"]).await;
+    let plan = fleet.wait_plan(&id, "over", |p| p["state"] != "running" && p["state"] != "pending").await;
+    let s = steps(&plan);
+    assert_eq!(s[&long(1)]["state"], "failed", "{plan:#}");
+    let plans = fleet.cli(&["--json", "plan", "list"]).await.ok().json();
+    let rollback: Vec<&str> = plans
+        .as_array()
+        .expect("plans")
+        .iter()
+        .filter(|p| p["rollback_of"] == id.as_str())
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert_eq!(rollback.len(), 1, "{plans:#}");
+    fleet.wait_state(rollback[0], "succeeded").await;
+    assert!(rollback[0].len() <= 64, "{}", rollback[0]);
+    assert_eq!(versions(&dbs[0].history().await), vec![1, 2, 3]);
+    assert!(dbs[1].history().await.is_empty(), "the failed target is back where the plan found it");
+    assert!(!dbs[1].has_table("orders").await);
+}
+
+/// One plan's stored data breaks (its bundle is gone from the store): that plan halts saying why, and the other
+/// plans go on being scheduled; before, the error stopped every tick for every plan.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_plan_with_broken_stored_data_halts_and_the_others_go_on() {
+    let dbs = futures_util::future::join_all((0..3).map(|_| TestDb::new(Sqlite))).await;
+    let targets: Vec<FleetTarget> = dbs
+        .iter()
+        .enumerate()
+        .map(|(i, db)| {
+            FleetTarget::new(&format!("sq-{:02}", i + 1), &db.url, &[("group", if i < 2 { "a" } else { "b" })])
+        })
+        .collect();
+    let mut fleet = Fleet::start(&[("agent-1", "sq-*")], None, 5).await;
+    fleet.start_agent("agent-1", &targets).await;
+    fleet.wait_targets(3).await;
+    let (a, b) = (Dir::new(), Dir::new());
+    a.migration(Sqlite, 1, "a", "CREATE TABLE a (id INT);", "DROP TABLE a;");
+    b.migration(Sqlite, 1, "b", "CREATE TABLE b (id INT);", "DROP TABLE b;");
+    // Plan A: wave 1 runs, then it waits for approval; meanwhile its bundle disappears from the store.
+    let broken = fleet.create(a.path(), &["--select", "group=a", "--waves", "1,100%", "--approve-waves"]).await;
+    fleet.wait_state(&broken, "awaiting_approval").await;
+    let store = format!("sqlite://{}", fleet.dir.path().join("store.db").display());
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&store).await.expect("store");
+    sqlx::Executor::execute(&mut conn, "DELETE FROM bundles").await.expect("delete");
+    fleet.cli(&["plan", "approve", &broken]).await.ok();
+    let halted = fleet.wait_state(&broken, "halted").await;
+    let events = fleet.cli(&["--json", "plan", "watch", &broken]).await;
+    assert!(events.stdout.contains("stored data is broken"), "it says why: {}\n{halted:#}", events.stdout);
+    // Plan B, created after A (so scheduled after it on every tick), still runs.
+    let other = fleet.create(b.path(), &["--select", "group=b"]).await;
+    fleet.wait_state(&other, "succeeded").await;
+    assert!(dbs[2].has_table("b").await);
+}
+
+/// One agent is cut off (blackholed) while the other agents' targets roll out: the rest of the fleet finishes
+/// while it is partitioned, and its targets converge once the partition heals.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_partitioned_agent_does_not_hold_back_the_rest_of_the_fleet() {
+    let dbs = futures_util::future::join_all((0..6).map(|_| TestDb::new(Sqlite))).await;
+    let target = |i: usize| FleetTarget::new(&format!("sq-{:02}", i + 1), &dbs[i].url, &[("env", "test")]);
+    let mut fleet = Fleet::start(&[("agent-near", "sq-0[123]"), ("agent-far", "sq-0[456]")], None, 3).await;
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", fleet.port)).await;
+    fleet.start_agent("agent-near", &[target(0), target(1), target(2)]).await;
+    fleet.start_agent_via("agent-far", &[target(3), target(4), target(5)], proxy.addr().port()).await;
+    fleet.wait_targets(6).await;
+    proxy.set(Fault::Blackhole);
+    let dir = Dir::new();
+    dir.migration(Sqlite, 1, "a", "CREATE TABLE a (id INT);", "DROP TABLE a;");
+    let id = fleet.create(dir.path(), &["--waves", "100%", "--parallel", "6"]).await;
+    let plan = fleet.wait_plan(&id, "done near", |p| count(p, "succeeded") >= 3).await;
+    for i in 0..3 {
+        assert_eq!(steps(&plan)[&format!("sq-{:02}", i + 1)]["state"], "succeeded", "{plan:#}");
+    }
+    proxy.set(Fault::Reset);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set(Fault::Pass);
+    fleet.wait_state(&id, "succeeded").await;
+    for db in &dbs {
+        assert_eq!(versions(&db.history().await), vec![1]);
+    }
+}

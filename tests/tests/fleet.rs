@@ -4,8 +4,16 @@
 use std::time::Duration;
 
 use flotilla_core::Engine::{self, Mongodb, Mysql, Postgres};
-use flotilla_tests::fleet::{count, steps, Fleet, FleetTarget};
+use flotilla_tests::fleet::{count, steps, Fleet, FleetTarget, Store};
 use flotilla_tests::*;
+
+// The end-to-end tests run on both coordinator stores: the SQLite file and PostgreSQL.
+flotilla_tests::on_both_stores!(
+    a_fleet_of_32_databases_rolls_out_in_waves_halts_on_failure_and_rolls_back,
+    pause_resume_and_abort_take_effect_within_a_tick,
+    an_agent_killed_mid_step_is_reconciled_and_nothing_runs_twice,
+    a_coordinator_killed_mid_wave_resumes_from_its_store,
+);
 
 /// Three migrations per engine, in one bundle with a set per engine.
 fn bundle() -> Dir {
@@ -49,8 +57,7 @@ fn versions(history: &[(i64, String, i64)]) -> Vec<i64> {
 /// A target's name, database and labels.
 type Named<'a> = (String, &'a TestDb, Vec<(&'static str, &'static str)>);
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_fleet_of_32_databases_rolls_out_in_waves_halts_on_failure_and_rolls_back() {
+async fn a_fleet_of_32_databases_rolls_out_in_waves_halts_on_failure_and_rolls_back(store: Store) {
     let (pg, my, mo) = tokio::join!(databases(Postgres, 12), databases(Mysql, 12), databases(Mongodb, 8));
     let mut named: Vec<Named> = Vec::new();
     for (i, db) in pg.iter().enumerate() {
@@ -76,8 +83,8 @@ async fn a_fleet_of_32_databases_rolls_out_in_waves_halts_on_failure_and_rolls_b
         before.push(db.catalog().await);
     }
 
-    let mut fleet =
-        Fleet::start(&[("agent-pg", "pg-*"), ("agent-my", "my-*"), ("agent-mo", "mo-*")], Some(etcd_url()), 3).await;
+    let agents = [("agent-pg", "pg-*"), ("agent-my", "my-*"), ("agent-mo", "mo-*")];
+    let mut fleet = Fleet::start_on(store, &agents, Some(etcd_url()), 3).await;
     for (agent, prefix) in [("agent-pg", "pg-"), ("agent-my", "my-"), ("agent-mo", "mo-")] {
         let targets: Vec<FleetTarget> = named
             .iter()
@@ -181,14 +188,14 @@ fn slow_bundle(seconds: u32) -> Dir {
     dir
 }
 
-async fn pg_fleet(n: usize, lease_ttl: u64) -> (Fleet, Vec<TestDb>, Vec<FleetTarget>) {
+async fn pg_fleet(store: Store, n: usize, lease_ttl: u64) -> (Fleet, Vec<TestDb>, Vec<FleetTarget>) {
     let dbs = databases(Postgres, n).await;
     let targets: Vec<FleetTarget> = dbs
         .iter()
         .enumerate()
         .map(|(i, db)| FleetTarget::new(&format!("pg-{:02}", i + 1), &db.url, &[("env", "test")]))
         .collect();
-    let mut fleet = Fleet::start(&[("agent-1", "pg-*")], Some(etcd_url()), lease_ttl).await;
+    let mut fleet = Fleet::start_on(store, &[("agent-1", "pg-*")], Some(etcd_url()), lease_ttl).await;
     fleet.start_agent("agent-1", &targets).await;
     fleet.wait_targets(n).await;
     (fleet, dbs, targets)
@@ -198,9 +205,8 @@ fn in_flight(plan: &serde_json::Value) -> usize {
     count(plan, "assigned") + count(plan, "running")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn pause_resume_and_abort_take_effect_within_a_tick() {
-    let (fleet, dbs, _) = pg_fleet(6, 10).await;
+async fn pause_resume_and_abort_take_effect_within_a_tick(store: Store) {
+    let (fleet, dbs, _) = pg_fleet(store, 6, 10).await;
     let dir = slow_bundle(1);
     let id = fleet.create(dir.path(), &["--waves", "100%", "--parallel", "1"]).await;
     fleet.wait_plan(&id, "running a step", |p| count(p, "running") == 1).await;
@@ -227,9 +233,8 @@ async fn pause_resume_and_abort_take_effect_within_a_tick() {
     fleet.cli(&["plan", "resume", &id]).await.fails(4, "aborted");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_agent_killed_mid_step_is_reconciled_and_nothing_runs_twice() {
-    let (mut fleet, dbs, targets) = pg_fleet(3, 3).await;
+async fn an_agent_killed_mid_step_is_reconciled_and_nothing_runs_twice(store: Store) {
+    let (mut fleet, dbs, targets) = pg_fleet(store, 3, 3).await;
     let dir = slow_bundle(4);
     let id = fleet.create(dir.path(), &["--waves", "100%", "--parallel", "3"]).await;
     fleet.wait_plan(&id, "running", |p| count(p, "running") == 3).await;
@@ -250,9 +255,8 @@ async fn an_agent_killed_mid_step_is_reconciled_and_nothing_runs_twice() {
     assert_eq!(events.stdout.lines().filter(|l| l.contains("\"reconcile\"")).count(), 3, "{}", events.stdout);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_coordinator_killed_mid_wave_resumes_from_its_store() {
-    let (mut fleet, dbs, _) = pg_fleet(4, 3).await;
+async fn a_coordinator_killed_mid_wave_resumes_from_its_store(store: Store) {
+    let (mut fleet, dbs, _) = pg_fleet(store, 4, 3).await;
     let dir = slow_bundle(3);
     let id = fleet.create(dir.path(), &["--waves", "100%", "--parallel", "2"]).await;
     fleet.wait_plan(&id, "running", |p| count(p, "running") == 2).await;
