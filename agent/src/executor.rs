@@ -694,12 +694,8 @@ impl Executor {
                     }
                     (true, Direction::Down) => HistoryChange::Delete(m.version),
                 };
-                let mut affected = 0;
-                let change = move || after.clone();
-                let mut count = |_, n| affected = n;
-                let result = self.driver.execute_atomic(std::slice::from_ref(statement), &change, &mut count).await;
                 finished = last;
-                result.map(|()| affected).map_err(|e| e.error)
+                self.driver.execute_recorded(statement, after).await.map_err(|e| e.error)
             } else {
                 let result = self.driver.execute(statement).await;
                 if result.is_ok() && !last {

@@ -56,6 +56,7 @@ pub struct Fleet {
     /// A PostgreSQL store database this fleet made for itself, dropped with it.
     store_db: Option<crate::TestDb>,
     coordinator: Option<Child>,
+    standby: Option<Child>,
     agents: BTreeMap<String, Child>,
     /// Environment for every process started from now on (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).
     pub env: Vec<(String, String)>,
@@ -123,6 +124,7 @@ impl Fleet {
             store,
             store_db: None,
             coordinator: None,
+            standby: None,
             agents: BTreeMap::new(),
             env,
         };
@@ -134,6 +136,7 @@ impl Fleet {
     pub async fn stop(&mut self) {
         let mut children: Vec<Child> = std::mem::take(&mut self.agents).into_values().collect();
         children.extend(self.coordinator.take());
+        children.extend(self.standby.take());
         for mut child in children {
             if let Some(pid) = child.id() {
                 let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
@@ -192,6 +195,19 @@ impl Fleet {
             assert!(Instant::now() < deadline, "the coordinator did not start:\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Starts a second coordinator process on the same store and etcd (a standby), on a port of its own, which it
+    /// returns. It is killed with the fleet.
+    pub async fn start_standby(&mut self) -> u16 {
+        let port = free_port();
+        let primary = self.coordinator.take();
+        let primary_port = std::mem::replace(&mut self.port, port);
+        self.start_coordinator().await;
+        self.standby = self.coordinator.take();
+        self.coordinator = primary;
+        self.port = primary_port;
+        port
     }
 
     /// SIGKILL, as a crash would.

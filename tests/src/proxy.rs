@@ -32,6 +32,8 @@ pub enum Fault {
 pub struct Proxy {
     addr: SocketAddr,
     fault: watch::Sender<Fault>,
+    /// Where new connections go (open ones stay where they are, as behind a virtual IP that fails over).
+    upstream: watch::Sender<SocketAddr>,
     stop: CancellationToken,
 }
 
@@ -60,9 +62,16 @@ impl Proxy {
         let listener = listen("127.0.0.1:0".parse().expect("addr")).expect("proxy listens");
         let addr = listener.local_addr().expect("proxy address");
         let (fault, faults) = watch::channel(Fault::Pass);
+        let (upstream, upstreams) = watch::channel(upstream);
         let stop = CancellationToken::new();
-        tokio::spawn(accept_loop(listener, addr, upstream, faults, stop.clone()));
-        Proxy { addr, fault, stop }
+        tokio::spawn(accept_loop(listener, addr, upstreams, faults, stop.clone()));
+        Proxy { addr, fault, upstream, stop }
+    }
+
+    /// Sends new connections to `upstream` (`host:port`) from now on: a failover.
+    pub async fn retarget(&self, upstream: &str) {
+        let to = tokio::net::lookup_host(upstream).await.ok().and_then(|mut a| a.next()).expect("upstream resolves");
+        self.upstream.send_replace(to);
     }
 
     /// A proxy in front of the server `url` names; returns it and the same URL pointed through it.
@@ -100,7 +109,7 @@ fn authority(url: &str) -> (usize, usize) {
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
-    upstream: SocketAddr,
+    upstream: watch::Receiver<SocketAddr>,
     mut faults: watch::Receiver<Fault>,
     stop: CancellationToken,
 ) {
@@ -125,7 +134,7 @@ async fn accept_loop(
             accepted = async { listener.as_ref().expect("listening").accept().await }, if listener.is_some() => {
                 if let Ok((client, _)) = accepted {
                     let _ = client.set_nodelay(true);
-                    tokio::spawn(connection(client, upstream, faults.clone(), stop.child_token()));
+                    tokio::spawn(connection(client, *upstream.borrow(), faults.clone(), stop.child_token()));
                 }
             }
         }
@@ -303,7 +312,8 @@ mod tests {
         let proxy_url = |url: &str| {
             let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
             let (fault, _) = watch::channel(Fault::Pass);
-            Proxy { addr, fault, stop: CancellationToken::new() }.url(url)
+            let (upstream, _) = watch::channel(addr);
+            Proxy { addr, fault, upstream, stop: CancellationToken::new() }.url(url)
         };
         assert_eq!(proxy_url("postgres://u:p@127.0.0.1:55432/db"), "postgres://u:p@127.0.0.1:4000/db");
         assert_eq!(proxy_url("mysql://root@127.0.0.1:53306/t_1"), "mysql://root@127.0.0.1:4000/t_1");

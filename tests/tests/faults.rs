@@ -805,3 +805,29 @@ async fn one_partitioned_agent_does_not_hold_back_the_rest_of_the_fleet() {
         assert_eq!(versions(&db.history().await), vec![1]);
     }
 }
+
+/// Two coordinator processes share a PostgreSQL store and etcd; the agent reaches the leader through an address
+/// that fails over (a proxy, as a virtual IP would). The leader is killed mid-step: the agent finishes, reconnects
+/// to the standby, which waits out the dead leader's lease before it touches the target; the step is recorded
+/// once and nothing runs twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_leading_coordinator_dies_mid_step_the_standby_takes_over_and_nothing_runs_twice() {
+    let store = TestDb::new(Postgres).await;
+    let db = TestDb::new(Postgres).await;
+    let targets = vec![FleetTarget::new("pg-01", &db.url, &[("env", "test")])];
+    let mut fleet = Fleet::start_on_store(&[("agent-1", "pg-*")], Some(etcd_url()), 3, &store.url).await;
+    let standby = fleet.start_standby().await;
+    let vip = Proxy::start(&format!("127.0.0.1:{}", fleet.port)).await;
+    fleet.start_agent_via("agent-1", &targets, vip.addr().port()).await;
+    fleet.wait_targets(1).await;
+    let dir = slow_second(3);
+    let p0 = fleet.create(dir.path(), &["--to", "1"]).await;
+    fleet.wait_state(&p0, "succeeded").await;
+    let id = fleet.create(dir.path(), &[]).await;
+    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
+    fleet.kill_coordinator().await;
+    vip.retarget(&format!("127.0.0.1:{standby}")).await;
+    fleet.port = standby; // operators fail over too
+    fleet.wait_state(&id, "succeeded").await;
+    ran_once_and_rolls_back_to_where_it_was(&fleet, &db, &id, &[1, 2]).await;
+}

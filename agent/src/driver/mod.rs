@@ -107,6 +107,18 @@ pub trait Driver: Send {
     /// Rolls back a transaction a script left open after one of its statements failed.
     async fn rollback_open_transaction(&mut self);
 
+    /// Runs one row-changing statement of a migration that otherwise runs statement by statement, and then the
+    /// history change, in one transaction: the row change cannot commit without the record that says it ran.
+    /// Returns rows affected. The lock is checked before (`check_lock`), not held inside the transaction: a runner
+    /// killed mid-statement must not leave the lock held by a transaction the server keeps open for a while.
+    async fn execute_recorded(&mut self, statement: &Statement, change: HistoryChange) -> Result<u64, AtomicError> {
+        let mut rows = 0;
+        let change = move || change.clone();
+        let mut count = |_, n| rows = n;
+        self.execute_atomic(std::slice::from_ref(statement), &change, &mut count).await?;
+        Ok(rows)
+    }
+
     /// Runs `statements`, then the history change `change()` returns, in one transaction. `on_done(i, rows)` is
     /// called after statement `i`; `change` is called after the last one, so the record can carry the real duration.
     async fn execute_atomic(

@@ -439,6 +439,27 @@ impl Driver for MongoDriver {
         session.commit_transaction().await.map_err(|e| at_commit(mongo_error(e)))
     }
 
+    async fn execute_recorded(&mut self, statement: &Statement, change: HistoryChange) -> Result<u64, AtomicError> {
+        // Like execute_atomic, without extending the lease inside the transaction: a killed runner's transaction
+        // stays open on the server (up to transactionLifetimeLimitSeconds) and would hold the lease document.
+        let at_commit = |error| AtomicError { statement: None, error };
+        let mut session = self.client.start_session().await.map_err(|e| at_commit(mongo_error(e)))?;
+        session.start_transaction().await.map_err(|e| at_commit(mongo_error(e)))?;
+        let rows = match self.run(statement, Some(&mut session)).await {
+            Ok(n) => n,
+            Err(error) => {
+                let _ = session.abort_transaction().await;
+                return Err(AtomicError { statement: Some(0), error });
+            }
+        };
+        if let Err(error) = self.apply_change(&change, &mut session).await {
+            let _ = session.abort_transaction().await;
+            return Err(at_commit(error));
+        }
+        session.commit_transaction().await.map_err(|e| at_commit(mongo_error(e)))?;
+        Ok(rows)
+    }
+
     async fn backfill_cursor(&mut self, _: i64, _: Direction) -> Result<Option<BackfillCursor>, DriverError> {
         Ok(None)
     }
