@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use flotilla_core::bundle::Bundle;
-use flotilla_core::fleet::{OnFailure, Selector, WaveSpec};
+use flotilla_core::fleet::{EventKind, OnFailure, Selector, WaveSpec};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::operator_service_client::OperatorServiceClient;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -419,26 +419,33 @@ fn known(v: &serde_json::Value) -> String {
     }
 }
 
-/// Per-statement and per-migration events: shown with -v.
+/// Per-statement and per-migration events: shown with -v. An event of a kind this CLI does not know (from a newer
+/// coordinator) is shown as it is, never hidden.
 fn is_detail(kind: &str) -> bool {
-    matches!(kind, "statement" | "batch" | "migration_started" | "migration_finished")
+    kind.parse::<EventKind>().is_ok_and(EventKind::is_detail)
 }
 
 fn event_line(e: &pb::PlanEvent) -> String {
+    use EventKind::*;
     let detail: serde_json::Value = serde_json::from_str(&e.detail).unwrap_or_default();
     let target = if e.target.is_empty() { String::new() } else { format!(" {}", e.target) };
-    let extra = match e.kind.as_str() {
-        "statement" => format!(" {} statement {}/{}", detail["version"], detail["statement"], detail["statements"]),
-        "succeeded" | "failed" => format!(
+    let by = || detail["by"].as_str().map(|by| format!(" by {by}")).unwrap_or_default();
+    let reason = || detail["reason"].as_str().filter(|r| !r.is_empty()).map(|r| format!(": {r}")).unwrap_or_default();
+    let extra = match e.kind.parse::<EventKind>().ok() {
+        Some(Statement) => {
+            format!(" {} statement {}/{}", detail["version"], detail["statement"], detail["statements"])
+        }
+        Some(Succeeded | Failed) => format!(
             " {} -> {}{}",
             known(&detail["version_before"]),
             known(&detail["applied_version"]),
             detail["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
         ),
-        "assigned" => format!(" to {} (token {})", detail["agent"].as_str().unwrap_or(""), detail["fencing_token"]),
-        "halted" | "reconcile" => format!(": {}", detail["reason"].as_str().unwrap_or("")),
-        "rollback_created" => format!(": {}", detail["plan"].as_str().unwrap_or("")),
-        "rollback_left_alone" => format!(": {} ({})", detail["targets"], detail["reason"].as_str().unwrap_or("")),
+        Some(Assigned) => format!(" to {} (token {})", detail["agent"].as_str().unwrap_or(""), detail["fencing_token"]),
+        Some(Halted | Reconcile) => reason(),
+        Some(Paused | Resumed | Aborted | Approved) => format!("{}{}", by(), reason()),
+        Some(RollbackCreated) => format!(": {}", detail["plan"].as_str().unwrap_or("")),
+        Some(RollbackLeftAlone) => format!(": {} ({})", detail["targets"], detail["reason"].as_str().unwrap_or("")),
         _ => String::new(),
     };
     format!("[{}] {}{target}{extra}", e.seq, e.kind)
@@ -475,22 +482,22 @@ impl Bars {
     }
 
     fn event(&self, e: &pb::PlanEvent, wave: Option<u32>) {
-        match e.kind.as_str() {
-            "succeeded" | "failed" => {
-                self.overall.inc(1);
-                if let Some(bar) = wave.and_then(|w| self.waves.get(&w)) {
-                    bar.inc(1);
-                    if e.kind == "failed" {
-                        bar.set_message("(with failures)");
-                    }
+        use EventKind::*;
+        let kind = e.kind.parse::<EventKind>().ok();
+        if let Some(Succeeded | Failed) = kind {
+            self.overall.inc(1);
+            if let Some(bar) = wave.and_then(|w| self.waves.get(&w)) {
+                bar.inc(1);
+                if kind == Some(Failed) {
+                    bar.set_message("(with failures)");
                 }
             }
-            _ => {}
         }
         if !is_detail(&e.kind) {
             self.log.set_message(event_line(e));
         }
-        if matches!(e.kind.as_str(), "failed" | "halted" | "reconcile" | "awaiting_approval" | "paused" | "aborted") {
+        // What an operator must not miss stays on the screen above the bars.
+        if matches!(kind, None | Some(Failed | Halted | Reconcile | AwaitingApproval | Paused | Resumed | Aborted)) {
             self.log.println(event_line(e));
         }
     }

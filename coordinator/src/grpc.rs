@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_core::fleet::{Goal, OnFailure, Selector, Step, StepState, Strategy, Target, WaveSpec};
+use flotilla_core::fleet::{EventKind, Goal, OnFailure, Selector, Step, StepState, Strategy, Target, WaveSpec};
 use flotilla_core::{Engine, Phase};
 use flotilla_proto::telemetry;
 use flotilla_proto::v1 as pb;
@@ -213,7 +213,14 @@ fn assignment_to_proto(a: Assignment) -> pb::Assignment {
     }
 }
 
-fn progress_from_proto(event: pb::ProgressEvent) -> Progress {
+/// A progress event, its kind checked: an agent reports only what happens inside its step.
+fn progress_from_proto(event: pb::ProgressEvent) -> Result<Progress, Status> {
+    let kind = event
+        .kind
+        .parse::<EventKind>()
+        .ok()
+        .filter(|k| k.is_progress())
+        .ok_or_else(|| Status::invalid_argument(format!("`{}` is not a kind of step progress", event.kind)))?;
     let mut detail = json!({
         "version": event.version,
         "direction": event.direction,
@@ -225,10 +232,10 @@ fn progress_from_proto(event: pb::ProgressEvent) -> Progress {
     if !event.error.is_empty() {
         detail["error"] = json!(event.error);
     }
-    if event.kind == "started" {
+    if kind == EventKind::StepStarted {
         detail["version_before"] = json!(event.version_before);
     }
-    Progress { plan_id: event.plan_id, target: event.target, token: event.fencing_token, kind: event.kind, detail }
+    Ok(Progress { plan_id: event.plan_id, target: event.target, token: event.fencing_token, kind, detail })
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -339,7 +346,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
                 }
             };
             received += burst.len() as u64;
-            let batch: Vec<Progress> = burst.into_iter().map(progress_from_proto).collect();
+            let batch: Vec<Progress> = burst.into_iter().map(progress_from_proto).collect::<Result<_, _>>()?;
             self.coordinator.progress(&who, &name, batch).await.map_err(status)?;
         }
         Ok(Response::new(pb::ProgressAck { received }))
@@ -454,7 +461,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                 let fresh = !events.is_empty();
                 for e in events {
                     after = e.seq;
-                    ending |= e.target.is_none() && matches!(e.kind.as_str(), "finished" | "halted" | "aborted");
+                    ending |= e.target.is_none() && e.kind.parse::<EventKind>().is_ok_and(EventKind::ends_plan);
                     let event = pb::PlanEvent {
                         plan_id: e.plan_id,
                         seq: e.seq,

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use flotilla_core::fleet::{Goal, OnFailure, Plan, PlanState, Step, StepState};
+use flotilla_core::fleet::{EventKind, Goal, OnFailure, Plan, PlanState, Step, StepState};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -135,7 +135,7 @@ impl Coordinator {
         if let Some(s) = self.store.step(plan_id, target).await?.filter(in_flight) {
             if self.store.set_step_state(plan_id, target, s.state, StepState::Pending, s.token, None).await? {
                 warn!(plan_id, target, why, "step will be reconciled from the target's history");
-                self.event(plan_id, Some(target), "reconcile", json!({ "reason": why })).await?;
+                self.event(plan_id, Some(target), EventKind::Reconcile, json!({ "reason": why })).await?;
             }
         }
         Ok(())
@@ -148,7 +148,7 @@ impl Coordinator {
             }
             plan.state = PlanState::Running;
             info!(plan_id = %plan.id, "plan started");
-            self.event(&plan.id, None, "started", json!({})).await?;
+            self.event(&plan.id, None, EventKind::Started, json!({})).await?;
         }
         // Counts and the steps in flight (at most `max_parallel` per plan), never every step: a pass over a plan of
         // thousands of targets reads a few rows.
@@ -191,7 +191,7 @@ impl Coordinator {
             if running == 0
                 && self.store.set_plan_state(&plan.id, PlanState::Running, PlanState::AwaitingApproval).await?
             {
-                self.event(&plan.id, None, "awaiting_approval", json!({ "wave": current })).await?;
+                self.event(&plan.id, None, EventKind::AwaitingApproval, json!({ "wave": current })).await?;
             }
             return Ok(());
         }
@@ -253,8 +253,13 @@ impl Coordinator {
                 .await?
             {
                 changed = true;
-                self.event(&plan.id, Some(&s.target), "reconcile", json!({ "reason": "the coordinator restarted" }))
-                    .await?;
+                self.event(
+                    &plan.id,
+                    Some(&s.target),
+                    EventKind::Reconcile,
+                    json!({ "reason": "the coordinator restarted" }),
+                )
+                .await?;
             } else {
                 // The step finished after `steps` was read (its result released the lock just before we took it):
                 // give the lock back, or it would be renewed for nothing and block the target.
@@ -340,7 +345,7 @@ impl Coordinator {
         self.event(
             &plan.id,
             Some(&step.target),
-            "assigned",
+            EventKind::Assigned,
             json!({ "agent": agent, "fencing_token": lease.token, "wave": step.wave, "goal": goal }),
         )
         .await?;
@@ -356,7 +361,7 @@ impl Coordinator {
                 "skipped": count(StepState::Skipped),
             });
             info!(plan_id = %plan.id, %detail, "plan finished");
-            self.event(&plan.id, None, "finished", detail).await?;
+            self.event(&plan.id, None, EventKind::Finished, detail).await?;
         }
         Ok(())
     }
@@ -367,7 +372,7 @@ impl Coordinator {
         }
         self.skip_pending(&self.store.steps(&plan.id).await?).await?;
         warn!(plan_id = %plan.id, reason, "plan halted");
-        self.event(&plan.id, None, "halted", json!({ "reason": reason })).await?;
+        self.event(&plan.id, None, EventKind::Halted, json!({ "reason": reason })).await?;
         if plan.strategy.on_failure == OnFailure::RollbackPlan {
             self.rollback_touched(plan).await?;
         }

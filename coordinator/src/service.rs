@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use flotilla_core::bundle::Bundle;
 use flotilla_core::fleet::{
-    assign_waves, AuditEntry, Event, Goal, OnFailure, Plan, PlanState, Selector, Step, StepState, Strategy, Target,
+    assign_waves, AuditEntry, Event, EventKind, Goal, OnFailure, Plan, PlanState, Selector, Step, StepState, Strategy,
+    Target,
 };
 use flotilla_core::{Engine, Phase, ReadOptions};
 use serde_json::json;
@@ -86,7 +87,7 @@ pub struct Progress {
     pub plan_id: String,
     pub target: String,
     pub token: u64,
-    pub kind: String,
+    pub kind: EventKind,
     pub detail: serde_json::Value,
 }
 
@@ -252,10 +253,10 @@ impl Coordinator {
         &self,
         plan_id: &str,
         target: Option<&str>,
-        kind: &str,
+        kind: EventKind,
         detail: serde_json::Value,
     ) -> Result<()> {
-        let event = NewEvent { plan_id: plan_id.into(), target: target.map(str::to_string), kind: kind.into(), detail };
+        let event = NewEvent { plan_id: plan_id.into(), target: target.map(str::to_string), kind, detail };
         self.append(vec![event]).await
     }
 
@@ -482,7 +483,7 @@ impl Coordinator {
             // The common case, checked in memory: the step's lock is held here under this token, for this agent.
             let current = self.held_lease(&p.plan_id, &p.target).is_some_and(|l| l.token == p.token)
                 && self.inner().owners.get(&p.target).is_some_and(|owner| owner == name);
-            if current && p.kind != "started" {
+            if current && p.kind != EventKind::StepStarted {
                 fast.push(NewEvent { plan_id: p.plan_id, target: Some(p.target), kind: p.kind, detail: p.detail });
             } else {
                 if !fast.is_empty() {
@@ -504,11 +505,11 @@ impl Coordinator {
             // Progress that arrives after the step's result adds nothing, and would read out of order.
             return Ok(());
         }
-        if p.kind == "started" && step.state == StepState::Assigned {
+        if p.kind == EventKind::StepStarted && step.state == StepState::Assigned {
             let before = p.detail.get("version_before").and_then(serde_json::Value::as_i64);
             self.store.start_step(&p.plan_id, &p.target, p.token, before).await?;
         }
-        self.event(&p.plan_id, Some(&p.target), &p.kind, p.detail).await
+        self.event(&p.plan_id, Some(&p.target), p.kind, p.detail).await
     }
 
     /// A step's result: recorded in one store transaction if the step is still in flight under the report's
@@ -696,7 +697,7 @@ impl Coordinator {
         self.store.create_plan(&plan, &steps).await?;
         self.audit(who, "submit", Some(&plan.id), format!("selector {}, {} targets", plan.selector, steps.len()))
             .await?;
-        self.event(&plan.id, None, "submitted", json!({ "targets": steps.len(), "by": who.actor() })).await?;
+        self.event(&plan.id, None, EventKind::Submitted, json!({ "targets": steps.len(), "by": who.actor() })).await?;
         self.wake.notify_one();
         Ok(PlanView { plan, steps })
     }
@@ -805,7 +806,13 @@ impl Coordinator {
             )));
         }
         self.audit(who, action, Some(id), reason.to_string()).await?;
-        self.event(id, None, action, json!({ "by": who.actor(), "reason": reason })).await?;
+        let kind = match action {
+            "pause" => EventKind::Paused,
+            "resume" => EventKind::Resumed,
+            "abort" => EventKind::Aborted,
+            _ => EventKind::Approved,
+        };
+        self.event(id, None, kind, json!({ "by": who.actor(), "reason": reason })).await?;
         self.wake.notify_one();
         self.view(id).await
     }
@@ -886,8 +893,13 @@ impl Coordinator {
         let unknown = unknown_before(&chosen);
         if !unknown.is_empty() {
             let reason = "the version before the plan was never read, so a rollback would not know where to stop";
-            self.event(&original.id, None, "rollback_left_alone", json!({ "targets": unknown, "reason": reason }))
-                .await?;
+            self.event(
+                &original.id,
+                None,
+                EventKind::RollbackLeftAlone,
+                json!({ "targets": unknown, "reason": reason }),
+            )
+            .await?;
         }
         if rb_steps.is_empty() {
             return Ok(None);
@@ -920,8 +932,10 @@ impl Coordinator {
             created_at: now,
         };
         self.store.create_plan(&plan, &rb_steps).await?;
-        self.event(&original.id, None, "rollback_created", json!({ "plan": id, "targets": rb_steps.len() })).await?;
-        self.event(&id, None, "submitted", json!({ "rollback_of": original.id, "targets": rb_steps.len() })).await?;
+        self.event(&original.id, None, EventKind::RollbackCreated, json!({ "plan": id, "targets": rb_steps.len() }))
+            .await?;
+        self.event(&id, None, EventKind::Submitted, json!({ "rollback_of": original.id, "targets": rb_steps.len() }))
+            .await?;
         self.wake.notify_one();
         Ok(Some(PlanView { plan, steps: rb_steps }))
     }

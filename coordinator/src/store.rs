@@ -6,7 +6,7 @@ use std::sync::Once;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_core::fleet::{AuditEntry, Event, Plan, PlanState, Step, StepState, Target};
+use flotilla_core::fleet::{AuditEntry, Event, EventKind, Plan, PlanState, Step, StepState, Target};
 use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
@@ -96,7 +96,7 @@ pub trait Store: Send + Sync {
         &self,
         plan_id: &str,
         target: Option<&str>,
-        kind: &str,
+        kind: EventKind,
         detail: &serde_json::Value,
     ) -> Result<u64, StoreError>;
     /// Appends several events in one transaction (progress arrives in bursts).
@@ -163,7 +163,7 @@ pub struct StepFinish {
 pub struct NewEvent {
     pub plan_id: String,
     pub target: Option<String>,
-    pub kind: String,
+    pub kind: EventKind,
     pub detail: serde_json::Value,
 }
 
@@ -632,7 +632,7 @@ impl Store for SqlStore {
         &self,
         plan_id: &str,
         target: Option<&str>,
-        kind: &str,
+        kind: EventKind,
         detail: &serde_json::Value,
     ) -> Result<u64, StoreError> {
         let insert = self.sql(INSERT_EVENT);
@@ -643,7 +643,7 @@ impl Store for SqlStore {
                 .bind(plan_id.to_string())
                 .bind(Utc::now().to_rfc3339())
                 .bind(target.map(str::to_string))
-                .bind(kind.to_string())
+                .bind(kind.as_str())
                 .bind(detail.to_string())
                 .bind(plan_id.to_string())
                 .fetch_one(&self.pool)
@@ -668,7 +668,7 @@ impl Store for SqlStore {
                         .bind(e.plan_id.clone())
                         .bind(Utc::now().to_rfc3339())
                         .bind(e.target.clone())
-                        .bind(e.kind.clone())
+                        .bind(e.kind.as_str())
                         .bind(e.detail.to_string())
                         .bind(e.plan_id.clone())
                         .fetch_one(&mut *tx)

@@ -302,6 +302,119 @@ pub struct Step {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What an event says happened: the one vocabulary the coordinator writes, the watch stream carries, the agent
+/// reports progress in and the CLI reads. Unknown kinds are refused where they come in, never defaulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    // A plan's life.
+    Submitted,
+    Started,
+    AwaitingApproval,
+    Approved,
+    Paused,
+    Resumed,
+    Aborted,
+    Halted,
+    Finished,
+    RollbackCreated,
+    RollbackLeftAlone,
+    // A step's life.
+    Assigned,
+    StepStarted,
+    Reconcile,
+    Succeeded,
+    Failed,
+    // Progress inside a step, from its agent.
+    MigrationStarted,
+    Statement,
+    Batch,
+    MigrationFinished,
+    MigrationFailed,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 21] = [
+        EventKind::Submitted,
+        EventKind::Started,
+        EventKind::AwaitingApproval,
+        EventKind::Approved,
+        EventKind::Paused,
+        EventKind::Resumed,
+        EventKind::Aborted,
+        EventKind::Halted,
+        EventKind::Finished,
+        EventKind::RollbackCreated,
+        EventKind::RollbackLeftAlone,
+        EventKind::Assigned,
+        EventKind::StepStarted,
+        EventKind::Reconcile,
+        EventKind::Succeeded,
+        EventKind::Failed,
+        EventKind::MigrationStarted,
+        EventKind::Statement,
+        EventKind::Batch,
+        EventKind::MigrationFinished,
+        EventKind::MigrationFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        use EventKind::*;
+        match self {
+            Submitted => "submitted",
+            Started => "started",
+            AwaitingApproval => "awaiting_approval",
+            Approved => "approved",
+            Paused => "paused",
+            Resumed => "resumed",
+            Aborted => "aborted",
+            Halted => "halted",
+            Finished => "finished",
+            RollbackCreated => "rollback_created",
+            RollbackLeftAlone => "rollback_left_alone",
+            Assigned => "assigned",
+            StepStarted => "step_started",
+            Reconcile => "reconcile",
+            Succeeded => "succeeded",
+            Failed => "failed",
+            MigrationStarted => "migration_started",
+            Statement => "statement",
+            Batch => "batch",
+            MigrationFinished => "migration_finished",
+            MigrationFailed => "migration_failed",
+        }
+    }
+
+    /// The plan is over after this event: a watch ends on it.
+    pub fn ends_plan(self) -> bool {
+        matches!(self, EventKind::Finished | EventKind::Halted | EventKind::Aborted)
+    }
+
+    /// Progress an agent may report about its step (anything else on the progress stream is refused).
+    pub fn is_progress(self) -> bool {
+        use EventKind::*;
+        matches!(self, StepStarted | MigrationStarted | Statement | Batch | MigrationFinished | MigrationFailed)
+    }
+
+    /// Per-statement and per-migration detail: a watch shows it with `-v`.
+    pub fn is_detail(self) -> bool {
+        use EventKind::*;
+        matches!(self, Statement | Batch | MigrationStarted | MigrationFinished)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| format!("unknown event kind `{s}`"))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub plan_id: String,
@@ -325,6 +438,19 @@ pub struct AuditEntry {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn event_kinds_round_trip_and_unknown_ones_are_refused() {
+        for kind in EventKind::ALL {
+            assert_eq!(kind.as_str().parse::<EventKind>(), Ok(kind));
+        }
+        let names: std::collections::HashSet<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), EventKind::ALL.len(), "no two kinds share a name");
+        assert!("pause".parse::<EventKind>().is_err(), "an action is not an event");
+        assert!("".parse::<EventKind>().is_err());
+        assert!(EventKind::Aborted.ends_plan() && !EventKind::Paused.ends_plan());
+        assert!(EventKind::StepStarted.is_progress() && !EventKind::Started.is_progress());
+    }
     use super::*;
 
     fn target(labels: &[(&str, &str)]) -> Target {

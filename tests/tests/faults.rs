@@ -272,13 +272,20 @@ async fn oversized_and_malformed_rpcs_get_a_clear_status_and_change_nothing() {
     };
     refused(agent.report_result(result("no-such-plan", "sq-01")).await, Code::NotFound, "has no step");
     refused(agent.report_result(result("no-such-plan", "pg-01")).await, Code::PermissionDenied, "does not serve");
-    let progress = pb::ProgressEvent {
+    let progress = |kind: &str| pb::ProgressEvent {
         plan_id: "no-such-plan".into(),
         target: "sq-01".into(),
-        kind: "started".into(),
+        kind: kind.into(),
         ..Default::default()
     };
-    refused(agent.report_progress(tokio_stream::iter(vec![progress])).await, Code::NotFound, "has no step");
+    let stream = |kind: &str| tokio_stream::iter(vec![progress(kind)]);
+    refused(agent.report_progress(stream("step_started")).await, Code::NotFound, "has no step");
+    refused(
+        agent.report_progress(stream("startd")).await,
+        Code::InvalidArgument,
+        "`startd` is not a kind of step progress",
+    );
+    refused(agent.report_progress(stream("finished")).await, Code::InvalidArgument, "not a kind of step progress");
     let huge = "x".repeat(flotilla_proto::MAX_MESSAGE_BYTES + 1024);
     let mut oversized = register(vec![target("sq-01", pb::Engine::Sqlite)]);
     oversized.agent_version = huge.clone();

@@ -372,3 +372,68 @@ async fn an_agent_killed_mid_mysql_migration_leaves_it_dirty_and_the_plan_halts(
     let status = fleet.cli(&["--json", "fleet", "status"]).await.json();
     assert_eq!(status[0]["dirty"], true, "{status:#}");
 }
+
+/// `plan watch --json` and `plan watch` on a terminal (a pty, through util-linux `script`), while the plan is
+/// paused, resumed and aborted: each action shows as such (`paused`, `resumed`, `aborted`, by whom and why), and the
+/// watch ends on the abort with exit 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_shows_pause_resume_and_abort_and_ends_on_the_abort() {
+    let (fleet, _dbs, _) = pg_fleet(Store::Sqlite, 6, 10).await;
+    let dir = slow_bundle(1);
+    for terminal in [false, true] {
+        let id = fleet.create(dir.path(), &["--waves", "100%", "--parallel", "1"]).await;
+        fleet.wait_plan(&id, "running a step", |p| count(p, "running") == 1).await;
+        let flotilla = binary("flotilla");
+        let mut watch = if terminal {
+            let mut cmd = tokio::process::Command::new("script");
+            cmd.args(["-qefc", &format!("{} plan watch {id}", flotilla.display()), "/dev/null"]);
+            cmd
+        } else {
+            let mut cmd = tokio::process::Command::new(&flotilla);
+            cmd.args(["--json", "plan", "watch", &id]);
+            cmd
+        };
+        let child = watch
+            .env("FLOTILLA_COORDINATOR", format!("https://127.0.0.1:{}", fleet.port))
+            .env("FLOTILLA_CERTS", fleet.certs())
+            .env("FLOTILLA_OPERATOR", "admin")
+            .env("TERM", "xterm")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn watch");
+        fleet.cli(&["plan", "pause", &id, "--reason", "checking dashboards"]).await.ok();
+        fleet.wait_plan(&id, "quiet", |p| in_flight(p) == 0).await;
+        fleet.cli(&["plan", "resume", &id]).await.ok();
+        fleet.wait_plan(&id, "running again", |p| count(p, "running") == 1).await;
+        fleet.cli(&["plan", "abort", &id, "--reason", "bad release"]).await.ok();
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("the watch ends on the abort")
+            .expect("watch output");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "an aborted plan is exit 1 (terminal: {terminal}): {stdout}");
+        if terminal {
+            for line in [
+                "paused by operator:admin: checking dashboards",
+                "resumed by operator:admin",
+                "aborted by operator:admin: bad release",
+            ] {
+                assert!(stdout.contains(line), "`{line}` on the terminal: {stdout}");
+            }
+            assert!(stdout.contains("\x1b["), "a terminal gets bars (escape sequences): {stdout}");
+        } else {
+            let kinds: Vec<String> = stdout
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|e| e["kind"].as_str().map(str::to_string))
+                .collect();
+            for kind in ["paused", "resumed", "aborted"] {
+                assert!(kinds.iter().any(|k| k == kind), "`{kind}` in the JSON stream: {kinds:?}");
+            }
+            assert!(!kinds.iter().any(|k| k == "pause" || k == "abort"), "actions are not event kinds: {kinds:?}");
+        }
+    }
+}

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use flotilla_coordinator::{SqlStore, StepCount, StepFinish, Store, StoreError};
-use flotilla_core::fleet::{AuditEntry, Goal, Plan, PlanState, Step, StepState, Strategy, Target};
+use flotilla_core::fleet::{AuditEntry, EventKind, Goal, Plan, PlanState, Step, StepState, Strategy, Target};
 use flotilla_core::Engine;
 use flotilla_tests::*;
 
@@ -141,7 +141,7 @@ async fn events_and_audit(engine: Engine) {
     for i in 0..20 {
         let s = store.clone();
         tasks.push(tokio::spawn(async move {
-            s.append_event("p1", Some("db-a"), "statement", &serde_json::json!({ "i": i })).await
+            s.append_event("p1", Some("db-a"), EventKind::Statement, &serde_json::json!({ "i": i })).await
         }));
     }
     let mut seqs: Vec<u64> = Vec::new();
@@ -173,7 +173,7 @@ async fn restart_loses_nothing(engine: Engine) {
         let store = SqlStore::open(&db.url).await.expect("open");
         store.create_plan(&plan("p1"), &[step("p1", "db-a", 0)]).await.expect("create");
         store.set_plan_state("p1", PlanState::Pending, PlanState::Running).await.expect("cas");
-        store.append_event("p1", None, "wave_started", &serde_json::json!({ "wave": 0 })).await.expect("event");
+        store.append_event("p1", None, EventKind::Started, &serde_json::json!({ "wave": 0 })).await.expect("event");
     }
     let reopened = SqlStore::open(&db.url).await.expect("reopen");
     let live = reopened.live_plans().await.expect("live");

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flotilla_core::bundle::Bundle;
+use flotilla_core::fleet::EventKind;
 use flotilla_core::{AppliedMigration, MigrationSet, Phase, PlanOptions, ReadOptions, Request};
 use flotilla_proto::telemetry;
 use flotilla_proto::v1 as pb;
@@ -519,28 +520,28 @@ async fn execute(
         e.direction = p.direction.as_str().to_string();
         match &p.kind {
             ProgressKind::Started { statements, .. } => {
-                e.kind = "migration_started".into();
+                e.kind = EventKind::MigrationStarted.to_string();
                 e.statement_total = *statements as u32;
             }
             ProgressKind::Statement { index, total, rows_affected, elapsed_ms } => {
-                e.kind = "statement".into();
+                e.kind = EventKind::Statement.to_string();
                 e.statement_index = *index as u32;
                 e.statement_total = *total as u32;
                 e.rows_affected = *rows_affected;
                 e.elapsed_ms = *elapsed_ms;
             }
             ProgressKind::Batch { batch, rows_affected, elapsed_ms, .. } => {
-                e.kind = "batch".into();
+                e.kind = EventKind::Batch.to_string();
                 e.statement_index = u32::try_from(*batch).unwrap_or(u32::MAX);
                 e.rows_affected = *rows_affected;
                 e.elapsed_ms = *elapsed_ms;
             }
             ProgressKind::Finished { elapsed_ms } => {
-                e.kind = "migration_finished".into();
+                e.kind = EventKind::MigrationFinished.to_string();
                 e.elapsed_ms = *elapsed_ms;
             }
             ProgressKind::Failed { statement, error } => {
-                e.kind = "migration_failed".into();
+                e.kind = EventKind::MigrationFailed.to_string();
                 e.statement_index = statement.map_or(0, |s| s as u32);
                 e.error = error.clone();
             }
@@ -564,7 +565,11 @@ async fn execute(
             return failed(e.to_string());
         }
     };
-    let _ = progress.send(pb::ProgressEvent { kind: "started".into(), version_before: before, ..base.clone() });
+    let _ = progress.send(pb::ProgressEvent {
+        kind: EventKind::StepStarted.to_string(),
+        version_before: before,
+        ..base.clone()
+    });
     let result = if a.validate {
         match crate::validate::validate(&mut ex, &set, None).await {
             Ok(report) if report.passed() => Ok(()),
