@@ -18,6 +18,8 @@ pub enum Code {
     LintWarnings = 5,
     /// `lint` found errors.
     LintErrors = 6,
+    /// The coordinator answered, but its store or lock service (etcd) is unavailable: nothing changed; try again.
+    CoordinatorDependency = 7,
 }
 
 impl From<Code> for std::process::ExitCode {
@@ -55,6 +57,7 @@ impl Code {
             Code::Refused => "refused",
             Code::LintWarnings => "lint_warnings",
             Code::LintErrors => "lint_errors",
+            Code::CoordinatorDependency => "coordinator_store_or_lock_unavailable",
         }
     }
 }

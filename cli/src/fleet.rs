@@ -123,8 +123,26 @@ pub enum FleetCommand {
 /// A failure with its exit code.
 pub struct Fail(pub Code, pub String);
 
+/// The one place a coordinator's status becomes an exit code: by the error code it carries where it set one,
+/// else by the gRPC code (a status from the transport, not from the coordinator).
 impl From<tonic::Status> for Fail {
     fn from(s: tonic::Status) -> Self {
+        use flotilla_proto::errors::ErrorCode;
+        if let Some(error) = ErrorCode::of(&s) {
+            let code = match error {
+                ErrorCode::InvalidInput | ErrorCode::NotFound => Code::BadInput,
+                ErrorCode::Refused | ErrorCode::PermissionDenied => Code::Refused,
+                ErrorCode::StoreUnavailable | ErrorCode::LockUnavailable => Code::CoordinatorDependency,
+                ErrorCode::StoreCorrupt => Code::Failed,
+            };
+            let hint = match error {
+                ErrorCode::StoreUnavailable | ErrorCode::LockUnavailable => {
+                    "; the coordinator is up but cannot reach it: nothing changed, try again once it is back"
+                }
+                _ => "",
+            };
+            return Fail(code, format!("coordinator: {}{hint} ({error})", s.message()));
+        }
         // A TLS handshake the coordinator refused (say, a certificate from another CA) surfaces as a dropped
         // connection, not as a status the coordinator chose.
         let dropped = matches!(s.code(), GrpcCode::Cancelled | GrpcCode::Unknown)

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use flotilla_core::fleet::{EventKind, Goal, OnFailure, Selector, Step, StepState, Strategy, Target, WaveSpec};
 use flotilla_core::{Engine, Phase};
+use flotilla_proto::errors::ErrorCode;
 use flotilla_proto::telemetry;
 use flotilla_proto::v1 as pb;
 use futures_util::Stream;
@@ -22,15 +23,22 @@ use crate::identity::{self, Identity};
 use crate::service::{Assignment, Coordinator, Outcome, PlanView, Progress, ServiceError, Submission, TargetReport};
 
 /// The one place domain errors become gRPC statuses. Errors of the coordinator's own systems are logged here.
+/// The one place a domain error becomes a status: its gRPC code and, in the details, what it means
+/// ([`ErrorCode`]), so a caller can tell a store that is down from a coordinator it cannot reach.
 pub fn status(e: ServiceError) -> Status {
     match e {
-        ServiceError::InvalidArgument(m) => Status::invalid_argument(m),
-        ServiceError::NotFound(m) => Status::not_found(m),
-        ServiceError::FailedPrecondition(m) => Status::failed_precondition(m),
-        ServiceError::PermissionDenied(m) => Status::permission_denied(m),
-        e @ (ServiceError::Store(_) | ServiceError::Lock(_)) => {
-            error!(error = %e, "request failed");
-            Status::unavailable(e.to_string())
+        ServiceError::InvalidArgument(m) => ErrorCode::InvalidInput.status(m),
+        ServiceError::NotFound(m) => ErrorCode::NotFound.status(m),
+        ServiceError::FailedPrecondition(m) => ErrorCode::Refused.status(m),
+        ServiceError::PermissionDenied(m) => ErrorCode::PermissionDenied.status(m),
+        ServiceError::Store(e) => {
+            error!(error = %e, "request failed: store");
+            let code = if e.is_retryable() { ErrorCode::StoreUnavailable } else { ErrorCode::StoreCorrupt };
+            code.status(format!("the coordinator's store: {e}"))
+        }
+        ServiceError::Lock(e) => {
+            error!(error = %e, "request failed: lock service");
+            ErrorCode::LockUnavailable.status(format!("the coordinator's lock service: {e}"))
         }
     }
 }

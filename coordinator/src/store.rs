@@ -15,7 +15,10 @@ use sqlx::{AnyPool, Row};
 pub enum StoreError {
     #[error("cannot open the store: {0}")]
     Open(String),
-    #[error("store: {0}")]
+    /// The database said no or could not be reached; the cause is kept.
+    #[error("{0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("{0}")]
     Database(String),
     #[error("bundle content does not match its id {0}")]
     BundleMismatch(String),
@@ -26,7 +29,24 @@ pub enum StoreError {
 }
 
 fn db(e: sqlx::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    StoreError::Sql(e)
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed (the store is down or busy), as opposed to data this version cannot
+    /// read or a change the store refuses for good.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Open(_) | StoreError::Database(_) => true,
+            StoreError::Sql(e) => !matches!(e, sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)),
+            StoreError::BundleMismatch(_) | StoreError::IllegalTransition { .. } | StoreError::Corrupt(_) => false,
+        }
+    }
+}
+
+/// Two writers picked the same next event number; the one refused tries again. Nothing else is retried.
+fn is_key_conflict(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|d| d.is_unique_violation())
 }
 
 #[async_trait]
@@ -190,6 +210,8 @@ impl SqlStore {
         };
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(if postgres { 8 } else { 1 })
+            // A store that is down fails a call in seconds with its own error, rather than holding it for 30 s.
+            .acquire_timeout(std::time::Duration::from_secs(5))
             // An in-process SQLite connection cannot go stale; pinging its worker thread before every query only
             // doubles the thread hand-offs.
             .test_before_acquire(postgres)
@@ -622,7 +644,8 @@ impl Store for SqlStore {
             };
             match attempt.await {
                 Ok(step) => return step.transpose(),
-                Err(e) => last_error = Some(e),
+                Err(e) if is_key_conflict(&e) => last_error = Some(e),
+                Err(e) => return Err(db(e)),
             }
         }
         Err(db(last_error.unwrap_or(sqlx::Error::PoolTimedOut)))
@@ -650,7 +673,8 @@ impl Store for SqlStore {
                 .await;
             match result {
                 Ok(row) => return u64::try_from(get::<i64>(&row, 0)?).map_err(|e| StoreError::Corrupt(e.to_string())),
-                Err(e) => last_error = Some(e),
+                Err(e) if is_key_conflict(&e) => last_error = Some(e),
+                Err(e) => return Err(db(e)),
             }
         }
         Err(db(last_error.unwrap_or(sqlx::Error::PoolTimedOut)))
@@ -678,7 +702,8 @@ impl Store for SqlStore {
             };
             match attempt.await {
                 Ok(()) => return Ok(()),
-                Err(e) => last_error = Some(e),
+                Err(e) if is_key_conflict(&e) => last_error = Some(e),
+                Err(e) => return Err(db(e)),
             }
         }
         Err(db(last_error.unwrap_or(sqlx::Error::PoolTimedOut)))

@@ -838,3 +838,33 @@ async fn when_the_leading_coordinator_dies_mid_step_the_standby_takes_over_and_n
     fleet.wait_state(&id, "succeeded").await;
     ran_once_and_rolls_back_to_where_it_was(&fleet, &db, &id, &[1, 2]).await;
 }
+
+/// The coordinator is up but its PostgreSQL store is down: an operator's call fails within seconds with its own
+/// exit code (7) and says what is down, not "cannot connect" (which is for the coordinator itself); nothing is
+/// stored; once the store is back, the same calls work.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_is_down_surfaces_as_itself_with_its_own_exit_code() {
+    let mut store = Server::start(Kind::Postgres).await;
+    let store_url = store.database("flotilla").await;
+    let db = TestDb::new(Sqlite).await;
+    let mut fleet = Fleet::start_on_store(&[("agent-1", "sq-*")], None, 5, &store_url).await;
+    fleet.start_agent("agent-1", &[FleetTarget::new("sq-01", &db.url, &[("env", "test")])]).await;
+    fleet.wait_targets(1).await;
+    let dir = Dir::new();
+    dir.migration(Sqlite, 1, "a", "CREATE TABLE a (id INT);", "DROP TABLE a;");
+    let dir_arg = dir.path().to_str().expect("utf-8");
+
+    store.kill().await;
+    let list = fleet.cli(&["plan", "list"]).await;
+    list.fails(7, "the coordinator's store");
+    assert!(list.stderr.contains("store_unavailable") && !list.stderr.contains("cannot connect"), "{list:#?}");
+    let json = fleet.cli(&["--json", "plan", "create", "--dir", dir_arg]).await;
+    assert_eq!(json.code, 7, "{json:#?}");
+    assert_eq!(json.json()["error"]["kind"], "coordinator_store_or_lock_unavailable");
+
+    store.restart().await;
+    assert_eq!(fleet.cli(&["--json", "plan", "list"]).await.ok().json().as_array().map(Vec::len), Some(0));
+    let id = fleet.create(dir.path(), &[]).await;
+    fleet.wait_state(&id, "succeeded").await;
+    assert!(db.history().await.len() == 1, "the refused submission stored nothing; the later one ran once");
+}

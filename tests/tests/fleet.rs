@@ -286,7 +286,7 @@ async fn callers_without_the_right_certificate_are_refused_and_change_nothing() 
         .cli_as("agent-2", &["plan", "create", "--dir", dir_arg])
         .await
         .fails(4, "operator calls need an operator certificate");
-    fleet.cli_as("agent-2", &["plan", "list"]).await.fails(4, "PermissionDenied");
+    fleet.cli_as("agent-2", &["plan", "list"]).await.fails(4, "permission_denied");
 
     // A certificate from another CA.
     let other = tempfile::tempdir().expect("dir");
