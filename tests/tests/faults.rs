@@ -868,3 +868,35 @@ async fn a_store_that_is_down_surfaces_as_itself_with_its_own_exit_code() {
     fleet.wait_state(&id, "succeeded").await;
     assert!(db.history().await.len() == 1, "the refused submission stored nothing; the later one ran once");
 }
+
+/// The coordinator's connections to its PostgreSQL store go silent mid-plan (a blackhole through a proxy) and are
+/// then reset, as a network failure would: store calls fail or stall meanwhile, the pool reconnects, and every
+/// step is recorded once.
+#[tokio::test(flavor = "multi_thread")]
+async fn store_connections_blackholed_then_reset_mid_plan_lose_nothing() {
+    let store = TestDb::new(Postgres).await;
+    let (proxy, store_url) = Proxy::in_front_of(&store.url).await;
+    let dbs = futures_util::future::join_all((0..3).map(|_| TestDb::new(Postgres))).await;
+    let targets: Vec<FleetTarget> = dbs
+        .iter()
+        .enumerate()
+        .map(|(i, db)| FleetTarget::new(&format!("pg-{:02}", i + 1), &db.url, &[("env", "test")]))
+        .collect();
+    let mut fleet = Fleet::start_on_store(&[("agent-1", "pg-*")], Some(etcd_url()), 3, &store_url).await;
+    fleet.start_agent("agent-1", &targets).await;
+    fleet.wait_targets(3).await;
+    let dir = slow_second(2);
+    let id = fleet.create(dir.path(), &["--waves", "100%", "--parallel", "3"]).await;
+    fleet.wait_plan(&id, "running", |p| count(p, "running") >= 1).await;
+    proxy.set(Fault::Blackhole);
+    tokio::time::sleep(Duration::from_secs(4)).await; // the migrations commit; their results cannot be stored
+    proxy.set(Fault::Reset);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set(Fault::Pass);
+    let plan = fleet.wait_state(&id, "succeeded").await;
+    assert_eq!(count(&plan, "succeeded"), 3, "{plan:#}");
+    for db in &dbs {
+        assert_eq!(versions(&db.history().await), vec![1, 2]);
+        assert_eq!(db.count("runs").await, 1, "no migration ran twice");
+    }
+}
