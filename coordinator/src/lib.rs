@@ -2,6 +2,7 @@
 //! docs/design/fleet-service.md). `run` is the whole server; the binary only parses its config.
 
 pub mod config;
+pub mod decision;
 pub mod etcd;
 pub mod grpc;
 pub mod identity;

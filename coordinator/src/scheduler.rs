@@ -11,9 +11,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::decision::{decide, Counts, Decision};
 use crate::lock::LockError;
 use crate::service::{Assignment, Coordinator, ServiceError};
-use crate::store::{StepCount, StoreError};
+use crate::store::StoreError;
 use flotilla_proto::telemetry;
 
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
@@ -157,45 +158,21 @@ impl Coordinator {
             in_flight = self.in_flight(&plan.id).await?;
         }
         if plan.state != PlanState::Running {
-            return Ok(()); // paused or awaiting approval: running steps finish, nothing new starts
+            return Ok(()); // paused or awaiting approval (decide says Hold too): no need to count
         }
         let counts = Counts(self.store.step_counts(&plan.id).await?);
-        let running = in_flight.len();
-        let current = counts.lowest_wave(|s| !s.is_done());
-        // A wave over its failure budget halts the plan, whether or not its other steps are done.
-        let over_budget = counts.waves().into_iter().filter(|&w| current.is_none_or(|c| w <= c)).find(|&w| {
-            let budget = if w == 0 { 0 } else { plan.strategy.max_failures };
-            counts.of(w, StepState::Failed) > u64::from(budget)
-        });
-        if let Some(wave) = over_budget {
-            if running == 0 {
-                let failed = counts.of(wave, StepState::Failed);
-                let reason = if wave == 0 {
-                    format!("validation failed on {failed} staging target(s)")
-                } else {
-                    format!(
-                        "{failed} target(s) failed in wave {wave}, over its budget of {}",
-                        plan.strategy.max_failures
-                    )
-                };
-                self.halt(&plan, &reason).await?;
+        let (current, mut slots) = match decide(&plan, &counts, in_flight.len()) {
+            Decision::Hold | Decision::Drain => return Ok(()),
+            Decision::Halt { reason } => return self.halt(&plan, &reason).await,
+            Decision::Finish => return self.finish(&plan, &counts).await,
+            Decision::AwaitApproval { wave } => {
+                if self.store.set_plan_state(&plan.id, PlanState::Running, PlanState::AwaitingApproval).await? {
+                    self.event(&plan.id, None, EventKind::AwaitingApproval, json!({ "wave": wave })).await?;
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        let Some(current) = current else {
-            return self.finish(&plan, &counts).await;
+            Decision::Dispatch { wave, slots } => (wave, slots),
         };
-        let first = counts.lowest_wave(|_| true).unwrap_or(0);
-        let started = counts.in_wave(current, |s| s != StepState::Pending) > 0;
-        if plan.strategy.approve_waves && current != first && current > plan.approved_wave && !started {
-            if running == 0
-                && self.store.set_plan_state(&plan.id, PlanState::Running, PlanState::AwaitingApproval).await?
-            {
-                self.event(&plan.id, None, EventKind::AwaitingApproval, json!({ "wave": current })).await?;
-            }
-            return Ok(());
-        }
-        let mut slots = (plan.strategy.max_parallel.max(1) as usize).saturating_sub(running);
         let mut bundle = None;
         // Pending steps of the current wave by target name, a page at a time: one page when every agent is here.
         let mut after: Option<String> = None;
@@ -382,32 +359,3 @@ impl Coordinator {
 
 /// How many dispatch candidates one store read fetches at least.
 const PAGE: u32 = 64;
-
-/// A plan's step counts by wave and state, as the store counted them.
-struct Counts(Vec<StepCount>);
-
-impl Counts {
-    fn of(&self, wave: u32, state: StepState) -> u64 {
-        self.in_wave(wave, |s| s == state)
-    }
-
-    fn in_wave(&self, wave: u32, pick: impl Fn(StepState) -> bool) -> u64 {
-        self.0.iter().filter(|c| c.wave == wave && pick(c.state)).map(|c| c.count).sum()
-    }
-
-    fn total(&self, state: StepState) -> u64 {
-        self.0.iter().filter(|c| c.state == state).map(|c| c.count).sum()
-    }
-
-    fn lowest_wave(&self, pick: impl Fn(StepState) -> bool) -> Option<u32> {
-        self.0.iter().filter(|c| c.count > 0 && pick(c.state)).map(|c| c.wave).min()
-    }
-
-    /// Every wave with a step, in order.
-    fn waves(&self) -> Vec<u32> {
-        let mut waves: Vec<u32> = self.0.iter().map(|c| c.wave).collect();
-        waves.sort_unstable();
-        waves.dedup();
-        waves
-    }
-}
