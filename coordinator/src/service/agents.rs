@@ -1,0 +1,205 @@
+//! Agents: who may serve what, registration, heartbeats (and the steps they say are running), assignment streams.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use flotilla_core::fleet::Target;
+use tokio::sync::mpsc;
+use tracing::info;
+
+use super::*;
+use crate::identity::{self, Identity};
+
+/// Heartbeats that must miss an assigned step before it is taken back: one could have been sent before the
+/// assignment arrived.
+const MISSES_BEFORE_RECLAIM: u32 = 2;
+/// A heartbeat this soon after an assignment was sent does not count as missing it (it may be in transit).
+const ASSIGNMENT_TRANSIT: Duration = Duration::from_secs(1);
+
+impl Coordinator {
+    /// The globs an agent may serve: from its certificate and the coordinator's config.
+    pub(super) fn allowed(&self, who: &Identity, name: &str) -> Option<Vec<String>> {
+        match who {
+            Identity::Insecure => Some(vec!["*".to_string()]),
+            Identity::Agent { name: n, targets } if n == name => {
+                let mut globs = targets.clone();
+                globs.extend(self.config.agent_targets.get(name).cloned().unwrap_or_default());
+                Some(globs)
+            }
+            _ => None,
+        }
+    }
+
+    /// Registers an agent's targets. Every target must be allowed, or nothing is registered.
+    pub async fn register(&self, who: &Identity, name: &str, targets: Vec<Target>) -> Result<()> {
+        let globs = self.allowed(who, name).ok_or_else(|| {
+            ServiceError::PermissionDenied(format!("{} may not register as agent `{name}`", who.actor()))
+        })?;
+        let refused: Vec<&str> =
+            targets.iter().filter(|t| !identity::allows(&globs, &t.name)).map(|t| t.name.as_str()).collect();
+        if !refused.is_empty() {
+            return Err(ServiceError::PermissionDenied(format!(
+                "agent `{name}` may not serve target(s) {}: its certificate and the coordinator's config allow only {}",
+                refused.join(", "),
+                if globs.is_empty() { "none".to_string() } else { globs.join(", ") }
+            )));
+        }
+        let known = self.store.targets().await?;
+        for t in &targets {
+            if let Some(other) = known.iter().find(|k| k.name == t.name && k.agent != name) {
+                if self.is_connected(&other.agent) {
+                    return Err(ServiceError::FailedPrecondition(format!(
+                        "target `{}` is served by connected agent `{}`",
+                        t.name, other.agent
+                    )));
+                }
+            }
+        }
+        for t in &targets {
+            self.store.upsert_target(&Target { agent: name.to_string(), ..t.clone() }).await?;
+        }
+        let mut inner = self.inner();
+        for t in &targets {
+            inner.owners.insert(t.name.clone(), name.to_string());
+        }
+        let entry = inner.agents.entry(name.to_string()).or_insert_with(|| AgentEntry {
+            targets: Vec::new(),
+            sender: None,
+            stream: 0,
+            last_seen: None,
+        });
+        entry.targets = targets.iter().map(|t| t.name.clone()).collect();
+        entry.last_seen = Some((Instant::now(), Utc::now()));
+        info!(agent = name, targets = targets.len(), "agent registered");
+        Ok(())
+    }
+
+    pub(super) fn check_agent(&self, who: &Identity, name: &str) -> Result<()> {
+        self.allowed(who, name)
+            .map(drop)
+            .ok_or_else(|| ServiceError::PermissionDenied(format!("{} may not act as agent `{name}`", who.actor())))
+    }
+
+    pub async fn heartbeat(&self, who: &Identity, name: &str, report: TargetReport) -> Result<()> {
+        self.check_agent(who, name)?;
+        let missing = self.record_heartbeat(name, &report)?;
+        for (plan_id, target, token) in missing {
+            self.reclaim(
+                &plan_id,
+                &target,
+                token,
+                "its agent is not running the step (restarted, or the assignment was lost or refused)",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Records what the heartbeat says; returns the steps held for this agent's targets that it has now missed
+    /// `MISSES_BEFORE_RECLAIM` times.
+    pub(super) fn record_heartbeat(&self, name: &str, report: &TargetReport) -> Result<Vec<(String, String, u64)>> {
+        let mut guard = self.inner();
+        let inner = &mut *guard;
+        let Some(entry) = inner.agents.get_mut(name) else {
+            return Err(ServiceError::FailedPrecondition(format!("agent `{name}` has not registered")));
+        };
+        entry.last_seen = Some((Instant::now(), Utc::now()));
+        let owned: Vec<String> = entry.targets.clone();
+        let now = Instant::now();
+        for target in owned {
+            if report.unreachable.contains_key(&target) {
+                continue;
+            }
+            if let Some(&applied) = report.applied.get(&target) {
+                let dirty = report.dirty.contains(&target);
+                inner.live.insert(target, TargetLive { applied: Some(applied), dirty, reported: now });
+            }
+        }
+        let mut missing = Vec::new();
+        for ((plan_id, target), held) in inner.held.iter_mut() {
+            if inner.owners.get(target).map(String::as_str) != Some(name) || held.since.elapsed() < ASSIGNMENT_TRANSIT {
+                continue;
+            }
+            if report.running.contains(&(plan_id.clone(), target.clone(), held.lease.token)) {
+                held.misses = 0;
+                continue;
+            }
+            held.misses += 1;
+            if held.misses >= MISSES_BEFORE_RECLAIM {
+                missing.push((plan_id.clone(), target.clone(), held.lease.token));
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Opens an agent's assignment stream; the coordinator pushes work into it. Returns the stream's generation,
+    /// for [`Coordinator::disconnect`].
+    pub fn connect(&self, who: &Identity, name: &str) -> Result<(mpsc::Receiver<Assignment>, u64)> {
+        self.check_agent(who, name)?;
+        let (tx, rx) = mpsc::channel(256);
+        let mut inner = self.inner();
+        let Some(entry) = inner.agents.get_mut(name) else {
+            return Err(ServiceError::FailedPrecondition(format!("agent `{name}` has not registered")));
+        };
+        entry.sender = Some(tx);
+        entry.stream += 1;
+        entry.last_seen = Some((Instant::now(), Utc::now()));
+        let stream = entry.stream;
+        drop(inner);
+        self.wake.notify_one();
+        Ok((rx, stream))
+    }
+
+    /// The agent's stream ended (it went away or reconnected).
+    pub fn disconnect(&self, name: &str, stream: u64) {
+        let mut inner = self.inner();
+        if let Some(entry) = inner.agents.get_mut(name) {
+            if entry.stream == stream {
+                entry.sender = None;
+                info!(agent = name, "agent disconnected");
+            }
+        }
+    }
+
+    /// Which agent serves each registered target (agents that have not registered since a restart are absent).
+    pub(crate) fn owners(&self) -> HashMap<String, String> {
+        self.inner().owners.clone()
+    }
+
+    pub(crate) fn is_connected(&self, agent: &str) -> bool {
+        let inner = self.inner();
+        inner.agents.get(agent).is_some_and(|e| {
+            e.sender.as_ref().is_some_and(|s| !s.is_closed())
+                && e.last_seen.is_some_and(|(t, _)| t.elapsed() < self.config.heartbeat_timeout)
+        })
+    }
+
+    pub(crate) fn sender(&self, agent: &str) -> Option<mpsc::Sender<Assignment>> {
+        self.inner().agents.get(agent).and_then(|e| e.sender.clone())
+    }
+
+    pub async fn agents(&self, who: &Identity) -> Result<Vec<AgentView>> {
+        Self::operator(who)?;
+        let mut names: Vec<String> = self.inner().agents.keys().cloned().collect();
+        for t in self.store.targets().await? {
+            if !names.contains(&t.agent) {
+                names.push(t.agent);
+            }
+        }
+        names.sort();
+        let targets = self.store.targets().await?;
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let last_seen = self.inner().agents.get(&name).and_then(|e| e.last_seen.map(|(_, at)| at));
+                AgentView {
+                    targets: targets.iter().filter(|t| t.agent == name).map(|t| t.name.clone()).collect(),
+                    connected: self.is_connected(&name),
+                    last_seen,
+                    name,
+                }
+            })
+            .collect())
+    }
+}

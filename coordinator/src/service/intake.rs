@@ -1,0 +1,120 @@
+//! What agents report about their steps: progress bursts, and results (one store transaction each).
+
+use std::time::Instant;
+
+use flotilla_core::fleet::{EventKind, OnFailure, Step, StepState};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::*;
+use crate::identity::Identity;
+use crate::store::{NewEvent, StepFinish};
+
+impl Coordinator {
+    /// The target's step in `plan_id`, if `name` serves the target and the token is the step's current one.
+    pub(super) async fn owned_step(
+        &self,
+        who: &Identity,
+        name: &str,
+        plan_id: &str,
+        target: &str,
+        token: u64,
+    ) -> Result<Option<Step>> {
+        self.check_agent(who, name)?;
+        let owner = self.inner().owners.get(target).cloned();
+        let owner = match owner {
+            Some(owner) => Some(owner),
+            None => self.store.targets().await?.into_iter().find(|t| t.name == target).map(|t| t.agent),
+        };
+        if owner.as_deref() != Some(name) {
+            return Err(ServiceError::PermissionDenied(format!("agent `{name}` does not serve target `{target}`")));
+        }
+        match self.store.step(plan_id, target).await? {
+            None => Err(ServiceError::NotFound(format!("plan `{plan_id}` has no step for `{target}`"))),
+            Some(s) if s.token != Some(token) => {
+                warn!(plan_id, target, token, current = ?s.token, "ignoring a report under a stale fencing token");
+                Ok(None)
+            }
+            Some(s) => Ok(Some(s)),
+        }
+    }
+
+    /// Records a burst of progress events: those of steps running under their current lock in one write.
+    pub async fn progress(&self, who: &Identity, name: &str, batch: Vec<Progress>) -> Result<()> {
+        self.check_agent(who, name)?;
+        let mut fast = Vec::with_capacity(batch.len());
+        for p in batch {
+            // The common case, checked in memory: the step's lock is held here under this token, for this agent.
+            let current = self.held_lease(&p.plan_id, &p.target).is_some_and(|l| l.token == p.token)
+                && self.inner().owners.get(&p.target).is_some_and(|owner| owner == name);
+            if current && p.kind != EventKind::StepStarted {
+                fast.push(NewEvent { plan_id: p.plan_id, target: Some(p.target), kind: p.kind, detail: p.detail });
+            } else {
+                if !fast.is_empty() {
+                    self.append(std::mem::take(&mut fast)).await?;
+                }
+                self.progress_checked(who, name, p).await?;
+            }
+        }
+        if !fast.is_empty() {
+            self.append(fast).await?;
+        }
+        Ok(())
+    }
+
+    /// One progress event, checked against the store.
+    pub(super) async fn progress_checked(&self, who: &Identity, name: &str, p: Progress) -> Result<()> {
+        let Some(step) = self.owned_step(who, name, &p.plan_id, &p.target, p.token).await? else { return Ok(()) };
+        if step.state.is_done() {
+            // Progress that arrives after the step's result adds nothing, and would read out of order.
+            return Ok(());
+        }
+        if p.kind == EventKind::StepStarted && step.state == StepState::Assigned {
+            let before = p.detail.get("version_before").and_then(serde_json::Value::as_i64);
+            self.store.start_step(&p.plan_id, &p.target, p.token, before).await?;
+        }
+        self.event(&p.plan_id, Some(&p.target), p.kind, p.detail).await
+    }
+
+    /// A step's result: recorded in one store transaction if the step is still in flight under the report's
+    /// token; a late or repeated report is acknowledged and ignored, so the agent stops sending it.
+    pub async fn result(&self, who: &Identity, name: &str, o: Outcome) -> Result<()> {
+        if self.owned_step(who, name, &o.plan_id, &o.target, o.token).await?.is_none() {
+            return Ok(());
+        }
+        let to = if o.error.is_some() { StepState::Failed } else { StepState::Succeeded };
+        let finish = StepFinish {
+            plan_id: o.plan_id.clone(),
+            target: o.target.clone(),
+            token: o.token,
+            state: to,
+            error: o.error.clone(),
+            before: o.version_before,
+            after: o.applied_version,
+            detail: json!({
+                "version_before": o.version_before, "applied_version": o.applied_version, "dirty": o.dirty,
+                "error": o.error,
+            }),
+        };
+        if self.store.finish_step(&finish).await?.is_none() {
+            info!(plan_id = %o.plan_id, target = %o.target, token = o.token, "a late or repeated result, acknowledged");
+            return Ok(());
+        }
+        self.events.send_modify(|n| *n += 1);
+        if let Some(applied) = o.applied_version {
+            self.inner().live.insert(
+                o.target.clone(),
+                TargetLive { applied: Some(applied), dirty: o.dirty, reported: Instant::now() },
+            );
+        }
+        self.release(&o.plan_id, &o.target).await;
+        if o.error.is_some() {
+            let plan = self.store.plan(&o.plan_id).await?;
+            if let Some(plan) = plan.filter(|p| p.strategy.on_failure == OnFailure::RollbackFailed) {
+                self.rollback_targets(&plan, std::slice::from_ref(&o.target)).await?;
+            }
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+}

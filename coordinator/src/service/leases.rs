@@ -1,0 +1,57 @@
+//! The target locks this coordinator holds for its steps in flight.
+
+use std::time::Instant;
+
+use tracing::warn;
+
+use super::*;
+use crate::lock::Lease;
+
+impl Coordinator {
+    pub(crate) fn held(&self, plan_id: &str, target: &str) -> bool {
+        self.held_lease(plan_id, target).is_some()
+    }
+
+    pub(crate) fn held_lease(&self, plan_id: &str, target: &str) -> Option<Lease> {
+        self.inner().held.get(&(plan_id.to_string(), target.to_string())).map(|h| h.lease.clone())
+    }
+
+    pub(crate) fn hold(&self, plan_id: &str, target: &str, lease: Lease) {
+        let now = Instant::now();
+        self.inner()
+            .held
+            .insert((plan_id.to_string(), target.to_string()), Held { lease, renewed: now, since: now, misses: 0 });
+    }
+
+    /// The step was just dispatched under its held lock: heartbeats count from now.
+    pub(crate) fn assigned(&self, plan_id: &str, target: &str) {
+        if let Some(h) = self.inner().held.get_mut(&(plan_id.to_string(), target.to_string())) {
+            h.since = Instant::now();
+            h.misses = 0;
+        }
+    }
+
+    pub(crate) fn held_leases(&self) -> Vec<((String, String), Lease, Instant)> {
+        self.inner().held.iter().map(|(k, h)| (k.clone(), h.lease.clone(), h.renewed)).collect()
+    }
+
+    pub(crate) fn renewed(&self, plan_id: &str, target: &str) {
+        if let Some(h) = self.inner().held.get_mut(&(plan_id.to_string(), target.to_string())) {
+            h.renewed = Instant::now();
+        }
+    }
+
+    pub(crate) async fn release(&self, plan_id: &str, target: &str) {
+        let held = self.inner().held.remove(&(plan_id.to_string(), target.to_string()));
+        if let Some(h) = held {
+            if let Err(e) = self.lock.release(&h.lease).await {
+                warn!(plan_id, target, error = %e, "could not release a lock; it will expire");
+            }
+        }
+    }
+
+    /// Forgets a lease without releasing it (it was lost or has expired).
+    pub(crate) fn forget(&self, plan_id: &str, target: &str) {
+        self.inner().held.remove(&(plan_id.to_string(), target.to_string()));
+    }
+}

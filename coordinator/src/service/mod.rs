@@ -1,0 +1,251 @@
+//! The coordinator's domain service: what every RPC does, in domain types. The gRPC layer (`grpc`) only checks who
+//! calls, converts, and calls these methods; the scheduler (`scheduler`) drives plans with them.
+
+mod agents;
+mod events;
+mod intake;
+mod leases;
+mod plans;
+mod rollback;
+mod status;
+mod submission;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use flotilla_core::fleet::{EventKind, Goal, Plan, Selector, Step, StepState, Strategy, Target};
+use flotilla_core::Phase;
+use tokio::sync::{mpsc, watch};
+
+use crate::identity::Identity;
+use crate::lock::{Lease, Lock, LockError};
+use crate::store::{Store, StoreError};
+use events::{write_events, QueuedEvents};
+
+/// What went wrong, as callers branch on it; `grpc::status` maps each to a gRPC status in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}
+
+type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This coordinator's name as a lock holder.
+    pub holder: String,
+    /// How long a target's lock outlives its holder's last renewal.
+    pub lease_ttl: Duration,
+    /// How often the scheduler looks at every live plan (it also runs whenever something changes).
+    pub tick: Duration,
+    /// An agent silent this long is treated as gone: its leases are left to expire.
+    pub heartbeat_timeout: Duration,
+    /// Agent name → target globs it may serve, on top of what its certificate allows.
+    pub agent_targets: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            holder: format!("coordinator-{}", std::process::id()),
+            lease_ttl: Duration::from_secs(10),
+            tick: Duration::from_millis(250),
+            heartbeat_timeout: Duration::from_secs(15),
+            agent_targets: BTreeMap::new(),
+        }
+    }
+}
+
+/// Work for an agent.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub plan_id: String,
+    pub target: String,
+    pub bundle_id: String,
+    pub bundle: Arc<String>,
+    pub goal: Goal,
+    pub token: u64,
+    pub wave: u32,
+    pub phase: Option<Phase>,
+    pub validate: bool,
+    /// W3C traceparent of the plan's span, so the agent's spans join the rollout's trace.
+    pub traceparent: Option<String>,
+}
+
+/// A progress event from an agent.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub plan_id: String,
+    pub target: String,
+    pub token: u64,
+    pub kind: EventKind,
+    pub detail: serde_json::Value,
+}
+
+/// A step's outcome, with what the target's history table says afterwards.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub plan_id: String,
+    pub target: String,
+    pub token: u64,
+    pub error: Option<String>,
+    /// `None`: the step failed before it read the target's history, so nothing is known of where it was.
+    pub version_before: Option<i64>,
+    /// `None`: the history could not be read after the step.
+    pub applied_version: Option<i64>,
+    pub dirty: bool,
+}
+
+/// What an agent last read from its targets, and the steps it is running.
+#[derive(Debug, Clone, Default)]
+pub struct TargetReport {
+    pub applied: BTreeMap<String, i64>,
+    pub dirty: Vec<String>,
+    pub unreachable: BTreeMap<String, String>,
+    /// (plan, target, fencing token) of every step the agent process is running or holds a result for.
+    pub running: std::collections::HashSet<(String, String, u64)>,
+}
+
+/// A plan submission.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub bundle: Vec<u8>,
+    pub selector: Selector,
+    pub goal: Goal,
+    pub strategy: Strategy,
+    pub phase: Option<Phase>,
+    pub validate_on: Option<Selector>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlanView {
+    pub plan: Plan,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    pub name: String,
+    pub targets: Vec<String>,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub connected: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetStatus {
+    pub target: Target,
+    pub applied: Option<i64>,
+    pub pending: Vec<i64>,
+    pub dirty: bool,
+    pub drift: Option<String>,
+    pub stale: bool,
+}
+
+struct AgentEntry {
+    targets: Vec<String>,
+    sender: Option<mpsc::Sender<Assignment>>,
+    /// Bumped on each new assignment stream, so an old stream's end does not disconnect a new one.
+    stream: u64,
+    last_seen: Option<(Instant, DateTime<Utc>)>,
+}
+
+#[derive(Clone)]
+struct TargetLive {
+    applied: Option<i64>,
+    dirty: bool,
+    reported: Instant,
+}
+
+pub(crate) struct Held {
+    pub lease: Lease,
+    pub renewed: Instant,
+    /// When the lock was taken for the step (its assignment follows at once).
+    pub since: Instant,
+    /// Heartbeats from the target's agent that did not list the step.
+    pub misses: u32,
+}
+
+#[derive(Default)]
+struct Inner {
+    agents: HashMap<String, AgentEntry>,
+    live: HashMap<String, TargetLive>,
+    /// (plan, target) → the lock held for its step.
+    held: HashMap<(String, String), Held>,
+    /// Target → the agent serving it.
+    pub(crate) owners: HashMap<String, String>,
+    /// Bundle id → engine key → versions, for fleet status.
+    versions: HashMap<String, BTreeMap<String, Vec<i64>>>,
+}
+
+pub struct Coordinator {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) lock: Arc<dyn Lock>,
+    pub(crate) config: Config,
+    inner: Mutex<Inner>,
+    /// Bumped on every stored event: wakes plan watchers.
+    events: watch::Sender<u64>,
+    /// Wakes the scheduler before its next tick.
+    pub(crate) wake: tokio::sync::Notify,
+    /// Events go through one writer that commits whatever is queued together (group commit).
+    writer: mpsc::UnboundedSender<QueuedEvents>,
+}
+
+impl Coordinator {
+    /// Must be called inside the Tokio runtime (it starts the event writer).
+    pub fn new(store: Arc<dyn Store>, lock: Arc<dyn Lock>, config: Config) -> Arc<Coordinator> {
+        let (writer, queue) = mpsc::unbounded_channel();
+        tokio::spawn(write_events(store.clone(), queue));
+        Arc::new(Coordinator {
+            writer,
+            store,
+            lock,
+            config,
+            inner: Mutex::new(Inner::default()),
+            events: watch::channel(0).0,
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // Plain maps; a panic elsewhere must not poison every later call.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn operator(who: &Identity) -> Result<()> {
+        match who {
+            Identity::Operator(_) | Identity::Insecure => Ok(()),
+            Identity::Agent { name, .. } => Err(ServiceError::PermissionDenied(format!(
+                "agent `{name}` called an operator method: operator calls need an operator certificate"
+            ))),
+        }
+    }
+}
+
+pub(crate) fn new_step(plan: &str, target: &str, wave: u32, goal: Option<Goal>, now: DateTime<Utc>) -> Step {
+    Step {
+        plan_id: plan.to_string(),
+        target: target.to_string(),
+        wave,
+        state: StepState::Pending,
+        token: None,
+        error: None,
+        goal,
+        before: None,
+        after: None,
+        updated_at: now,
+    }
+}

@@ -1,0 +1,88 @@
+//! Reading plans, and the operator actions on them (pause, resume, abort, approve).
+
+use flotilla_core::fleet::{EventKind, PlanState, Step, StepState};
+use serde_json::json;
+
+use super::*;
+use crate::identity::Identity;
+
+impl Coordinator {
+    pub async fn plans(&self, who: &Identity) -> Result<Vec<PlanView>> {
+        Self::operator(who)?;
+        let mut out = Vec::new();
+        for plan in self.store.plans().await? {
+            let steps = self.store.steps(&plan.id).await?;
+            out.push(PlanView { plan, steps });
+        }
+        Ok(out)
+    }
+
+    pub async fn plan(&self, who: &Identity, id: &str) -> Result<PlanView> {
+        Self::operator(who)?;
+        self.view(id).await
+    }
+
+    pub(crate) async fn view(&self, id: &str) -> Result<PlanView> {
+        let plan = self.store.plan(id).await?.ok_or_else(|| ServiceError::NotFound(format!("no plan `{id}`")))?;
+        let steps = self.store.steps(id).await?;
+        Ok(PlanView { plan, steps })
+    }
+
+    /// Pause, resume, abort or approve: `action` names it for errors and the audit log.
+    pub async fn act(&self, who: &Identity, id: &str, action: &str, reason: &str) -> Result<PlanView> {
+        Self::operator(who)?;
+        let view = self.view(id).await?;
+        let from = view.plan.state;
+        let cannot = || ServiceError::FailedPrecondition(format!("plan `{id}` is {from}: it cannot {action}"));
+        let moved = match action {
+            "pause" | "resume" | "abort" => {
+                let to = match action {
+                    "pause" => PlanState::Paused,
+                    "resume" => PlanState::Running,
+                    _ => PlanState::Aborted,
+                };
+                let allowed = if to == PlanState::Running { from == PlanState::Paused } else { from.can_become(to) };
+                if !allowed {
+                    return Err(cannot());
+                }
+                let moved = self.store.set_plan_state(id, from, to).await?;
+                if moved && to == PlanState::Aborted {
+                    self.skip_pending(&view.steps).await?;
+                }
+                moved
+            }
+            "approve" => {
+                if from != PlanState::AwaitingApproval {
+                    return Err(cannot());
+                }
+                let next = view.steps.iter().filter(|s| !s.state.is_done()).map(|s| s.wave).min().unwrap_or(0);
+                self.store.approve_wave(id, next).await?
+            }
+            other => return Err(ServiceError::InvalidArgument(format!("unknown action `{other}`"))),
+        };
+        if !moved {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "plan `{id}` changed state while asked to {action}; look again"
+            )));
+        }
+        self.audit(who, action, Some(id), reason.to_string()).await?;
+        let kind = match action {
+            "pause" => EventKind::Paused,
+            "resume" => EventKind::Resumed,
+            "abort" => EventKind::Aborted,
+            _ => EventKind::Approved,
+        };
+        self.event(id, None, kind, json!({ "by": who.actor(), "reason": reason })).await?;
+        self.wake.notify_one();
+        self.view(id).await
+    }
+
+    pub(crate) async fn skip_pending(&self, steps: &[Step]) -> Result<()> {
+        for s in steps.iter().filter(|s| s.state == StepState::Pending) {
+            self.store
+                .set_step_state(&s.plan_id, &s.target, StepState::Pending, StepState::Skipped, None, None)
+                .await?;
+        }
+        Ok(())
+    }
+}
