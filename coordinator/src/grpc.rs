@@ -20,7 +20,10 @@ use tonic::{Request, Response, Status};
 use tracing::{error, Instrument};
 
 use crate::identity::{self, Identity};
-use crate::service::{Assignment, Coordinator, Outcome, PlanView, Progress, ServiceError, Submission, TargetReport};
+use crate::service::{
+    Assignment, Coordinator, Outcome, PlanOverview, PlanView, Progress, ServiceError, Submission, TargetReport,
+};
+use crate::store::StepCount;
 
 /// The one place domain errors become gRPC statuses. Errors of the coordinator's own systems are logged here.
 /// The one place a domain error becomes a status: its gRPC code and, in the details, what it means
@@ -163,25 +166,33 @@ fn strategy_from(s: Option<pb::Strategy>) -> Result<Strategy, Status> {
 }
 
 fn summary(view: &PlanView) -> pb::PlanSummary {
-    let count = |state: StepState| view.steps.iter().filter(|s| s.state == state).count() as u32;
-    let current = if view.plan.state.is_live() {
-        view.steps.iter().filter(|s| !s.state.is_done()).map(|s| s.wave).min().unwrap_or(0)
+    let counts: Vec<StepCount> =
+        view.steps.iter().map(|s| StepCount { wave: s.wave, state: s.state, count: 1 }).collect();
+    overview_summary(&PlanOverview { plan: view.plan.clone(), counts })
+}
+
+/// A plan's summary from its step counts (by wave and state).
+fn overview_summary(o: &PlanOverview) -> pb::PlanSummary {
+    let sum = |pick: &dyn Fn(&StepCount) -> bool| o.counts.iter().filter(|c| pick(c)).map(|c| c.count).sum::<u64>();
+    let count = |state: StepState| u32::try_from(sum(&|c| c.state == state)).unwrap_or(u32::MAX);
+    let current = if o.plan.state.is_live() {
+        o.counts.iter().filter(|c| c.count > 0 && !c.state.is_done()).map(|c| c.wave).min().unwrap_or(0)
     } else {
         0
     };
     pb::PlanSummary {
-        id: view.plan.id.clone(),
-        state: view.plan.state.to_string(),
-        selector: view.plan.selector.to_string(),
-        goal: Some(goal_to_proto(view.plan.goal)),
+        id: o.plan.id.clone(),
+        state: o.plan.state.to_string(),
+        selector: o.plan.selector.to_string(),
+        goal: Some(goal_to_proto(o.plan.goal)),
         current_wave: current,
-        targets: view.steps.len() as u32,
+        targets: u32::try_from(sum(&|_| true)).unwrap_or(u32::MAX),
         succeeded: count(StepState::Succeeded),
         failed: count(StepState::Failed),
-        created_at: view.plan.created_at.to_rfc3339(),
-        rollback_of: view.plan.rollback_of.clone().unwrap_or_default(),
-        waves: view.steps.iter().map(|s| s.wave).max().unwrap_or(0),
-        phase: phase_text(view.plan.phase),
+        created_at: o.plan.created_at.to_rfc3339(),
+        rollback_of: o.plan.rollback_of.clone().unwrap_or_default(),
+        waves: o.counts.iter().map(|c| c.wave).max().unwrap_or(0),
+        phase: phase_text(o.plan.phase),
     }
 }
 
@@ -432,7 +443,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
     ) -> Result<Response<pb::ListPlansResponse>, Status> {
         let who = self.auth.identify(&request)?;
         let plans = self.coordinator.plans(&who).await.map_err(status)?;
-        Ok(Response::new(pb::ListPlansResponse { plans: plans.iter().map(summary).collect() }))
+        Ok(Response::new(pb::ListPlansResponse { plans: plans.iter().map(overview_summary).collect() }))
     }
 
     async fn get_plan(&self, request: Request<pb::GetPlanRequest>) -> Result<Response<pb::PlanDetail>, Status> {

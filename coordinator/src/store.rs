@@ -2,6 +2,7 @@
 //! progress events and the audit log. One trait, one sqlx implementation for a SQLite file (the embedded default)
 //! and PostgreSQL (production), one shared test suite (tests/tests/store.rs). A restart loses nothing.
 
+use std::collections::BTreeMap;
 use std::sync::Once;
 
 use async_trait::async_trait;
@@ -72,6 +73,11 @@ pub trait Store: Send + Sync {
     /// How many of a plan's steps each wave has in each state: what the scheduler decides on, counted by the database
     /// so a pass over a plan of thousands of targets reads a few rows, not thousands.
     async fn step_counts(&self, plan_id: &str) -> Result<Vec<StepCount>, StoreError>;
+    /// Step counts by wave and state for every plan, in one query (plan lists), by plan id.
+    async fn all_step_counts(&self) -> Result<BTreeMap<String, Vec<StepCount>>, StoreError>;
+    /// Where plans left each target: its newest succeeded step (by its plan's creation), with that plan's bundle id,
+    /// in one query (fleet status).
+    async fn last_succeeded_steps(&self) -> Result<Vec<(String, Step)>, StoreError>;
     /// A plan's steps in `state`, by target name, after the target `after` (keyset paging) and at most `limit`;
     /// `wave` narrows it to one wave.
     async fn steps_in_state(
@@ -312,6 +318,16 @@ fn step_from(r: &AnyRow) -> Result<Step, StoreError> {
     })
 }
 
+/// A (wave, state, count) row of a GROUP BY over steps.
+fn step_count(r: &AnyRow) -> Result<StepCount, StoreError> {
+    let corrupt = |e: std::num::TryFromIntError| StoreError::Corrupt(e.to_string());
+    Ok(StepCount {
+        wave: u32::try_from(get::<i64>(r, 0)?).map_err(corrupt)?,
+        state: get::<String>(r, 1)?.parse().map_err(StoreError::Corrupt)?,
+        count: u64::try_from(get::<i64>(r, 2)?).map_err(corrupt)?,
+    })
+}
+
 fn token_value(token: Option<u64>) -> Option<i64> {
     token.map(|t| i64::try_from(t).unwrap_or(i64::MAX))
 }
@@ -478,6 +494,36 @@ impl Store for SqlStore {
         rows.first().map(step_from).transpose()
     }
 
+    async fn all_step_counts(&self) -> Result<BTreeMap<String, Vec<StepCount>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT wave, state, count(*), plan_id FROM steps GROUP BY plan_id, wave, state ORDER BY plan_id, wave, state",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut out: BTreeMap<String, Vec<StepCount>> = BTreeMap::new();
+        for r in &rows {
+            out.entry(get(r, 3)?).or_default().push(step_count(r)?);
+        }
+        Ok(out)
+    }
+
+    async fn last_succeeded_steps(&self) -> Result<Vec<(String, Step)>, StoreError> {
+        let columns: Vec<String> = STEP_COLUMNS.split(", ").map(|c| format!("s.{c}")).collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {STEP_COLUMNS}, bundle FROM (
+               SELECT {}, p.bundle,
+                      ROW_NUMBER() OVER (PARTITION BY s.target ORDER BY p.created_at DESC, p.id DESC) AS newest
+               FROM steps s JOIN plans p ON p.id = s.plan_id WHERE s.state = 'succeeded') latest
+             WHERE newest = 1 ORDER BY target",
+            columns.join(", ")
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(|r| Ok((get(r, 10)?, step_from(r)?))).collect()
+    }
+
     async fn step_counts(&self, plan_id: &str) -> Result<Vec<StepCount>, StoreError> {
         let rows = sqlx::query(&self.sql(
             "SELECT wave, state, count(*) FROM steps WHERE plan_id = ? GROUP BY wave, state ORDER BY wave, state",
@@ -486,16 +532,7 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        let corrupt = |e: std::num::TryFromIntError| StoreError::Corrupt(e.to_string());
-        rows.iter()
-            .map(|r| {
-                Ok(StepCount {
-                    wave: u32::try_from(get::<i64>(r, 0)?).map_err(corrupt)?,
-                    state: get::<String>(r, 1)?.parse().map_err(StoreError::Corrupt)?,
-                    count: u64::try_from(get::<i64>(r, 2)?).map_err(corrupt)?,
-                })
-            })
-            .collect()
+        rows.iter().map(step_count).collect()
     }
 
     async fn steps_in_state(

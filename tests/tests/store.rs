@@ -22,7 +22,8 @@ on_every_store!(
     events_and_audit,
     restart_loses_nothing,
     approvals_versions_and_tokens,
-    counts_and_pages_of_steps
+    counts_and_pages_of_steps,
+    lists_and_fleet_status_in_one_query_each
 );
 
 fn target(name: &str, env: &str) -> Target {
@@ -301,4 +302,60 @@ async fn counts_and_pages_of_steps(engine: Engine) {
     let running = store.steps_in_state("p1", StepState::Running, None, None, 100).await.expect("running");
     assert_eq!(names(running), ["db-05"]);
     assert!(store.steps_in_state("p1", StepState::Failed, None, None, 100).await.expect("failed").is_empty());
+}
+
+/// What plan lists and fleet status read instead of every step of every plan: counts for all plans in one query, and
+/// each target's newest succeeded step (the later plan wins) with its plan's bundle.
+async fn lists_and_fleet_status_in_one_query_each(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = SqlStore::open(&db.url).await.expect("open");
+    let mut older = plan("p1");
+    older.created_at = Utc::now() - chrono::Duration::seconds(60);
+    let mut newer = plan("p2");
+    newer.bundle = "c".repeat(64);
+    store
+        .create_plan(&older, &[step("p1", "db-a", 1), step("p1", "db-b", 1), step("p1", "db-c", 2)])
+        .await
+        .expect("p1");
+    store.create_plan(&newer, &[step("p2", "db-a", 1), step("p2", "db-b", 1)]).await.expect("p2");
+    let finish = |plan: &str, target: &str, state, after| {
+        let (plan, target) = (plan.to_string(), target.to_string());
+        let store = &store;
+        async move {
+            assert!(store
+                .set_step_state(&plan, &target, StepState::Pending, StepState::Assigned, Some(1), None)
+                .await
+                .expect("assign"));
+            let done = StepFinish {
+                plan_id: plan,
+                target,
+                token: 1,
+                state,
+                error: None,
+                before: Some(0),
+                after: Some(after),
+                detail: serde_json::json!({}),
+            };
+            store.finish_step(&done).await.expect("finish").expect("finished");
+        }
+    };
+    finish("p1", "db-a", StepState::Succeeded, 3).await;
+    finish("p1", "db-b", StepState::Succeeded, 3).await;
+    finish("p2", "db-a", StepState::Succeeded, 5).await;
+    finish("p2", "db-b", StepState::Failed, 3).await;
+
+    let counts = store.all_step_counts().await.expect("counts");
+    let total = |plan: &str, state| counts[plan].iter().filter(|c| c.state == state).map(|c| c.count).sum::<u64>();
+    assert_eq!((total("p1", StepState::Succeeded), total("p1", StepState::Pending)), (2, 1));
+    assert_eq!((total("p2", StepState::Succeeded), total("p2", StepState::Failed)), (1, 1));
+    assert_eq!(counts.len(), 2);
+
+    let last = store.last_succeeded_steps().await.expect("last");
+    let seen: Vec<(&str, &str, &str, Option<i64>)> =
+        last.iter().map(|(b, s)| (s.target.as_str(), s.plan_id.as_str(), &b[..1], s.after)).collect();
+    assert_eq!(
+        seen,
+        [("db-a", "p2", "c", Some(5)), ("db-b", "p1", "b", Some(3))],
+        "the newer plan wins where it succeeded; a failed step does not count; db-c never succeeded"
+    );
 }

@@ -131,6 +131,13 @@ pub struct Submission {
     pub dry_run: bool,
 }
 
+/// A plan with its step counts by wave and state, for lists.
+#[derive(Debug, Clone)]
+pub struct PlanOverview {
+    pub plan: Plan,
+    pub counts: Vec<crate::store::StepCount>,
+}
+
 #[derive(Debug, Clone)]
 pub struct PlanView {
     pub plan: Plan,

@@ -7,14 +7,17 @@ use super::*;
 use crate::identity::Identity;
 
 impl Coordinator {
-    pub async fn plans(&self, who: &Identity) -> Result<Vec<PlanView>> {
+    /// Every plan with its step counts: two queries, however many plans and steps.
+    pub async fn plans(&self, who: &Identity) -> Result<Vec<PlanOverview>> {
         Self::operator(who)?;
-        let mut out = Vec::new();
-        for plan in self.store.plans().await? {
-            let steps = self.store.steps(&plan.id).await?;
-            out.push(PlanView { plan, steps });
-        }
-        Ok(out)
+        let mut counts = self.store.all_step_counts().await?;
+        Ok(self
+            .store
+            .plans()
+            .await?
+            .into_iter()
+            .map(|plan| PlanOverview { counts: counts.remove(&plan.id).unwrap_or_default(), plan })
+            .collect())
     }
 
     pub async fn plan(&self, who: &Identity, id: &str) -> Result<PlanView> {

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use flotilla_core::bundle::Bundle;
-use flotilla_core::fleet::{Plan, Selector, Step, StepState, Target};
+use flotilla_core::fleet::{Selector, Step, Target};
 use flotilla_core::{Engine, ReadOptions};
 
 use super::*;
@@ -21,15 +21,14 @@ impl Coordinator {
     pub async fn fleet_status(&self, who: &Identity, selector: &Selector) -> Result<Vec<TargetStatus>> {
         Self::operator(who)?;
         let targets: Vec<Target> = self.store.targets().await?.into_iter().filter(|t| selector.matches(t)).collect();
-        // The newest plan step per target says where plans left it.
-        let mut last: HashMap<String, (Plan, Step)> = HashMap::new();
-        for plan in self.store.plans().await? {
-            for step in self.store.steps(&plan.id).await? {
-                if step.state == StepState::Succeeded {
-                    last.insert(step.target.clone(), (plan.clone(), step));
-                }
-            }
-        }
+        // The newest succeeded step per target says where plans left it: one query, however many plans.
+        let last: HashMap<String, (String, Step)> = self
+            .store
+            .last_succeeded_steps()
+            .await?
+            .into_iter()
+            .map(|(bundle, s)| (s.target.clone(), (bundle, s)))
+            .collect();
         let mut out = Vec::with_capacity(targets.len());
         for t in targets {
             let live = self.inner().live.get(&t.name).cloned();
@@ -37,12 +36,12 @@ impl Coordinator {
             let stale = live.as_ref().is_none_or(|l| l.reported.elapsed() > self.config.heartbeat_timeout);
             let mut pending = Vec::new();
             let mut drift = None;
-            if let Some((plan, step)) = last.get(&t.name) {
-                let versions = self.bundle_versions(&plan.bundle, t.engine).await?;
+            if let Some((bundle, step)) = last.get(&t.name) {
+                let versions = self.bundle_versions(bundle, t.engine).await?;
                 pending = versions.into_iter().filter(|v| applied.is_some_and(|a| *v > a)).collect();
                 if let (Some(expected), Some(applied)) = (step.after, applied) {
                     if expected != applied {
-                        drift = Some(format!("plan {} left version {expected}; history says {applied}", plan.id));
+                        drift = Some(format!("plan {} left version {expected}; history says {applied}", step.plan_id));
                     }
                 }
             }
