@@ -334,6 +334,17 @@ impl Fleet {
             .expect("connect")
     }
 
+    /// The ids of the rollback plans of plan `id`.
+    pub async fn rollbacks_of(&self, id: &str) -> Vec<String> {
+        let plans = self.cli(&["--json", "plan", "list"]).await.ok().json();
+        plans
+            .as_array()
+            .map(|a| a.iter().filter(|p| p["rollback_of"] == id).filter_map(|p| p["id"].as_str()).map(str::to_string))
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     pub async fn cli(&self, args: &[&str]) -> Run {
         self.cli_as("admin", args).await
     }

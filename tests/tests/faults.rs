@@ -369,6 +369,17 @@ async fn a_5_mib_bundle_reaches_the_agent_and_applies() {
     assert_eq!(db.count("codes").await, 60_000);
 }
 
+/// `n` fresh PostgreSQL databases as targets `pg-01`…
+async fn pg_targets(n: usize) -> (Vec<TestDb>, Vec<FleetTarget>) {
+    let dbs = futures_util::future::join_all((0..n).map(|_| TestDb::new(Postgres))).await;
+    let targets = dbs
+        .iter()
+        .enumerate()
+        .map(|(i, db)| FleetTarget::new(&format!("pg-{:02}", i + 1), &db.url, &[("env", "test")]))
+        .collect();
+    (dbs, targets)
+}
+
 /// A fleet with one agent serving `name` → `url`, etcd locks (`etcd`, or the shared one) and a lease TTL of 3 s.
 async fn fleet_on(name: &str, url: &str, etcd: Option<String>) -> Fleet {
     let glob = format!("{}*", &name[..3]);
@@ -492,12 +503,7 @@ async fn etcd_killed_mid_step_and_restarted_the_plan_completes_once() {
 async fn a_postgres_store_killed_mid_plan_and_restarted_loses_nothing() {
     let mut store = Server::start(Kind::Postgres).await;
     let store_url = store.database("flotilla").await;
-    let dbs = futures_util::future::join_all((0..3).map(|_| TestDb::new(Postgres))).await;
-    let targets: Vec<FleetTarget> = dbs
-        .iter()
-        .enumerate()
-        .map(|(i, db)| FleetTarget::new(&format!("pg-{:02}", i + 1), &db.url, &[("env", "test")]))
-        .collect();
+    let (dbs, targets) = pg_targets(3).await;
     let mut fleet = Fleet::start_on_store(&[("agent-1", "pg-*")], Some(etcd_url()), 3, &store_url).await;
     fleet.start_agent("agent-1", &targets).await;
     fleet.wait_targets(3).await;
@@ -735,16 +741,9 @@ async fn rollback_failed_with_long_target_names_works_on_the_postgres_store() {
     let plan = fleet.wait_plan(&id, "over", |p| p["state"] != "running" && p["state"] != "pending").await;
     let s = steps(&plan);
     assert_eq!(s[&long(1)]["state"], "failed", "{plan:#}");
-    let plans = fleet.cli(&["--json", "plan", "list"]).await.ok().json();
-    let rollback: Vec<&str> = plans
-        .as_array()
-        .expect("plans")
-        .iter()
-        .filter(|p| p["rollback_of"] == id.as_str())
-        .filter_map(|p| p["id"].as_str())
-        .collect();
-    assert_eq!(rollback.len(), 1, "{plans:#}");
-    fleet.wait_state(rollback[0], "succeeded").await;
+    let rollback = fleet.rollbacks_of(&id).await;
+    assert_eq!(rollback.len(), 1, "{rollback:?}");
+    fleet.wait_state(&rollback[0], "succeeded").await;
     assert!(rollback[0].len() <= 64, "{}", rollback[0]);
     assert_eq!(versions(&dbs[0].history().await), vec![1, 2, 3]);
     assert!(dbs[1].history().await.is_empty(), "the failed target is back where the plan found it");
@@ -876,12 +875,7 @@ async fn a_store_that_is_down_surfaces_as_itself_with_its_own_exit_code() {
 async fn store_connections_blackholed_then_reset_mid_plan_lose_nothing() {
     let store = TestDb::new(Postgres).await;
     let (proxy, store_url) = Proxy::in_front_of(&store.url).await;
-    let dbs = futures_util::future::join_all((0..3).map(|_| TestDb::new(Postgres))).await;
-    let targets: Vec<FleetTarget> = dbs
-        .iter()
-        .enumerate()
-        .map(|(i, db)| FleetTarget::new(&format!("pg-{:02}", i + 1), &db.url, &[("env", "test")]))
-        .collect();
+    let (dbs, targets) = pg_targets(3).await;
     let mut fleet = Fleet::start_on_store(&[("agent-1", "pg-*")], Some(etcd_url()), 3, &store_url).await;
     fleet.start_agent("agent-1", &targets).await;
     fleet.wait_targets(3).await;

@@ -92,17 +92,10 @@ async fn rollback_failed_policy_rolls_back_only_the_failed_target() {
         fleet.create(dir.path(), &["--waves", "100%", "--max-failures", "1", "--on-failure", "rollback-failed"]).await;
     let plan = fleet.wait_state(&id, "succeeded").await;
     assert_eq!((count(&plan, "succeeded"), count(&plan, "failed")), (3, 1));
-    let plans = fleet.cli(&["--json", "plan", "list"]).await.ok().json();
-    let rollbacks: Vec<&str> = plans
-        .as_array()
-        .expect("plans")
-        .iter()
-        .filter(|p| p["rollback_of"] == id.as_str())
-        .filter_map(|p| p["id"].as_str())
-        .collect();
-    assert_eq!(rollbacks.len(), 1, "one rollback plan, for sq-02: {plans:#}");
+    let rollbacks = fleet.rollbacks_of(&id).await;
+    assert_eq!(rollbacks.len(), 1, "one rollback plan, for sq-02: {rollbacks:?}");
     assert!(rollbacks[0].len() <= 64 && !rollbacks[0].contains("sq-02"), "the id is not built from the name");
-    fleet.wait_state(rollbacks[0], "succeeded").await;
+    fleet.wait_state(&rollbacks[0], "succeeded").await;
     assert!(dbs[1].history().await.is_empty(), "the failed target is back at its prior version");
     for i in [0, 2, 3] {
         assert_eq!(versions(&dbs[i].history().await), vec![1, 2]);
