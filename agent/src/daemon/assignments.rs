@@ -1,0 +1,244 @@
+//! Running one assignment: admit it, run the executor on one connection, report what the history says.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_core::bundle::Bundle;
+use flotilla_core::fleet::EventKind;
+use flotilla_core::{MigrationSet, Phase, PlanOptions, ReadOptions, Request};
+use flotilla_proto::telemetry;
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::agent_service_client::AgentServiceClient;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tracing::{info, info_span, warn, Instrument};
+
+use super::*;
+use crate::driver::{connect, ConnectOptions};
+use crate::executor::{Executor, Progress, ProgressKind};
+
+/// Runs one assignment and reports its result.
+pub(super) async fn handle(
+    state: Arc<State>,
+    mut client: AgentServiceClient<Channel>,
+    progress: mpsc::UnboundedSender<pb::ProgressEvent>,
+    a: pb::Assignment,
+) {
+    let traceparent = a.trace.as_ref().map(|t| t.traceparent.clone()).unwrap_or_default();
+    let span = info_span!(
+        "execute_assignment",
+        plan_id = %a.plan_id,
+        target = %a.target,
+        agent = %state.config.name,
+        fencing_token = a.fencing_token,
+        wave = a.wave,
+    );
+    telemetry::join_traceparent(&span, &traceparent);
+    async move {
+        let Some(target) = state.targets.get(&a.target).cloned() else {
+            warn!("refusing an assignment for a target this agent does not serve");
+            return;
+        };
+        let Some(gate) = state.running.get(&a.target).cloned() else { return };
+        if !state.tokens.admit(&a.target, a.fencing_token) {
+            // Not reported as running: the coordinator reconciles the step.
+            warn!("refusing an assignment under a stale fencing token");
+            return;
+        }
+        let key: StepKey = (a.plan_id.clone(), a.target.clone(), a.fencing_token);
+        locked(&state.inflight).insert(key.clone());
+        let _one_at_a_time = gate.lock().await;
+        // A newer assignment may have arrived while this one waited.
+        if state.tokens.superseded(&a.target, a.fencing_token) {
+            warn!("dropping an assignment superseded by a newer fencing token");
+            locked(&state.inflight).remove(&key);
+            return;
+        }
+        let run = execute(&state, &target, &a, &progress).await;
+        // The history as the step's own connection read it afterwards; a new connection only if that failed.
+        let versions = match run.after {
+            Some(Ok(v)) => Ok(v),
+            _ => read_versions(&target).await,
+        };
+        locked(&state.versions).insert(target.name.clone(), versions.clone());
+        let (applied, dirty) = match &versions {
+            Ok((applied, dirty)) => (Some(*applied), *dirty),
+            Err(_) => (None, false),
+        };
+        let (before, error) = (run.before, run.error);
+        match &error {
+            None => info!(applied = ?applied, "step succeeded"),
+            Some(e) => warn!(error = %e, "step failed"),
+        }
+        let report = pb::StepResult {
+            plan_id: a.plan_id.clone(),
+            target: a.target.clone(),
+            fencing_token: a.fencing_token,
+            succeeded: error.is_none() && versions.is_ok(),
+            error: error.or(versions.err()).unwrap_or_default(),
+            applied_version: applied,
+            dirty,
+            version_before: before,
+            agent_id: state.config.name.clone(),
+        };
+        // The result is held until the coordinator acknowledges it: retried here for a while, then sent again
+        // after the next (re)connection. Meanwhile heartbeats list the step, so it is not reconciled under it.
+        locked(&state.unacked).insert(key.clone(), report.clone());
+        let parent = telemetry::traceparent(&tracing::Span::current(), &a.plan_id, &a.target);
+        let mut wait = Duration::from_millis(200);
+        for attempt in 1..=5 {
+            match send_result(&state, &mut client, &key, &report, Some(&parent)).await {
+                Sent::Done => break,
+                Sent::Retry if attempt < 5 => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Sent::Retry => warn!("could not report the result; holding it until the coordinator is back"),
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// What running a step found and left.
+pub(super) struct StepRun {
+    /// Applied version before the step; `None` if the step failed before it could read the history.
+    before: Option<i64>,
+    error: Option<String>,
+    /// Applied version and dirtiness after, read on the step's connection (`None` if it never connected).
+    after: Option<Versions>,
+}
+
+/// Runs the step on one connection: read the history, run, read the history again.
+pub(super) async fn execute(
+    state: &State,
+    target: &Target,
+    a: &pb::Assignment,
+    progress: &mpsc::UnboundedSender<pb::ProgressEvent>,
+) -> StepRun {
+    let failed = |e: String| StepRun { before: None, error: Some(e), after: None };
+    let set = match load_set(state, target, a) {
+        Ok(set) => set,
+        Err(e) => return failed(e),
+    };
+    let driver = match connect(&target.url, &ConnectOptions::default()).await {
+        Ok(driver) => driver,
+        Err(e) => return failed(e.to_string()),
+    };
+    let base = pb::ProgressEvent {
+        plan_id: a.plan_id.clone(),
+        target: a.target.clone(),
+        fencing_token: a.fencing_token,
+        agent_id: state.config.name.clone(),
+        ..Default::default()
+    };
+    let sink_base = base.clone();
+    let sink_tx = progress.clone();
+    let sink = Arc::new(move |p: &Progress| {
+        let mut e = sink_base.clone();
+        e.version = p.version;
+        e.direction = p.direction.as_str().to_string();
+        match &p.kind {
+            ProgressKind::Started { statements, .. } => {
+                e.kind = EventKind::MigrationStarted.to_string();
+                e.statement_total = *statements as u32;
+            }
+            ProgressKind::Statement { index, total, rows_affected, elapsed_ms } => {
+                e.kind = EventKind::Statement.to_string();
+                e.statement_index = *index as u32;
+                e.statement_total = *total as u32;
+                e.rows_affected = *rows_affected;
+                e.elapsed_ms = *elapsed_ms;
+            }
+            ProgressKind::Batch { batch, rows_affected, elapsed_ms, .. } => {
+                e.kind = EventKind::Batch.to_string();
+                e.statement_index = u32::try_from(*batch).unwrap_or(u32::MAX);
+                e.rows_affected = *rows_affected;
+                e.elapsed_ms = *elapsed_ms;
+            }
+            ProgressKind::Finished { elapsed_ms } => {
+                e.kind = EventKind::MigrationFinished.to_string();
+                e.elapsed_ms = *elapsed_ms;
+            }
+            ProgressKind::Failed { statement, error } => {
+                e.kind = EventKind::MigrationFailed.to_string();
+                e.statement_index = statement.map_or(0, |s| s as u32);
+                e.error = error.clone();
+            }
+        }
+        let _ = sink_tx.send(e);
+    });
+    let phase = match a.phase.as_str() {
+        "expand" => Some(Phase::Expand),
+        "contract" => Some(Phase::Contract),
+        _ => None,
+    };
+    let mut ex = Executor::new(driver, format!("flotilla-agent:{}", state.config.name))
+        .with_plan_id(Some(a.plan_id.clone()))
+        .with_fencing_token(Some(a.fencing_token))
+        .with_plan_options(PlanOptions { phase, ..PlanOptions::default() })
+        .with_progress(sink);
+    let before = match ex.history().await {
+        Ok(h) => version_before_plan(&h, &a.plan_id),
+        Err(e) => {
+            ex.close().await;
+            return failed(e.to_string());
+        }
+    };
+    let _ = progress.send(pb::ProgressEvent {
+        kind: EventKind::StepStarted.to_string(),
+        version_before: before,
+        ..base.clone()
+    });
+    let result = if a.validate {
+        match crate::validate::validate(&mut ex, &set, None).await {
+            Ok(report) if report.passed() => Ok(()),
+            Ok(report) => Err(validation_problems(&report)),
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        let request = match a.goal {
+            Some(g) if g.direction == pb::goal::Direction::Down as i32 => Request::DownTo(g.version),
+            Some(g) if g.version > 0 => Request::Up { to: Some(g.version) },
+            _ => Request::Up { to: None },
+        };
+        ex.migrate(&set, request, false).await.map(drop).map_err(|e| e.to_string())
+    };
+    let after = ex.history().await.map(|h| summarize(&h)).map_err(|e| e.to_string());
+    ex.close().await;
+    StepRun { before: Some(before), error: result.err(), after: Some(after) }
+}
+
+pub(super) fn validation_problems(report: &crate::validate::ValidationReport) -> String {
+    let mut parts: Vec<String> = report
+        .migrations
+        .iter()
+        .filter(|m| !m.problems.is_empty())
+        .map(|m| format!("{} ({}): {}", m.version, m.name, m.problems.join("; ")))
+        .collect();
+    if let Some(stopped) = &report.stopped {
+        parts.push(stopped.clone());
+    }
+    format!("validation failed: {}", parts.join(" | "))
+}
+
+/// The bundle's migration set for the target's engine, checked against its content address and parsed once.
+pub(super) fn load_set(state: &State, target: &Target, a: &pb::Assignment) -> Result<Arc<MigrationSet>, String> {
+    let key = (a.bundle_id.clone(), target.engine.as_str().to_string());
+    if let Some(set) = locked(&state.sets).get(&key) {
+        return Ok(set.clone());
+    }
+    let digest = hex::encode(Sha256::digest(&a.bundle));
+    if digest != a.bundle_id {
+        return Err(format!("the bundle's content does not match its id {} (got {digest})", a.bundle_id));
+    }
+    let bundle = Bundle::from_json(&a.bundle).map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let set =
+        bundle.read(target.engine, dir.path(), &ReadOptions { allow_missing_down: true }).map_err(|e| e.to_string())?;
+    let set = Arc::new(set);
+    locked(&state.sets).insert(key, set.clone());
+    Ok(set)
+}

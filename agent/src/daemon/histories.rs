@@ -1,0 +1,101 @@
+//! Reading targets' history tables: the version before a plan, and the periodic re-read that feeds heartbeats.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_core::AppliedMigration;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::driver::{connect, ConnectOptions};
+use crate::executor::Executor;
+
+/// How often idle targets' history tables are read again.
+pub(super) const REREAD: Duration = Duration::from_secs(60);
+
+/// How many targets' histories are read at once when all are re-read.
+pub(super) const REFRESH_PARALLEL: usize = 16;
+
+/// Re-reads every target's history at start and then every `REREAD`, so the coordinator sees applied versions and
+/// changes made outside Flotilla (drift).
+pub(super) async fn refresh_loop(state: Arc<State>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = refresh_all(&state) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(REREAD) => {}
+        }
+    }
+}
+
+/// Applied version and dirtiness from a history table.
+pub fn summarize(history: &[AppliedMigration]) -> (i64, bool) {
+    let applied = history.iter().filter(|r| !r.state.is_dirty()).map(|r| r.version).max().unwrap_or(0);
+    (applied, history.iter().any(|r| r.state.is_dirty()))
+}
+
+/// The version a target had before plan `plan_id` touched it: the highest applied version among rows the plan did
+/// not write. A re-run of a step whose first run committed (and whose result was lost) still reports where the
+/// target was before the plan, not where the first run left it.
+pub fn version_before_plan(history: &[AppliedMigration], plan_id: &str) -> i64 {
+    history
+        .iter()
+        .filter(|r| !r.state.is_dirty() && r.plan_id.as_deref() != Some(plan_id))
+        .map(|r| r.version)
+        .max()
+        .unwrap_or(0)
+}
+
+pub(super) async fn read_versions(target: &Target) -> Versions {
+    let options = ConnectOptions { create: false, ..ConnectOptions::default() };
+    let driver = connect(&target.url, &options).await.map_err(|e| e.to_string())?;
+    let mut ex = Executor::new(driver, "flotilla-agent");
+    let history = ex.history().await.map_err(|e| e.to_string());
+    ex.close().await;
+    Ok(summarize(&history?))
+}
+
+/// Reads every target's history, a bounded number at a time: an agent serving thousands of databases must not open
+/// thousands of connections at once.
+pub(super) async fn refresh_all(state: &State) {
+    use futures_util::StreamExt;
+    let reads = state.targets.values().cloned().map(|t| async move {
+        let versions = read_versions(&t).await;
+        (t.name, versions)
+    });
+    let mut results = futures_util::stream::iter(reads).buffer_unordered(REFRESH_PARALLEL);
+    while let Some((name, result)) = results.next().await {
+        locked(&state.versions).insert(name, result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_before_plan;
+    use flotilla_core::{AppliedMigration, Checksum, RecordState};
+
+    fn row(version: i64, plan: Option<&str>) -> AppliedMigration {
+        AppliedMigration {
+            version,
+            name: format!("m{version}"),
+            checksum: Checksum::of("up", Some("down")),
+            state: RecordState::Applied,
+            applied_at: chrono::Utc::now(),
+            duration_ms: 1,
+            applied_by: "test".into(),
+            plan_id: plan.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_version_before_a_plan_ignores_what_the_plan_itself_applied() {
+        let history = vec![row(1, None), row(2, Some("p1")), row(3, Some("p2")), row(4, Some("p2"))];
+        assert_eq!(version_before_plan(&history, "p2"), 2, "a re-run of p2 reports where p2 found the target");
+        assert_eq!(version_before_plan(&history, "p3"), 4, "a new plan finds the top");
+        assert_eq!(version_before_plan(&history[..1], "p2"), 1);
+        assert_eq!(version_before_plan(&[], "p2"), 0, "an empty history is 0: known, and nothing applied");
+    }
+}

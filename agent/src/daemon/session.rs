@@ -1,0 +1,133 @@
+//! One connection to the coordinator: register, re-send held results, heartbeat on its own task, take assignments.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::agent_service_client::AgentServiceClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+use super::*;
+
+/// One connection to the coordinator: register, heartbeat, take assignments until the stream ends.
+pub(super) async fn session(
+    state: &Arc<State>,
+    endpoint: &Endpoint,
+    shutdown: &CancellationToken,
+    steps: &tokio_util::task::TaskTracker,
+) -> Result<(), tonic::Status> {
+    let channel: Channel =
+        endpoint.connect().await.map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
+    let mut client = AgentServiceClient::new(channel)
+        .max_decoding_message_size(flotilla_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(flotilla_proto::MAX_MESSAGE_BYTES);
+    let name = state.config.name.clone();
+    let targets = state
+        .targets
+        .values()
+        .map(|t| pb::TargetInfo {
+            name: t.name.clone(),
+            engine: engine_to_proto(t.engine) as i32,
+            labels: t.labels.clone().into_iter().collect(),
+        })
+        .collect();
+    client
+        .register(pb::RegisterRequest { agent_version: env!("CARGO_PKG_VERSION").into(), targets, name: name.clone() })
+        .await?;
+    info!(agent = %name, targets = state.targets.len(), "registered with the coordinator");
+    resend_results(state, &mut client).await;
+    client.heartbeat(heartbeat(state)).await?;
+
+    // The session outlives a shutdown request until running steps have drained: heartbeats, progress and results
+    // keep flowing, so the coordinator never takes a draining agent for a dead one.
+    let session = CancellationToken::new();
+    let _stop = session.clone().drop_guard();
+    // Heartbeats, on their own task: nothing else waits in their loop.
+    {
+        let (state, mut client, session) = (state.clone(), client.clone(), session.clone());
+        tokio::spawn(async move {
+            let every = Duration::from_secs(state.config.heartbeat_secs.max(1));
+            loop {
+                tokio::select! {
+                    _ = session.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = client.heartbeat(heartbeat(&state)).await {
+                    warn!(error = %e, "heartbeat failed");
+                }
+            }
+        });
+    }
+    // Progress: one client stream for the session.
+    let (progress_tx, progress_rx) = mpsc::unbounded_channel::<pb::ProgressEvent>();
+    {
+        let (mut client, session) = (client.clone(), session.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = session.cancelled() => {}
+                result = client.report_progress(UnboundedReceiverStream::new(progress_rx)) => {
+                    // Without a progress stream the session is broken: end it, and the agent reconnects.
+                    if let Err(e) = result { warn!(error = %e, "progress stream ended"); }
+                    session.cancel();
+                }
+            }
+        });
+    }
+    let mut assignments =
+        client.pull_assignments(pb::PullAssignmentsRequest { agent_id: name.clone() }).await?.into_inner();
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => {
+                drain(steps).await;
+                return Ok(());
+            }
+            _ = session.cancelled() => return Err(tonic::Status::unavailable("the progress stream ended")),
+            next = assignments.message() => next?,
+        };
+        let Some(assignment) = next else {
+            return Err(tonic::Status::unavailable("the coordinator closed the stream"));
+        };
+        let (state, client, progress) = (state.clone(), client.clone(), progress_tx.clone());
+        steps.spawn(async move { handle(state, client, progress, assignment).await });
+    }
+}
+
+pub(super) fn engine_to_proto(e: flotilla_core::Engine) -> pb::Engine {
+    use flotilla_core::Engine::*;
+    match e {
+        Postgres => pb::Engine::Postgres,
+        Mysql => pb::Engine::Mysql,
+        Sqlite => pb::Engine::Sqlite,
+        Mongodb => pb::Engine::Mongodb,
+    }
+}
+
+pub(super) fn heartbeat(state: &State) -> pb::HeartbeatRequest {
+    let running = locked(&state.inflight)
+        .iter()
+        .map(|(plan_id, target, token)| pb::StepRef {
+            plan_id: plan_id.clone(),
+            target: target.clone(),
+            fencing_token: *token,
+        })
+        .collect();
+    let mut req = pb::HeartbeatRequest { agent_id: state.config.name.clone(), running, ..Default::default() };
+    for (target, v) in locked(&state.versions).iter() {
+        match v {
+            Ok((applied, dirty)) => {
+                req.applied_versions.insert(target.clone(), *applied);
+                if *dirty {
+                    req.dirty_targets.push(target.clone());
+                }
+            }
+            Err(e) => {
+                req.unreachable.insert(target.clone(), e.clone());
+            }
+        }
+    }
+    req
+}
