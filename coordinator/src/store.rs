@@ -133,22 +133,9 @@ pub trait Store: Send + Sync {
     async fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS bundles (id VARCHAR(64) PRIMARY KEY, body TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS targets (name VARCHAR(255) PRIMARY KEY, engine VARCHAR(16) NOT NULL, labels TEXT NOT NULL, agent VARCHAR(255) NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS plans (id VARCHAR(64) PRIMARY KEY, bundle VARCHAR(64) NOT NULL, selector TEXT NOT NULL,
-        goal TEXT NOT NULL, strategy TEXT NOT NULL, phase VARCHAR(16), rollback_of VARCHAR(64),
-        approved_wave BIGINT NOT NULL, state VARCHAR(32) NOT NULL, created_at VARCHAR(40) NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS steps (plan_id VARCHAR(64) NOT NULL, target VARCHAR(255) NOT NULL, wave BIGINT NOT NULL,
-        state VARCHAR(32) NOT NULL, token BIGINT, error TEXT, goal TEXT, version_before BIGINT, version_after BIGINT,
-        updated_at VARCHAR(40) NOT NULL, PRIMARY KEY (plan_id, target))",
-    "CREATE INDEX IF NOT EXISTS plans_state ON plans (state)",
-    "CREATE INDEX IF NOT EXISTS steps_by_state ON steps (plan_id, state, wave, target)",
-    "CREATE TABLE IF NOT EXISTS events (plan_id VARCHAR(64) NOT NULL, seq BIGINT NOT NULL, at VARCHAR(40) NOT NULL,
-        target VARCHAR(255), kind VARCHAR(64) NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (plan_id, seq))",
-    "CREATE TABLE IF NOT EXISTS audit (id VARCHAR(32) PRIMARY KEY, at VARCHAR(40) NOT NULL, actor VARCHAR(255) NOT NULL,
-        action VARCHAR(64) NOT NULL, plan_id VARCHAR(64), detail TEXT NOT NULL)",
-];
+/// The store's schema, versioned: each migration in `coordinator/migrations` runs once per store, recorded in
+/// `_sqlx_migrations`. Add a new file for a change; never edit an applied one.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Plan states a restarted coordinator resumes.
 const LIVE: [PlanState; 4] = [PlanState::Pending, PlanState::Running, PlanState::Paused, PlanState::AwaitingApproval];
@@ -237,9 +224,13 @@ impl SqlStore {
             .await
             .map_err(|e| StoreError::Open(e.to_string()))?;
         let store = SqlStore { pool, postgres };
-        for ddl in SCHEMA {
-            sqlx::query(ddl).execute(&store.pool).await.map_err(db)?;
-        }
+        MIGRATOR.run(&store.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::VersionMissing(v) => StoreError::Open(format!(
+                "the store's schema is at version {v}, which this release does not know: a newer Flotilla \
+                 migrated it; run that release (or newer), never an older one, against this store"
+            )),
+            e => StoreError::Open(format!("cannot bring the store's schema up to date: {e}")),
+        })?;
         Ok(store)
     }
 

@@ -23,7 +23,8 @@ on_every_store!(
     restart_loses_nothing,
     approvals_versions_and_tokens,
     counts_and_pages_of_steps,
-    lists_and_fleet_status_in_one_query_each
+    lists_and_fleet_status_in_one_query_each,
+    the_schema_is_versioned_old_stores_are_adopted_and_newer_ones_refused
 );
 
 fn target(name: &str, env: &str) -> Target {
@@ -358,4 +359,42 @@ async fn lists_and_fleet_status_in_one_query_each(engine: Engine) {
         [("db-a", "p2", "c", Some(5)), ("db-b", "p1", "b", Some(3))],
         "the newer plan wins where it succeeded; a failed step does not count; db-c never succeeded"
     );
+}
+
+/// The store's schema is versioned (sqlx migrations). A store created before versioning (its tables, no migration
+/// records) is adopted with its rows; a store a newer release migrated further is refused, naming the version,
+/// instead of being misread.
+async fn the_schema_is_versioned_old_stores_are_adopted_and_newer_ones_refused(engine: Engine) {
+    use sqlx::Connection;
+    let db = TestDb::new(engine).await;
+    let url = if engine == Sqlite { format!("{}?mode=rwc", db.url) } else { db.url.clone() };
+    let initial = std::fs::read_to_string(
+        flotilla_tests::manifest_dir().join("../coordinator/migrations/20261201000001_initial.sql"),
+    )
+    .expect("initial migration");
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+    sqlx::raw_sql(&initial).execute(&mut conn).await.expect("old-style schema");
+    sqlx::query("INSERT INTO bundles (id, body) VALUES ('old', '{}')").execute(&mut conn).await.expect("row");
+    conn.close().await.expect("close");
+
+    let store = SqlStore::open(&db.url).await.expect("an old store is adopted");
+    assert_eq!(store.bundle("old").await.expect("bundle").as_deref(), Some("{}"), "its rows are kept");
+    drop(store);
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&mut conn)
+        .await
+        .expect("versions");
+    assert_eq!(versions, [20261201000001]);
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time)
+         SELECT 29991231000000, 'from a newer release', installed_on, success, checksum, execution_time
+         FROM _sqlx_migrations WHERE version = 20261201000001",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("a newer release's record");
+    conn.close().await.expect("close");
+    let Err(refused) = SqlStore::open(&db.url).await else { panic!("a newer schema must be refused") };
+    assert!(refused.to_string().contains("29991231000000"), "{refused}");
 }
