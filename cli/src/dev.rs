@@ -252,7 +252,7 @@ async fn rollout(
     let request = pb::SubmitPlanRequest {
         bundle: bundle.to_json().into_bytes(),
         selector: "env=dev".into(),
-        goal: Some(pb::Goal { direction: pb::goal::Direction::Up as i32, version: 0 }),
+        goal: Some(flotilla_core::fleet::Goal::Up { to: None }.into()),
         strategy: Some(pb::Strategy {
             waves: vec!["1".into(), "50%".into(), "100%".into()],
             max_parallel: 4,

@@ -753,7 +753,7 @@ impl Store for SqlStore {
                     seq: u64::try_from(get::<i64>(r, 1)?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     at: time(&get::<String>(r, 2)?)?,
                     target: get(r, 3)?,
-                    kind: get(r, 4)?,
+                    kind: get::<String>(r, 4)?.parse().map_err(StoreError::Corrupt)?,
                     detail: json(&get::<String>(r, 5)?)?,
                 })
             })

@@ -304,7 +304,8 @@ pub struct Step {
 
 /// What an event says happened: the one vocabulary the coordinator writes, the watch stream carries, the agent
 /// reports progress in and the CLI reads. Unknown kinds are refused where they come in, never defaulted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EventKind {
     // A plan's life.
     Submitted,
@@ -422,7 +423,7 @@ pub struct Event {
     pub seq: u64,
     pub at: DateTime<Utc>,
     pub target: Option<String>,
-    pub kind: String,
+    pub kind: EventKind,
     pub detail: serde_json::Value,
 }
 
@@ -438,11 +439,13 @@ pub struct AuditEntry {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn event_kinds_round_trip_and_unknown_ones_are_refused() {
         for kind in EventKind::ALL {
             assert_eq!(kind.as_str().parse::<EventKind>(), Ok(kind));
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str(), "JSON names the kind as the store does");
         }
         let names: std::collections::HashSet<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), EventKind::ALL.len(), "no two kinds share a name");
@@ -451,7 +454,6 @@ mod tests {
         assert!(EventKind::Aborted.ends_plan() && !EventKind::Paused.ends_plan());
         assert!(EventKind::StepStarted.is_progress() && !EventKind::Started.is_progress());
     }
-    use super::*;
 
     fn target(labels: &[(&str, &str)]) -> Target {
         Target {

@@ -12,6 +12,8 @@ pub enum ErrorCode {
     NotFound,
     /// The state forbids it (a plan that cannot pause now, a target another agent serves).
     Refused,
+    /// Something changed while the request ran: look again, then decide.
+    Conflict,
     PermissionDenied,
     /// The coordinator is up, but its store cannot be reached: try again later.
     StoreUnavailable,
@@ -22,10 +24,11 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 8] = [
         ErrorCode::InvalidInput,
         ErrorCode::NotFound,
         ErrorCode::Refused,
+        ErrorCode::Conflict,
         ErrorCode::PermissionDenied,
         ErrorCode::StoreUnavailable,
         ErrorCode::LockUnavailable,
@@ -37,6 +40,7 @@ impl ErrorCode {
             ErrorCode::InvalidInput => "invalid_input",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Refused => "refused",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::LockUnavailable => "lock_unavailable",
@@ -50,6 +54,7 @@ impl ErrorCode {
             ErrorCode::InvalidInput => tonic::Code::InvalidArgument,
             ErrorCode::NotFound => tonic::Code::NotFound,
             ErrorCode::Refused => tonic::Code::FailedPrecondition,
+            ErrorCode::Conflict => tonic::Code::Aborted,
             ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorCode::StoreUnavailable | ErrorCode::LockUnavailable => tonic::Code::Unavailable,
             ErrorCode::StoreCorrupt => tonic::Code::Internal,

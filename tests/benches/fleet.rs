@@ -195,7 +195,7 @@ async fn rollout(client: &mut OperatorServiceClient<tonic::transport::Channel>, 
         .submit_plan(pb::SubmitPlanRequest {
             bundle: bundle.to_vec(),
             selector: "env=bench".into(),
-            goal: Some(pb::Goal { direction: pb::goal::Direction::Up as i32, version: to }),
+            goal: Some(pb::Goal { direction: pb::Direction::Up as i32, version: to }),
             strategy: Some(pb::Strategy {
                 waves: vec!["100%".into()],
                 max_parallel: PARALLEL as u32,
@@ -213,7 +213,7 @@ async fn rollout(client: &mut OperatorServiceClient<tonic::transport::Channel>, 
     while events.message().await.expect("event").is_some() {}
     let detail = client.get_plan(pb::GetPlanRequest { id: plan.id }).await.expect("plan").into_inner();
     let summary = detail.summary.expect("summary");
-    assert_eq!((summary.state.as_str(), summary.succeeded as usize), ("succeeded", n), "{summary:?}");
+    assert_eq!((summary.state(), summary.succeeded as usize), (pb::PlanState::Succeeded, n), "{summary:?}");
 }
 
 fn main() {

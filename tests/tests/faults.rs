@@ -255,7 +255,7 @@ async fn oversized_and_malformed_rpcs_get_a_clear_status_and_change_nothing() {
     refused(
         agent.register(register(vec![target("sq-02", pb::Engine::Unspecified)])).await,
         Code::InvalidArgument,
-        "has no engine",
+        "target `sq-02`: engine is required",
     );
     refused(agent.register(register(vec![target("", pb::Engine::Sqlite)])).await, Code::InvalidArgument, "no name");
     refused(
@@ -272,20 +272,31 @@ async fn oversized_and_malformed_rpcs_get_a_clear_status_and_change_nothing() {
     };
     refused(agent.report_result(result("no-such-plan", "sq-01")).await, Code::NotFound, "has no step");
     refused(agent.report_result(result("no-such-plan", "pg-01")).await, Code::PermissionDenied, "does not serve");
-    let progress = |kind: &str| pb::ProgressEvent {
+    let progress = |kind: i32| pb::ProgressEvent {
         plan_id: "no-such-plan".into(),
         target: "sq-01".into(),
-        kind: kind.into(),
+        kind,
         ..Default::default()
     };
-    let stream = |kind: &str| tokio_stream::iter(vec![progress(kind)]);
-    refused(agent.report_progress(stream("step_started")).await, Code::NotFound, "has no step");
+    let stream = |kind: i32| tokio_stream::iter(vec![progress(kind)]);
+    refused(agent.report_progress(stream(pb::EventKind::StepStarted as i32)).await, Code::NotFound, "has no step");
     refused(
-        agent.report_progress(stream("startd")).await,
+        agent.report_progress(stream(999)).await,
         Code::InvalidArgument,
-        "`startd` is not a kind of step progress",
+        "event kind: 999 is not a value this build knows",
     );
-    refused(agent.report_progress(stream("finished")).await, Code::InvalidArgument, "not a kind of step progress");
+    refused(
+        agent.report_progress(stream(pb::EventKind::Finished as i32)).await,
+        Code::InvalidArgument,
+        "`finished` is not a kind of step progress",
+    );
+    let mut no_direction = progress(pb::EventKind::Statement as i32);
+    no_direction.direction = 0;
+    refused(
+        agent.report_progress(tokio_stream::iter(vec![no_direction])).await,
+        Code::InvalidArgument,
+        "direction is required",
+    );
     let huge = "x".repeat(flotilla_proto::MAX_MESSAGE_BYTES + 1024);
     let mut oversized = register(vec![target("sq-01", pb::Engine::Sqlite)]);
     oversized.agent_version = huge.clone();
@@ -295,7 +306,7 @@ async fn oversized_and_malformed_rpcs_get_a_clear_status_and_change_nothing() {
         bundle,
         selector: selector.into(),
         strategy: Some(pb::Strategy { waves: vec!["100%".into()], max_parallel: 1, ..Default::default() }),
-        goal: Some(pb::Goal { direction: pb::goal::Direction::Up as i32, version: 0 }),
+        goal: Some(pb::Goal { direction: pb::Direction::Up as i32, version: 0 }),
         ..Default::default()
     };
     let good = br#"{"sets": {"sqlite": {"000001_a.up.sql": "CREATE TABLE a (id INT);", "000001_a.down.sql": "DROP TABLE a;"}}}"#;

@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_core::bundle::Bundle;
-use flotilla_core::fleet::EventKind;
-use flotilla_core::{MigrationSet, Phase, PlanOptions, ReadOptions, Request};
-use flotilla_proto::telemetry;
+use flotilla_core::fleet::{EventKind, Goal};
+use flotilla_core::{MigrationSet, PlanOptions, ReadOptions, Request};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::agent_service_client::AgentServiceClient;
+use flotilla_proto::{convert, telemetry};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -119,6 +119,10 @@ pub(super) async fn execute(
     progress: &mpsc::UnboundedSender<pb::ProgressEvent>,
 ) -> StepRun {
     let failed = |e: String| StepRun { before: None, error: Some(e), after: None };
+    let (phase, goal) = match (convert::phase(a.phase), convert::goal(a.goal)) {
+        (Ok(phase), Ok(goal)) => (phase, goal),
+        (Err(e), _) | (_, Err(e)) => return failed(format!("the assignment does not convert: {e}")),
+    };
     let set = match load_set(state, target, a) {
         Ok(set) => set,
         Err(e) => return failed(e),
@@ -139,42 +143,37 @@ pub(super) async fn execute(
     let sink = Arc::new(move |p: &Progress| {
         let mut e = sink_base.clone();
         e.version = p.version;
-        e.direction = p.direction.as_str().to_string();
+        e.direction = pb::Direction::from(p.direction) as i32;
         match &p.kind {
             ProgressKind::Started { statements, .. } => {
-                e.kind = EventKind::MigrationStarted.to_string();
+                e.kind = pb::EventKind::from(EventKind::MigrationStarted) as i32;
                 e.statement_total = *statements as u32;
             }
             ProgressKind::Statement { index, total, rows_affected, elapsed_ms } => {
-                e.kind = EventKind::Statement.to_string();
+                e.kind = pb::EventKind::from(EventKind::Statement) as i32;
                 e.statement_index = *index as u32;
                 e.statement_total = *total as u32;
                 e.rows_affected = *rows_affected;
                 e.elapsed_ms = *elapsed_ms;
             }
             ProgressKind::Batch { batch, rows_affected, elapsed_ms, .. } => {
-                e.kind = EventKind::Batch.to_string();
+                e.kind = pb::EventKind::from(EventKind::Batch) as i32;
                 e.statement_index = u32::try_from(*batch).unwrap_or(u32::MAX);
                 e.rows_affected = *rows_affected;
                 e.elapsed_ms = *elapsed_ms;
             }
             ProgressKind::Finished { elapsed_ms } => {
-                e.kind = EventKind::MigrationFinished.to_string();
+                e.kind = pb::EventKind::from(EventKind::MigrationFinished) as i32;
                 e.elapsed_ms = *elapsed_ms;
             }
             ProgressKind::Failed { statement, error } => {
-                e.kind = EventKind::MigrationFailed.to_string();
+                e.kind = pb::EventKind::from(EventKind::MigrationFailed) as i32;
                 e.statement_index = statement.map_or(0, |s| s as u32);
                 e.error = error.clone();
             }
         }
         let _ = sink_tx.send(e);
     });
-    let phase = match a.phase.as_str() {
-        "expand" => Some(Phase::Expand),
-        "contract" => Some(Phase::Contract),
-        _ => None,
-    };
     let mut ex = Executor::new(driver, format!("flotilla-agent:{}", state.config.name))
         .with_plan_id(Some(a.plan_id.clone()))
         .with_fencing_token(Some(a.fencing_token))
@@ -188,7 +187,7 @@ pub(super) async fn execute(
         }
     };
     let _ = progress.send(pb::ProgressEvent {
-        kind: EventKind::StepStarted.to_string(),
+        kind: pb::EventKind::from(EventKind::StepStarted) as i32,
         version_before: before,
         ..base.clone()
     });
@@ -199,10 +198,9 @@ pub(super) async fn execute(
             Err(e) => Err(e.to_string()),
         }
     } else {
-        let request = match a.goal {
-            Some(g) if g.direction == pb::goal::Direction::Down as i32 => Request::DownTo(g.version),
-            Some(g) if g.version > 0 => Request::Up { to: Some(g.version) },
-            _ => Request::Up { to: None },
+        let request = match goal {
+            Goal::Down { to } => Request::DownTo(to),
+            Goal::Up { to } => Request::Up { to },
         };
         ex.migrate(&set, request, false).await.map(drop).map_err(|e| e.to_string())
     };

@@ -31,7 +31,7 @@ pub(super) async fn session(
         .values()
         .map(|t| pb::TargetInfo {
             name: t.name.clone(),
-            engine: engine_to_proto(t.engine) as i32,
+            engine: pb::Engine::from(t.engine) as i32,
             labels: t.labels.clone().into_iter().collect(),
         })
         .collect();
@@ -93,16 +93,6 @@ pub(super) async fn session(
         };
         let (state, client, progress) = (state.clone(), client.clone(), progress_tx.clone());
         steps.spawn(async move { handle(state, client, progress, assignment).await });
-    }
-}
-
-pub(super) fn engine_to_proto(e: flotilla_core::Engine) -> pb::Engine {
-    use flotilla_core::Engine::*;
-    match e {
-        Postgres => pb::Engine::Postgres,
-        Mysql => pb::Engine::Mysql,
-        Sqlite => pb::Engine::Sqlite,
-        Mongodb => pb::Engine::Mongodb,
     }
 }
 

@@ -33,13 +33,13 @@ impl Coordinator {
 
     /// Registers an agent's targets. Every target must be allowed, or nothing is registered.
     pub async fn register(&self, who: &Identity, name: &str, targets: Vec<Target>) -> Result<()> {
-        let globs = self.allowed(who, name).ok_or_else(|| {
-            ServiceError::PermissionDenied(format!("{} may not register as agent `{name}`", who.actor()))
-        })?;
+        let globs = self
+            .allowed(who, name)
+            .ok_or_else(|| ServiceError::NotAllowed(format!("{} may not register as agent `{name}`", who.actor())))?;
         let refused: Vec<&str> =
             targets.iter().filter(|t| !identity::allows(&globs, &t.name)).map(|t| t.name.as_str()).collect();
         if !refused.is_empty() {
-            return Err(ServiceError::PermissionDenied(format!(
+            return Err(ServiceError::NotAllowed(format!(
                 "agent `{name}` may not serve target(s) {}: its certificate and the coordinator's config allow only {}",
                 refused.join(", "),
                 if globs.is_empty() { "none".to_string() } else { globs.join(", ") }
@@ -49,7 +49,7 @@ impl Coordinator {
         for t in &targets {
             if let Some(other) = known.iter().find(|k| k.name == t.name && k.agent != name) {
                 if self.is_connected(&other.agent) {
-                    return Err(ServiceError::FailedPrecondition(format!(
+                    return Err(ServiceError::Refused(format!(
                         "target `{}` is served by connected agent `{}`",
                         t.name, other.agent
                     )));
@@ -78,7 +78,7 @@ impl Coordinator {
     pub(super) fn check_agent(&self, who: &Identity, name: &str) -> Result<()> {
         self.allowed(who, name)
             .map(drop)
-            .ok_or_else(|| ServiceError::PermissionDenied(format!("{} may not act as agent `{name}`", who.actor())))
+            .ok_or_else(|| ServiceError::NotAllowed(format!("{} may not act as agent `{name}`", who.actor())))
     }
 
     pub async fn heartbeat(&self, who: &Identity, name: &str, report: TargetReport) -> Result<()> {
@@ -102,7 +102,7 @@ impl Coordinator {
         let mut guard = self.inner();
         let inner = &mut *guard;
         let Some(entry) = inner.agents.get_mut(name) else {
-            return Err(ServiceError::FailedPrecondition(format!("agent `{name}` has not registered")));
+            return Err(ServiceError::Refused(format!("agent `{name}` has not registered")));
         };
         entry.last_seen = Some((Instant::now(), Utc::now()));
         let owned: Vec<String> = entry.targets.clone();
@@ -140,7 +140,7 @@ impl Coordinator {
         let (tx, rx) = mpsc::channel(256);
         let mut inner = self.inner();
         let Some(entry) = inner.agents.get_mut(name) else {
-            return Err(ServiceError::FailedPrecondition(format!("agent `{name}` has not registered")));
+            return Err(ServiceError::Refused(format!("agent `{name}` has not registered")));
         };
         entry.sender = Some(tx);
         entry.stream += 1;

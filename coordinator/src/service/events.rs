@@ -1,10 +1,12 @@
 //! Events: the group-commit writer every event goes through, the audit log, and what plan watchers wait on.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use flotilla_core::fleet::{AuditEntry, Event, EventKind};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::identity::Identity;
@@ -74,14 +76,60 @@ impl Coordinator {
         Ok(self.store.audit(&entry).await?)
     }
 
-    /// Events after `after`; waits for new ones until the plan is over.
-    pub async fn watch(&self, who: &Identity, id: &str) -> Result<watch::Receiver<u64>> {
+    /// A plan's events after `after`, as they are committed, until the plan is over and all its events are out
+    /// (or `shutdown`, or the receiver is dropped). The plan-level end is the cue: only then is every step read.
+    pub async fn watch(
+        self: &Arc<Self>,
+        who: &Identity,
+        id: &str,
+        after: u64,
+        shutdown: CancellationToken,
+    ) -> Result<mpsc::Receiver<Result<Event>>> {
         Self::operator(who)?;
         self.view(id).await?;
-        Ok(self.events.subscribe())
+        let mut changes = self.events.subscribe();
+        let (tx, rx) = mpsc::channel(256);
+        let (coordinator, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            let mut after = after;
+            let mut ending = false;
+            loop {
+                changes.mark_unchanged();
+                let events = match coordinator.store.events_after(&id, after).await {
+                    Ok(events) => events,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                let fresh = !events.is_empty();
+                for e in events {
+                    after = e.seq;
+                    ending |= e.target.is_none() && e.kind.ends_plan();
+                    if tx.send(Ok(e)).await.is_err() {
+                        return; // the watcher went away
+                    }
+                }
+                if (ending || !fresh) && coordinator.is_over(&id, after).await {
+                    return;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    _ = changes.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+        Ok(rx)
     }
 
-    pub async fn events_after(&self, id: &str, after: u64) -> Result<Vec<Event>> {
-        Ok(self.store.events_after(id, after).await?)
+    /// Whether a plan is done (no longer live, no step unfinished) and has no event after `after`.
+    async fn is_over(&self, id: &str, after: u64) -> bool {
+        let done = match self.view(id).await {
+            Ok(view) => !view.plan.state.is_live() && view.steps.iter().all(|s| s.state.is_done()),
+            Err(_) => true,
+        };
+        done && self.store.events_after(id, after).await.map(|e| e.is_empty()).unwrap_or(true)
     }
 }

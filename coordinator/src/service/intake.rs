@@ -27,10 +27,10 @@ impl Coordinator {
             None => self.store.targets().await?.into_iter().find(|t| t.name == target).map(|t| t.agent),
         };
         if owner.as_deref() != Some(name) {
-            return Err(ServiceError::PermissionDenied(format!("agent `{name}` does not serve target `{target}`")));
+            return Err(ServiceError::NotAllowed(format!("agent `{name}` does not serve target `{target}`")));
         }
         match self.store.step(plan_id, target).await? {
-            None => Err(ServiceError::NotFound(format!("plan `{plan_id}` has no step for `{target}`"))),
+            None => Err(ServiceError::StepNotFound { plan_id: plan_id.to_string(), target: target.to_string() }),
             Some(s) if s.token != Some(token) => {
                 warn!(plan_id, target, token, current = ?s.token, "ignoring a report under a stale fencing token");
                 Ok(None)

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use flotilla_core::fleet::{EventKind, Goal, Plan, Selector, Step, StepState, Strategy, Target};
+use flotilla_core::fleet::{EventKind, Goal, Plan, PlanState, Selector, Step, StepState, Strategy, Target};
 use flotilla_core::Phase;
 use tokio::sync::{mpsc, watch};
 
@@ -24,21 +24,60 @@ use crate::lock::{Lease, Lock, LockError};
 use crate::store::{Store, StoreError};
 use events::{write_events, QueuedEvents};
 
-/// What went wrong, as callers branch on it; `grpc::status` maps each to a gRPC status in one place.
+/// What went wrong, with what it concerns, classed by what the caller should do: fix its input
+/// (`BadInput`, `SelectorMatchesNothing`), look again (`PlanNotFound`, `StepNotFound`, `IllegalTransition`,
+/// `Conflict`), accept a refusal (`Refused`, `NotAllowed`), or retry later (`Store`, `Lock`, when retryable).
+/// `grpc::status` maps each to a status in one place.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("{0}")]
-    InvalidArgument(String),
+    BadInput(String),
+    #[error("{what} `{selector}` matches no registered target; see `flotilla fleet status`")]
+    SelectorMatchesNothing { what: &'static str, selector: String },
+    #[error("no plan `{id}`")]
+    PlanNotFound { id: String },
+    #[error("plan `{plan_id}` has no step for `{target}`")]
+    StepNotFound { plan_id: String, target: String },
+    #[error("plan `{id}` is {from}: it cannot {action}")]
+    IllegalTransition { id: String, from: PlanState, action: Action },
+    #[error("plan `{id}` changed state while asked to {action}; look again")]
+    Conflict { id: String, action: Action },
+    /// What the fleet's state forbids now (steps running, contract before expand, an agent not registered).
     #[error("{0}")]
-    NotFound(String),
+    Refused(String),
+    /// What the caller's identity may not do.
     #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    PermissionDenied(String),
+    NotAllowed(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Lock(#[from] LockError),
+}
+
+/// What an operator does to a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pause,
+    Resume,
+    Abort,
+    Approve,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Abort => "abort",
+            Action::Approve => "approve",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
@@ -235,7 +274,7 @@ impl Coordinator {
     fn operator(who: &Identity) -> Result<()> {
         match who {
             Identity::Operator(_) | Identity::Insecure => Ok(()),
-            Identity::Agent { name, .. } => Err(ServiceError::PermissionDenied(format!(
+            Identity::Agent { name, .. } => Err(ServiceError::NotAllowed(format!(
                 "agent `{name}` called an operator method: operator calls need an operator certificate"
             ))),
         }

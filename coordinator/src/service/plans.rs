@@ -26,22 +26,22 @@ impl Coordinator {
     }
 
     pub(crate) async fn view(&self, id: &str) -> Result<PlanView> {
-        let plan = self.store.plan(id).await?.ok_or_else(|| ServiceError::NotFound(format!("no plan `{id}`")))?;
+        let plan = self.store.plan(id).await?.ok_or_else(|| ServiceError::PlanNotFound { id: id.to_string() })?;
         let steps = self.store.steps(id).await?;
         Ok(PlanView { plan, steps })
     }
 
-    /// Pause, resume, abort or approve: `action` names it for errors and the audit log.
-    pub async fn act(&self, who: &Identity, id: &str, action: &str, reason: &str) -> Result<PlanView> {
+    /// Pause, resume, abort or approve.
+    pub async fn act(&self, who: &Identity, id: &str, action: Action, reason: &str) -> Result<PlanView> {
         Self::operator(who)?;
         let view = self.view(id).await?;
         let from = view.plan.state;
-        let cannot = || ServiceError::FailedPrecondition(format!("plan `{id}` is {from}: it cannot {action}"));
+        let cannot = || ServiceError::IllegalTransition { id: id.to_string(), from, action };
         let moved = match action {
-            "pause" | "resume" | "abort" => {
+            Action::Pause | Action::Resume | Action::Abort => {
                 let to = match action {
-                    "pause" => PlanState::Paused,
-                    "resume" => PlanState::Running,
+                    Action::Pause => PlanState::Paused,
+                    Action::Resume => PlanState::Running,
                     _ => PlanState::Aborted,
                 };
                 let allowed = if to == PlanState::Running { from == PlanState::Paused } else { from.can_become(to) };
@@ -54,26 +54,23 @@ impl Coordinator {
                 }
                 moved
             }
-            "approve" => {
+            Action::Approve => {
                 if from != PlanState::AwaitingApproval {
                     return Err(cannot());
                 }
                 let next = view.steps.iter().filter(|s| !s.state.is_done()).map(|s| s.wave).min().unwrap_or(0);
                 self.store.approve_wave(id, next).await?
             }
-            other => return Err(ServiceError::InvalidArgument(format!("unknown action `{other}`"))),
         };
         if !moved {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "plan `{id}` changed state while asked to {action}; look again"
-            )));
+            return Err(ServiceError::Conflict { id: id.to_string(), action });
         }
-        self.audit(who, action, Some(id), reason.to_string()).await?;
+        self.audit(who, action.as_str(), Some(id), reason.to_string()).await?;
         let kind = match action {
-            "pause" => EventKind::Paused,
-            "resume" => EventKind::Resumed,
-            "abort" => EventKind::Aborted,
-            _ => EventKind::Approved,
+            Action::Pause => EventKind::Paused,
+            Action::Resume => EventKind::Resumed,
+            Action::Abort => EventKind::Aborted,
+            Action::Approve => EventKind::Approved,
         };
         self.event(id, None, kind, json!({ "by": who.actor(), "reason": reason })).await?;
         self.wake.notify_one();

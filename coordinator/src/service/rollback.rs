@@ -13,19 +13,16 @@ impl Coordinator {
         Self::operator(who)?;
         let view = self.view(id).await?;
         if view.steps.iter().any(|s| matches!(s.state, StepState::Assigned | StepState::Running)) {
-            return Err(ServiceError::FailedPrecondition(format!(
+            return Err(ServiceError::Refused(format!(
                 "plan `{id}` has steps running; pause or abort it and wait for them to finish"
             )));
         }
         if view.plan.state.is_live() && view.plan.state != PlanState::Paused {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "plan `{id}` is {}; pause or abort it first",
-                view.plan.state
-            )));
+            return Err(ServiceError::Refused(format!("plan `{id}` is {}; pause or abort it first", view.plan.state)));
         }
         let plan = self.rollback_touched(&view.plan).await?.ok_or_else(|| {
             let unknown = unknown_before(&view.steps);
-            ServiceError::FailedPrecondition(if unknown.is_empty() {
+            ServiceError::Refused(if unknown.is_empty() {
                 format!("plan `{id}` changed no target, so there is nothing to roll back")
             } else {
                 format!(

@@ -14,17 +14,18 @@ use crate::identity::Identity;
 impl Coordinator {
     pub async fn submit(&self, who: &Identity, s: Submission) -> Result<PlanView> {
         Self::operator(who)?;
-        let bundle = Bundle::from_json(&s.bundle).map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
+        let bundle = Bundle::from_json(&s.bundle).map_err(|e| ServiceError::BadInput(e.to_string()))?;
         let sets = bundle
             .check(&ReadOptions { allow_missing_down: true })
-            .map_err(|e| ServiceError::InvalidArgument(format!("the migrations do not read: {e}")))?;
+            .map_err(|e| ServiceError::BadInput(format!("the migrations do not read: {e}")))?;
         let targets = self.store.targets().await?;
         let validate: Vec<Target> = match &s.validate_on {
             Some(sel) => targets.iter().filter(|t| sel.matches(t)).cloned().collect(),
             None => Vec::new(),
         };
         if s.validate_on.is_some() && validate.is_empty() {
-            return Err(ServiceError::FailedPrecondition("--validate-on matches no registered target".into()));
+            let selector = s.validate_on.as_ref().map(ToString::to_string).unwrap_or_default();
+            return Err(ServiceError::SelectorMatchesNothing { what: "--validate-on", selector });
         }
         let selected: Vec<Target> = targets
             .iter()
@@ -32,10 +33,7 @@ impl Coordinator {
             .cloned()
             .collect();
         if selected.is_empty() {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "selector `{}` matches no registered target; see `flotilla fleet status`",
-                s.selector
-            )));
+            return Err(ServiceError::SelectorMatchesNothing { what: "selector", selector: s.selector.to_string() });
         }
         let no_set: Vec<&str> = selected
             .iter()
@@ -44,7 +42,7 @@ impl Coordinator {
             .map(|t| t.name.as_str())
             .collect();
         if !no_set.is_empty() {
-            return Err(ServiceError::InvalidArgument(format!(
+            return Err(ServiceError::BadInput(format!(
                 "the migrations have no set for the engine of {}",
                 no_set.join(", ")
             )));
@@ -59,7 +57,7 @@ impl Coordinator {
             for t in selected.iter().chain(&validate) {
                 let key = if bundle.sets.contains_key(t.engine.as_str()) { t.engine.as_str() } else { "*" };
                 if sets.get(key).is_some_and(|set| set.get(v).is_none()) {
-                    return Err(ServiceError::InvalidArgument(format!(
+                    return Err(ServiceError::BadInput(format!(
                         "version {v} is not a migration in the {} set (target {})",
                         if key == "*" { "migrations" } else { key },
                         t.name
@@ -127,7 +125,7 @@ impl Coordinator {
         if behind.is_empty() {
             Ok(())
         } else {
-            Err(ServiceError::FailedPrecondition(format!(
+            Err(ServiceError::Refused(format!(
                 "contract is refused until expand has finished on every selected target; not yet: {}",
                 behind.join(", ")
             )))

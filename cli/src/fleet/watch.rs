@@ -1,0 +1,183 @@
+//! `plan watch`: a plan's events as lines, as JSON, or as progress bars on a terminal, until the plan ends.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use flotilla_core::fleet::{EventKind, PlanState};
+use flotilla_proto::convert;
+use flotilla_proto::v1 as pb;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use super::{Client, Fail};
+use crate::exit::Code;
+use crate::output::Output;
+
+/// Follows a plan until its event stream ends; the exit code says how it ended.
+pub(super) async fn watch(out: Output, client: &mut Client, id: &str, after: u64) -> Result<Code, Fail> {
+    follow(Some(out), client, id, after).await
+}
+
+/// Follows a plan to its end; prints nothing when `out` is `None`.
+pub async fn follow(out: Option<Output>, client: &mut Client, id: &str, after: u64) -> Result<Code, Fail> {
+    let quiet = out.is_none();
+    let out = out.unwrap_or(Output { json: false, verbose: 0 });
+    let detail = client.get_plan(pb::GetPlanRequest { id: id.to_string() }).await?.into_inner();
+    let wave_of: HashMap<String, u32> = detail.steps.iter().map(|s| (s.target.clone(), s.wave)).collect();
+    let mut stream = client.watch_plan(pb::WatchPlanRequest { id: id.to_string(), after }).await?.into_inner();
+    let bars = (!quiet && !out.json && std::io::stderr().is_terminal()).then(|| Bars::new(&detail));
+    while let Some(event) = stream.message().await? {
+        if quiet {
+            continue;
+        }
+        let kind = Kind::of(&event);
+        if out.json {
+            let detail: serde_json::Value = serde_json::from_str(&event.detail).unwrap_or(json!(event.detail));
+            println!(
+                "{}",
+                json!({ "plan": event.plan_id, "seq": event.seq, "at": event.at, "target": event.target, "kind": kind.to_string(), "detail": detail })
+            );
+        } else if let Some(bars) = &bars {
+            bars.event(&event, kind, wave_of.get(&event.target).copied());
+        } else if out.verbose > 0 || !kind.is_detail() {
+            println!("{}", event_line(&event, kind));
+        }
+    }
+    if let Some(bars) = bars {
+        bars.done();
+    }
+    let detail = client.get_plan(pb::GetPlanRequest { id: id.to_string() }).await?.into_inner();
+    let s = detail.summary.unwrap_or_default();
+    let state = convert::plan_state(s.state)?;
+    if !out.json && !quiet {
+        println!("plan {}: {state} ({} succeeded, {} failed of {})", s.id, s.succeeded, s.failed, s.targets);
+    }
+    Ok(match state {
+        PlanState::Succeeded if s.failed == 0 => Code::Ok,
+        PlanState::Succeeded | PlanState::Halted | PlanState::Aborted => Code::Failed,
+        _ => Code::Ok,
+    })
+}
+
+/// An event's kind, or the number of one this CLI does not know (from a newer coordinator): shown as such, never
+/// hidden and never taken for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Known(EventKind),
+    Unknown(i32),
+}
+
+impl Kind {
+    fn of(e: &pb::PlanEvent) -> Kind {
+        convert::event_kind(e.kind).map_or(Kind::Unknown(e.kind), Kind::Known)
+    }
+
+    /// Per-statement and per-migration events: shown with -v.
+    fn is_detail(self) -> bool {
+        matches!(self, Kind::Known(k) if k.is_detail())
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kind::Known(k) => f.write_str(k.as_str()),
+            Kind::Unknown(n) => write!(f, "unknown_event_kind_{n}"),
+        }
+    }
+}
+
+fn event_line(e: &pb::PlanEvent, kind: Kind) -> String {
+    use EventKind::*;
+    let detail: serde_json::Value = serde_json::from_str(&e.detail).unwrap_or_default();
+    let target = if e.target.is_empty() { String::new() } else { format!(" {}", e.target) };
+    let by = || detail["by"].as_str().map(|by| format!(" by {by}")).unwrap_or_default();
+    let reason = || detail["reason"].as_str().filter(|r| !r.is_empty()).map(|r| format!(": {r}")).unwrap_or_default();
+    let known = |v: &serde_json::Value| if v.is_null() { "?".to_string() } else { v.to_string() };
+    let extra = match kind {
+        Kind::Unknown(_) => return format!("[{}] {kind}{target}", e.seq),
+        Kind::Known(kind) => Some(kind),
+    };
+    let extra = match extra {
+        Some(Statement) => {
+            format!(" {} statement {}/{}", detail["version"], detail["statement"], detail["statements"])
+        }
+        Some(Succeeded | Failed) => format!(
+            " {} -> {}{}",
+            known(&detail["version_before"]),
+            known(&detail["applied_version"]),
+            detail["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
+        ),
+        Some(Assigned) => format!(" to {} (token {})", detail["agent"].as_str().unwrap_or(""), detail["fencing_token"]),
+        Some(Halted | Reconcile) => reason(),
+        Some(Paused | Resumed | Aborted | Approved) => format!("{}{}", by(), reason()),
+        Some(RollbackCreated) => format!(": {}", detail["plan"].as_str().unwrap_or("")),
+        Some(RollbackLeftAlone) => format!(": {} ({})", detail["targets"], detail["reason"].as_str().unwrap_or("")),
+        _ => String::new(),
+    };
+    format!("[{}] {kind}{target}{extra}", e.seq)
+}
+
+/// A bar per wave and one overall.
+struct Bars {
+    _multi: MultiProgress,
+    overall: ProgressBar,
+    waves: HashMap<u32, ProgressBar>,
+    log: ProgressBar,
+}
+
+impl Bars {
+    fn new(d: &pb::PlanDetail) -> Bars {
+        let multi = MultiProgress::new();
+        let style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        let overall =
+            multi.add(ProgressBar::new(d.steps.len() as u64).with_style(style.clone()).with_prefix("overall"));
+        let mut waves = HashMap::new();
+        let mut numbers: Vec<u32> = d.steps.iter().map(|s| s.wave).collect();
+        numbers.sort();
+        numbers.dedup();
+        for w in numbers {
+            let len = d.steps.iter().filter(|s| s.wave == w).count() as u64;
+            let bar = multi.add(ProgressBar::new(len).with_style(style.clone()).with_prefix(format!("wave {w}")));
+            waves.insert(w, bar);
+        }
+        let log = multi.add(ProgressBar::new_spinner());
+        log.enable_steady_tick(Duration::from_millis(120));
+        Bars { _multi: multi, overall, waves, log }
+    }
+
+    fn event(&self, e: &pb::PlanEvent, seen: Kind, wave: Option<u32>) {
+        use EventKind::*;
+        let kind = match seen {
+            Kind::Known(k) => Some(k),
+            Kind::Unknown(_) => None,
+        };
+        if let Some(Succeeded | Failed) = kind {
+            self.overall.inc(1);
+            if let Some(bar) = wave.and_then(|w| self.waves.get(&w)) {
+                bar.inc(1);
+                if kind == Some(Failed) {
+                    bar.set_message("(with failures)");
+                }
+            }
+        }
+        if !seen.is_detail() {
+            self.log.set_message(event_line(e, seen));
+        }
+        // What an operator must not miss stays on the screen above the bars.
+        if matches!(kind, None | Some(Failed | Halted | Reconcile | AwaitingApproval | Paused | Resumed | Aborted)) {
+            self.log.println(event_line(e, seen));
+        }
+    }
+
+    fn done(&self) {
+        for bar in self.waves.values() {
+            bar.abandon();
+        }
+        self.overall.abandon();
+        self.log.finish_and_clear();
+    }
+}

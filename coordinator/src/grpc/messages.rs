@@ -1,0 +1,155 @@
+//! Domain values as proto messages and back, for what the services send and take. Enums go through
+//! `flotilla_proto::convert`; a value that does not convert is the caller's error ([`invalid`]).
+
+use flotilla_core::fleet::{Event, EventKind, Selector, Step, StepState, Strategy, Target, WaveSpec};
+use flotilla_proto::convert;
+use flotilla_proto::errors::ErrorCode;
+use flotilla_proto::v1 as pb;
+use serde_json::json;
+use tonic::Status;
+
+use super::invalid;
+use crate::service::{Assignment, PlanOverview, PlanView, Progress};
+use crate::store::StepCount;
+
+pub(super) fn selector(text: &str) -> Result<Selector, Status> {
+    text.parse().map_err(|e: String| Status::invalid_argument(format!("selector: {e}")))
+}
+
+pub(super) fn strategy(s: Option<pb::Strategy>) -> Result<Strategy, Status> {
+    let Some(s) = s else { return Ok(Strategy::default()) };
+    let waves = if s.waves.is_empty() {
+        Strategy::default().waves
+    } else {
+        s.waves.iter().map(|w| w.parse::<WaveSpec>()).collect::<Result<_, _>>().map_err(Status::invalid_argument)?
+    };
+    Ok(Strategy {
+        waves,
+        max_parallel: if s.max_parallel == 0 { Strategy::default().max_parallel } else { s.max_parallel },
+        max_failures: s.max_failures_per_wave,
+        approve_waves: s.approve_waves,
+        on_failure: convert::on_failure(s.on_failure).map_err(invalid)?,
+    })
+}
+
+pub(super) fn target(t: pb::TargetInfo, agent: &str) -> Result<Target, Status> {
+    if t.name.is_empty() {
+        return Err(Status::invalid_argument("a target has no name"));
+    }
+    let engine =
+        convert::engine(t.engine).map_err(|e| ErrorCode::InvalidInput.status(format!("target `{}`: {e}", t.name)))?;
+    Ok(Target { engine, labels: t.labels.into_iter().collect(), agent: agent.to_string(), name: t.name })
+}
+
+pub(super) fn target_info(t: Target) -> pb::TargetInfo {
+    pb::TargetInfo { name: t.name, engine: pb::Engine::from(t.engine) as i32, labels: t.labels.into_iter().collect() }
+}
+
+pub(super) fn summary(view: &PlanView) -> pb::PlanSummary {
+    let counts: Vec<StepCount> =
+        view.steps.iter().map(|s| StepCount { wave: s.wave, state: s.state, count: 1 }).collect();
+    overview_summary(&PlanOverview { plan: view.plan.clone(), counts })
+}
+
+/// A plan's summary from its step counts (by wave and state).
+pub(super) fn overview_summary(o: &PlanOverview) -> pb::PlanSummary {
+    let sum = |pick: &dyn Fn(&StepCount) -> bool| o.counts.iter().filter(|c| pick(c)).map(|c| c.count).sum::<u64>();
+    let count = |state: StepState| u32::try_from(sum(&|c| c.state == state)).unwrap_or(u32::MAX);
+    let current = if o.plan.state.is_live() {
+        o.counts.iter().filter(|c| c.count > 0 && !c.state.is_done()).map(|c| c.wave).min().unwrap_or(0)
+    } else {
+        0
+    };
+    pb::PlanSummary {
+        id: o.plan.id.clone(),
+        state: pb::PlanState::from(o.plan.state) as i32,
+        selector: o.plan.selector.to_string(),
+        goal: Some(o.plan.goal.into()),
+        current_wave: current,
+        targets: u32::try_from(sum(&|_| true)).unwrap_or(u32::MAX),
+        succeeded: count(StepState::Succeeded),
+        failed: count(StepState::Failed),
+        created_at: o.plan.created_at.to_rfc3339(),
+        rollback_of: o.plan.rollback_of.clone().unwrap_or_default(),
+        waves: o.counts.iter().map(|c| c.wave).max().unwrap_or(0),
+        phase: convert::phase_to_proto(o.plan.phase) as i32,
+    }
+}
+
+fn step_info(s: &Step, agent: &str) -> pb::StepInfo {
+    pb::StepInfo {
+        target: s.target.clone(),
+        wave: s.wave,
+        state: pb::StepState::from(s.state) as i32,
+        fencing_token: s.token.unwrap_or(0),
+        error: s.error.clone().unwrap_or_default(),
+        version_before: s.before,
+        version_after: s.after,
+        agent: agent.to_string(),
+    }
+}
+
+pub(super) fn detail(view: &PlanView, targets: &[Target]) -> pb::PlanDetail {
+    let agent = |name: &str| targets.iter().find(|t| t.name == name).map(|t| t.agent.clone()).unwrap_or_default();
+    pb::PlanDetail {
+        summary: Some(summary(view)),
+        steps: view.steps.iter().map(|s| step_info(s, &agent(&s.target))).collect(),
+    }
+}
+
+pub(super) fn assignment(a: Assignment) -> pb::Assignment {
+    pb::Assignment {
+        plan_id: a.plan_id,
+        target: a.target,
+        bundle_id: a.bundle_id,
+        bundle: a.bundle.as_bytes().to_vec(),
+        goal: Some(a.goal.into()),
+        fencing_token: a.token,
+        wave: a.wave,
+        trace: a.traceparent.map(|traceparent| pb::TraceContext { traceparent, tracestate: String::new() }),
+        phase: convert::phase_to_proto(a.phase) as i32,
+        validate: a.validate,
+    }
+}
+
+pub(super) fn event(e: Event) -> pb::PlanEvent {
+    pb::PlanEvent {
+        plan_id: e.plan_id,
+        seq: e.seq,
+        at: e.at.to_rfc3339(),
+        target: e.target.unwrap_or_default(),
+        kind: pb::EventKind::from(e.kind) as i32,
+        detail: e.detail.to_string(),
+    }
+}
+
+/// A progress event, its kind checked: an agent reports only what happens inside its step.
+pub(super) fn progress(event: pb::ProgressEvent) -> Result<Progress, Status> {
+    let kind = convert::event_kind(event.kind).map_err(invalid)?;
+    if !kind.is_progress() {
+        return Err(invalid(convert::ConvertError::Invalid {
+            field: "kind",
+            reason: format!("`{kind}` is not a kind of step progress"),
+        }));
+    }
+    // A step starts before any migration, so it has no direction of its own.
+    let direction = match kind {
+        EventKind::StepStarted => None,
+        _ => Some(convert::direction(event.direction).map_err(invalid)?),
+    };
+    let mut detail = json!({
+        "version": event.version,
+        "direction": direction.map(|d| d.as_str()),
+        "statement": event.statement_index,
+        "statements": event.statement_total,
+        "rows_affected": event.rows_affected,
+        "elapsed_ms": event.elapsed_ms,
+    });
+    if !event.error.is_empty() {
+        detail["error"] = json!(event.error);
+    }
+    if kind == EventKind::StepStarted {
+        detail["version_before"] = json!(event.version_before);
+    }
+    Ok(Progress { plan_id: event.plan_id, target: event.target, token: event.fencing_token, kind, detail })
+}
