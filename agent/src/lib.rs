@@ -4,7 +4,7 @@
 pub mod daemon;
 pub mod driver;
 pub mod executor;
-mod schema;
+
 pub mod validate;
 
 pub use driver::{connect, ConnectOptions, Driver, DriverError};

@@ -6,13 +6,12 @@
 //! set per engine, so one plan can roll a change across a mixed fleet; any other directory is one set for every engine.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Component, Path};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::reader::{read_dir, MigrationSet, ReadError, ReadOptions};
+use crate::reader::{read_files, Files, MigrationSet, ReadError, ReadOptions};
 use crate::Engine;
 
 /// The key of the set that serves every engine without a set of its own.
@@ -105,66 +104,45 @@ impl Bundle {
     }
 
     /// Writes `engine`'s files under `into` and reads them back as a migration set.
-    pub fn read(&self, engine: Engine, into: &Path, options: &ReadOptions) -> Result<MigrationSet, BundleError> {
-        let files = self.files_for(engine).ok_or(BundleError::NoSetFor(engine))?;
-        read_files(files, into, options)
+    /// The migration set for `engine`, read from the bundle's own files (nothing is written anywhere).
+    pub fn read(&self, engine: Engine, options: &ReadOptions) -> Result<MigrationSet, BundleError> {
+        let key = if self.sets.contains_key(engine.as_str()) { engine.as_str() } else { ANY_ENGINE };
+        let files = self.sets.get(key).ok_or(BundleError::NoSetFor(engine))?;
+        Ok(read_files(&Files::from_texts(set_root(key), files), options)?)
     }
 
-    /// Reads every set, so bad files are refused before a plan is stored.
+    /// Reads every set of the bundle, by its key (an engine's name, or `*`).
     pub fn check(&self, options: &ReadOptions) -> Result<BTreeMap<String, MigrationSet>, BundleError> {
         let mut out = BTreeMap::new();
         for (key, files) in &self.sets {
-            let dir = tempfile::tempdir().map_err(|e| io(Path::new("temporary directory"), e))?;
-            out.insert(key.clone(), read_files(files, dir.path(), options)?);
+            out.insert(key.clone(), read_files(&Files::from_texts(set_root(key), files), options)?);
         }
         Ok(out)
     }
 }
 
-fn read_files(
-    files: &BTreeMap<String, String>,
-    into: &Path,
-    options: &ReadOptions,
-) -> Result<MigrationSet, BundleError> {
-    for (rel, text) in files {
-        let path = into.join(rel);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
-        }
-        fs::write(&path, text).map_err(|e| io(&path, e))?;
+/// How messages name a set's files: under the engine's name, or bare for the set every engine shares.
+fn set_root(key: &str) -> &str {
+    if key == ANY_ENGINE {
+        ""
+    } else {
+        key
     }
-    Ok(read_dir(into, options)?)
 }
 
+/// Every file under `dir` as text.
 fn files_under(dir: &Path) -> Result<BTreeMap<String, String>, BundleError> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).map_err(|e| io(&d, e))? {
-            let entry = entry.map_err(|e| io(&d, e))?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let rel = path.strip_prefix(dir).map_err(|e| io(&path, e))?;
-                let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
-                let text = fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-                out.insert(rel, text);
-            }
-        }
-    }
-    if out.is_empty() {
+    let files = Files::load(dir)?;
+    if files.is_empty() {
         return Err(io(dir, "no migration files"));
     }
-    Ok(out)
+    files.iter().map(|(rel, _)| Ok((rel.to_string(), files.text(rel)?.to_string()))).collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]

@@ -1,38 +1,15 @@
 //! What a target database records about migrations, in its `flotilla_schema_history` table or collection.
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use crate::direction::Direction;
 use crate::migration::Checksum;
 
 /// Name of the history table (SQL) or collection (MongoDB) in every target database.
 pub const HISTORY_TABLE: &str = "flotilla_schema_history";
 /// Name of the lease table (SQLite) or collection (MongoDB) used as the per-database lock.
 pub const LOCK_TABLE: &str = "flotilla_lock";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Up,
-    Down,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Up => "up",
-            Direction::Down => "down",
-        }
-    }
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The state of one history record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

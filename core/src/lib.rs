@@ -10,6 +10,9 @@
 //! - [`fleet`]: targets, selectors, plans, waves and the plan and step state machines.
 
 pub mod bundle;
+pub mod direction;
+pub mod engine;
+pub mod error;
 pub mod fleet;
 pub mod generate;
 pub mod history;
@@ -21,7 +24,8 @@ pub mod reader;
 pub mod schema;
 pub mod split;
 
+pub use error::ReadError;
 pub use history::{AppliedMigration, Direction, RecordState};
 pub use migration::{Backfill, Checksum, Engine, Migration, MigrationOptions, Phase, Script, ScriptKind, Statement};
 pub use plan::{plan, verify, PlanError, PlanOptions, Request, Step};
-pub use reader::{read_dir, Format, MigrationSet, ReadError, ReadOptions};
+pub use reader::{read_dir, read_files, Files, Format, MigrationSet, ReadOptions};

@@ -2,8 +2,13 @@
 //! history table, run a statement, run statements atomically); it knows nothing of what to run or when:
 //! that is the [`executor`](crate::executor)'s job.
 
+#[macro_use]
+mod shared;
 mod mongo;
+mod mysql;
+mod postgres;
 mod sql;
+mod sqlite;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@ use flotilla_core::schema::{Kind, Object, Schema};
 use flotilla_core::Engine;
 use sqlx::AnyConnection;
 
-use super::{object, rows};
+use crate::driver::shared::{object, rows};
 use crate::driver::DriverError;
 
 /// Namespaces that are the user's, and objects not owned by an extension.
@@ -24,7 +24,7 @@ fn not_extension(oid: &str) -> String {
     format!("NOT EXISTS (SELECT 1 FROM pg_depend dep WHERE dep.objid = {oid} AND dep.deptype = 'e')")
 }
 
-pub(crate) async fn dump(conn: &mut AnyConnection) -> Result<Schema, DriverError> {
+pub(in crate::driver) async fn dump(conn: &mut AnyConnection) -> Result<Schema, DriverError> {
     let mut objects = Vec::new();
 
     for r in rows(

@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AtomicError, BackfillCursor, ConnectOptions, Driver, DriverError, HistoryChange};
 
+mod schema;
+
 const LOCK_ID: &str = "migrate";
 /// Server error code for "collection already exists".
 const NAMESPACE_EXISTS: i32 = 48;
@@ -469,7 +471,7 @@ impl Driver for MongoDriver {
     }
 
     async fn schema(&mut self) -> Result<flotilla_core::schema::Schema, DriverError> {
-        crate::schema::mongo::dump(&self.db).await
+        schema::dump(&self.db).await
     }
 
     async fn close(mut self: Box<Self>) {

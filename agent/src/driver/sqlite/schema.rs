@@ -4,10 +4,10 @@ use flotilla_core::schema::{Kind, Schema};
 use flotilla_core::Engine;
 use sqlx::AnyConnection;
 
-use super::{object, rows};
+use crate::driver::shared::{object, rows};
 use crate::driver::DriverError;
 
-pub(crate) async fn dump(conn: &mut AnyConnection) -> Result<Schema, DriverError> {
+pub(in crate::driver) async fn dump(conn: &mut AnyConnection) -> Result<Schema, DriverError> {
     let master = rows(
         conn,
         "SELECT type, name, sql FROM sqlite_master

@@ -8,7 +8,7 @@ use flotilla_core::Engine;
 use futures_util::TryStreamExt;
 use mongodb::Database;
 
-use super::object;
+use crate::driver::shared::object;
 use crate::driver::DriverError;
 
 fn db_error(e: mongodb::error::Error) -> DriverError {
@@ -20,7 +20,7 @@ fn json(document: &Document) -> String {
     serde_json::to_string(&Bson::Document(document.clone()).into_relaxed_extjson()).unwrap_or_default()
 }
 
-pub(crate) async fn dump(db: &Database) -> Result<Schema, DriverError> {
+pub(in crate::driver) async fn dump(db: &Database) -> Result<Schema, DriverError> {
     let mut collections: Vec<Document> = db
         .run_command(doc! { "listCollections": 1, "nameOnly": false })
         .await

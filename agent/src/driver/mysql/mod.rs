@@ -1,0 +1,81 @@
+//! MySQL and MariaDB: history DDL, the lock (a named lock, `GET_LOCK`, held by the session), the fencing upsert,
+//! and the schema dump. DDL commits implicitly here, so migrations run statement by statement.
+
+mod schema;
+
+use std::time::Duration;
+
+use sqlx::AnyConnection;
+
+pub(super) use schema::dump;
+
+use super::shared::{db_error, run_on, Dialect, CREATE_FENCE};
+use super::DriverError;
+
+pub(super) const DIALECT: Dialect = Dialect {
+    create_history: "CREATE TABLE IF NOT EXISTS flotilla_schema_history (
+        version BIGINT NOT NULL PRIMARY KEY, name VARCHAR(255) NOT NULL, checksum CHAR(64) NOT NULL,
+        state VARCHAR(16) NOT NULL, direction VARCHAR(8) NULL, statements_done BIGINT NOT NULL DEFAULT 0,
+        statements_total BIGINT NOT NULL DEFAULT 0, error TEXT NULL, applied_at DATETIME(6) NOT NULL,
+        duration_ms BIGINT NOT NULL, applied_by VARCHAR(255) NOT NULL, plan_id VARCHAR(64) NULL) ENGINE=InnoDB",
+    tables_exist: "SELECT
+        (SELECT count(*) FROM information_schema.tables
+         WHERE table_schema = DATABASE() AND table_name = 'flotilla_schema_history'),
+        (SELECT count(*) FROM information_schema.tables
+         WHERE table_schema = DATABASE() AND table_name = 'flotilla_backfill')",
+    // MariaDB reports TEXT columns as BLOB; read `error` as characters.
+    select_history: "SELECT version, name, checksum, state, direction, statements_done, statements_total,
+        CAST(error AS CHAR(4000)), DATE_FORMAT(applied_at, '%Y-%m-%dT%H:%i:%s.%fZ'), duration_ms, applied_by, plan_id
+        FROM flotilla_schema_history ORDER BY version",
+    upsert: "INSERT INTO flotilla_schema_history (version, name, checksum, state, direction, statements_done,
+        statements_total, error, applied_at, duration_ms, applied_by, plan_id)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        ON DUPLICATE KEY UPDATE name = VALUES(name), checksum = VALUES(checksum), state = VALUES(state),
+        direction = VALUES(direction), statements_done = VALUES(statements_done),
+        statements_total = VALUES(statements_total), error = VALUES(error), applied_at = VALUES(applied_at),
+        duration_ms = VALUES(duration_ms), applied_by = VALUES(applied_by), plan_id = VALUES(plan_id)",
+    set_progress: "UPDATE flotilla_schema_history SET statements_done = ? WHERE version = ?",
+    delete: "DELETE FROM flotilla_schema_history WHERE version = ?",
+    timestamp_format: "%Y-%m-%d %H:%M:%S%.6f",
+    save_cursor: "INSERT INTO flotilla_backfill (version, direction, checksum, last_key, batches, rows_done)
+        VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE checksum = VALUES(checksum), last_key = VALUES(last_key),
+        batches = VALUES(batches), rows_done = VALUES(rows_done)",
+    select_cursor:
+        "SELECT checksum, last_key, batches, rows_done FROM flotilla_backfill WHERE version = ? AND direction = ?",
+    clear_cursor: "DELETE FROM flotilla_backfill WHERE version = ? AND direction = ?",
+    bigint: "SIGNED",
+};
+
+pub(super) async fn lock(conn: &mut AnyConnection, timeout: Duration) -> Result<(), DriverError> {
+    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(CONCAT('flotilla:', DATABASE()), ?)")
+        .bind(timeout.as_secs_f64())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    if got == Some(1) {
+        return Ok(());
+    }
+    let holder: Option<i64> =
+        sqlx::query_scalar("SELECT IS_USED_LOCK(CONCAT('flotilla:', DATABASE()))").fetch_one(conn).await.ok().flatten();
+    Err(DriverError::LockTimeout { waited: timeout, holder: holder.map(|id| format!("connection {id}")) })
+}
+
+pub(super) async fn unlock(conn: &mut AnyConnection) -> Result<(), DriverError> {
+    run_on(conn, "DO RELEASE_LOCK(CONCAT('flotilla:', DATABASE()))").await.map(drop)
+}
+
+/// MySQL reports an unchanged row as 0 affected: keep the higher token, then read which it is.
+pub(super) async fn fence(conn: &mut AnyConnection, token: i64) -> Result<bool, DriverError> {
+    run_on(conn, CREATE_FENCE).await?;
+    run_on(
+        conn,
+        &format!(
+            "INSERT INTO flotilla_fence (id, token) VALUES (1, {token})
+             ON DUPLICATE KEY UPDATE token = GREATEST(token, VALUES(token))"
+        ),
+    )
+    .await?;
+    let seen: i64 =
+        sqlx::query_scalar("SELECT token FROM flotilla_fence WHERE id = 1").fetch_one(conn).await.map_err(db_error)?;
+    Ok(seen == token)
+}
