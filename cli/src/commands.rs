@@ -15,22 +15,10 @@ use crate::output::Output;
 pub async fn run(cli: Cli) -> Code {
     let out = Output { json: cli.json, verbose: cli.verbose };
     match cli.command {
-        Command::Status(target) => {
-            with_target(out, &target, false, PlanOptions::default(), |mut ex, set| async move {
-                let rows = ex.status(&set).await;
-                ex.close().await;
-                rows.map(|rows| out.status(&rows))
-            })
-            .await
-        }
+        Command::Status(target) => status(out, &target).await,
         Command::Up { target, to, dry_run, allow_out_of_order, phase } => {
             let options = PlanOptions { allow_out_of_order, ignore_missing: target.ignore_missing, phase };
-            with_target(out, &target, !dry_run, options, |mut ex, set| async move {
-                let report = ex.migrate(&set, Request::Up { to }, dry_run).await;
-                ex.close().await;
-                report.map(|r| out.run_report(&r, "apply"))
-            })
-            .await
+            migrate(out, &target, Request::Up { to }, options, dry_run, "apply").await
         }
         Command::Down { target, how_far, dry_run } => {
             let request = match (how_far.to, how_far.steps) {
@@ -39,12 +27,7 @@ pub async fn run(cli: Cli) -> Code {
                 _ => Request::DownAll,
             };
             let options = PlanOptions { ignore_missing: target.ignore_missing, ..PlanOptions::default() };
-            with_target(out, &target, !dry_run, options, |mut ex, set| async move {
-                let report = ex.migrate(&set, request, dry_run).await;
-                ex.close().await;
-                report.map(|r| out.run_report(&r, "roll back"))
-            })
-            .await
+            migrate(out, &target, request, options, dry_run, "roll back").await
         }
         Command::Repair { target, action, dry_run } => {
             let action = if action.resume {
@@ -54,91 +37,117 @@ pub async fn run(cli: Cli) -> Code {
             } else {
                 RepairAction::MarkNotApplied
             };
-            with_target(out, &target, !dry_run, PlanOptions::default(), |mut ex, set| async move {
-                let done = ex.repair(&set, action, dry_run).await;
-                ex.close().await;
-                done.map(|what| {
-                    if out.json {
-                        out.print_json(&json!({ "ok": true, "dry_run": dry_run, "repair": what }));
-                    } else if dry_run {
-                        println!("Dry run: would {what} (nothing was changed).");
-                    } else {
-                        println!("Repaired {what}.");
-                    }
-                })
-            })
-            .await
+            repair(out, &target, action, dry_run).await
         }
-        Command::Baseline { target, at, dry_run } => {
-            with_target(out, &target, !dry_run, PlanOptions::default(), |mut ex, set| async move {
-                let versions = ex.baseline(&set, at, dry_run).await;
-                ex.close().await;
-                versions.map(|v| {
-                    if out.json {
-                        out.print_json(&json!({ "ok": true, "dry_run": dry_run, "baselined": v }));
-                    } else {
-                        let verb = if dry_run { "Dry run: would record" } else { "Recorded" };
-                        println!("{verb} {} migration(s) up to {at} as baseline, without running them.", v.len());
-                    }
-                })
-            })
-            .await
-        }
+        Command::Baseline { target, at, dry_run } => baseline(out, &target, at, dry_run).await,
         Command::Dev { dbs, targets, keep } => crate::dev::run(out, dbs, usize::from(targets), keep).await,
         Command::Plan { conn, command } => crate::fleet::plan(out, &conn, command).await,
         Command::Rollback { conn, plan, watch } => crate::fleet::rollback(out, &conn, plan, watch).await,
         Command::Fleet { conn, command } => crate::fleet::fleet(out, &conn, command).await,
         Command::Agents { conn } => crate::fleet::agents(out, &conn).await,
         Command::Certs { command: CertsCommand::Init { out: dir, hosts, operators, agents } } => {
-            match crate::certs::init(&dir, &hosts, &operators, &agents) {
-                Ok(files) => {
-                    if out.json {
-                        out.print_json(&files);
-                    } else {
-                        for f in files {
-                            println!("wrote {}", f.display());
-                        }
-                    }
-                    Code::Ok
-                }
-                Err(e) => out.error(Code::BadInput, &e),
-            }
+            let written = crate::certs::init(&dir, &hosts, &operators, &agents);
+            print_written(out, written.map(|files| (files, "wrote")))
         }
         Command::Schema { command } => crate::schema::run(out, command).await,
         Command::Lint { dir, engine } => crate::lint::run(out, &dir, engine),
         Command::New { description, dir, engine, style, destructive } => {
-            match new_migration(&description, &dir, engine, style.as_deref(), destructive) {
-                Ok(paths) => {
-                    if out.json {
-                        out.print_json(&json!({ "ok": true, "files": paths }));
-                    } else {
-                        for p in &paths {
-                            println!("created {}", p.display());
-                        }
-                    }
-                    Code::Ok
-                }
-                Err(message) => out.error(Code::BadInput, &message),
+            let written = new_migration(&description, &dir, engine, style.as_deref(), destructive);
+            print_written(out, written.map(|files| (files, "created")))
+        }
+        Command::Validate { target, test_cmd } => validate_target(out, &target, test_cmd.as_deref()).await,
+    }
+}
+
+async fn status(out: Output, target: &Target) -> Code {
+    with_target(out, target, false, PlanOptions::default(), |mut ex, set| async move {
+        let rows = ex.status(&set).await;
+        ex.close().await;
+        rows.map(|rows| out.status(&rows))
+    })
+    .await
+}
+
+async fn migrate(
+    out: Output,
+    target: &Target,
+    request: Request,
+    options: PlanOptions,
+    dry_run: bool,
+    verb: &str,
+) -> Code {
+    with_target(out, target, !dry_run, options, |mut ex, set| async move {
+        let report = ex.migrate(&set, request, dry_run).await;
+        ex.close().await;
+        report.map(|r| out.run_report(&r, verb))
+    })
+    .await
+}
+
+async fn repair(out: Output, target: &Target, action: RepairAction, dry_run: bool) -> Code {
+    with_target(out, target, !dry_run, PlanOptions::default(), |mut ex, set| async move {
+        let done = ex.repair(&set, action, dry_run).await;
+        ex.close().await;
+        done.map(|what| {
+            if out.json {
+                out.print_json(&json!({ "ok": true, "dry_run": dry_run, "repair": what }));
+            } else if dry_run {
+                println!("Dry run: would {what} (nothing was changed).");
+            } else {
+                println!("Repaired {what}.");
             }
+        })
+    })
+    .await
+}
+
+async fn baseline(out: Output, target: &Target, at: i64, dry_run: bool) -> Code {
+    with_target(out, target, !dry_run, PlanOptions::default(), |mut ex, set| async move {
+        let versions = ex.baseline(&set, at, dry_run).await;
+        ex.close().await;
+        versions.map(|v| {
+            if out.json {
+                out.print_json(&json!({ "ok": true, "dry_run": dry_run, "baselined": v }));
+            } else {
+                let verb = if dry_run { "Dry run: would record" } else { "Recorded" };
+                println!("{verb} {} migration(s) up to {at} as baseline, without running them.", v.len());
+            }
+        })
+    })
+    .await
+}
+
+async fn validate_target(out: Output, target: &Target, test_cmd: Option<&str>) -> Code {
+    let url = target.db.clone();
+    with_target(out, target, true, PlanOptions::default(), |mut ex, set| async move {
+        let test = test_cmd.map(|shell| TestCommand { shell, env: vec![("FLOTILLA_DB_URL".to_string(), url.clone())] });
+        let report = validate(&mut ex, &set, test.as_ref()).await;
+        ex.close().await;
+        let report = report?;
+        crate::schema::print_validation(out, &report);
+        if report.passed() {
+            Ok(())
+        } else {
+            Err(ExecError::Refused("validation found problems (listed above)".into()))
         }
-        Command::Validate { target, test_cmd } => {
-            let url = target.db.clone();
-            with_target(out, &target, true, PlanOptions::default(), |mut ex, set| async move {
-                let test = test_cmd
-                    .as_deref()
-                    .map(|shell| TestCommand { shell, env: vec![("FLOTILLA_DB_URL".to_string(), url.clone())] });
-                let report = validate(&mut ex, &set, test.as_ref()).await;
-                ex.close().await;
-                let report = report?;
-                crate::schema::print_validation(out, &report);
-                if report.passed() {
-                    Ok(())
-                } else {
-                    Err(ExecError::Refused("validation found problems (listed above)".into()))
+    })
+    .await
+}
+
+/// Prints the files a command wrote (`verb` each), or its error.
+fn print_written(out: Output, written: Result<(Vec<std::path::PathBuf>, &str), String>) -> Code {
+    match written {
+        Ok((files, verb)) => {
+            if out.json {
+                out.print_json(&json!({ "ok": true, "files": files }));
+            } else {
+                for f in files {
+                    println!("{verb} {}", f.display());
                 }
-            })
-            .await
+            }
+            Code::Ok
         }
+        Err(message) => out.error(Code::BadInput, &message),
     }
 }
 

@@ -216,6 +216,38 @@ async fn demo(out: Output, dbs: &[String], count: usize, workdir: &Path) -> Resu
     Ok(summary)
 }
 
+/// Waits up to 30 s for the agent to register all `count` targets.
+async fn wait_for_targets(client: &mut fleet::Client, count: usize) -> Result<(), Fail> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let known = client.list_targets(pb::ListTargetsRequest { selector: String::new() }).await?.into_inner();
+        if known.targets.len() == count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Fail(Code::Failed, "the agent did not register its targets within 30 s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many targets have exactly the schema they had before the rollout.
+async fn schemas_restored(targets: &[DevTarget], before: &BTreeMap<String, Schema>) -> Result<usize, Fail> {
+    let mut same = 0;
+    for t in targets {
+        let driver = connect_db(&t.url, &ConnectOptions::default())
+            .await
+            .map_err(|e| Fail(Code::CannotConnect, e.to_string()))?;
+        let mut ex = Executor::new(driver, "flotilla-dev");
+        let schema = ex.schema().await.map_err(|e| Fail(Code::Failed, e.to_string()));
+        ex.close().await;
+        if before.get(&t.name) == Some(&schema?) {
+            same += 1;
+        }
+    }
+    Ok(same)
+}
+
 async fn rollout(
     out: Output,
     conn: &Conn,
@@ -229,18 +261,7 @@ async fn rollout(
         }
     };
     let mut client = fleet::connect(conn).await?;
-    // Wait for the agent to register every target.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let known = client.list_targets(pb::ListTargetsRequest { selector: String::new() }).await?.into_inner();
-        if known.targets.len() == targets.len() {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(Fail(Code::Failed, "the agent did not register its targets within 30 s".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_targets(&mut client, targets.len()).await?;
     say(format!(
         "Flotilla dev: a coordinator and an agent over mTLS on {}, serving {} database(s).\n",
         conn.coordinator,
@@ -291,18 +312,7 @@ async fn rollout(
         return Err(Fail(code, format!("rollback plan {} did not succeed", rb.id)));
     }
 
-    let mut same = 0;
-    for t in targets {
-        let driver = connect_db(&t.url, &ConnectOptions::default())
-            .await
-            .map_err(|e| Fail(Code::CannotConnect, e.to_string()))?;
-        let mut ex = Executor::new(driver, "flotilla-dev");
-        let schema = ex.schema().await.map_err(|e| Fail(Code::Failed, e.to_string()));
-        ex.close().await;
-        if before.get(&t.name) == Some(&schema?) {
-            same += 1;
-        }
-    }
+    let same = schemas_restored(targets, before).await?;
     say(format!(
         "\nSummary: {} database(s) migrated in {up_ms} ms and rolled back in {down_ms} ms; {same} of {} have exactly the schema they had before.",
         targets.len(),

@@ -92,37 +92,13 @@ impl Splitter<'_> {
                 first_word = None;
                 continue;
             }
-            let c = self.src[self.pos];
-            let significant_start = self.pos;
-            let line_here = self.line;
-            match c {
-                b'\n' => {
-                    self.line += 1;
-                    self.pos += 1;
-                    continue;
+            let (c, significant_start, line_here) = (self.src[self.pos], self.pos, self.line);
+            if self.skip_insignificant(c)? {
+                // MySQL's executable comments `/*! … */` are statements in their own right.
+                if self.executable_comment_at(significant_start) && start.is_none() {
+                    start = Some((significant_start, line_here));
                 }
-                c if c.is_ascii_whitespace() => {
-                    self.pos += 1;
-                    continue;
-                }
-                b'-' if self.peek(1) == Some(b'-') => {
-                    self.skip_line_comment();
-                    continue;
-                }
-                b'#' if self.dialect == Dialect::Mysql => {
-                    self.skip_line_comment();
-                    continue;
-                }
-                b'/' if self.peek(1) == Some(b'*') => {
-                    // MySQL's executable comments `/*! … */` are statements in their own right.
-                    let executable = self.dialect == Dialect::Mysql && self.peek(2) == Some(b'!');
-                    self.skip_block_comment()?;
-                    if executable && start.is_none() {
-                        start = Some((significant_start, line_here));
-                    }
-                    continue;
-                }
-                _ => {}
+                continue;
             }
             if start.is_none() {
                 start = Some((significant_start, line_here));
@@ -136,26 +112,7 @@ impl Splitter<'_> {
                 b'`' if self.dialect != Dialect::Postgres => self.skip_quoted(b'`', false)?,
                 b'[' if self.dialect == Dialect::Sqlite => self.skip_quoted(b']', false)?,
                 b'$' if self.dialect == Dialect::Postgres => self.skip_dollar_quote()?,
-                c if c.is_ascii_alphabetic() || c == b'_' => {
-                    let word = self.read_word(&delimiter).to_ascii_uppercase();
-                    if first_word.is_none() {
-                        first_word = Some(word.clone());
-                    }
-                    // With a custom DELIMITER the author marks statement ends; only `;` needs block tracking.
-                    if first_word.as_deref() == Some("CREATE") && delimiter == ";" {
-                        match word.as_str() {
-                            "BEGIN" | "CASE" => block_depth += 1,
-                            "END" => {
-                                let next = self.peek_word().to_ascii_uppercase();
-                                let closes_other = matches!(next.as_str(), "IF" | "LOOP" | "WHILE" | "REPEAT");
-                                if block_depth > 0 && !closes_other {
-                                    block_depth -= 1;
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }
+                c if c.is_ascii_alphabetic() || c == b'_' => self.word(&delimiter, &mut first_word, &mut block_depth),
                 _ => self.pos += char_len(c),
             }
         }
@@ -163,6 +120,49 @@ impl Splitter<'_> {
             push(&mut out, &self.text[s..], line);
         }
         Ok(out)
+    }
+
+    /// Skips whitespace or a comment at the current position; `false` when there is none.
+    fn skip_insignificant(&mut self, c: u8) -> Result<bool, SplitError> {
+        match c {
+            b'\n' => {
+                self.line += 1;
+                self.pos += 1;
+            }
+            c if c.is_ascii_whitespace() => self.pos += 1,
+            b'-' if self.peek(1) == Some(b'-') => self.skip_line_comment(),
+            b'#' if self.dialect == Dialect::Mysql => self.skip_line_comment(),
+            b'/' if self.peek(1) == Some(b'*') => self.skip_block_comment()?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn executable_comment_at(&self, at: usize) -> bool {
+        self.dialect == Dialect::Mysql && self.src[at..].starts_with(b"/*!")
+    }
+
+    /// Reads a word, tracking `BEGIN … END` bodies of `CREATE` statements (whose `;` end inner statements).
+    fn word(&mut self, delimiter: &str, first_word: &mut Option<String>, block_depth: &mut usize) {
+        let word = self.read_word(delimiter).to_ascii_uppercase();
+        if first_word.is_none() {
+            *first_word = Some(word.clone());
+        }
+        // With a custom DELIMITER the author marks statement ends; only `;` needs block tracking.
+        if first_word.as_deref() != Some("CREATE") || delimiter != ";" {
+            return;
+        }
+        match word.as_str() {
+            "BEGIN" | "CASE" => *block_depth += 1,
+            "END" => {
+                let next = self.peek_word().to_ascii_uppercase();
+                let closes_other = matches!(next.as_str(), "IF" | "LOOP" | "WHILE" | "REPEAT");
+                if *block_depth > 0 && !closes_other {
+                    *block_depth -= 1;
+                }
+            }
+            _ => {}
+        }
     }
 
     fn peek(&self, ahead: usize) -> Option<u8> {

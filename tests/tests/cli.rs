@@ -135,7 +135,11 @@ async fn fleet_commands_refuse_bad_input_before_reaching_the_coordinator() {
     let out = certs.path().join("c");
     let out = out.to_str().expect("utf-8");
     let made = flotilla(&["--json", "certs", "init", "--out", out, "--agent", "a1:pg-*"]).await;
-    assert_eq!(made.ok().json().as_array().map(Vec::len), Some(7), "ca, coordinator, admin and a1 (cert and key each)");
+    assert_eq!(
+        made.ok().json()["files"].as_array().map(Vec::len),
+        Some(7),
+        "ca, coordinator, admin and a1 (cert and key each)"
+    );
     flotilla(&["certs", "init", "--out", out]).await.fails(2, "never overwrites");
     flotilla(&["certs", "init", "--out", out, "--agent", "bad/name"]).await.fails(2, "agent name");
 }

@@ -16,7 +16,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use super::*;
 use crate::driver::{connect, ConnectOptions};
-use crate::executor::{Executor, Progress, ProgressKind};
+use crate::executor::{Executor, Progress, ProgressKind, ProgressSink};
 
 /// Runs one assignment and reports its result.
 pub(super) async fn handle(
@@ -56,50 +56,62 @@ pub(super) async fn handle(
             return;
         }
         let run = execute(&state, &target, &a, &progress).await;
-        // The history as the step's own connection read it afterwards; a new connection only if that failed.
-        let versions = match run.after {
-            Some(Ok(v)) => Ok(v),
-            _ => read_versions(&target).await,
-        };
-        locked(&state.versions).insert(target.name.clone(), versions.clone());
-        let (applied, dirty) = match &versions {
-            Ok((applied, dirty)) => (Some(*applied), *dirty),
-            Err(_) => (None, false),
-        };
-        let (before, error) = (run.before, run.error);
-        match &error {
-            None => info!(applied = ?applied, "step succeeded"),
-            Some(e) => warn!(error = %e, "step failed"),
-        }
-        let report = pb::StepResult {
-            plan_id: a.plan_id.clone(),
-            target: a.target.clone(),
-            fencing_token: a.fencing_token,
-            succeeded: error.is_none() && versions.is_ok(),
-            error: error.or(versions.err()).unwrap_or_default(),
-            applied_version: applied,
-            dirty,
-            version_before: before,
-            agent_id: state.config.name.clone(),
-        };
-        // The result is held until the coordinator acknowledges it: retried here for a while, then sent again
-        // after the next (re)connection. Meanwhile heartbeats list the step, so it is not reconciled under it.
-        locked(&state.unacked).insert(key.clone(), report.clone());
-        let parent = telemetry::traceparent(&tracing::Span::current(), &a.plan_id, &a.target);
-        let mut wait = Duration::from_millis(200);
-        for attempt in 1..=5 {
-            match send_result(&state, &mut client, &key, &report, Some(&parent)).await {
-                Sent::Done => break,
-                Sent::Retry if attempt < 5 => {
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-                Sent::Retry => warn!("could not report the result; holding it until the coordinator is back"),
-            }
-        }
+        report(&state, &mut client, &target, &a, key, run).await;
     }
     .instrument(span)
     .await
+}
+
+/// Reports what a step did, holding the result until the coordinator acknowledges it.
+async fn report(
+    state: &State,
+    client: &mut AgentServiceClient<Channel>,
+    target: &Target,
+    a: &pb::Assignment,
+    key: StepKey,
+    run: StepRun,
+) {
+    // The history as the step's own connection read it afterwards; a new connection only if that failed.
+    let versions = match run.after {
+        Some(Ok(v)) => Ok(v),
+        _ => read_versions(target).await,
+    };
+    locked(&state.versions).insert(target.name.clone(), versions.clone());
+    let (applied, dirty) = match &versions {
+        Ok((applied, dirty)) => (Some(*applied), *dirty),
+        Err(_) => (None, false),
+    };
+    let (before, error) = (run.before, run.error);
+    match &error {
+        None => info!(applied = ?applied, "step succeeded"),
+        Some(e) => warn!(error = %e, "step failed"),
+    }
+    let report = pb::StepResult {
+        plan_id: a.plan_id.clone(),
+        target: a.target.clone(),
+        fencing_token: a.fencing_token,
+        succeeded: error.is_none() && versions.is_ok(),
+        error: error.or(versions.err()).unwrap_or_default(),
+        applied_version: applied,
+        dirty,
+        version_before: before,
+        agent_id: state.config.name.clone(),
+    };
+    // The result is held until the coordinator acknowledges it: retried here for a while, then sent again
+    // after the next (re)connection. Meanwhile heartbeats list the step, so it is not reconciled under it.
+    locked(&state.unacked).insert(key.clone(), report.clone());
+    let parent = telemetry::traceparent(&tracing::Span::current(), &a.plan_id, &a.target);
+    let mut wait = Duration::from_millis(200);
+    for attempt in 1..=5 {
+        match send_result(state, client, &key, &report, Some(&parent)).await {
+            Sent::Done => break,
+            Sent::Retry if attempt < 5 => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Sent::Retry => warn!("could not report the result; holding it until the coordinator is back"),
+        }
+    }
 }
 
 /// What running a step found and left.
@@ -138,42 +150,7 @@ pub(super) async fn execute(
         agent_id: state.config.name.clone(),
         ..Default::default()
     };
-    let sink_base = base.clone();
-    let sink_tx = progress.clone();
-    let sink = Arc::new(move |p: &Progress| {
-        let mut e = sink_base.clone();
-        e.version = p.version;
-        e.direction = pb::Direction::from(p.direction) as i32;
-        match &p.kind {
-            ProgressKind::Started { statements, .. } => {
-                e.kind = pb::EventKind::from(EventKind::MigrationStarted) as i32;
-                e.statement_total = *statements as u32;
-            }
-            ProgressKind::Statement { index, total, rows_affected, elapsed_ms } => {
-                e.kind = pb::EventKind::from(EventKind::Statement) as i32;
-                e.statement_index = *index as u32;
-                e.statement_total = *total as u32;
-                e.rows_affected = *rows_affected;
-                e.elapsed_ms = *elapsed_ms;
-            }
-            ProgressKind::Batch { batch, rows_affected, elapsed_ms, .. } => {
-                e.kind = pb::EventKind::from(EventKind::Batch) as i32;
-                e.statement_index = u32::try_from(*batch).unwrap_or(u32::MAX);
-                e.rows_affected = *rows_affected;
-                e.elapsed_ms = *elapsed_ms;
-            }
-            ProgressKind::Finished { elapsed_ms } => {
-                e.kind = pb::EventKind::from(EventKind::MigrationFinished) as i32;
-                e.elapsed_ms = *elapsed_ms;
-            }
-            ProgressKind::Failed { statement, error } => {
-                e.kind = pb::EventKind::from(EventKind::MigrationFailed) as i32;
-                e.statement_index = statement.map_or(0, |s| s as u32);
-                e.error = error.clone();
-            }
-        }
-        let _ = sink_tx.send(e);
-    });
+    let sink = progress_sink(base.clone(), progress.clone());
     let mut ex = Executor::new(driver, format!("flotilla-agent:{}", state.config.name))
         .with_plan_id(Some(a.plan_id.clone()))
         .with_fencing_token(Some(a.fencing_token))
@@ -207,6 +184,44 @@ pub(super) async fn execute(
     let after = ex.history().await.map(|h| summarize(&h)).map_err(|e| e.to_string());
     ex.close().await;
     StepRun { before: Some(before), error: result.err(), after: Some(after) }
+}
+
+/// Turns the executor's progress into progress events on the stream to the coordinator.
+fn progress_sink(base: pb::ProgressEvent, progress: mpsc::UnboundedSender<pb::ProgressEvent>) -> ProgressSink {
+    Arc::new(move |p: &Progress| {
+        let mut e = base.clone();
+        e.version = p.version;
+        e.direction = pb::Direction::from(p.direction) as i32;
+        match &p.kind {
+            ProgressKind::Started { statements, .. } => {
+                e.kind = pb::EventKind::from(EventKind::MigrationStarted) as i32;
+                e.statement_total = *statements as u32;
+            }
+            ProgressKind::Statement { index, total, rows_affected, elapsed_ms } => {
+                e.kind = pb::EventKind::from(EventKind::Statement) as i32;
+                e.statement_index = *index as u32;
+                e.statement_total = *total as u32;
+                e.rows_affected = *rows_affected;
+                e.elapsed_ms = *elapsed_ms;
+            }
+            ProgressKind::Batch { batch, rows_affected, elapsed_ms, .. } => {
+                e.kind = pb::EventKind::from(EventKind::Batch) as i32;
+                e.statement_index = u32::try_from(*batch).unwrap_or(u32::MAX);
+                e.rows_affected = *rows_affected;
+                e.elapsed_ms = *elapsed_ms;
+            }
+            ProgressKind::Finished { elapsed_ms } => {
+                e.kind = pb::EventKind::from(EventKind::MigrationFinished) as i32;
+                e.elapsed_ms = *elapsed_ms;
+            }
+            ProgressKind::Failed { statement, error } => {
+                e.kind = pb::EventKind::from(EventKind::MigrationFailed) as i32;
+                e.statement_index = statement.map_or(0, |s| s as u32);
+                e.error = error.clone();
+            }
+        }
+        let _ = progress.send(e);
+    })
 }
 
 pub(super) fn validation_problems(report: &crate::validate::ValidationReport) -> String {

@@ -46,37 +46,8 @@ pub(super) async fn session(
     // keep flowing, so the coordinator never takes a draining agent for a dead one.
     let session = CancellationToken::new();
     let _stop = session.clone().drop_guard();
-    // Heartbeats, on their own task: nothing else waits in their loop.
-    {
-        let (state, mut client, session) = (state.clone(), client.clone(), session.clone());
-        tokio::spawn(async move {
-            let every = Duration::from_secs(state.config.heartbeat_secs.max(1));
-            loop {
-                tokio::select! {
-                    _ = session.cancelled() => break,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                if let Err(e) = client.heartbeat(heartbeat(&state)).await {
-                    warn!(error = %e, "heartbeat failed");
-                }
-            }
-        });
-    }
-    // Progress: one client stream for the session.
-    let (progress_tx, progress_rx) = mpsc::unbounded_channel::<pb::ProgressEvent>();
-    {
-        let (mut client, session) = (client.clone(), session.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = session.cancelled() => {}
-                result = client.report_progress(UnboundedReceiverStream::new(progress_rx)) => {
-                    // Without a progress stream the session is broken: end it, and the agent reconnects.
-                    if let Err(e) = result { warn!(error = %e, "progress stream ended"); }
-                    session.cancel();
-                }
-            }
-        });
-    }
+    spawn_heartbeats(state.clone(), client.clone(), session.clone());
+    let progress_tx = spawn_progress(client.clone(), session.clone());
     let mut assignments =
         client.pull_assignments(pb::PullAssignmentsRequest { agent_id: name.clone() }).await?.into_inner();
     loop {
@@ -94,6 +65,41 @@ pub(super) async fn session(
         let (state, client, progress) = (state.clone(), client.clone(), progress_tx.clone());
         steps.spawn(async move { handle(state, client, progress, assignment).await });
     }
+}
+
+/// Heartbeats, on their own task: nothing else waits in their loop.
+fn spawn_heartbeats(state: Arc<State>, mut client: AgentServiceClient<Channel>, session: CancellationToken) {
+    tokio::spawn(async move {
+        let every = Duration::from_secs(state.config.heartbeat_secs.max(1));
+        loop {
+            tokio::select! {
+                _ = session.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = client.heartbeat(heartbeat(&state)).await {
+                warn!(error = %e, "heartbeat failed");
+            }
+        }
+    });
+}
+
+/// Progress: one client stream for the session. Without it the session is broken: it ends, and the agent
+/// reconnects.
+fn spawn_progress(
+    mut client: AgentServiceClient<Channel>,
+    session: CancellationToken,
+) -> mpsc::UnboundedSender<pb::ProgressEvent> {
+    let (progress_tx, progress_rx) = mpsc::unbounded_channel::<pb::ProgressEvent>();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = session.cancelled() => {}
+            result = client.report_progress(UnboundedReceiverStream::new(progress_rx)) => {
+                if let Err(e) = result { warn!(error = %e, "progress stream ended"); }
+                session.cancel();
+            }
+        }
+    });
+    progress_tx
 }
 
 pub(super) fn heartbeat(state: &State) -> pb::HeartbeatRequest {

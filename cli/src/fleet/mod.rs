@@ -174,7 +174,7 @@ impl From<ConvertError> for Fail {
     }
 }
 
-type Client = OperatorServiceClient<Channel>;
+pub(crate) type Client = OperatorServiceClient<Channel>;
 
 pub async fn connect(conn: &Conn) -> Result<Client, Fail> {
     let bad = |m: String| Fail(Code::BadInput, m);

@@ -35,36 +35,7 @@ impl Coordinator {
         if selected.is_empty() {
             return Err(ServiceError::SelectorMatchesNothing { what: "selector", selector: s.selector.to_string() });
         }
-        let no_set: Vec<&str> = selected
-            .iter()
-            .chain(&validate)
-            .filter(|t| bundle.files_for(t.engine).is_none())
-            .map(|t| t.name.as_str())
-            .collect();
-        if !no_set.is_empty() {
-            return Err(ServiceError::BadInput(format!(
-                "the migrations have no set for the engine of {}",
-                no_set.join(", ")
-            )));
-        }
-        // A goal version must be a migration of every set the plan uses, or every step would fail on it.
-        let wanted = match s.goal {
-            Goal::Up { to: Some(v) } => Some(v),
-            Goal::Down { to } if to > 0 => Some(to),
-            _ => None,
-        };
-        if let Some(v) = wanted {
-            for t in selected.iter().chain(&validate) {
-                let key = if bundle.sets.contains_key(t.engine.as_str()) { t.engine.as_str() } else { "*" };
-                if sets.get(key).is_some_and(|set| set.get(v).is_none()) {
-                    return Err(ServiceError::BadInput(format!(
-                        "version {v} is not a migration in the {} set (target {})",
-                        if key == "*" { "migrations" } else { key },
-                        t.name
-                    )));
-                }
-            }
-        }
+        check_sets(&bundle, &sets, selected.iter().chain(&validate), s.goal)?;
         if s.phase == Some(Phase::Contract) {
             self.check_expand_done(&bundle, &sets, &selected)?;
         }
@@ -131,4 +102,40 @@ impl Coordinator {
             )))
         }
     }
+}
+
+/// Every target has a set for its engine, and a goal version is a migration of every set the plan uses (or every
+/// step would fail on it).
+fn check_sets<'t>(
+    bundle: &Bundle,
+    sets: &BTreeMap<String, flotilla_core::MigrationSet>,
+    targets: impl Iterator<Item = &'t Target> + Clone,
+    goal: Goal,
+) -> Result<()> {
+    let no_set: Vec<&str> =
+        targets.clone().filter(|t| bundle.files_for(t.engine).is_none()).map(|t| t.name.as_str()).collect();
+    if !no_set.is_empty() {
+        return Err(ServiceError::BadInput(format!(
+            "the migrations have no set for the engine of {}",
+            no_set.join(", ")
+        )));
+    }
+    let wanted = match goal {
+        Goal::Up { to: Some(v) } => Some(v),
+        Goal::Down { to } if to > 0 => Some(to),
+        _ => None,
+    };
+    if let Some(v) = wanted {
+        for t in targets {
+            let key = if bundle.sets.contains_key(t.engine.as_str()) { t.engine.as_str() } else { "*" };
+            if sets.get(key).is_some_and(|set| set.get(v).is_none()) {
+                return Err(ServiceError::BadInput(format!(
+                    "version {v} is not a migration in the {} set (target {})",
+                    if key == "*" { "migrations" } else { key },
+                    t.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }

@@ -25,6 +25,14 @@ fn not_extension(oid: &str) -> String {
 }
 
 pub(in crate::driver) async fn dump(conn: &mut AnyConnection) -> Result<Schema, DriverError> {
+    let mut objects = before_tables(conn).await?;
+    objects.extend(tables(conn).await?);
+    objects.extend(after_tables(conn).await?);
+    Ok(Schema::new(Engine::Postgres, objects))
+}
+
+/// What tables may depend on: schemas, extensions, types, sequences and functions.
+async fn before_tables(conn: &mut AnyConnection) -> Result<Vec<Object>, DriverError> {
     let mut objects = Vec::new();
 
     for r in rows(
@@ -88,9 +96,12 @@ pub(in crate::driver) async fn dump(conn: &mut AnyConnection) -> Result<Schema, 
     for r in rows(conn, &functions).await? {
         objects.push(object(Kind::Function, &r[0], r[1].trim_end()));
     }
+    Ok(objects)
+}
 
-    objects.extend(tables(conn).await?);
-
+/// What depends on tables: views, indexes, triggers and comments.
+async fn after_tables(conn: &mut AnyConnection) -> Result<Vec<Object>, DriverError> {
+    let mut objects = Vec::new();
     let views = format!(
         "SELECT {}, c.relkind::text, pg_get_viewdef(c.oid, true) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('v', 'm') AND {USER_NS} AND {}",
@@ -141,7 +152,7 @@ pub(in crate::driver) async fn dump(conn: &mut AnyConnection) -> Result<Schema, 
     for r in rows(conn, &comments).await? {
         objects.push(object(Kind::Comment, &r[0], format!("COMMENT ON {} IS {}", r[0], r[1])));
     }
-    Ok(Schema::new(Engine::Postgres, objects))
+    Ok(objects)
 }
 
 /// Tables with their columns and non-foreign-key constraints; foreign keys as their own objects, so a dump can

@@ -1,0 +1,353 @@
+//! The migration algorithm, once for every engine: take the engine's lock, refuse a dirty or mismatched history,
+//! then apply pending UPs in order (or DOWNs in reverse), recording each.
+//!
+//! Each migration runs in one of two modes:
+//! - **atomic**: its statements and its history write commit in one transaction (PostgreSQL and SQLite unless the
+//!   script says `no-transaction`; MongoDB scripts of only inserts, updates and deletes). It is applied or not at all.
+//! - **statement by statement**: a dirty record is written first, progress after each statement, and on failure the
+//!   record stays dirty with the failing statement's index and error (MySQL, whose DDL commits implicitly, and
+//!   `no-transaction` scripts). `repair` resumes it or marks how it was resolved.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use flotilla_core::plan::{self, PlanOptions, StatusRow};
+use flotilla_core::split::is_transaction_control;
+use flotilla_core::{
+    AppliedMigration, Backfill, Direction, Migration, MigrationSet, PlanError, ReadError, RecordState, Request,
+    ScriptKind, Statement,
+};
+use tracing::{info_span, Instrument};
+
+use crate::driver::{BackfillCursor, Driver, HistoryChange};
+
+mod error;
+mod progress;
+mod repair;
+mod run;
+
+pub use error::ExecError;
+pub use progress::{Progress, ProgressKind, ProgressSink, RunReport, StepReport};
+pub use repair::RepairAction;
+
+/// A migration ready to run: statements split, mode chosen, all checked before anything runs.
+#[derive(Clone)]
+struct Prepared<'a> {
+    migration: &'a Migration,
+    direction: Direction,
+    statements: Vec<Statement>,
+    atomic: bool,
+    /// Set for a batched backfill; `statements` then holds its one UPDATE template.
+    backfill: Option<Backfill>,
+}
+
+/// Runs migrations against one target through its driver.
+pub struct Executor {
+    driver: Box<dyn Driver>,
+    /// Lock owner and `applied_by`.
+    owner: String,
+    plan_id: Option<String>,
+    /// The lock owner: `owner` and a suffix of this executor's own, so a lease is never re-entrant for another
+    /// process or another step that happens to share the name (two agent processes, two targets on one database).
+    lock_owner: String,
+    /// The fleet's fencing token for this step, checked against the highest the database has seen.
+    fencing_token: Option<u64>,
+    lock_timeout: Duration,
+    plan_options: PlanOptions,
+    progress: Option<ProgressSink>,
+}
+
+impl Executor {
+    pub fn new(driver: Box<dyn Driver>, owner: impl Into<String>) -> Self {
+        let owner = owner.into();
+        Executor {
+            driver,
+            lock_owner: format!("{owner}#{:016x}", rand::random::<u64>()),
+            owner,
+            plan_id: None,
+            fencing_token: None,
+            lock_timeout: Duration::from_secs(300),
+            plan_options: PlanOptions::default(),
+            progress: None,
+        }
+    }
+
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    pub fn with_plan_options(mut self, options: PlanOptions) -> Self {
+        self.plan_options = options;
+        self
+    }
+
+    pub fn with_plan_id(mut self, plan_id: Option<String>) -> Self {
+        self.plan_id = plan_id;
+        self
+    }
+
+    /// Refuse to change the database if it has seen a higher fencing token than `token` (see [`Driver::fence_token`]).
+    pub fn with_fencing_token(mut self, token: Option<u64>) -> Self {
+        self.fencing_token = token;
+        self
+    }
+
+    pub fn with_progress(mut self, sink: ProgressSink) -> Self {
+        self.progress = Some(sink);
+        self
+    }
+
+    pub async fn close(self) {
+        self.driver.close().await;
+    }
+
+    /// Every known version with its status. Takes no lock and changes nothing.
+    pub async fn status(&mut self, set: &MigrationSet) -> Result<Vec<StatusRow>, ExecError> {
+        let history = self.driver.history().await?;
+        Ok(plan::status(&set.migrations, &history))
+    }
+
+    /// The target's schema, without Flotilla's own tables.
+    pub async fn schema(&mut self) -> Result<flotilla_core::schema::Schema, ExecError> {
+        Ok(self.driver.schema().await?)
+    }
+
+    /// Raw history records, for callers that need more than status.
+    pub async fn history(&mut self) -> Result<Vec<AppliedMigration>, ExecError> {
+        Ok(self.driver.history().await?)
+    }
+
+    /// Applies (or rolls back) migrations as `request` says. A dry run checks everything, takes no lock, and changes nothing.
+    pub async fn migrate(
+        &mut self,
+        set: &MigrationSet,
+        request: Request,
+        dry_run: bool,
+    ) -> Result<RunReport, ExecError> {
+        let prepared = self.prepare_set(set)?;
+        if dry_run {
+            let history = self.driver.history().await?;
+            let steps = plan::plan(&set.migrations, &history, request, &self.plan_options)?;
+            return Ok(RunReport { dry_run: true, steps: pick(&prepared, &steps)?.into_iter().map(planned).collect() });
+        }
+        self.lock().await?;
+        let result = self.migrate_locked(set, &prepared, request).await;
+        self.release(result).await
+    }
+
+    async fn migrate_locked(
+        &mut self,
+        set: &MigrationSet,
+        prepared: &PreparedSet<'_>,
+        request: Request,
+    ) -> Result<RunReport, ExecError> {
+        self.driver.ensure_history().await?;
+        let history = self.driver.history().await?;
+        let steps = plan::plan(&set.migrations, &history, request, &self.plan_options)?;
+        if !steps.is_empty() {
+            self.fence().await?;
+        }
+        let mut report = RunReport { dry_run: false, steps: Vec::with_capacity(steps.len()) };
+        for step in pick(prepared, &steps)? {
+            report.steps.push(self.run_step(step, 0).await?);
+        }
+        Ok(report)
+    }
+
+    /// Checks that every local script parses for this engine and fits its mode, before anything touches the database.
+    pub fn validate(&self, set: &MigrationSet) -> Result<(), ExecError> {
+        self.prepare_set(set).map(drop)
+    }
+
+    /// Every script of the set, split and checked once.
+    fn prepare_set<'a>(&self, set: &'a MigrationSet) -> Result<PreparedSet<'a>, ExecError> {
+        let mut prepared = PreparedSet::new();
+        for m in &set.migrations {
+            for direction in [Direction::Up, Direction::Down] {
+                if m.script(direction).is_some() {
+                    prepared.insert((m.version, direction), self.prepare(m, direction)?);
+                }
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Takes the engine's per-database lock; pair with [`Self::release`].
+    async fn lock(&mut self) -> Result<(), ExecError> {
+        let owner = self.lock_owner.clone();
+        self.driver.lock(&owner, self.lock_timeout).instrument(info_span!("lock", owner = %owner)).await?;
+        Ok(())
+    }
+
+    /// Under the lock, before the first write: checks and raises the database's fencing token, so no runner with a
+    /// lower token changes it from here on. A run with nothing to write needs no fence (a second target name for
+    /// the same database finds the work done, whichever lock is older).
+    async fn fence(&mut self) -> Result<(), ExecError> {
+        let Some(token) = self.fencing_token else { return Ok(()) };
+        if self.driver.fence_token(token).await? {
+            return Ok(());
+        }
+        Err(ExecError::Refused(format!(
+            "fencing token {token} is lower than one this database has already seen: a runner holding a newer lock \
+             has changed it since (a coordinator that lost this target's lock, or another target name for the same \
+             database), so nothing was changed"
+        )))
+    }
+
+    /// Releases the lock whatever `result` is; the first error wins.
+    async fn release<T>(&mut self, result: Result<T, ExecError>) -> Result<T, ExecError> {
+        let unlocked = self.driver.unlock().await;
+        match (result, unlocked) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(e.into()),
+            (Ok(v), Ok(())) => Ok(v),
+        }
+    }
+
+    fn prepare<'a>(&self, migration: &'a Migration, direction: Direction) -> Result<Prepared<'a>, ExecError> {
+        let script = migration
+            .script(direction)
+            .ok_or_else(|| PlanError::NoDown { version: migration.version, name: migration.name.clone() })?;
+        let mut statements = script.statements(migration.kind, self.driver.engine())?;
+        let atomic = !script.no_transaction && self.driver.can_run_atomically(&statements);
+        if atomic && migration.kind == ScriptKind::Sql {
+            strip_transaction_wrapper(&mut statements);
+            if let Some(s) =
+                statements.iter().find(|s| matches!(s, Statement::Sql { text, .. } if is_transaction_control(text)))
+            {
+                return Err(ReadError::at(
+                    &script.path,
+                    s.line(),
+                    "this statement controls the transaction, but Flotilla already runs the migration in one; \
+                     remove it, or add `-- flotilla:no-transaction` to run the script as written",
+                )
+                .into());
+            }
+        }
+        if let Some(backfill) = &script.backfill {
+            if migration.kind != ScriptKind::Sql || statements.len() != 1 {
+                return Err(ReadError::new(
+                    &script.path,
+                    "a backfill script holds exactly one SQL UPDATE (with {lo} and {hi}), and runs on SQL engines",
+                )
+                .into());
+            }
+            return Ok(Prepared { migration, direction, statements, atomic: false, backfill: Some(backfill.clone()) });
+        }
+        Ok(Prepared { migration, direction, statements, atomic, backfill: None })
+    }
+
+    fn record(&self, m: &Migration, state: RecordState, duration_ms: u64) -> AppliedMigration {
+        new_record(m, state, duration_ms, &self.owner, self.plan_id.as_deref())
+    }
+
+    fn emit(&self, step: &Prepared, kind: ProgressKind) {
+        if let Some(sink) = &self.progress {
+            sink(&Progress {
+                version: step.migration.version,
+                name: step.migration.name.clone(),
+                direction: step.direction,
+                kind,
+            });
+        }
+    }
+}
+
+fn new_record(
+    m: &Migration,
+    state: RecordState,
+    duration_ms: u64,
+    owner: &str,
+    plan_id: Option<&str>,
+) -> AppliedMigration {
+    AppliedMigration {
+        version: m.version,
+        name: m.name.clone(),
+        checksum: m.checksum.clone(),
+        state,
+        applied_at: Utc::now(),
+        duration_ms: i64::try_from(duration_ms).unwrap_or(i64::MAX),
+        applied_by: owner.to_string(),
+        plan_id: plan_id.map(str::to_string),
+    }
+}
+
+type PreparedSet<'a> = std::collections::HashMap<(i64, Direction), Prepared<'a>>;
+
+/// The prepared scripts for planned steps, in plan order. plan() refuses a rollback without a DOWN and
+/// prepare_set() holds every script that exists, so a miss is a bug: refuse rather than skip a step.
+fn pick<'p, 'a>(
+    prepared: &'p PreparedSet<'a>,
+    steps: &[flotilla_core::Step<'a>],
+) -> Result<Vec<&'p Prepared<'a>>, ExecError> {
+    steps
+        .iter()
+        .map(|s| {
+            prepared.get(&(s.migration.version, s.direction)).ok_or_else(|| {
+                ExecError::Refused(format!(
+                    "internal: migration {} {} was not prepared",
+                    s.migration.version, s.direction
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Drops a script's own `BEGIN … COMMIT` around its body when Flotilla supplies the transaction.
+fn strip_transaction_wrapper(statements: &mut Vec<Statement>) {
+    let is = |s: Option<&Statement>, words: &[&str]| {
+        matches!(s, Some(Statement::Sql { text, .. })
+            if is_transaction_control(text) && words.iter().any(|w| text.trim().to_ascii_uppercase().starts_with(w)))
+    };
+    if is(statements.first(), &["BEGIN", "START"]) && is(statements.last(), &["COMMIT", "END"]) {
+        statements.pop();
+        statements.remove(0);
+    }
+}
+
+fn planned(step: &Prepared) -> StepReport {
+    StepReport {
+        version: step.migration.version,
+        name: step.migration.name.clone(),
+        direction: step.direction,
+        atomic: step.atomic,
+        statements: step.statements.iter().map(Statement::summary).collect(),
+        duration_ms: 0,
+        rows_affected: 0,
+    }
+}
+
+/// The dirty migration a repair acts on, as its history record describes it.
+/// Longest error message kept in a history record (the full one is in the command's output).
+const MAX_RECORDED_ERROR: usize = 4000;
+
+fn truncate_chars(mut text: String, max: usize) -> String {
+    if let Some((cut, _)) = text.char_indices().nth(max) {
+        text.truncate(cut);
+    }
+    text
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql(t: &str) -> Statement {
+        Statement::Sql { text: t.into(), line: 1 }
+    }
+
+    #[test]
+    fn wrapper_is_stripped_only_when_it_wraps() {
+        let mut s = vec![sql("BEGIN"), sql("CREATE TABLE a (x int)"), sql("COMMIT")];
+        strip_transaction_wrapper(&mut s);
+        assert_eq!(s, vec![sql("CREATE TABLE a (x int)")]);
+        let mut s = vec![sql("CREATE TABLE a (x int)"), sql("COMMIT")];
+        strip_transaction_wrapper(&mut s);
+        assert_eq!(s.len(), 2);
+    }
+}

@@ -1,0 +1,298 @@
+//! Running one prepared migration: atomically, statement by statement, or as a batched backfill.
+
+use super::*;
+use crate::driver::DriverError;
+
+impl Executor {
+    pub(super) async fn run_step(&mut self, step: &Prepared<'_>, resume_from: usize) -> Result<StepReport, ExecError> {
+        let span = info_span!(
+            "execute_step",
+            version = step.migration.version,
+            name = %step.migration.name,
+            direction = %step.direction,
+            plan_id = self.plan_id.as_deref().unwrap_or(""),
+            atomic = step.atomic,
+        );
+        async {
+            let started = Instant::now();
+            self.emit(
+                step,
+                ProgressKind::Started { statements: step.statements.len(), atomic: step.atomic, resume_from },
+            );
+            let result = if let Some(backfill) = &step.backfill {
+                self.run_backfill(step, backfill, started).await
+            } else if step.atomic {
+                self.run_atomic(step, started).await
+            } else {
+                self.run_stepwise(step, resume_from, started).await
+            };
+            match &result {
+                Ok(_) => self.emit(step, ProgressKind::Finished { elapsed_ms: millis(started.elapsed()) }),
+                Err(ExecError::Failed { statement, error, .. }) => {
+                    self.emit(step, ProgressKind::Failed { statement: *statement, error: error.clone() })
+                }
+                Err(other) => self.emit(step, ProgressKind::Failed { statement: None, error: other.to_string() }),
+            }
+            let rows_affected = result?;
+            let mut report = planned(step);
+            report.duration_ms = millis(started.elapsed());
+            report.rows_affected = rows_affected;
+            Ok(report)
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub(super) async fn run_atomic(&mut self, step: &Prepared<'_>, started: Instant) -> Result<u64, ExecError> {
+        self.driver.check_lock().await?;
+        let m = step.migration;
+        let total = step.statements.len();
+        let mut rows = 0;
+        let sink = self.progress.clone();
+        let (version, name, direction) = (m.version, m.name.clone(), step.direction);
+        let mut on_done = |i: usize, n: u64| {
+            rows += n;
+            if let Some(sink) = &sink {
+                let kind = ProgressKind::Statement {
+                    index: i + 1,
+                    total,
+                    rows_affected: n,
+                    elapsed_ms: millis(started.elapsed()),
+                };
+                sink(&Progress { version, name: name.clone(), direction, kind });
+            }
+        };
+        // Asked for after the statements ran, inside the transaction, so the recorded duration is the real one.
+        let (owner, plan_id) = (self.owner.clone(), self.plan_id.clone());
+        let change = move || match direction {
+            Direction::Up => {
+                let duration = millis(started.elapsed());
+                HistoryChange::Write(new_record(m, RecordState::Applied, duration, &owner, plan_id.as_deref()))
+            }
+            Direction::Down => HistoryChange::Delete(m.version),
+        };
+        let result = self.driver.execute_atomic(&step.statements, &change, &mut on_done).await;
+        match result {
+            Ok(()) => Ok(rows),
+            Err(e) => Err(self.failure(step, e.statement, e.error.to_string(), false)),
+        }
+    }
+
+    /// Runs a backfill batch by batch; each batch's update and cursor commit together. A killed run leaves the
+    /// migration pending with its cursor saved, and the next run resumes after the last committed batch.
+    pub(super) async fn run_backfill(
+        &mut self,
+        step: &Prepared<'_>,
+        backfill: &Backfill,
+        started: Instant,
+    ) -> Result<u64, ExecError> {
+        let m = step.migration;
+        let (version, direction) = (m.version, step.direction);
+        let Some(Statement::Sql { text: template, line }) = step.statements.first() else {
+            return Err(ExecError::Refused(format!("internal: backfill {version} has no statement")));
+        };
+        let mut cursor = self.backfill_cursor(m, direction).await?;
+        let resumed_rows = cursor.rows;
+        loop {
+            self.driver.check_lock().await?;
+            let Some(hi) = self.driver.next_batch_end(backfill, cursor.last_key).await? else { break };
+            let statement = Statement::Sql { text: Backfill::bind(template, cursor.last_key, hi), line: *line };
+            let rows = std::sync::atomic::AtomicU64::new(0);
+            let mut on_done = |_: usize, n: u64| rows.store(n, std::sync::atomic::Ordering::SeqCst);
+            let next = |rows: u64| BackfillCursor {
+                last_key: hi,
+                batches: cursor.batches + 1,
+                rows: cursor.rows + i64::try_from(rows).unwrap_or(i64::MAX),
+                ..cursor.clone()
+            };
+            let change = || HistoryChange::SaveCursor(next(rows.load(std::sync::atomic::Ordering::SeqCst)));
+            if let Err(e) = self.driver.execute_atomic(std::slice::from_ref(&statement), &change, &mut on_done).await {
+                let error = format!(
+                    "{} (batch {} over keys after {}; the {} batches before it are kept: run again to resume)",
+                    e.error,
+                    cursor.batches + 1,
+                    cursor.last_key,
+                    cursor.batches
+                );
+                return Err(self.failure(step, Some(0), error, false));
+            }
+            let n = rows.load(std::sync::atomic::Ordering::SeqCst);
+            cursor = next(n);
+            self.emit(
+                step,
+                ProgressKind::Batch {
+                    batch: cursor.batches,
+                    last_key: hi,
+                    rows_affected: n,
+                    total_rows: cursor.rows,
+                    elapsed_ms: millis(started.elapsed()),
+                },
+            );
+            if backfill.pause_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(backfill.pause_ms)).await;
+            }
+        }
+        self.finish_backfill(step, started).await?;
+        Ok(u64::try_from(cursor.rows - resumed_rows).unwrap_or(0))
+    }
+
+    pub(super) async fn run_stepwise(
+        &mut self,
+        step: &Prepared<'_>,
+        from: usize,
+        started: Instant,
+    ) -> Result<u64, ExecError> {
+        let m = step.migration;
+        let total = step.statements.len();
+        let dirty = |done: usize, error: Option<String>| dirty(step, done, error);
+        self.driver.check_lock().await?;
+        self.driver.write_record(&self.record(m, dirty(from, None), 0)).await?;
+        // A script that opens transactions of its own keeps them: its statements run as written.
+        let own_transactions =
+            step.statements.iter().any(|s| matches!(s, Statement::Sql { text, .. } if is_transaction_control(text)));
+        let mut rows = 0;
+        let mut finished = false;
+        for (i, statement) in step.statements.iter().enumerate().skip(from) {
+            // A lost lock stops here: the record stays dirty (interrupted), so no other runner goes on blindly.
+            self.driver.check_lock().await?;
+            let last = i + 1 == total;
+            // A row change commits in one transaction with the record that says it ran (the progress, or after the
+            // last statement the final record), so a crash between the two cannot make a resume run it twice. DDL
+            // may commit on its own (MySQL): the record still says "interrupted at this statement", and `repair`
+            // says that it may have run.
+            let ran = if statement.is_dml() && !own_transactions {
+                let after = match (last, step.direction) {
+                    (false, _) => HistoryChange::Write(self.record(m, dirty(i + 1, None), 0)),
+                    (true, Direction::Up) => {
+                        HistoryChange::Write(self.record(m, RecordState::Applied, millis(started.elapsed())))
+                    }
+                    (true, Direction::Down) => HistoryChange::Delete(m.version),
+                };
+                finished = last;
+                self.driver.execute_recorded(statement, after).await.map_err(|e| e.error)
+            } else {
+                let result = self.driver.execute(statement).await;
+                if result.is_ok() && !last {
+                    self.driver.set_progress(m.version, u32::try_from(i + 1).unwrap_or(u32::MAX)).await?;
+                }
+                result
+            };
+            match ran {
+                Ok(n) => {
+                    rows += n;
+                    let elapsed_ms = millis(started.elapsed());
+                    self.emit(step, ProgressKind::Statement { index: i + 1, total, rows_affected: n, elapsed_ms });
+                }
+                Err(e) => return Err(self.stopped_at(step, i, e, started).await),
+            }
+        }
+        if !finished {
+            match step.direction {
+                Direction::Up => {
+                    self.driver.write_record(&self.record(m, RecordState::Applied, millis(started.elapsed()))).await?
+                }
+                Direction::Down => self.driver.delete_record(m.version).await?,
+            }
+        }
+        Ok(rows)
+    }
+    /// The cursor of an interrupted backfill of `m`, or a fresh one; refused when the file changed since.
+    async fn backfill_cursor(&mut self, m: &Migration, direction: Direction) -> Result<BackfillCursor, ExecError> {
+        let version = m.version;
+        Ok(match self.driver.backfill_cursor(version, direction).await? {
+            Some(c) if c.checksum != m.checksum.0 => {
+                return Err(ExecError::Refused(format!(
+                "backfill {version} ({}) was started from a different version of its file (checksum {} then, {} now); \
+                     restore the file to finish it",
+                m.name,
+                &c.checksum[..c.checksum.len().min(12)],
+                m.checksum.short()
+            )))
+            }
+            Some(c) => c,
+            None => BackfillCursor {
+                version,
+                direction,
+                checksum: m.checksum.0.clone(),
+                last_key: i64::MIN,
+                batches: 0,
+                rows: 0,
+            },
+        })
+    }
+
+    /// The history record and the end of the cursor commit together.
+    async fn finish_backfill(&mut self, step: &Prepared<'_>, started: Instant) -> Result<(), ExecError> {
+        let (m, direction) = (step.migration, step.direction);
+        let version = m.version;
+        let (owner, plan_id) = (self.owner.clone(), self.plan_id.clone());
+        let finish = move || {
+            let record = match direction {
+                Direction::Up => {
+                    let duration = millis(started.elapsed());
+                    HistoryChange::Write(new_record(m, RecordState::Applied, duration, &owner, plan_id.as_deref()))
+                }
+                Direction::Down => HistoryChange::Delete(version),
+            };
+            HistoryChange::Many(vec![record, HistoryChange::ClearCursor { version, direction }])
+        };
+        self.driver
+            .execute_atomic(&[], &finish, &mut |_, _| {})
+            .await
+            .map_err(|e| self.failure(step, None, e.error.to_string(), false))
+    }
+
+    /// A statement of a stepwise run failed: record how far it really got (what committed), and say so.
+    async fn stopped_at(&mut self, step: &Prepared<'_>, i: usize, e: DriverError, started: Instant) -> ExecError {
+        let m = step.migration;
+        // A script's own open transaction is rolled back, with any progress recorded inside it;
+        // what the history row says afterwards is what really committed.
+        self.driver.rollback_open_transaction().await;
+        let history = match self.driver.history().await {
+            Ok(history) => history,
+            Err(e) => return e.into(),
+        };
+        let done = history
+            .into_iter()
+            .find(|h| h.version == m.version)
+            .and_then(|h| match h.state {
+                RecordState::Dirty { statements_done, .. } => Some(statements_done as usize),
+                _ => None,
+            })
+            .unwrap_or(i);
+        let error = truncate_chars(e.to_string(), MAX_RECORDED_ERROR);
+        let record = self.record(m, dirty(step, done, Some(error.clone())), millis(started.elapsed()));
+        if let Err(e) = self.driver.write_record(&record).await {
+            return e.into();
+        }
+        self.failure(step, Some(i), error, true)
+    }
+
+    pub(super) fn failure(&self, step: &Prepared, index: Option<usize>, error: String, dirty: bool) -> ExecError {
+        let script = step.migration.script(step.direction);
+        let location = index
+            .and_then(|i| step.statements.get(i))
+            .zip(script)
+            .map(|(s, script)| format!("{}:{}", script.path.display(), s.line()));
+        ExecError::Failed {
+            version: step.migration.version,
+            name: step.migration.name.clone(),
+            direction: step.direction,
+            statement: index.map(|i| i + 1),
+            total: step.statements.len(),
+            location,
+            error,
+            dirty,
+        }
+    }
+}
+
+/// The record of a stepwise run `done` statements in.
+fn dirty(step: &Prepared, done: usize, error: Option<String>) -> RecordState {
+    RecordState::Dirty {
+        direction: step.direction,
+        statements_done: u32::try_from(done).unwrap_or(u32::MAX),
+        statements_total: u32::try_from(step.statements.len()).unwrap_or(u32::MAX),
+        error,
+    }
+}

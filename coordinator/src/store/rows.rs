@@ -1,0 +1,79 @@
+//! Rows of the store's tables as domain values, and back: every decode checked, a bad value `Corrupt`.
+
+use chrono::{DateTime, Utc};
+use flotilla_core::fleet::{Plan, Step};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{StepCount, StoreError};
+
+pub(super) fn time(text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("time `{text}`: {e}")))
+}
+
+pub(super) fn json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("`{text}`: {e}")))
+}
+
+pub(super) fn to_json(value: &impl serde::Serialize) -> String {
+    // Plain data (maps, strings, numbers) always serializes.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+pub(super) fn get<T>(row: &AnyRow, i: usize) -> Result<T, StoreError>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    row.try_get(i).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(super) fn plan_from(row: &AnyRow) -> Result<Plan, StoreError> {
+    Ok(Plan {
+        id: get(row, 0)?,
+        bundle: get(row, 1)?,
+        selector: json(&get::<String>(row, 2)?)?,
+        goal: json(&get::<String>(row, 3)?)?,
+        strategy: json(&get::<String>(row, 4)?)?,
+        phase: get::<Option<String>>(row, 5)?.map(|p| json(&p)).transpose()?,
+        rollback_of: get(row, 6)?,
+        approved_wave: u32::try_from(get::<i64>(row, 7)?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        state: get::<String>(row, 8)?.parse().map_err(StoreError::Corrupt)?,
+        created_at: time(&get::<String>(row, 9)?)?,
+    })
+}
+
+pub(super) const PLAN_COLUMNS: &str =
+    "id, bundle, selector, goal, strategy, phase, rollback_of, approved_wave, state, created_at";
+pub(super) const STEP_COLUMNS: &str =
+    "plan_id, target, wave, state, token, error, goal, version_before, version_after, updated_at";
+
+pub(super) fn step_from(r: &AnyRow) -> Result<Step, StoreError> {
+    Ok(Step {
+        plan_id: get(r, 0)?,
+        target: get(r, 1)?,
+        wave: u32::try_from(get::<i64>(r, 2)?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        state: get::<String>(r, 3)?.parse().map_err(StoreError::Corrupt)?,
+        token: get::<Option<i64>>(r, 4)?.map(|t| u64::try_from(t).unwrap_or(0)),
+        error: get(r, 5)?,
+        goal: get::<Option<String>>(r, 6)?.map(|g| json(&g)).transpose()?,
+        before: get(r, 7)?,
+        after: get(r, 8)?,
+        updated_at: time(&get::<String>(r, 9)?)?,
+    })
+}
+
+/// A (wave, state, count) row of a GROUP BY over steps.
+pub(super) fn step_count(r: &AnyRow) -> Result<StepCount, StoreError> {
+    let corrupt = |e: std::num::TryFromIntError| StoreError::Corrupt(e.to_string());
+    Ok(StepCount {
+        wave: u32::try_from(get::<i64>(r, 0)?).map_err(corrupt)?,
+        state: get::<String>(r, 1)?.parse().map_err(StoreError::Corrupt)?,
+        count: u64::try_from(get::<i64>(r, 2)?).map_err(corrupt)?,
+    })
+}
+
+pub(super) fn token_value(token: Option<u64>) -> Option<i64> {
+    token.map(|t| i64::try_from(t).unwrap_or(i64::MAX))
+}
