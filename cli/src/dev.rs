@@ -170,6 +170,7 @@ async fn demo(out: Output, dbs: &[String], count: usize, workdir: &Path) -> Resu
     let config = flotilla_coordinator::Config {
         store: format!("sqlite://{}", workdir.join("coordinator.db").display()),
         etcd: Vec::new(),
+        etcd_prefix: flotilla_coordinator::config::DEFAULT_ETCD_PREFIX.into(),
         tls: Some(TlsFiles {
             ca: certs.join("ca.pem"),
             cert: certs.join("coordinator.pem"),

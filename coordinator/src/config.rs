@@ -16,6 +16,9 @@ pub struct Config {
     pub store: String,
     /// etcd endpoints; empty: locks inside this process (one coordinator only).
     pub etcd: Vec<String>,
+    /// Where in etcd this fleet's locks live: `/…/`. Coordinators of one fleet share it; fleets sharing one etcd
+    /// must not.
+    pub etcd_prefix: String,
     /// `None` only with `--insecure-dev`.
     pub tls: Option<TlsFiles>,
     pub service: service::Config,
@@ -37,6 +40,9 @@ fn url_password(url: &str) -> Option<&str> {
     userinfo.split_once(':').map(|(_, p)| p)
 }
 
+/// Where locks live in etcd unless the config says otherwise.
+pub const DEFAULT_ETCD_PREFIX: &str = "/flotilla/locks/";
+
 /// The file's shape.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +51,7 @@ pub struct File {
     pub store: Option<String>,
     #[serde(default)]
     pub etcd: Vec<String>,
+    pub etcd_prefix: Option<String>,
     pub tls: Option<TlsFiles>,
     #[serde(default)]
     pub insecure_dev: bool,
@@ -87,9 +94,14 @@ impl File {
             service.heartbeat_timeout = Duration::from_secs(t.max(1));
         }
         service.agent_targets = self.agents.into_iter().map(|(k, v)| (k, v.targets)).collect();
+        let etcd_prefix = self.etcd_prefix.unwrap_or_else(|| DEFAULT_ETCD_PREFIX.into());
+        if !(etcd_prefix.starts_with('/') && etcd_prefix.ends_with('/') && etcd_prefix.len() > 1) {
+            return Err(format!("etcd_prefix `{etcd_prefix}` must start and end with `/`, e.g. /flotilla/locks/"));
+        }
         Ok(Config {
             store: self.store.unwrap_or_else(|| "sqlite://flotilla-coordinator.db".into()),
             etcd: self.etcd,
+            etcd_prefix,
             tls,
             service,
         })
@@ -110,5 +122,18 @@ mod tests {
         let bare: File = toml::from_str("store = \"sqlite://x.db\"").unwrap();
         assert!(bare.into_config().unwrap_err().contains("TLS is required"));
         assert!(toml::from_str::<File>("lisen = \"x\"").is_err(), "unknown keys are refused");
+        assert_eq!(config.etcd_prefix, DEFAULT_ETCD_PREFIX);
+    }
+
+    #[test]
+    fn an_etcd_prefix_must_be_a_path() {
+        let with = |prefix: &str| {
+            let file: File = toml::from_str(&format!("insecure_dev = true\netcd_prefix = \"{prefix}\"")).unwrap();
+            file.into_config()
+        };
+        assert_eq!(with("/fleet-eu/locks/").unwrap().etcd_prefix, "/fleet-eu/locks/");
+        for bad in ["", "/", "fleet/", "/fleet"] {
+            assert!(with(bad).unwrap_err().contains("must start and end with `/`"), "{bad}");
+        }
     }
 }

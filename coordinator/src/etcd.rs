@@ -1,5 +1,6 @@
-//! The production [`Lock`]: an etcd lease per holding, the key `/flotilla/locks/<target>` attached to it, created
-//! only if absent (one transaction). The fencing token is the key's create revision: etcd revisions only grow.
+//! The production [`Lock`]: an etcd lease per holding, the key `<prefix><target>` (by default
+//! `/flotilla/locks/<target>`) attached to it, created only if absent (one transaction). Fleets that share one etcd
+//! keep apart by their prefixes. The fencing token is the key's create revision: etcd revisions only grow.
 
 use std::time::Duration;
 
@@ -18,13 +19,13 @@ fn service(e: etcd_client::Error) -> LockError {
 }
 
 impl EtcdLock {
-    /// Connects to etcd at `endpoints` (e.g. `http://10.0.0.5:2379`).
-    pub async fn connect(endpoints: &[String]) -> Result<EtcdLock, LockError> {
+    /// Connects to etcd at `endpoints` (e.g. `http://10.0.0.5:2379`), keeping locks under `prefix`.
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdLock, LockError> {
         let options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(10));
         let client = Client::connect(endpoints, Some(options)).await.map_err(service)?;
-        Ok(EtcdLock { client, prefix: "/flotilla/locks/".into() })
+        Ok(EtcdLock { client, prefix: prefix.to_string() })
     }
 
     fn key(&self, target: &str) -> String {

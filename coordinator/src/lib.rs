@@ -51,7 +51,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     let lock: Arc<dyn Lock> = if config.etcd.is_empty() {
         Arc::new(InProcessLock::with_token_floor(store.max_token().await?))
     } else {
-        Arc::new(EtcdLock::connect(&config.etcd).await?)
+        Arc::new(EtcdLock::connect(&config.etcd, &config.etcd_prefix).await?)
     };
     let coordinator = Coordinator::new(store, lock, config.service.clone());
     let tasks = shutdown.child_token();

@@ -24,6 +24,9 @@ struct Args {
     /// etcd endpoint for per-target locks (repeatable); without it, locks live in this process.
     #[arg(long)]
     etcd: Vec<String>,
+    /// Where this fleet's locks live in etcd (default /flotilla/locks/); fleets sharing one etcd need their own.
+    #[arg(long)]
+    etcd_prefix: Option<String>,
     #[arg(long, requires_all = ["cert", "key"])]
     ca: Option<PathBuf>,
     #[arg(long)]
@@ -54,6 +57,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if !args.etcd.is_empty() {
         file.etcd = args.etcd;
+    }
+    if args.etcd_prefix.is_some() {
+        file.etcd_prefix = args.etcd_prefix;
     }
     if let (Some(ca), Some(cert), Some(key)) = (args.ca, args.cert, args.key) {
         file.tls = Some(TlsFiles { ca, cert, key });

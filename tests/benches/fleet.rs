@@ -129,6 +129,7 @@ async fn fleet(dbs: &[TestDb], dir: &std::path::Path) -> Duration {
     let config = flotilla_coordinator::Config {
         store: format!("sqlite://{}", c.join("store.db").display()),
         etcd: Vec::new(),
+        etcd_prefix: flotilla_coordinator::config::DEFAULT_ETCD_PREFIX.into(),
         tls: Some(flotilla_coordinator::TlsFiles {
             ca: c.join("ca.pem"),
             cert: c.join("coordinator.pem"),

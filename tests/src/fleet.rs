@@ -50,6 +50,8 @@ pub struct Fleet {
     pub dir: tempfile::TempDir,
     pub port: u16,
     etcd: Option<String>,
+    /// This fleet's locks in etcd, shared by its coordinators.
+    etcd_prefix: String,
     lease_ttl: u64,
     /// The coordinator's store: a SQLite file in `dir` unless set (a PostgreSQL URL, say).
     pub store: Option<String>,
@@ -120,6 +122,7 @@ impl Fleet {
             dir,
             port: free_port(),
             etcd,
+            etcd_prefix: format!("/flotilla-test/{:016x}/", rand::random::<u64>()),
             lease_ttl,
             store,
             store_db: None,
@@ -178,7 +181,8 @@ impl Fleet {
             .arg("--lease-ttl-secs")
             .arg(self.lease_ttl.to_string());
         if let Some(etcd) = &self.etcd {
-            cmd.arg("--etcd").arg(etcd);
+            // Tests run side by side on one etcd, often with the same target names: each fleet has its own locks.
+            cmd.arg("--etcd").arg(etcd).arg("--etcd-prefix").arg(&self.etcd_prefix);
         }
         let child = cmd
             .envs(self.env.iter().map(|(k, v)| (k, v)))

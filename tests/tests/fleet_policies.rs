@@ -191,9 +191,11 @@ async fn two_coordinators_never_hold_one_target_at_once() {
         tick: Duration::from_millis(50),
         ..Config::default()
     };
+    // Both coordinators share this fleet's locks; other tests' fleets on the same etcd keep theirs apart.
+    let prefix = format!("/flotilla-test/{:016x}/", rand::random::<u64>());
     let open = || async {
         let store = Arc::new(SqlStore::open(&store_db.url).await.expect("store"));
-        let lock = Arc::new(EtcdLock::connect(&[etcd_url()]).await.expect("etcd"));
+        let lock = Arc::new(EtcdLock::connect(&[etcd_url()], &prefix).await.expect("etcd"));
         (store, lock)
     };
     let (s1, l1) = open().await;

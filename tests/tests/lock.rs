@@ -13,8 +13,9 @@ async fn in_process() -> Vec<Arc<dyn Lock>> {
 /// Two separate connections: two coordinators sharing one etcd.
 async fn etcd() -> Vec<Arc<dyn Lock>> {
     let url = etcd_url();
-    let a = EtcdLock::connect(std::slice::from_ref(&url)).await.expect("etcd");
-    let b = EtcdLock::connect(&[url]).await.expect("etcd");
+    let prefix = flotilla_coordinator::config::DEFAULT_ETCD_PREFIX;
+    let a = EtcdLock::connect(std::slice::from_ref(&url), prefix).await.expect("etcd");
+    let b = EtcdLock::connect(&[url], prefix).await.expect("etcd");
     vec![Arc::new(a), Arc::new(b)]
 }
 
