@@ -61,6 +61,26 @@ impl ErrorCode {
         }
     }
 
+    /// Whether the same request may succeed later unchanged: the coordinator's own systems are down for now.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::StoreUnavailable | ErrorCode::LockUnavailable)
+    }
+
+    /// Whether a failed call may be retried as it is: by the coordinator's code where it set one, else by the
+    /// transport's (a coordinator that could not be reached, or a connection dropped under the call).
+    pub fn retry_safe(status: &tonic::Status) -> bool {
+        match ErrorCode::of(status) {
+            Some(code) => code.is_retryable(),
+            None => matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+                    | tonic::Code::DeadlineExceeded
+            ),
+        }
+    }
+
     /// A status with this code in its details.
     pub fn status(self, message: impl Into<String>) -> tonic::Status {
         tonic::Status::with_details(self.grpc(), message, self.as_str().as_bytes().to_vec().into())
@@ -98,5 +118,15 @@ mod tests {
         assert_eq!(ErrorCode::of(&tonic::Status::unavailable("no details")), None);
         let odd = tonic::Status::with_details(tonic::Code::Unavailable, "x", b"not_a_code".to_vec().into());
         assert_eq!(ErrorCode::of(&odd), None);
+    }
+
+    #[test]
+    fn only_a_coordinator_that_is_down_or_unreached_is_worth_retrying() {
+        assert!(ErrorCode::retry_safe(&ErrorCode::StoreUnavailable.status("store down")));
+        assert!(ErrorCode::retry_safe(&ErrorCode::LockUnavailable.status("etcd down")));
+        assert!(!ErrorCode::retry_safe(&ErrorCode::StoreCorrupt.status("bad row")), "retrying will not help");
+        assert!(!ErrorCode::retry_safe(&ErrorCode::InvalidInput.status("bad")));
+        assert!(ErrorCode::retry_safe(&tonic::Status::unavailable("connection refused")), "no coordinator reached");
+        assert!(!ErrorCode::retry_safe(&tonic::Status::permission_denied("not yours")));
     }
 }

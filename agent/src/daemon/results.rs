@@ -1,5 +1,6 @@
 //! Results are held until the coordinator acknowledges them, across reconnections.
 
+use flotilla_proto::errors::ErrorCode;
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::agent_service_client::AgentServiceClient;
 use tonic::transport::Channel;
@@ -14,8 +15,9 @@ pub(super) enum Sent {
     Retry,
 }
 
-/// Sends one held result. The coordinator acknowledges late and repeated results too, so anything but
-/// unavailability means it will never want this one again.
+/// Sends one held result. The coordinator acknowledges late and repeated results too, so anything but a failure
+/// it says is worth retrying (its store or lock service down, or no coordinator reached) means it will never want
+/// this one again.
 pub(super) async fn send_result(
     state: &State,
     client: &mut AgentServiceClient<Channel>,
@@ -28,9 +30,7 @@ pub(super) async fn send_result(
         request.metadata_mut().insert("traceparent", value);
     }
     match client.report_result(request).await {
-        Err(e) if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled) => {
-            Sent::Retry
-        }
+        Err(e) if ErrorCode::retry_safe(&e) => Sent::Retry,
         outcome => {
             if let Err(e) = outcome {
                 warn!(plan_id = %key.0, target = %key.1, error = %e, "the coordinator refused a result; dropping it");
