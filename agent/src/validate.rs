@@ -2,14 +2,14 @@
 //! must equal S0 exactly → up again → it must equal S1. Every mismatch is reported with its diff.
 
 use flotilla_core::schema::{diff, Schema};
-use flotilla_core::{plan, MigrationSet, Request};
+use flotilla_core::{plan, MigrationSet, Request, Version};
 use serde::Serialize;
 
 use crate::executor::{ExecError, Executor};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MigrationCheck {
-    pub version: i64,
+    pub version: Version,
     pub name: String,
     /// Empty when the migration passed.
     pub problems: Vec<String>,
@@ -41,7 +41,7 @@ pub async fn validate(
 ) -> Result<ValidationReport, ExecError> {
     ex.validate(set)?;
     let history = ex.history().await?;
-    let pending: Vec<(i64, String)> =
+    let pending: Vec<(Version, String)> =
         plan::plan(&set.migrations, &history, Request::Up { to: None }, &Default::default())?
             .iter()
             .map(|s| (s.migration.version, s.migration.name.clone()))
@@ -91,7 +91,7 @@ fn compare(check: &mut MigrationCheck, what: &str, expected: &Schema, actual: &S
     }
 }
 
-async fn run_test(test: &TestCommand<'_>, version: i64) -> Result<(), String> {
+async fn run_test(test: &TestCommand<'_>, version: Version) -> Result<(), String> {
     let status = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(test.shell)

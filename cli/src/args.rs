@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use flotilla_core::Version;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,7 +34,7 @@ pub enum Command {
         target: Target,
         /// Stop after this version (default: apply all).
         #[arg(long, value_name = "VERSION")]
-        to: Option<i64>,
+        to: Option<Version>,
         /// Print what would run, in order; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -71,7 +72,7 @@ pub enum Command {
         target: Target,
         /// Every local migration up to and including this one is recorded as applied.
         #[arg(long = "version", value_name = "VERSION")]
-        at: i64,
+        at: Version,
         /// Print what would be recorded; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -216,7 +217,7 @@ pub struct Target {
 pub struct DownTarget {
     /// Roll back every migration newer than this version (0: all).
     #[arg(long, value_name = "VERSION")]
-    pub to: Option<i64>,
+    pub to: Option<Version>,
     /// Roll back the newest N migrations.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub steps: Option<u32>,

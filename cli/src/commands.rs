@@ -5,7 +5,7 @@ use std::time::Duration;
 use flotilla_agent::driver::{default_owner, redact};
 use flotilla_agent::validate::{validate, TestCommand};
 use flotilla_agent::{connect, ConnectOptions, ExecError, Executor, RepairAction};
-use flotilla_core::{read_dir, MigrationSet, PlanOptions, ReadOptions, Request};
+use flotilla_core::{read_dir, MigrationSet, PlanOptions, ReadOptions, Request, Version};
 use serde_json::json;
 
 use crate::args::{CertsCommand, Cli, Command, Target};
@@ -101,7 +101,7 @@ async fn repair(out: Output, target: &Target, action: RepairAction, dry_run: boo
     .await
 }
 
-async fn baseline(out: Output, target: &Target, at: i64, dry_run: bool) -> Code {
+async fn baseline(out: Output, target: &Target, at: Version, dry_run: bool) -> Code {
     with_target(out, target, !dry_run, PlanOptions::default(), |mut ex, set| async move {
         let versions = ex.baseline(&set, at, dry_run).await;
         ex.close().await;

@@ -298,7 +298,7 @@ async fn rollout(
     let status = client.fleet_status(pb::FleetStatusRequest { selector: String::new() }).await?.into_inner().targets;
     if !out.json {
         for r in &status {
-            println!("   {:<14} applied {}", r.target, r.applied_version);
+            println!("   {:<14} applied {}", r.target, r.applied_version.as_deref().unwrap_or("?"));
         }
     }
 

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{Engine, Phase};
+use crate::{Engine, Phase, Version};
 
 /// A database an agent serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,8 +59,8 @@ impl Selector {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "direction", rename_all = "lowercase")]
 pub enum Goal {
-    Up { to: Option<i64> },
-    Down { to: i64 },
+    Up { to: Option<Version> },
+    Down { to: Version },
 }
 
 macro_rules! string_enum {
@@ -297,8 +297,8 @@ pub struct Step {
     /// Where this target goes when it differs from the plan's goal (rollback plans: the version it had before).
     pub goal: Option<Goal>,
     /// The applied version before and after the step, as the agent read them from the history table.
-    pub before: Option<i64>,
-    pub after: Option<i64>,
+    pub before: Option<Version>,
+    pub after: Option<Version>,
     pub updated_at: DateTime<Utc>,
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 
 use crate::reader::{Format, MigrationSet};
-use crate::Engine;
+use crate::{Engine, Version};
 
 /// A naming convention to write in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,11 +82,11 @@ pub fn slug(description: &str) -> Result<String, String> {
 
 /// The next version: the next number where the directory already counts 1, 2, 3 … (keeping its zero padding),
 /// otherwise a `YYYYMMDDHHMMSS` timestamp (bumped past the newest existing version if the clock is behind).
-pub fn next_version(existing: &MigrationSet, now: DateTime<Utc>) -> (i64, usize) {
+pub fn next_version(existing: &MigrationSet, now: DateTime<Utc>) -> (Version, usize) {
     let newest = existing.migrations.last().map(|m| m.version);
-    let timestamp: i64 = now.format("%Y%m%d%H%M%S").to_string().parse().unwrap_or(0);
+    let timestamp: Version = now.format("%Y%m%d%H%M%S").to_string().parse().unwrap_or_default();
     match newest {
-        Some(v) if v < 1_000_000_000 => {
+        Some(v) if v.get() < 1_000_000_000 => {
             let width = existing
                 .migrations
                 .last()
@@ -97,15 +97,15 @@ pub fn next_version(existing: &MigrationSet, now: DateTime<Utc>) -> (i64, usize)
                         .map(|n| n.trim_start_matches(['V', 'U']).chars().take_while(char::is_ascii_digit).count())
                 })
                 .unwrap_or(0);
-            (v + 1, width)
+            (v.next(), width)
         }
-        Some(v) => (timestamp.max(v + 1), 14),
+        Some(v) => (timestamp.max(v.next()), 14),
         None => (timestamp, 14),
     }
 }
 
 /// The files of a new migration.
-pub fn files(req: &Request, version: i64, width: usize) -> Result<Vec<NewFile>, String> {
+pub fn files(req: &Request, version: Version, width: usize) -> Result<Vec<NewFile>, String> {
     let name = slug(req.description)?;
     let v = format!("{version:0width$}");
     let (up, down) = templates(req);
@@ -247,7 +247,7 @@ mod tests {
                 let set = read_dir(dir.path(), &ReadOptions::default()).unwrap();
                 assert_eq!(set.format, Some(format), "{style:?}");
                 let m = &set.migrations[0];
-                assert_eq!((m.version, m.name.as_str()), (20261124071000, "add_status_to_orders"), "{style:?}");
+                assert_eq!((m.version.get(), m.name.as_str()), (20261124071000, "add_status_to_orders"), "{style:?}");
                 assert!(m.down.is_some());
                 // Templates parse for their engine.
                 m.up.statements(m.kind, engine).unwrap();
@@ -261,15 +261,15 @@ mod tests {
         std::fs::write(dir.path().join("000007_a.up.sql"), "SELECT 1;").unwrap();
         std::fs::write(dir.path().join("000007_a.down.sql"), "SELECT 1;").unwrap();
         let set = read_dir(dir.path(), &ReadOptions::default()).unwrap();
-        assert_eq!(next_version(&set, Utc::now()), (8, 6));
+        assert_eq!(next_version(&set, Utc::now()), (Version::from(8u32), 6));
         let req = Request { description: "next", engine: Engine::Postgres, style: Style::Native, destructive: false };
-        assert_eq!(files(&req, 8, 6).unwrap()[0].path, PathBuf::from("000008_next.up.sql"));
+        assert_eq!(files(&req, Version::from(8u32), 6).unwrap()[0].path, PathBuf::from("000008_next.up.sql"));
 
         let future = tempfile::tempdir().unwrap();
         std::fs::write(future.path().join("29991231235959_x.up.sql"), "SELECT 1;").unwrap();
         std::fs::write(future.path().join("29991231235959_x.down.sql"), "SELECT 1;").unwrap();
         let set = read_dir(future.path(), &ReadOptions::default()).unwrap();
-        assert_eq!(next_version(&set, Utc::now()).0, 29991231235960);
+        assert_eq!(next_version(&set, Utc::now()).0.get(), 29991231235960);
     }
 
     #[test]
@@ -277,11 +277,11 @@ mod tests {
         for destructive in [false, true] {
             let dir = tempfile::tempdir().unwrap();
             let req = Request { description: "backfill", engine: Engine::Mongodb, style: Style::Native, destructive };
-            write(dir.path(), &files(&req, 1, 0).unwrap());
+            write(dir.path(), &files(&req, Version::from(1u32), 0).unwrap());
             let set = read_dir(dir.path(), &ReadOptions::default()).unwrap();
             assert_eq!(set.format, Some(Format::Mongo));
         }
         let req = Request { description: "x", engine: Engine::Mongodb, style: Style::Flyway, destructive: false };
-        assert!(files(&req, 1, 0).is_err());
+        assert!(files(&req, Version::from(1u32), 0).is_err());
     }
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::direction::Direction;
 use crate::migration::Checksum;
+use crate::version::Version;
 
 /// Name of the history table (SQL) or collection (MongoDB) in every target database.
 pub const HISTORY_TABLE: &str = "flotilla_schema_history";
@@ -42,7 +43,7 @@ impl RecordState {
 /// One row of a target's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedMigration {
-    pub version: i64,
+    pub version: Version,
     pub name: String,
     pub checksum: Checksum,
     #[serde(flatten)]

@@ -94,14 +94,30 @@ impl Backfill {
 }
 
 impl Script {
-    /// Whether the script holds nothing but blanks (an empty DOWN counts as missing).
+    /// Whether the script holds no statement: only whitespace and comments (`--`, `#`, `//`, `/* … */`), or an
+    /// empty JSON array of commands. Such a script runs as a no-op.
     pub fn is_blank(&self) -> bool {
-        self.text.trim().is_empty()
+        let mut rest = self.text.as_str();
+        let mut code = String::new();
+        while let Some(start) = rest.find("/*") {
+            code.push_str(&rest[..start]);
+            rest = rest[start..].find("*/").map_or("", |end| &rest[start + end + 2..]);
+        }
+        code.push_str(rest);
+        let code: String = code
+            .lines()
+            .map(str::trim)
+            .filter(|l| !(l.is_empty() || l.starts_with("--") || l.starts_with('#') || l.starts_with("//")))
+            .collect();
+        code.is_empty() || code == "[]"
     }
 
     /// Splits the script into statements for `engine`; lines are lines of the script's file.
     pub fn statements(&self, kind: ScriptKind, engine: Engine) -> Result<Vec<Statement>, ReadError> {
         let at = |line: usize| self.first_line + line - 1;
+        if self.is_blank() && (kind == engine.script_kind()) {
+            return Ok(Vec::new());
+        }
         match (kind, engine.sql_dialect()) {
             (ScriptKind::Sql, Some(dialect)) => crate::split::split(&self.text, dialect)
                 .map(|stmts| stmts.into_iter().map(|s| Statement::Sql { text: s.text, line: at(s.line) }).collect())
@@ -232,7 +248,7 @@ fn normalize(text: &str) -> String {
 /// A versioned migration with its UP, optional DOWN, options and checksum.
 #[derive(Debug, Clone)]
 pub struct Migration {
-    pub version: i64,
+    pub version: crate::Version,
     pub name: String,
     pub kind: ScriptKind,
     pub up: Script,

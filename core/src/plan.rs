@@ -9,14 +9,15 @@ use serde::Serialize;
 
 use crate::history::{AppliedMigration, Direction, RecordState};
 use crate::migration::{Checksum, Migration, Phase};
+use crate::version::Version;
 
 /// What the operator asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
     /// Apply pending migrations up to and including `to` (all when `None`).
-    Up { to: Option<i64> },
+    Up { to: Option<Version> },
     /// Roll back applied migrations newer than `to`.
-    DownTo(i64),
+    DownTo(Version),
     /// Roll back the newest `n` applied migrations.
     DownSteps(u32),
     /// Roll back everything applied.
@@ -44,21 +45,21 @@ pub struct Step<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error("migration {version} ({name}) is dirty: {detail}. Run `flotilla repair` to resume it or to mark how it was resolved")]
-    Dirty { version: i64, name: String, detail: String },
+    Dirty { version: Version, name: String, detail: String },
     #[error("migration {version} ({name}) was changed after it was applied: recorded checksum {recorded}, file now {local}. Restore the file, or write a new migration")]
-    ChecksumMismatch { version: i64, name: String, recorded: String, local: String },
+    ChecksumMismatch { version: Version, name: String, recorded: String, local: String },
     #[error("migration {version} ({name}) is applied on the database but missing from the migrations directory")]
-    MissingLocally { version: i64, name: String },
+    MissingLocally { version: Version, name: String },
     #[error("migration {version} ({name}) is pending but older than the newest applied migration {latest}; pass --allow-out-of-order to apply it")]
-    OutOfOrder { version: i64, name: String, latest: i64 },
+    OutOfOrder { version: Version, name: String, latest: Version },
     #[error("migration {version} ({name}) has no DOWN, so it cannot be rolled back")]
-    NoDown { version: i64, name: String },
+    NoDown { version: Version, name: String },
     #[error("migration {version} ({name}) was recorded by `baseline`, not run, so Flotilla will not roll it back")]
-    BelowBaseline { version: i64, name: String },
+    BelowBaseline { version: Version, name: String },
     #[error("contract is refused: migration {version} ({name}) comes first and is not a contract step; finish expand first (`up --phase expand`)")]
-    ExpandNotFinished { version: i64, name: String },
+    ExpandNotFinished { version: Version, name: String },
     #[error("version {0} is not a migration in the directory")]
-    UnknownVersion(i64),
+    UnknownVersion(Version),
 }
 
 /// Refuses a target whose history is dirty, or does not match the local files.
@@ -96,7 +97,7 @@ pub fn plan<'a>(
     options: &PlanOptions,
 ) -> Result<Vec<Step<'a>>, PlanError> {
     verify(local, history, options)?;
-    let applied: BTreeMap<i64, &AppliedMigration> = history.iter().map(|h| (h.version, h)).collect();
+    let applied: BTreeMap<Version, &AppliedMigration> = history.iter().map(|h| (h.version, h)).collect();
     match request {
         Request::Up { to } => {
             if let Some(to) = to {
@@ -115,7 +116,7 @@ pub fn plan<'a>(
             limit_to_phase(steps, options.phase)
         }
         Request::DownTo(to) => {
-            if to != 0 && find(local, to).is_none() && !applied.contains_key(&to) {
+            if !to.is_zero() && find(local, to).is_none() && !applied.contains_key(&to) {
                 return Err(PlanError::UnknownVersion(to));
             }
             down_steps(local, applied.values().rev().take_while(|h| h.version > to))
@@ -160,7 +161,7 @@ fn down_steps<'a, 'h>(
     Ok(steps)
 }
 
-fn find(local: &[Migration], version: i64) -> Option<&Migration> {
+fn find(local: &[Migration], version: Version) -> Option<&Migration> {
     local.binary_search_by_key(&version, |m| m.version).ok().map(|i| &local[i])
 }
 
@@ -182,7 +183,7 @@ pub fn describe_dirty(state: &RecordState) -> String {
 /// One line of `flotilla status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusRow {
-    pub version: i64,
+    pub version: Version,
     pub name: String,
     /// `pending`, `applied`, `baseline`, `dirty`, `changed` (checksum mismatch) or `missing` (no local file).
     pub status: &'static str,
@@ -193,7 +194,7 @@ pub struct StatusRow {
 
 /// Every version known locally or on the target, in order, with its status.
 pub fn status(local: &[Migration], history: &[AppliedMigration]) -> Vec<StatusRow> {
-    let mut rows: BTreeMap<i64, StatusRow> = local
+    let mut rows: BTreeMap<Version, StatusRow> = local
         .iter()
         .map(|m| {
             let row = StatusRow {
@@ -244,7 +245,8 @@ mod tests {
     use crate::migration::{MigrationOptions, Script, ScriptKind};
     use std::path::PathBuf;
 
-    fn mig(version: i64, down: bool) -> Migration {
+    fn mig(version: u64, down: bool) -> Migration {
+        let version = Version::from(version);
         let script = |t: &str| Script {
             path: PathBuf::from(format!("{version}.sql")),
             first_line: 1,
@@ -265,6 +267,10 @@ mod tests {
         }
     }
 
+    fn v(n: u64) -> Version {
+        Version::from(n)
+    }
+
     fn applied(m: &Migration, state: RecordState) -> AppliedMigration {
         AppliedMigration {
             version: m.version,
@@ -278,8 +284,8 @@ mod tests {
         }
     }
 
-    fn versions(steps: &[Step]) -> Vec<(i64, Direction)> {
-        steps.iter().map(|s| (s.migration.version, s.direction)).collect()
+    fn versions(steps: &[Step]) -> Vec<(u128, Direction)> {
+        steps.iter().map(|s| (s.migration.version.get(), s.direction)).collect()
     }
 
     #[test]
@@ -288,11 +294,11 @@ mod tests {
         let history = vec![applied(&local[0], RecordState::Applied)];
         let all = plan(&local, &history, Request::Up { to: None }, &PlanOptions::default()).unwrap();
         assert_eq!(versions(&all), [(2, Direction::Up), (3, Direction::Up)]);
-        let to2 = plan(&local, &history, Request::Up { to: Some(2) }, &PlanOptions::default()).unwrap();
+        let to2 = plan(&local, &history, Request::Up { to: Some(v(2)) }, &PlanOptions::default()).unwrap();
         assert_eq!(versions(&to2), [(2, Direction::Up)]);
         assert_eq!(
-            plan(&local, &history, Request::Up { to: Some(9) }, &PlanOptions::default()).unwrap_err(),
-            PlanError::UnknownVersion(9)
+            plan(&local, &history, Request::Up { to: Some(v(9)) }, &PlanOptions::default()).unwrap_err(),
+            PlanError::UnknownVersion(v(9))
         );
     }
 
@@ -302,13 +308,13 @@ mod tests {
         let history: Vec<_> = local.iter().map(|m| applied(m, RecordState::Applied)).collect();
         let o = PlanOptions::default();
         assert_eq!(
-            versions(&plan(&local, &history, Request::DownTo(1), &o).unwrap()),
+            versions(&plan(&local, &history, Request::DownTo(v(1)), &o).unwrap()),
             [(3, Direction::Down), (2, Direction::Down)]
         );
         assert_eq!(versions(&plan(&local, &history, Request::DownSteps(1), &o).unwrap()), [(3, Direction::Down)]);
         assert_eq!(plan(&local, &history, Request::DownAll, &o).unwrap().len(), 3);
-        assert_eq!(plan(&local, &history, Request::DownTo(0), &o).unwrap().len(), 3);
-        assert!(plan(&local, &history, Request::DownTo(3), &o).unwrap().is_empty());
+        assert_eq!(plan(&local, &history, Request::DownTo(v(0)), &o).unwrap().len(), 3);
+        assert!(plan(&local, &history, Request::DownTo(v(3)), &o).unwrap().is_empty());
     }
 
     #[test]
@@ -320,18 +326,18 @@ mod tests {
         h.checksum = Checksum("0".repeat(64));
         assert!(matches!(
             plan(&local, &[h], Request::Up { to: None }, &o),
-            Err(PlanError::ChecksumMismatch { version: 1, .. })
+            Err(PlanError::ChecksumMismatch { version, .. }) if version == v(1)
         ));
         // Missing locally, unless ignored.
         let gone = applied(&mig(7, true), RecordState::Applied);
         assert!(matches!(
             plan(&local, std::slice::from_ref(&gone), Request::Up { to: None }, &o),
-            Err(PlanError::MissingLocally { version: 7, .. })
+            Err(PlanError::MissingLocally { version, .. }) if version == v(7)
         ));
         let ignore = PlanOptions { ignore_missing: true, ..Default::default() };
         assert!(matches!(
             plan(&local, &[gone], Request::Up { to: None }, &ignore),
-            Err(PlanError::OutOfOrder { latest: 7, .. })
+            Err(PlanError::OutOfOrder { latest, .. }) if latest == v(7)
         ));
         // Dirty.
         let dirty = applied(
@@ -349,15 +355,19 @@ mod tests {
         let h3 = applied(&local[2], RecordState::Applied);
         assert!(matches!(
             plan(&local, std::slice::from_ref(&h3), Request::Up { to: None }, &o),
-            Err(PlanError::OutOfOrder { version: 1, latest: 3, .. })
+            Err(PlanError::OutOfOrder { version, latest, .. }) if version == v(1) && latest == v(3)
         ));
         let ooo = PlanOptions { allow_out_of_order: true, ..Default::default() };
         assert_eq!(plan(&local, &[h3], Request::Up { to: None }, &ooo).unwrap().len(), 2);
         // No DOWN; baseline.
         let h: Vec<_> = local[..2].iter().map(|m| applied(m, RecordState::Applied)).collect();
-        assert!(matches!(plan(&local, &h, Request::DownAll, &o), Err(PlanError::NoDown { version: 2, .. })));
+        assert!(
+            matches!(plan(&local, &h, Request::DownAll, &o), Err(PlanError::NoDown { version, .. }) if version == v(2))
+        );
         let b = vec![applied(&local[0], RecordState::Baseline)];
-        assert!(matches!(plan(&local, &b, Request::DownAll, &o), Err(PlanError::BelowBaseline { version: 1, .. })));
+        assert!(
+            matches!(plan(&local, &b, Request::DownAll, &o), Err(PlanError::BelowBaseline { version, .. }) if version == v(1))
+        );
     }
 
     #[test]
@@ -374,7 +384,7 @@ mod tests {
         );
         assert!(matches!(
             plan(&local, &[], up, &with(Phase::Contract)),
-            Err(PlanError::ExpandNotFinished { version: 1, .. })
+            Err(PlanError::ExpandNotFinished { version, .. }) if version == v(1)
         ));
         let expanded: Vec<_> = local[..2].iter().map(|m| applied(m, RecordState::Applied)).collect();
         assert_eq!(
@@ -393,7 +403,7 @@ mod tests {
             &local,
             &[applied(&local[0], RecordState::Baseline), changed, applied(&mig(5, true), RecordState::Applied)],
         );
-        let s: Vec<_> = rows.iter().map(|r| (r.version, r.status)).collect();
+        let s: Vec<_> = rows.iter().map(|r| (r.version.get(), r.status)).collect();
         assert_eq!(s, [(1, "baseline"), (2, "changed"), (5, "missing")]);
         assert_eq!(status(&local, &[])[0].status, "pending");
     }

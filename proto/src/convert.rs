@@ -4,7 +4,7 @@
 //! required, is a [`ConvertError`] naming the field, never a default.
 
 use flotilla_core::fleet::{EventKind, Goal, OnFailure, PlanState, StepState};
-use flotilla_core::{Direction, Engine, Phase};
+use flotilla_core::{Direction, Engine, Phase, Version};
 
 use crate::v1 as pb;
 
@@ -130,24 +130,32 @@ impl From<OnFailure> for pb::strategy::OnFailure {
 impl From<Goal> for pb::Goal {
     fn from(goal: Goal) -> Self {
         let (direction, version) = match goal {
-            Goal::Up { to } => (Direction::Up, to.unwrap_or(0)),
+            Goal::Up { to } => (Direction::Up, to.unwrap_or(Version::ZERO)),
             Goal::Down { to } => (Direction::Down, to),
         };
-        pb::Goal { direction: pb::Direction::from(direction) as i32, version }
+        pb::Goal { direction: pb::Direction::from(direction) as i32, version: version.to_string() }
     }
 }
 
-/// A goal: required, its direction known and its version not negative (0 up: everything pending; 0 down: all).
+/// A goal: required, its direction known and its version a version (0 or empty up: everything pending; 0 down:
+/// everything).
 pub fn goal(goal: Option<pb::Goal>) -> Result<Goal, ConvertError> {
     let goal = goal.ok_or(ConvertError::Missing { field: "goal" })?;
-    if goal.version < 0 {
-        let reason = format!("version {} is negative", goal.version);
-        return Err(ConvertError::Invalid { field: "goal", reason });
-    }
+    let to = if goal.version.is_empty() { Version::ZERO } else { version("goal", &goal.version)? };
     Ok(match direction(goal.direction)? {
-        Direction::Up => Goal::Up { to: (goal.version > 0).then_some(goal.version) },
-        Direction::Down => Goal::Down { to: goal.version },
+        Direction::Up => Goal::Up { to: (!to.is_zero()).then_some(to) },
+        Direction::Down => Goal::Down { to },
     })
+}
+
+/// A version on the wire: a string of up to 38 digits.
+pub fn version(field: &'static str, text: &str) -> Result<Version, ConvertError> {
+    text.parse().map_err(|reason| ConvertError::Invalid { field, reason })
+}
+
+/// A version that may be absent (unknown).
+pub fn optional_version(field: &'static str, text: Option<&str>) -> Result<Option<Version>, ConvertError> {
+    text.map(|t| version(field, t)).transpose()
 }
 
 #[cfg(test)]
@@ -222,15 +230,29 @@ mod tests {
 
     #[test]
     fn goals_round_trip_and_bad_ones_are_refused() {
-        for g in [Goal::Up { to: None }, Goal::Up { to: Some(7) }, Goal::Down { to: 0 }, Goal::Down { to: 3 }] {
+        let long: Version = "20240115093000000001".parse().unwrap();
+        let v = |n: u32| Version::from(n);
+        for g in [
+            Goal::Up { to: None },
+            Goal::Up { to: Some(v(7)) },
+            Goal::Up { to: Some(long) },
+            Goal::Down { to: v(0) },
+            Goal::Down { to: long },
+        ] {
             assert_eq!(goal(Some(g.into())), Ok(g));
         }
+        assert_eq!(
+            goal(Some(pb::Goal { direction: pb::Direction::Up as i32, version: String::new() })),
+            Ok(Goal::Up { to: None })
+        );
         assert_eq!(goal(None), Err(ConvertError::Missing { field: "goal" }));
-        let negative = pb::Goal { direction: pb::Direction::Up as i32, version: -1 };
-        assert!(matches!(goal(Some(negative)), Err(ConvertError::Invalid { .. })));
-        let unknown = pb::Goal { direction: UNKNOWN, version: 1 };
+        for bad in ["-1", "1.5", "x", &"9".repeat(39)] {
+            let bad = pb::Goal { direction: pb::Direction::Up as i32, version: bad.to_string() };
+            assert!(matches!(goal(Some(bad)), Err(ConvertError::Invalid { field: "goal", .. })));
+        }
+        let unknown = pb::Goal { direction: UNKNOWN, version: "1".into() };
         assert!(matches!(goal(Some(unknown)), Err(ConvertError::Unknown { field: "direction", .. })));
-        let unspecified = pb::Goal { direction: 0, version: 1 };
+        let unspecified = pb::Goal { direction: 0, version: "1".into() };
         assert!(matches!(goal(Some(unspecified)), Err(ConvertError::Missing { field: "direction" })));
     }
 }

@@ -28,7 +28,7 @@ mod tests {
             target: "db-a".into(),
             bundle_id: "ab".repeat(32),
             bundle: br#"{"migrations": []}"#.to_vec(),
-            goal: Some(Goal { direction: super::v1::Direction::Up as i32, version: 7 }),
+            goal: Some(Goal { direction: super::v1::Direction::Up as i32, version: "20240115093000000001".into() }),
             fencing_token: 42,
             wave: 1,
             trace: None,

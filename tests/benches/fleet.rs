@@ -72,7 +72,7 @@ async fn bare(dbs: &[TestDb]) -> Duration {
 async fn executor_only(dbs: &[TestDb], dir: &std::path::Path) -> Duration {
     let set = flotilla_core::read_dir(dir, &Default::default()).expect("read");
     // First contact, untimed, like the fleet run: version 1 creates each history table.
-    executors(dbs, &set, flotilla_core::Request::Up { to: Some(1) }).await;
+    executors(dbs, &set, flotilla_core::Request::Up { to: Some(flotilla_core::Version::from(1u32)) }).await;
     let started = Instant::now();
     executors(dbs, &set, flotilla_core::Request::Up { to: None }).await;
     started.elapsed()
@@ -191,12 +191,12 @@ async fn fleet(dbs: &[TestDb], dir: &std::path::Path) -> Duration {
 }
 
 /// Submits a plan up to `to` (0: all) and waits for its end.
-async fn rollout(client: &mut OperatorServiceClient<tonic::transport::Channel>, bundle: &[u8], to: i64, n: usize) {
+async fn rollout(client: &mut OperatorServiceClient<tonic::transport::Channel>, bundle: &[u8], to: u64, n: usize) {
     let plan = client
         .submit_plan(pb::SubmitPlanRequest {
             bundle: bundle.to_vec(),
             selector: "env=bench".into(),
-            goal: Some(pb::Goal { direction: pb::Direction::Up as i32, version: to }),
+            goal: Some(pb::Goal { direction: pb::Direction::Up as i32, version: to.to_string() }),
             strategy: Some(pb::Strategy {
                 waves: vec!["100%".into()],
                 max_parallel: PARALLEL as u32,

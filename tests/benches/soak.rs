@@ -267,7 +267,7 @@ async fn main() {
     let (mut double, mut lost, mut dirty, mut at_top) = (0usize, 0usize, 0usize, 0usize);
     for db in &dbs {
         let history = db.history().await;
-        let applied: Vec<i64> = history.iter().filter(|(_, s, _)| s != "dirty").map(|(v, _, _)| *v).collect();
+        let applied: Vec<u128> = history.iter().filter(|(_, s, _)| s != "dirty").map(|(v, _, _)| *v).collect();
         let is_dirty = history.iter().any(|(_, s, _)| s == "dirty");
         let mut found = rows(db).await;
         found.sort();
@@ -278,7 +278,7 @@ async fn main() {
         }
         if is_dirty {
             dirty += 1;
-        } else if once != applied {
+        } else if once.iter().map(|v| *v as u128).collect::<Vec<_>>() != applied {
             lost += 1;
         }
         if applied == [1, 2, 3] {

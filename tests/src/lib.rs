@@ -247,8 +247,8 @@ impl TestDb {
         out
     }
 
-    /// Rows in the history table, read directly: (version, state, statements_done).
-    pub async fn history(&self) -> Vec<(i64, String, i64)> {
+    /// Rows in the history table, read directly, by version: (version, state, statements_done).
+    pub async fn history(&self) -> Vec<(u128, String, i64)> {
         match self.engine {
             Mongodb => {
                 let coll = self.mongo().await.collection::<bson::Document>("flotilla_schema_history");
@@ -260,25 +260,45 @@ impl TestDb {
                     .try_collect()
                     .await
                     .expect("find");
-                docs.iter()
+                let mut rows: Vec<(u128, String, i64)> = docs
+                    .iter()
                     .map(|d| {
+                        let version = match d.get("_id").expect("_id") {
+                            bson::Bson::Int64(n) => u128::try_from(*n).expect("version"),
+                            bson::Bson::String(text) => text.parse().expect("version"),
+                            other => panic!("history _id {other}"),
+                        };
                         (
-                            d.get_i64("_id").expect("_id"),
+                            version,
                             d.get_str("state").expect("state").to_string(),
                             d.get_i64("statements_done").expect("done"),
                         )
                     })
-                    .collect()
+                    .collect();
+                rows.sort();
+                rows
             }
             _ => {
                 let mut conn = self.sql().await;
+                let version = match self.engine {
+                    Postgres => "version::text",
+                    Mysql => "CAST(version AS CHAR)",
+                    _ => "CAST(version AS TEXT)",
+                };
                 let rows =
-                    sqlx::query("SELECT version, state, statements_done FROM flotilla_schema_history ORDER BY version")
+                    sqlx::query(&format!("SELECT {version}, state, statements_done FROM flotilla_schema_history"))
                         .fetch_all(&mut conn)
                         .await;
                 let _ = conn.close().await;
                 match rows {
-                    Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect(),
+                    Ok(rows) => {
+                        let mut rows: Vec<(u128, String, i64)> = rows
+                            .iter()
+                            .map(|r| (r.get::<String, _>(0).parse().expect("version"), r.get(1), r.get(2)))
+                            .collect();
+                        rows.sort();
+                        rows
+                    }
                     Err(e) if e.to_string().contains("exist") || e.to_string().contains("no such table") => Vec::new(),
                     Err(e) => panic!("history: {e}"),
                 }
@@ -557,4 +577,9 @@ pub fn pending_step(plan_id: &str, target: &str, wave: u32) -> flotilla_core::fl
         after: None,
         updated_at: chrono::Utc::now(),
     }
+}
+
+/// A version, for tests that count 1, 2, 3 …
+pub fn v(n: u64) -> flotilla_core::Version {
+    flotilla_core::Version::from(n)
 }

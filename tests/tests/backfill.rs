@@ -76,7 +76,7 @@ async fn killed_backfill_resumes_and_updates_each_row_once(engine: Engine) {
     assert!(db.history().await.is_empty());
 }
 
-async fn versions(db: &TestDb) -> Vec<(i64, String)> {
+async fn versions(db: &TestDb) -> Vec<(u128, String)> {
     db.history().await.into_iter().map(|(v, s, _)| (v, s)).collect()
 }
 

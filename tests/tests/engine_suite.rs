@@ -31,7 +31,7 @@ fn three(engine: Engine) -> Dir {
     dir
 }
 
-fn versions(db_history: &[(i64, String, i64)]) -> Vec<(i64, &str)> {
+fn versions(db_history: &[(u128, String, i64)]) -> Vec<(u128, &str)> {
     db_history.iter().map(|(v, s, _)| (*v, s.as_str())).collect()
 }
 
@@ -463,7 +463,7 @@ async fn a_lower_fencing_token_changes_nothing(engine: Engine) {
             result
         }
     };
-    let up = |to| Request::Up { to: Some(to) };
+    let up = |to| Request::Up { to: Some(flotilla_tests::v(to)) };
     run(5, up(1)).await.expect("token 5");
     let refused = run(3, up(2)).await.expect_err("token 3 is below 5");
     assert!(refused.to_string().contains("fencing token 3 is lower"), "{refused}");
@@ -471,6 +471,6 @@ async fn a_lower_fencing_token_changes_nothing(engine: Engine) {
     run(3, up(1)).await.expect("nothing to write: no fence needed");
     run(5, up(2)).await.expect("the same token again (a re-sent assignment)");
     run(9, up(3)).await.expect("a higher token");
-    assert!(run(7, Request::DownTo(1)).await.is_err(), "7 is below 9 now: a DOWN is refused too");
+    assert!(run(7, Request::DownTo(flotilla_tests::v(1))).await.is_err(), "7 is below 9 now: a DOWN is refused too");
     assert_eq!(versions(&db.history().await), [(1, "applied"), (2, "applied"), (3, "applied")]);
 }

@@ -12,7 +12,7 @@ use flotilla_tests::proxy::{Fault, Proxy};
 use flotilla_tests::servers::{Kind, Server};
 use flotilla_tests::*;
 
-fn versions(history: &[(i64, String, i64)]) -> Vec<i64> {
+fn versions(history: &[(u128, String, i64)]) -> Vec<u128> {
     history.iter().map(|(v, _, _)| *v).collect()
 }
 
@@ -120,7 +120,7 @@ async fn one_target_at_v1(dir: &Dir, lease_ttl: u64, via: Option<&Proxy>) -> (Fl
 
 /// After everything: the history is `expected`, migration 2 ran at most once, and a rollback of `plan` takes the
 /// target back to version 1, where the plan found it (never below).
-async fn ran_once_and_rolls_back_to_where_it_was(fleet: &Fleet, db: &TestDb, plan: &str, expected: &[i64]) {
+async fn ran_once_and_rolls_back_to_where_it_was(fleet: &Fleet, db: &TestDb, plan: &str, expected: &[u128]) {
     assert_eq!(versions(&db.history().await), expected);
     if expected.contains(&2) {
         assert_eq!(db.count("runs").await, 1, "migration 2 committed exactly once");
@@ -276,10 +276,20 @@ async fn oversized_and_malformed_rpcs_get_a_clear_status_and_change_nothing() {
         plan_id: "no-such-plan".into(),
         target: "sq-01".into(),
         kind,
+        version: "1".into(),
+        version_before: "0".into(),
+        direction: pb::Direction::Up as i32,
         ..Default::default()
     };
     let stream = |kind: i32| tokio_stream::iter(vec![progress(kind)]);
     refused(agent.report_progress(stream(pb::EventKind::StepStarted as i32)).await, Code::NotFound, "has no step");
+    let mut unknown_before = progress(pb::EventKind::StepStarted as i32);
+    unknown_before.version_before = String::new();
+    refused(
+        agent.report_progress(tokio_stream::iter(vec![unknown_before])).await,
+        Code::InvalidArgument,
+        "version_before: version `` is not a string of digits",
+    );
     refused(
         agent.report_progress(stream(999)).await,
         Code::InvalidArgument,
@@ -306,7 +316,7 @@ async fn oversized_and_malformed_rpcs_get_a_clear_status_and_change_nothing() {
         bundle,
         selector: selector.into(),
         strategy: Some(pb::Strategy { waves: vec!["100%".into()], max_parallel: 1, ..Default::default() }),
-        goal: Some(pb::Goal { direction: pb::Direction::Up as i32, version: 0 }),
+        goal: Some(pb::Goal { direction: pb::Direction::Up as i32, version: "0".into() }),
         ..Default::default()
     };
     let good = br#"{"sets": {"sqlite": {"000001_a.up.sql": "CREATE TABLE a (id INT);", "000001_a.down.sql": "DROP TABLE a;"}}}"#;

@@ -50,7 +50,7 @@ async fn databases(engine: Engine, n: usize) -> Vec<TestDb> {
     futures_util::future::join_all((0..n).map(|_| TestDb::new(engine))).await
 }
 
-fn versions(history: &[(i64, String, i64)]) -> Vec<i64> {
+fn versions(history: &[(u128, String, i64)]) -> Vec<u128> {
     history.iter().map(|(v, _, _)| *v).collect()
 }
 

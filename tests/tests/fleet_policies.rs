@@ -34,7 +34,7 @@ fn two_tables() -> Dir {
     dir
 }
 
-fn versions(history: &[(i64, String, i64)]) -> Vec<i64> {
+fn versions(history: &[(u128, String, i64)]) -> Vec<u128> {
     history.iter().map(|(v, _, _)| *v).collect()
 }
 
@@ -322,8 +322,8 @@ async fn a_rollback_left_undone_by_a_previous_coordinator_is_created_at_start() 
         updated_at: now,
     };
     let steps = [
-        step("a", StepState::Succeeded, Some(3)),
-        step("b", StepState::Failed, Some(0)),
+        step("a", StepState::Succeeded, Some(v(3))),
+        step("b", StepState::Failed, Some(v(0))),
         step("c", StepState::Skipped, None),
     ];
     flotilla_coordinator::Store::create_plan(store.as_ref(), &plan, &steps).await.expect("create");
@@ -336,5 +336,5 @@ async fn a_rollback_left_undone_by_a_previous_coordinator_is_created_at_start() 
     assert_eq!(rollbacks.len(), 1, "created once: {plans:#?}");
     let rb_steps = flotilla_coordinator::Store::steps(store.as_ref(), &rollbacks[0].id).await.expect("steps");
     let goals: Vec<_> = rb_steps.iter().map(|s| (s.target.as_str(), s.goal)).collect();
-    assert_eq!(goals, vec![("a", Some(Goal::Down { to: 3 })), ("b", Some(Goal::Down { to: 0 }))]);
+    assert_eq!(goals, vec![("a", Some(Goal::Down { to: v(3) })), ("b", Some(Goal::Down { to: v(0) }))]);
 }

@@ -41,7 +41,7 @@ fn plan(id: &str) -> Plan {
         id: id.into(),
         bundle: "b".repeat(64),
         selector: "env=prod".parse().expect("selector"),
-        goal: Goal::Up { to: Some(3) },
+        goal: Goal::Up { to: Some(v(3)) },
         strategy: Strategy {
             waves: ["1", "50%", "100%"].iter().map(|w| w.parse().expect("wave")).collect(),
             max_parallel: 4,
@@ -190,7 +190,7 @@ async fn approvals_versions_and_tokens(engine: Engine) {
     let store = SqlStore::open(&db.url).await.expect("open");
     assert_eq!(store.max_token().await.expect("max token"), 0);
     let mut rollback = step("p1", "db-b", 2);
-    rollback.goal = Some(Goal::Down { to: 7 });
+    rollback.goal = Some(Goal::Down { to: v(7) });
     store.create_plan(&plan("p1"), &[step("p1", "db-a", 1), rollback]).await.expect("create");
 
     // Approval only from awaiting_approval, and only forward.
@@ -204,15 +204,15 @@ async fn approvals_versions_and_tokens(engine: Engine) {
     assert!(!store.approve_wave("p1", 2).await.expect("approve"), "wave 2 was approved already");
 
     let b = store.step("p1", "db-b").await.expect("step").expect("exists");
-    assert_eq!(b.goal, Some(Goal::Down { to: 7 }), "a step's own goal round-trips");
+    assert_eq!(b.goal, Some(Goal::Down { to: v(7) }), "a step's own goal round-trips");
     assert!(store.step("p1", "db-z").await.expect("step").is_none());
 
     // Started and finished only under the step's current token; the first `before` sticks.
     let assign = |token| store.set_step_state("p1", "db-a", StepState::Pending, StepState::Assigned, Some(token), None);
     assert!(assign(40).await.expect("assign"));
-    assert!(!store.start_step("p1", "db-a", 39, Some(1)).await.expect("start"), "an older token starts nothing");
-    assert!(store.start_step("p1", "db-a", 40, Some(3)).await.expect("start"));
-    assert!(!store.start_step("p1", "db-a", 40, Some(3)).await.expect("start"), "started once");
+    assert!(!store.start_step("p1", "db-a", 39, Some(v(1))).await.expect("start"), "an older token starts nothing");
+    assert!(store.start_step("p1", "db-a", 40, Some(v(3))).await.expect("start"));
+    assert!(!store.start_step("p1", "db-a", 40, Some(v(3))).await.expect("start"), "started once");
     // Reconciled and re-dispatched under a newer token: the first run's result must not finish the new run.
     assert!(store
         .set_step_state("p1", "db-a", StepState::Running, StepState::Pending, Some(40), None)
@@ -230,11 +230,11 @@ async fn approvals_versions_and_tokens(engine: Engine) {
         detail: serde_json::json!({ "applied_version": after }),
     };
     let events = store.events_after("p1", 0).await.expect("events").len();
-    assert!(store.finish_step(&finish(40, Some(5), Some(9))).await.expect("finish").is_none(), "stale token");
+    assert!(store.finish_step(&finish(40, Some(v(5)), Some(v(9)))).await.expect("finish").is_none(), "stale token");
     assert_eq!(store.events_after("p1", 0).await.expect("events").len(), events, "a stale result writes nothing");
-    let done = store.finish_step(&finish(41, Some(5), Some(9))).await.expect("finish").expect("finished");
-    assert_eq!((done.state, done.before, done.after), (StepState::Succeeded, Some(3), Some(9)));
-    assert!(store.finish_step(&finish(41, Some(5), Some(9))).await.expect("finish").is_none(), "repeated");
+    let done = store.finish_step(&finish(41, Some(v(5)), Some(v(9)))).await.expect("finish").expect("finished");
+    assert_eq!((done.state, done.before, done.after), (StepState::Succeeded, Some(v(3)), Some(v(9))));
+    assert!(store.finish_step(&finish(41, Some(v(5)), Some(v(9)))).await.expect("finish").is_none(), "repeated");
     let written = store.events_after("p1", 0).await.expect("events");
     assert_eq!(written.len(), events + 1, "the result and its event are one fact");
     let last = written.last().expect("event");
@@ -333,17 +333,17 @@ async fn lists_and_fleet_status_in_one_query_each(engine: Engine) {
                 token: 1,
                 state,
                 error: None,
-                before: Some(0),
+                before: Some(v(0)),
                 after: Some(after),
                 detail: serde_json::json!({}),
             };
             store.finish_step(&done).await.expect("finish").expect("finished");
         }
     };
-    finish("p1", "db-a", StepState::Succeeded, 3).await;
-    finish("p1", "db-b", StepState::Succeeded, 3).await;
-    finish("p2", "db-a", StepState::Succeeded, 5).await;
-    finish("p2", "db-b", StepState::Failed, 3).await;
+    finish("p1", "db-a", StepState::Succeeded, v(3)).await;
+    finish("p1", "db-b", StepState::Succeeded, v(3)).await;
+    finish("p2", "db-a", StepState::Succeeded, v(5)).await;
+    finish("p2", "db-b", StepState::Failed, v(3)).await;
 
     let counts = store.all_step_counts().await.expect("counts");
     let total = |plan: &str, state| counts[plan].iter().filter(|c| c.state == state).map(|c| c.count).sum::<u64>();
@@ -352,11 +352,11 @@ async fn lists_and_fleet_status_in_one_query_each(engine: Engine) {
     assert_eq!(counts.len(), 2);
 
     let last = store.last_succeeded_steps().await.expect("last");
-    let seen: Vec<(&str, &str, &str, Option<i64>)> =
+    let seen: Vec<(&str, &str, &str, Option<flotilla_core::Version>)> =
         last.iter().map(|(b, s)| (s.target.as_str(), s.plan_id.as_str(), &b[..1], s.after)).collect();
     assert_eq!(
         seen,
-        [("db-a", "p2", "c", Some(5)), ("db-b", "p1", "b", Some(3))],
+        [("db-a", "p2", "c", Some(v(5))), ("db-b", "p1", "b", Some(v(3)))],
         "the newer plan wins where it succeeded; a failed step does not count; db-c never succeeded"
     );
 }
@@ -375,17 +375,29 @@ async fn the_schema_is_versioned_old_stores_are_adopted_and_newer_ones_refused(e
     let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
     sqlx::raw_sql(&initial).execute(&mut conn).await.expect("old-style schema");
     sqlx::query("INSERT INTO bundles (id, body) VALUES ('old', '{}')").execute(&mut conn).await.expect("row");
+    // A step with 64-bit versions, as the first release wrote them.
+    sqlx::query(
+        "INSERT INTO steps (plan_id, target, wave, state, token, error, goal, version_before, version_after, updated_at)
+         VALUES ('p-old', 'db-a', 1, 'succeeded', 3, NULL, NULL, 5, 7, '2026-12-01T00:00:00Z')",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("step row");
     conn.close().await.expect("close");
 
     let store = SqlStore::open(&db.url).await.expect("an old store is adopted");
     assert_eq!(store.bundle("old").await.expect("bundle").as_deref(), Some("{}"), "its rows are kept");
+    let step = store.step("p-old", "db-a").await.expect("step").expect("the step is kept");
+    assert_eq!((step.before, step.after, step.token), (Some(v(5)), Some(v(7)), Some(3)), "its versions too");
+    let long: flotilla_core::Version = "20240115093000000001".parse().expect("version");
+    assert!(store.start_step("p-old", "db-a", 3, Some(long)).await.is_ok());
     drop(store);
     let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
     let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
         .fetch_all(&mut conn)
         .await
         .expect("versions");
-    assert_eq!(versions, [20261201000001]);
+    assert_eq!(versions, [20261201000001, 20261202000001], "every migration ran, in order");
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time)
          SELECT 29991231000000, 'from a newer release', installed_on, success, checksum, execution_time

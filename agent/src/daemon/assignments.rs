@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use flotilla_core::bundle::Bundle;
 use flotilla_core::fleet::{EventKind, Goal};
-use flotilla_core::{MigrationSet, PlanOptions, ReadOptions, Request};
+use flotilla_core::{MigrationSet, PlanOptions, ReadOptions, Request, Version};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::agent_service_client::AgentServiceClient;
 use flotilla_proto::{convert, telemetry};
@@ -92,9 +92,9 @@ async fn report(
         fencing_token: a.fencing_token,
         succeeded: error.is_none() && versions.is_ok(),
         error: error.or(versions.err()).unwrap_or_default(),
-        applied_version: applied,
+        applied_version: applied.map(|v| v.to_string()),
         dirty,
-        version_before: before,
+        version_before: before.map(|v| v.to_string()),
         agent_id: state.config.name.clone(),
     };
     // The result is held until the coordinator acknowledges it: retried here for a while, then sent again
@@ -117,7 +117,7 @@ async fn report(
 /// What running a step found and left.
 pub(super) struct StepRun {
     /// Applied version before the step; `None` if the step failed before it could read the history.
-    before: Option<i64>,
+    before: Option<Version>,
     error: Option<String>,
     /// Applied version and dirtiness after, read on the step's connection (`None` if it never connected).
     after: Option<Versions>,
@@ -131,7 +131,7 @@ pub(super) async fn execute(
     progress: &mpsc::UnboundedSender<pb::ProgressEvent>,
 ) -> StepRun {
     let failed = |e: String| StepRun { before: None, error: Some(e), after: None };
-    let (phase, goal) = match (convert::phase(a.phase), convert::goal(a.goal)) {
+    let (phase, goal) = match (convert::phase(a.phase), convert::goal(a.goal.clone())) {
         (Ok(phase), Ok(goal)) => (phase, goal),
         (Err(e), _) | (_, Err(e)) => return failed(format!("the assignment does not convert: {e}")),
     };
@@ -165,7 +165,7 @@ pub(super) async fn execute(
     };
     let _ = progress.send(pb::ProgressEvent {
         kind: pb::EventKind::from(EventKind::StepStarted) as i32,
-        version_before: before,
+        version_before: before.to_string(),
         ..base.clone()
     });
     let result = if a.validate {
@@ -190,7 +190,7 @@ pub(super) async fn execute(
 fn progress_sink(base: pb::ProgressEvent, progress: mpsc::UnboundedSender<pb::ProgressEvent>) -> ProgressSink {
     Arc::new(move |p: &Progress| {
         let mut e = base.clone();
-        e.version = p.version;
+        e.version = p.version.to_string();
         e.direction = pb::Direction::from(p.direction) as i32;
         match &p.kind {
             ProgressKind::Started { statements, .. } => {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_core::AppliedMigration;
+use flotilla_core::{AppliedMigration, Version};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -32,21 +32,21 @@ pub(super) async fn refresh_loop(state: Arc<State>, shutdown: CancellationToken)
 }
 
 /// Applied version and dirtiness from a history table.
-pub fn summarize(history: &[AppliedMigration]) -> (i64, bool) {
-    let applied = history.iter().filter(|r| !r.state.is_dirty()).map(|r| r.version).max().unwrap_or(0);
+pub fn summarize(history: &[AppliedMigration]) -> (Version, bool) {
+    let applied = history.iter().filter(|r| !r.state.is_dirty()).map(|r| r.version).max().unwrap_or_default();
     (applied, history.iter().any(|r| r.state.is_dirty()))
 }
 
 /// The version a target had before plan `plan_id` touched it: the highest applied version among rows the plan did
 /// not write. A re-run of a step whose first run committed (and whose result was lost) still reports where the
 /// target was before the plan, not where the first run left it.
-pub fn version_before_plan(history: &[AppliedMigration], plan_id: &str) -> i64 {
+pub fn version_before_plan(history: &[AppliedMigration], plan_id: &str) -> Version {
     history
         .iter()
         .filter(|r| !r.state.is_dirty() && r.plan_id.as_deref() != Some(plan_id))
         .map(|r| r.version)
         .max()
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 pub(super) async fn read_versions(target: &Target) -> Versions {
@@ -75,11 +75,11 @@ pub(super) async fn refresh_all(state: &State) {
 #[cfg(test)]
 mod tests {
     use super::version_before_plan;
-    use flotilla_core::{AppliedMigration, Checksum, RecordState};
+    use flotilla_core::{AppliedMigration, Checksum, RecordState, Version};
 
-    fn row(version: i64, plan: Option<&str>) -> AppliedMigration {
+    fn row(version: u32, plan: Option<&str>) -> AppliedMigration {
         AppliedMigration {
-            version,
+            version: Version::from(version),
             name: format!("m{version}"),
             checksum: Checksum::of("up", Some("down")),
             state: RecordState::Applied,
@@ -93,9 +93,9 @@ mod tests {
     #[test]
     fn the_version_before_a_plan_ignores_what_the_plan_itself_applied() {
         let history = vec![row(1, None), row(2, Some("p1")), row(3, Some("p2")), row(4, Some("p2"))];
-        assert_eq!(version_before_plan(&history, "p2"), 2, "a re-run of p2 reports where p2 found the target");
-        assert_eq!(version_before_plan(&history, "p3"), 4, "a new plan finds the top");
-        assert_eq!(version_before_plan(&history[..1], "p2"), 1);
-        assert_eq!(version_before_plan(&[], "p2"), 0, "an empty history is 0: known, and nothing applied");
+        assert_eq!(version_before_plan(&history, "p2").get(), 2, "a re-run of p2 reports where p2 found the target");
+        assert_eq!(version_before_plan(&history, "p3").get(), 4, "a new plan finds the top");
+        assert_eq!(version_before_plan(&history[..1], "p2").get(), 1);
+        assert_eq!(version_before_plan(&[], "p2").get(), 0, "an empty history is 0: known, and nothing applied");
     }
 }

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use flotilla_core::MigrationSet;
+use flotilla_core::{MigrationSet, Version};
 use flotilla_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
@@ -43,7 +43,7 @@ const DRAIN: Duration = Duration::from_secs(60);
 type StepKey = (String, String, u64);
 
 /// A target's applied version and whether it is dirty, or why they could not be read.
-type Versions = Result<(i64, bool), String>;
+type Versions = Result<(Version, bool), String>;
 
 /// What the agent keeps across reconnections.
 struct State {

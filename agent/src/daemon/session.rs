@@ -115,7 +115,7 @@ pub(super) fn heartbeat(state: &State) -> pb::HeartbeatRequest {
     for (target, v) in locked(&state.versions).iter() {
         match v {
             Ok((applied, dirty)) => {
-                req.applied_versions.insert(target.clone(), *applied);
+                req.applied_versions.insert(target.clone(), applied.to_string());
                 if *dirty {
                     req.dirty_targets.push(target.clone());
                 }

@@ -13,7 +13,7 @@ mod sqlite;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flotilla_core::{AppliedMigration, Backfill, Direction, Engine, Statement};
+use flotilla_core::{AppliedMigration, Backfill, Direction, Engine, Statement, Version};
 
 pub use mongo::MongoDriver;
 pub use sql::SqlDriver;
@@ -40,12 +40,12 @@ pub enum DriverError {
 #[derive(Debug, Clone)]
 pub enum HistoryChange {
     Write(AppliedMigration),
-    Delete(i64),
+    Delete(Version),
     /// Records how far a backfill has come (`flotilla_backfill`).
     SaveCursor(BackfillCursor),
     /// Forgets a finished backfill's cursor.
     ClearCursor {
-        version: i64,
+        version: Version,
         direction: Direction,
     },
     /// Several changes in the same transaction.
@@ -55,7 +55,7 @@ pub enum HistoryChange {
 /// How far a backfill has come: every key up to `last_key` is done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackfillCursor {
-    pub version: i64,
+    pub version: Version,
     pub direction: Direction,
     /// The migration's checksum when the backfill started: a resumed run must be the same file.
     pub checksum: String,
@@ -93,7 +93,7 @@ pub trait Driver: Send {
     /// coordinator that has since lost the target's lock).
     async fn fence_token(&mut self, token: u64) -> Result<bool, DriverError>;
 
-    /// Creates the history table (collection) if missing.
+    /// Creates the history table (collection) if missing, or upgrades one from an earlier release in place.
     async fn ensure_history(&mut self) -> Result<(), DriverError>;
 
     /// All history records by ascending version; empty when the table does not exist yet.
@@ -102,9 +102,9 @@ pub trait Driver: Send {
     async fn write_record(&mut self, record: &AppliedMigration) -> Result<(), DriverError>;
 
     /// Records that `done` statements of a dirty migration have committed.
-    async fn set_progress(&mut self, version: i64, done: u32) -> Result<(), DriverError>;
+    async fn set_progress(&mut self, version: Version, done: u32) -> Result<(), DriverError>;
 
-    async fn delete_record(&mut self, version: i64) -> Result<(), DriverError>;
+    async fn delete_record(&mut self, version: Version) -> Result<(), DriverError>;
 
     /// Runs one statement on its own (autocommit, or inside a transaction the script opened). Returns rows affected.
     async fn execute(&mut self, statement: &Statement) -> Result<u64, DriverError>;
@@ -136,7 +136,7 @@ pub trait Driver: Send {
     /// The saved cursor of an interrupted backfill, if any.
     async fn backfill_cursor(
         &mut self,
-        version: i64,
+        version: Version,
         direction: Direction,
     ) -> Result<Option<BackfillCursor>, DriverError>;
 

@@ -23,31 +23,28 @@ macro_rules! on_conflict_update {
 
 /// What differs between the SQL engines.
 pub(crate) struct Dialect {
+    /// The history table, its version a decimal of 38 digits (text on SQLite).
     pub create_history: &'static str,
-    /// Counts the history table and the backfill cursor table (0 or 1 each), in one row.
-    pub tables_exist: &'static str,
-    /// Selects every history column, with `applied_at` rendered as RFC 3339 text.
+    /// One row: whether the history table exists (0 or 1), and whether its version column is still a 64-bit integer
+    /// (a table from before 38-digit versions, 0 or 1).
+    pub inspect: &'static str,
+    /// Turns such a table into today's, keeping every row.
+    pub upgrade_history: &'static [&'static str],
+    /// Selects every history column, the version as text and `applied_at` as RFC 3339 text.
     pub select_history: &'static str,
     pub upsert: &'static str,
     pub set_progress: &'static str,
     pub delete: &'static str,
     /// How `applied_at` is bound.
     pub timestamp_format: &'static str,
+    /// Backfill cursors, created when a backfill first runs.
+    pub create_cursors: &'static str,
     pub save_cursor: &'static str,
     pub select_cursor: &'static str,
     pub clear_cursor: &'static str,
     /// Type name that makes any integer a 64-bit one in CAST.
     pub bigint: &'static str,
 }
-
-/// Backfill cursors: the same table on every SQL engine.
-pub(crate) const CREATE_CURSORS: &str = "CREATE TABLE IF NOT EXISTS flotilla_backfill (
-    version BIGINT NOT NULL, direction VARCHAR(8) NOT NULL, checksum VARCHAR(64) NOT NULL, last_key BIGINT NOT NULL,
-    batches BIGINT NOT NULL, rows_done BIGINT NOT NULL, PRIMARY KEY (version, direction))";
-pub(crate) const CURSOR_COLUMNS_ON_CONFLICT: &str =
-    "INSERT INTO flotilla_backfill (version, direction, checksum, last_key, batches, rows_done)
-    VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (version, direction) DO UPDATE SET checksum = excluded.checksum,
-    last_key = excluded.last_key, batches = excluded.batches, rows_done = excluded.rows_done";
 
 /// The fencing token: the highest this database has seen.
 pub(crate) const CREATE_FENCE: &str =

@@ -7,13 +7,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_core::{AppliedMigration, Backfill, Checksum, Direction, Engine, Statement};
+use flotilla_core::{AppliedMigration, Backfill, Checksum, Direction, Engine, Statement, Version};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection, Row};
 
-use super::shared::{db_error, fetch_unprepared, run_on, Dialect, CREATE_CURSORS};
+use super::shared::{db_error, fetch_unprepared, run_on, Dialect};
 use super::{mysql, postgres, sqlite};
 use super::{AtomicError, BackfillCursor, ConnectOptions, Driver, DriverError, HistoryChange};
+
+/// The history table as found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Missing,
+    Current,
+    /// From before 38-digit versions: upgraded in place before the first write.
+    Int64Versions,
+}
 
 pub struct SqlDriver {
     engine: Engine,
@@ -22,8 +31,11 @@ pub struct SqlDriver {
     /// SQLite's lock, while held.
     lease: Option<sqlite::Lease>,
     ttl: Duration,
-    /// Flotilla's tables are known to exist on this connection's database: no need to look or create again.
-    tables_known: bool,
+    /// The history table is known to exist in today's layout on this connection's database: no need to look, create
+    /// or upgrade again.
+    history_ready: bool,
+    /// The backfill cursor table is known to exist.
+    cursors_ready: bool,
 }
 
 impl SqlDriver {
@@ -44,7 +56,15 @@ impl SqlDriver {
             .await
             .map_err(|_| DriverError::Connect(format!("no answer within {:?}", options.connect_timeout)))?
             .map_err(|e| DriverError::Connect(e.to_string()))?;
-        let mut driver = SqlDriver { engine, dialect, conn, lease: None, ttl: options.lock_ttl, tables_known: false };
+        let mut driver = SqlDriver {
+            engine,
+            dialect,
+            conn,
+            lease: None,
+            ttl: options.lock_ttl,
+            history_ready: false,
+            cursors_ready: false,
+        };
         match engine {
             Engine::Sqlite => sqlite::on_connect(&mut driver.conn).await?,
             Engine::Postgres => postgres::on_connect(&mut driver.conn).await,
@@ -57,6 +77,41 @@ impl SqlDriver {
         run_on(&mut self.conn, sql).await
     }
 
+    /// Whether the history table exists, and in which layout; remembered once it exists in today's.
+    async fn inspect(&mut self) -> Result<Layout, DriverError> {
+        let rows = fetch_unprepared(&mut self.conn, self.dialect.inspect).await?;
+        let column = |i| rows.first().map(|r| r.try_get::<i64, _>(i)).transpose().map_err(db_error);
+        let layout = match (column(0)?.unwrap_or(0), column(1)?.unwrap_or(0)) {
+            (0, _) => Layout::Missing,
+            (_, 0) => Layout::Current,
+            _ => Layout::Int64Versions,
+        };
+        self.history_ready = layout == Layout::Current;
+        Ok(layout)
+    }
+
+    /// Turns a history table whose versions are 64-bit integers into one that holds 38 digits, keeping every row,
+    /// in one transaction where DDL is transactional (PostgreSQL, SQLite).
+    async fn upgrade_history(&mut self) -> Result<(), DriverError> {
+        let atomic = self.engine != Engine::Mysql;
+        if atomic {
+            self.run("BEGIN").await?;
+        }
+        for statement in self.dialect.upgrade_history {
+            if let Err(e) = self.run(statement).await {
+                if atomic {
+                    let _ = self.run("ROLLBACK").await;
+                }
+                return Err(DriverError::Database(format!("upgrading the history table to 38-digit versions: {e}")));
+            }
+        }
+        if atomic {
+            self.run("COMMIT").await?;
+        }
+        tracing::info!(engine = %self.engine, "upgraded the history table in place to 38-digit versions");
+        Ok(())
+    }
+
     async fn write_record_on(
         conn: &mut AnyConnection,
         dialect: &Dialect,
@@ -64,7 +119,7 @@ impl SqlDriver {
     ) -> Result<(), DriverError> {
         let (direction, done, total, error) = record.dirty_columns();
         sqlx::query(dialect.upsert)
-            .bind(record.version)
+            .bind(record.version.to_string())
             .bind(record.name.as_str())
             .bind(record.checksum.0.as_str())
             .bind(record.state.label())
@@ -90,10 +145,10 @@ impl SqlDriver {
         match change {
             HistoryChange::Write(record) => Self::write_record_on(conn, dialect, record).await,
             HistoryChange::Delete(version) => {
-                sqlx::query(dialect.delete).bind(*version).execute(conn).await.map(drop).map_err(db_error)
+                sqlx::query(dialect.delete).bind(version.to_string()).execute(conn).await.map(drop).map_err(db_error)
             }
             HistoryChange::SaveCursor(c) => sqlx::query(dialect.save_cursor)
-                .bind(c.version)
+                .bind(c.version.to_string())
                 .bind(c.direction.as_str())
                 .bind(c.checksum.clone())
                 .bind(c.last_key)
@@ -104,7 +159,7 @@ impl SqlDriver {
                 .map(drop)
                 .map_err(db_error),
             HistoryChange::ClearCursor { version, direction } => sqlx::query(dialect.clear_cursor)
-                .bind(*version)
+                .bind(version.to_string())
                 .bind(direction.as_str())
                 .execute(conn)
                 .await
@@ -158,7 +213,9 @@ fn sql_text(statement: &Statement) -> &str {
 
 fn parse_row(row: &AnyRow) -> Result<AppliedMigration, DriverError> {
     let bad = |e: sqlx::Error| DriverError::BadHistory(e.to_string());
-    let version: i64 = row.try_get(0).map_err(bad)?;
+    let version: String = row.try_get(0).map_err(bad)?;
+    let version: Version =
+        version.parse().map_err(|e| DriverError::BadHistory(format!("a version of `{version}`: {e}")))?;
     let state_label: String = row.try_get(3).map_err(bad)?;
     let direction: Option<String> = row.try_get(4).map_err(bad)?;
     let error: Option<String> = row.try_get(7).map_err(bad)?;
@@ -247,21 +304,30 @@ impl Driver for SqlDriver {
     }
 
     async fn ensure_history(&mut self) -> Result<(), DriverError> {
-        if !self.tables_known {
-            self.run(self.dialect.create_history).await?;
-            self.run(CREATE_CURSORS).await?;
-            self.tables_known = true;
+        if self.history_ready {
+            return Ok(());
         }
+        match self.inspect().await? {
+            Layout::Missing => self.run(self.dialect.create_history).await.map(drop)?,
+            Layout::Current => {}
+            Layout::Int64Versions => self.upgrade_history().await?,
+        }
+        self.history_ready = true;
         Ok(())
     }
 
     async fn backfill_cursor(
         &mut self,
-        version: i64,
+        version: Version,
         direction: Direction,
     ) -> Result<Option<BackfillCursor>, DriverError> {
+        // Only a target that runs a backfill gets the cursor table.
+        if !self.cursors_ready {
+            self.run(self.dialect.create_cursors).await?;
+            self.cursors_ready = true;
+        }
         let rows = sqlx::query(self.dialect.select_cursor)
-            .bind(version)
+            .bind(version.to_string())
             .bind(direction.as_str())
             .fetch_all(&mut self.conn)
             .await
@@ -288,35 +354,32 @@ impl Driver for SqlDriver {
     }
 
     async fn history(&mut self) -> Result<Vec<AppliedMigration>, DriverError> {
-        if !self.tables_known {
-            let rows = fetch_unprepared(&mut self.conn, self.dialect.tables_exist).await?;
-            let count = |i| rows.first().map(|r| r.try_get::<i64, _>(i)).transpose().map_err(db_error);
-            let (history, cursors) = (count(0)?.unwrap_or(0), count(1)?.unwrap_or(0));
-            if history == 0 {
-                return Ok(Vec::new());
-            }
-            self.tables_known = cursors > 0;
+        if !self.history_ready && self.inspect().await? == Layout::Missing {
+            return Ok(Vec::new());
         }
         let rows = fetch_unprepared(&mut self.conn, self.dialect.select_history).await?;
-        rows.iter().map(parse_row).collect()
+        let mut history = rows.iter().map(parse_row).collect::<Result<Vec<_>, _>>()?;
+        history.sort_by_key(|r| r.version);
+        Ok(history)
     }
 
     async fn write_record(&mut self, record: &AppliedMigration) -> Result<(), DriverError> {
         Self::write_record_on(&mut self.conn, self.dialect, record).await
     }
 
-    async fn set_progress(&mut self, version: i64, done: u32) -> Result<(), DriverError> {
+    async fn set_progress(&mut self, version: Version, done: u32) -> Result<(), DriverError> {
         sqlx::query(self.dialect.set_progress)
             .bind(i64::from(done))
-            .bind(version)
+            .bind(version.to_string())
             .execute(&mut self.conn)
             .await
             .map(drop)
             .map_err(db_error)
     }
 
-    async fn delete_record(&mut self, version: i64) -> Result<(), DriverError> {
-        sqlx::query(self.dialect.delete).bind(version).execute(&mut self.conn).await.map(drop).map_err(db_error)
+    async fn delete_record(&mut self, version: Version) -> Result<(), DriverError> {
+        let delete = sqlx::query(self.dialect.delete).bind(version.to_string());
+        delete.execute(&mut self.conn).await.map(drop).map_err(db_error)
     }
 
     async fn execute(&mut self, statement: &Statement) -> Result<u64, DriverError> {

@@ -1,6 +1,6 @@
 //! Why a run stopped.
 
-use flotilla_core::{Direction, PlanError, ReadError};
+use flotilla_core::{Direction, PlanError, ReadError, Version};
 
 use crate::driver::DriverError;
 
@@ -16,7 +16,7 @@ pub enum ExecError {
     /// otherwise nothing of it committed.
     #[error("{}", failed_message(.version, .name, .direction, .statement, .total, .location, .error, .dirty))]
     Failed {
-        version: i64,
+        version: Version,
         name: String,
         direction: Direction,
         /// 1-based index of the failing statement; `None` when the history write or the commit failed.
@@ -34,7 +34,7 @@ pub enum ExecError {
 
 #[allow(clippy::too_many_arguments)]
 fn failed_message(
-    version: &i64,
+    version: &Version,
     name: &str,
     direction: &Direction,
     statement: &Option<usize>,

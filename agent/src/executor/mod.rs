@@ -15,7 +15,7 @@ use flotilla_core::plan::{self, PlanOptions, StatusRow};
 use flotilla_core::split::is_transaction_control;
 use flotilla_core::{
     AppliedMigration, Backfill, Direction, Migration, MigrationSet, PlanError, ReadError, RecordState, Request,
-    ScriptKind, Statement,
+    ScriptKind, Statement, Version,
 };
 use tracing::{info_span, Instrument};
 
@@ -273,7 +273,7 @@ fn new_record(
     }
 }
 
-type PreparedSet<'a> = std::collections::HashMap<(i64, Direction), Prepared<'a>>;
+type PreparedSet<'a> = std::collections::HashMap<(Version, Direction), Prepared<'a>>;
 
 /// The prepared scripts for planned steps, in plan order. plan() refuses a rollback without a DOWN and
 /// prepare_set() holds every script that exists, so a miss is a bug: refuse rather than skip a step.

@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use flotilla_core::Direction;
+use flotilla_core::{Direction, Version};
 use serde::Serialize;
 
 /// A progress event, for output now and for the agent's stream later.
 #[derive(Debug, Clone, Serialize)]
 pub struct Progress {
-    pub version: i64,
+    pub version: Version,
     pub name: String,
     pub direction: Direction,
     #[serde(flatten)]
@@ -51,7 +51,7 @@ pub type ProgressSink = Arc<dyn Fn(&Progress) + Send + Sync>;
 /// One migration run (or, in a dry run, to be run).
 #[derive(Debug, Clone, Serialize)]
 pub struct StepReport {
-    pub version: i64,
+    pub version: Version,
     pub name: String,
     pub direction: Direction,
     pub atomic: bool,

@@ -16,7 +16,12 @@ pub enum RepairAction {
 
 impl Executor {
     /// Records local migrations up to `version` as applied without running them, on a database with no history.
-    pub async fn baseline(&mut self, set: &MigrationSet, version: i64, dry_run: bool) -> Result<Vec<i64>, ExecError> {
+    pub async fn baseline(
+        &mut self,
+        set: &MigrationSet,
+        version: Version,
+        dry_run: bool,
+    ) -> Result<Vec<Version>, ExecError> {
         self.validate(set)?;
         if set.get(version).is_none() {
             return Err(PlanError::UnknownVersion(version).into());
@@ -31,7 +36,8 @@ impl Executor {
                 )))
             }
         };
-        let versions: Vec<i64> = set.migrations.iter().filter(|m| m.version <= version).map(|m| m.version).collect();
+        let versions: Vec<Version> =
+            set.migrations.iter().filter(|m| m.version <= version).map(|m| m.version).collect();
         if dry_run {
             check(&self.driver.history().await?)?;
             return Ok(versions);
@@ -44,7 +50,7 @@ impl Executor {
     pub(super) async fn baseline_locked(
         &mut self,
         set: &MigrationSet,
-        version: i64,
+        version: Version,
         check: impl Fn(&[AppliedMigration]) -> Result<(), ExecError>,
     ) -> Result<(), ExecError> {
         self.driver.ensure_history().await?;

@@ -7,7 +7,7 @@ impl Executor {
     pub(super) async fn run_step(&mut self, step: &Prepared<'_>, resume_from: usize) -> Result<StepReport, ExecError> {
         let span = info_span!(
             "execute_step",
-            version = step.migration.version,
+            version = %step.migration.version,
             name = %step.migration.name,
             direction = %step.direction,
             plan_id = self.plan_id.as_deref().unwrap_or(""),

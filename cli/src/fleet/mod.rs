@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use flotilla_core::fleet::Selector;
-use flotilla_proto::convert::ConvertError;
+use flotilla_core::Version;
+use flotilla_proto::convert::{self, ConvertError};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::operator_service_client::OperatorServiceClient;
 use serde_json::json;
@@ -92,10 +93,10 @@ pub struct CreateArgs {
     pub max_failures: u32,
     /// Apply up to this version (default: all).
     #[arg(long, conflicts_with = "down_to")]
-    pub to: Option<i64>,
+    pub to: Option<Version>,
     /// Roll every target back to this version instead.
     #[arg(long)]
-    pub down_to: Option<i64>,
+    pub down_to: Option<Version>,
     /// Wait for `flotilla plan approve` before each wave after the first.
     #[arg(long)]
     pub approve_waves: bool,
@@ -239,21 +240,22 @@ pub async fn fleet(out: Output, conn: &Conn, command: FleetCommand) -> Code {
         let mut client = connect(conn).await?;
         let rows = client.fleet_status(pb::FleetStatusRequest { selector }).await?.into_inner().targets;
         if out.json {
-            let rows: Vec<_> = rows
-                .iter()
-                .map(|r| {
-                    json!({
-                        "target": r.target, "agent": r.agent, "applied_version": (r.applied_version >= 0).then_some(r.applied_version),
-                        "pending": r.pending, "dirty": r.dirty, "stale": r.stale,
-                        "drift": if r.drift.is_empty() { None } else { Some(&r.drift) },
-                    })
-                })
-                .collect();
-            out.print_json(&rows);
+            let mut json_rows = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let pending =
+                    r.pending.iter().map(|v| convert::version("pending", v)).collect::<Result<Vec<_>, _>>()?;
+                json_rows.push(json!({
+                    "target": r.target, "agent": r.agent,
+                    "applied_version": convert::optional_version("applied_version", r.applied_version.as_deref())?,
+                    "pending": pending, "dirty": r.dirty, "stale": r.stale,
+                    "drift": if r.drift.is_empty() { None } else { Some(&r.drift) },
+                }));
+            }
+            out.print_json(&json_rows);
         } else {
             println!("{:<24} {:<12} {:>8} {:<16} {:<6} DRIFT", "TARGET", "AGENT", "APPLIED", "PENDING", "DIRTY");
             for r in &rows {
-                let applied = if r.applied_version < 0 { "?".to_string() } else { r.applied_version.to_string() };
+                let applied = r.applied_version.clone().unwrap_or_else(|| "?".to_string());
                 let pending = match r.pending.as_slice() {
                     [] => String::new(),
                     [one] => one.to_string(),

@@ -25,7 +25,7 @@ impl<'a> Summary<'a> {
             pb,
             state: convert::plan_state(pb.state)?,
             phase: convert::phase(pb.phase)?,
-            goal: pb.goal.map(|g| convert::goal(Some(g))).transpose()?,
+            goal: pb.goal.clone().map(|g| convert::goal(Some(g))).transpose()?,
         })
     }
 
@@ -130,9 +130,8 @@ fn create_request(args: &CreateArgs) -> Result<pb::SubmitPlanRequest, Fail> {
         Some(other) => return Err(bad(format!("--phase `{other}` is not expand or contract"))),
     };
     let goal = match (args.to, args.down_to) {
-        (_, Some(v)) if v < 0 => return Err(bad("--down-to must be 0 or more".into())),
         (_, Some(v)) => Goal::Down { to: v },
-        (Some(v), None) if v <= 0 => return Err(bad("--to must be a version above 0".into())),
+        (Some(v), None) if v.is_zero() => return Err(bad("--to must be a version above 0".into())),
         (to, None) => Goal::Up { to },
     };
     let bundle = Bundle::from_dir(&args.dir).map_err(|e| bad(e.to_string()))?;
@@ -176,8 +175,9 @@ pub(super) fn print_detail(out: Output, d: &pb::PlanDetail, verb: &str) -> Resul
             .map(|(st, state)| {
                 json!({
                     "target": st.target, "wave": st.wave, "state": state.as_str(), "agent": st.agent,
-                    "fencing_token": st.fencing_token, "version_before": st.version_before,
-                    "version_after": st.version_after, "error": if st.error.is_empty() { None } else { Some(&st.error) },
+                    "fencing_token": st.fencing_token,
+                    "version_before": convert::optional_version("version_before", st.version_before.as_deref()).ok().flatten(),
+                    "version_after": convert::optional_version("version_after", st.version_after.as_deref()).ok().flatten(), "error": if st.error.is_empty() { None } else { Some(&st.error) },
                 })
             })
             .collect();
@@ -207,8 +207,8 @@ pub(super) fn print_detail(out: Output, d: &pb::PlanDetail, verb: &str) -> Resul
             let versions = if matches!(state, StepState::Pending | StepState::Skipped) {
                 String::new()
             } else {
-                let known = |v: Option<i64>| v.map_or("?".to_string(), |v| v.to_string());
-                format!(" {} -> {}", known(st.version_before), known(st.version_after))
+                let known = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".to_string());
+                format!(" {} -> {}", known(&st.version_before), known(&st.version_after))
             };
             let error = if st.error.is_empty() { String::new() } else { format!(": {}", st.error) };
             println!("    {:<24} {:<10}{versions}{error}", st.target, state.as_str());

@@ -2,15 +2,15 @@
 
 use std::sync::Arc;
 
-use flotilla_proto::telemetry;
 use flotilla_proto::v1 as pb;
+use flotilla_proto::{convert, telemetry};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::{messages, status, Auth, BoxStream};
+use super::{invalid, messages, status, Auth, BoxStream};
 use crate::identity::Identity;
 use crate::service::{Coordinator, Outcome, Progress, TargetReport};
 
@@ -50,8 +50,13 @@ impl pb::agent_service_server::AgentService for AgentApi {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let (who, name) = self.auth.agent(&request, &request.get_ref().agent_id)?;
         let req = request.into_inner();
+        let applied = req
+            .applied_versions
+            .into_iter()
+            .map(|(target, v)| Ok((target, convert::version("applied_versions", &v).map_err(invalid)?)))
+            .collect::<Result<_, Status>>()?;
         let report = TargetReport {
-            applied: req.applied_versions.into_iter().collect(),
+            applied,
             dirty: req.dirty_targets,
             unreachable: req.unreachable.into_iter().collect(),
             running: req.running.into_iter().map(|s| (s.plan_id, s.target, s.fencing_token)).collect(),
@@ -134,8 +139,10 @@ impl pb::agent_service_server::AgentService for AgentApi {
             target: r.target,
             token: r.fencing_token,
             error: (!r.succeeded).then(|| if r.error.is_empty() { "failed".to_string() } else { r.error }),
-            version_before: r.version_before,
-            applied_version: r.applied_version,
+            version_before: convert::optional_version("version_before", r.version_before.as_deref())
+                .map_err(invalid)?,
+            applied_version: convert::optional_version("applied_version", r.applied_version.as_deref())
+                .map_err(invalid)?,
             dirty: r.dirty,
         };
         self.coordinator.result(&who, &name, outcome).instrument(span).await.map_err(status)?;

@@ -83,8 +83,8 @@ fn step_info(s: &Step, agent: &str) -> pb::StepInfo {
         state: pb::StepState::from(s.state) as i32,
         fencing_token: s.token.unwrap_or(0),
         error: s.error.clone().unwrap_or_default(),
-        version_before: s.before,
-        version_after: s.after,
+        version_before: s.before.map(|v| v.to_string()),
+        version_after: s.after.map(|v| v.to_string()),
         agent: agent.to_string(),
     }
 }
@@ -132,13 +132,19 @@ pub(super) fn progress(event: pb::ProgressEvent) -> Result<Progress, Status> {
             reason: format!("`{kind}` is not a kind of step progress"),
         }));
     }
-    // A step starts before any migration, so it has no direction of its own.
-    let direction = match kind {
-        EventKind::StepStarted => None,
-        _ => Some(convert::direction(event.direction).map_err(invalid)?),
+    // A step starts before any migration, so it has no direction or version of its own.
+    let (direction, version, version_before) = match kind {
+        EventKind::StepStarted => {
+            (None, None, Some(convert::version("version_before", &event.version_before).map_err(invalid)?))
+        }
+        _ => (
+            Some(convert::direction(event.direction).map_err(invalid)?),
+            Some(convert::version("version", &event.version).map_err(invalid)?),
+            None,
+        ),
     };
     let mut detail = json!({
-        "version": event.version,
+        "version": version,
         "direction": direction.map(|d| d.as_str()),
         "statement": event.statement_index,
         "statements": event.statement_total,
@@ -148,8 +154,15 @@ pub(super) fn progress(event: pb::ProgressEvent) -> Result<Progress, Status> {
     if !event.error.is_empty() {
         detail["error"] = json!(event.error);
     }
-    if kind == EventKind::StepStarted {
-        detail["version_before"] = json!(event.version_before);
+    if let Some(before) = version_before {
+        detail["version_before"] = json!(before);
     }
-    Ok(Progress { plan_id: event.plan_id, target: event.target, token: event.fencing_token, kind, detail })
+    Ok(Progress {
+        plan_id: event.plan_id,
+        target: event.target,
+        token: event.fencing_token,
+        kind,
+        version_before,
+        detail,
+    })
 }

@@ -140,8 +140,8 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
             .into_iter()
             .map(|r| pb::TargetStatus {
                 target: r.target.name,
-                applied_version: r.applied.unwrap_or(-1),
-                pending: r.pending,
+                applied_version: r.applied.map(|v| v.to_string()),
+                pending: r.pending.iter().map(ToString::to_string).collect(),
                 dirty: r.dirty,
                 drift: r.drift.unwrap_or_default(),
                 agent: r.target.agent,

@@ -70,8 +70,7 @@ impl Coordinator {
             return Ok(());
         }
         if p.kind == EventKind::StepStarted && step.state == StepState::Assigned {
-            let before = p.detail.get("version_before").and_then(serde_json::Value::as_i64);
-            self.store.start_step(&p.plan_id, &p.target, p.token, before).await?;
+            self.store.start_step(&p.plan_id, &p.target, p.token, p.version_before).await?;
         }
         self.event(&p.plan_id, Some(&p.target), p.kind, p.detail).await
     }

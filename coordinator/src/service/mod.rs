@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use flotilla_core::fleet::{EventKind, Goal, Plan, PlanState, Selector, Step, StepState, Strategy, Target};
-use flotilla_core::Phase;
+use flotilla_core::{Phase, Version};
 use tokio::sync::{mpsc, watch};
 
 use crate::identity::Identity;
@@ -131,6 +131,8 @@ pub struct Progress {
     pub target: String,
     pub token: u64,
     pub kind: EventKind,
+    /// On `step_started`: the applied version the step found.
+    pub version_before: Option<Version>,
     pub detail: serde_json::Value,
 }
 
@@ -142,16 +144,16 @@ pub struct Outcome {
     pub token: u64,
     pub error: Option<String>,
     /// `None`: the step failed before it read the target's history, so nothing is known of where it was.
-    pub version_before: Option<i64>,
+    pub version_before: Option<Version>,
     /// `None`: the history could not be read after the step.
-    pub applied_version: Option<i64>,
+    pub applied_version: Option<Version>,
     pub dirty: bool,
 }
 
 /// What an agent last read from its targets, and the steps it is running.
 #[derive(Debug, Clone, Default)]
 pub struct TargetReport {
-    pub applied: BTreeMap<String, i64>,
+    pub applied: BTreeMap<String, Version>,
     pub dirty: Vec<String>,
     pub unreachable: BTreeMap<String, String>,
     /// (plan, target, fencing token) of every step the agent process is running or holds a result for.
@@ -194,8 +196,8 @@ pub struct AgentView {
 #[derive(Debug, Clone)]
 pub struct TargetStatus {
     pub target: Target,
-    pub applied: Option<i64>,
-    pub pending: Vec<i64>,
+    pub applied: Option<Version>,
+    pub pending: Vec<Version>,
     pub dirty: bool,
     pub drift: Option<String>,
     pub stale: bool,
@@ -211,7 +213,7 @@ struct AgentEntry {
 
 #[derive(Clone)]
 struct TargetLive {
-    applied: Option<i64>,
+    applied: Option<Version>,
     dirty: bool,
     reported: Instant,
 }
@@ -234,7 +236,7 @@ struct Inner {
     /// Target → the agent serving it.
     pub(crate) owners: HashMap<String, String>,
     /// Bundle id → engine key → versions, for fleet status.
-    versions: HashMap<String, BTreeMap<String, Vec<i64>>>,
+    versions: HashMap<String, BTreeMap<String, Vec<Version>>>,
 }
 
 pub struct Coordinator {

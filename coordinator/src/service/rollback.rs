@@ -95,7 +95,7 @@ impl Coordinator {
                         _ => None,
                     })
                     .min()
-                    .unwrap_or(0),
+                    .unwrap_or_default(),
             },
             strategy: Strategy {
                 waves: original.strategy.waves.clone(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use flotilla_core::bundle::Bundle;
 use flotilla_core::fleet::{Selector, Step, Target};
-use flotilla_core::{Engine, ReadOptions};
+use flotilla_core::{Engine, ReadOptions, Version};
 
 use super::*;
 use crate::identity::Identity;
@@ -57,7 +57,7 @@ impl Coordinator {
         Ok(out)
     }
 
-    pub(super) async fn bundle_versions(&self, bundle_id: &str, engine: Engine) -> Result<Vec<i64>> {
+    pub(super) async fn bundle_versions(&self, bundle_id: &str, engine: Engine) -> Result<Vec<Version>> {
         let cached = self.inner().versions.get(bundle_id).cloned();
         let sets = match cached {
             Some(sets) => sets,

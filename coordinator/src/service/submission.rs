@@ -83,7 +83,7 @@ impl Coordinator {
             let Some(set) = sets.get(key) else { continue };
             let first_contract = set.migrations.iter().position(|m| m.options.phase == Some(Phase::Contract));
             let Some(first) = first_contract else { continue };
-            let needed = set.migrations[..first].last().map(|m| m.version).unwrap_or(0);
+            let needed = set.migrations[..first].last().map(|m| m.version).unwrap_or_default();
             let applied = inner.live.get(&t.name).and_then(|l| l.applied);
             if applied.is_none_or(|a| a < needed) {
                 behind.push(format!(
@@ -122,7 +122,7 @@ fn check_sets<'t>(
     }
     let wanted = match goal {
         Goal::Up { to: Some(v) } => Some(v),
-        Goal::Down { to } if to > 0 => Some(to),
+        Goal::Down { to } if !to.is_zero() => Some(to),
         _ => None,
     };
     if let Some(v) = wanted {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use flotilla_core::fleet::{AuditEntry, Event, EventKind, Plan, PlanState, Step, StepState, Target};
+use flotilla_core::Version;
 
 pub use sql::SqlStore;
 
@@ -110,7 +111,7 @@ pub trait Store: Send + Sync {
         plan_id: &str,
         target: &str,
         token: u64,
-        before: Option<i64>,
+        before: Option<Version>,
     ) -> Result<bool, StoreError>;
     /// A step's result, as one fact in one transaction: the state (`succeeded` or `failed`) and error, the
     /// versions (the first `before` stands), and the event, by compare-and-set on the step being in flight under
@@ -166,8 +167,8 @@ pub struct StepFinish {
     pub token: u64,
     pub state: StepState,
     pub error: Option<String>,
-    pub before: Option<i64>,
-    pub after: Option<i64>,
+    pub before: Option<Version>,
+    pub after: Option<Version>,
     /// The event's detail; `wave` is added from the step.
     pub detail: serde_json::Value,
 }

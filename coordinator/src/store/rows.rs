@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use flotilla_core::fleet::{Plan, Step};
+use flotilla_core::Version;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -58,8 +59,8 @@ pub(super) fn step_from(r: &AnyRow) -> Result<Step, StoreError> {
         token: get::<Option<i64>>(r, 4)?.map(|t| u64::try_from(t).unwrap_or(0)),
         error: get(r, 5)?,
         goal: get::<Option<String>>(r, 6)?.map(|g| json(&g)).transpose()?,
-        before: get(r, 7)?,
-        after: get(r, 8)?,
+        before: version(get(r, 7)?)?,
+        after: version(get(r, 8)?)?,
         updated_at: time(&get::<String>(r, 9)?)?,
     })
 }
@@ -72,6 +73,11 @@ pub(super) fn step_count(r: &AnyRow) -> Result<StepCount, StoreError> {
         state: get::<String>(r, 1)?.parse().map_err(StoreError::Corrupt)?,
         count: u64::try_from(get::<i64>(r, 2)?).map_err(corrupt)?,
     })
+}
+
+/// A version column: text of up to 38 digits, or NULL where unknown.
+pub(super) fn version(text: Option<String>) -> Result<Option<Version>, StoreError> {
+    text.map(|t| t.parse().map_err(|e| StoreError::Corrupt(format!("a version of `{t}`: {e}")))).transpose()
 }
 
 pub(super) fn token_value(token: Option<u64>) -> Option<i64> {

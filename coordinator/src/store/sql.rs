@@ -6,6 +6,7 @@ use std::sync::Once;
 use async_trait::async_trait;
 use chrono::Utc;
 use flotilla_core::fleet::{AuditEntry, Event, EventKind, Plan, PlanState, Step, StepState, Target};
+use flotilla_core::Version;
 use sha2::{Digest, Sha256};
 use sqlx::AnyPool;
 
@@ -172,8 +173,8 @@ impl Store for SqlStore {
                 .bind(token_value(s.token))
                 .bind(s.error.clone())
                 .bind(s.goal.as_ref().map(to_json))
-                .bind(s.before)
-                .bind(s.after)
+                .bind(s.before.map(|v| v.to_string()))
+                .bind(s.after.map(|v| v.to_string()))
                 .bind(s.updated_at.to_rfc3339())
                 .execute(&mut *tx)
                 .await
@@ -367,13 +368,13 @@ impl Store for SqlStore {
         plan_id: &str,
         target: &str,
         token: u64,
-        before: Option<i64>,
+        before: Option<Version>,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(&self.sql(
             "UPDATE steps SET state = 'running', version_before = COALESCE(version_before, ?), updated_at = ?
              WHERE plan_id = ? AND target = ? AND state = 'assigned' AND token = ?",
         ))
-        .bind(before)
+        .bind(before.map(|v| v.to_string()))
         .bind(Utc::now().to_rfc3339())
         .bind(plan_id.to_string())
         .bind(target.to_string())
@@ -403,8 +404,8 @@ impl Store for SqlStore {
                 let row = sqlx::query(&update)
                     .bind(r.state.as_str())
                     .bind(r.error.clone())
-                    .bind(r.before)
-                    .bind(r.after)
+                    .bind(r.before.map(|v| v.to_string()))
+                    .bind(r.after.map(|v| v.to_string()))
                     .bind(Utc::now().to_rfc3339())
                     .bind(r.plan_id.clone())
                     .bind(r.target.clone())

@@ -75,7 +75,7 @@ pub enum Class {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MigrationLint {
-    pub version: i64,
+    pub version: crate::Version,
     pub name: String,
     pub class: Class,
     pub findings: Vec<Finding>,

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::{Files, Format, ReadError};
+use crate::version::Version;
 
 #[derive(Debug, Default)]
 pub(super) struct Parts {
@@ -25,7 +26,7 @@ pub(super) enum Role {
 
 pub(super) struct Found {
     pub format: Format,
-    pub version: i64,
+    pub version: Version,
     pub name: String,
     pub files: Vec<(Role, String)>,
     pub no_transaction: bool,
@@ -102,7 +103,7 @@ pub(super) fn classify(files: &Files, name: &str, is_dir: bool) -> Result<Option
     Ok(None)
 }
 
-fn version_and_name(path: &Path, stem: &str, separator: &str) -> Result<(i64, String), ReadError> {
+fn version_and_name(path: &Path, stem: &str, separator: &str) -> Result<(Version, String), ReadError> {
     let expected = || {
         ReadError::new(
             path,
@@ -119,8 +120,7 @@ fn version_and_name(path: &Path, stem: &str, separator: &str) -> Result<(i64, St
         }
         return Err(expected());
     }
-    let version: i64 =
-        version.parse().map_err(|_| ReadError::new(path, format!("version `{version}` is too large")))?;
+    let version: Version = version.parse().map_err(|e: String| ReadError::new(path, e))?;
     if name.is_empty() {
         return Err(ReadError::new(path, "migration has no name after its version"));
     }
@@ -128,7 +128,7 @@ fn version_and_name(path: &Path, stem: &str, separator: &str) -> Result<(i64, St
 }
 
 /// diesel names folders `2023-05-01-120000_create_users` (or `00000000000000_diesel_initial_setup`).
-fn diesel_name(path: &Path, folder: &str) -> Result<(i64, String), ReadError> {
+fn diesel_name(path: &Path, folder: &str) -> Result<(Version, String), ReadError> {
     let (stamp, name) = folder
         .split_once('_')
         .ok_or_else(|| ReadError::new(path, "not a diesel migration folder name: expected <timestamp>_<name>"))?;

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 pub use crate::error::ReadError;
 use crate::migration::Migration;
+use crate::version::Version;
 use conventions::{classify, Parts, Role};
 pub use files::Files;
 
@@ -63,7 +64,7 @@ pub struct MigrationSet {
 }
 
 impl MigrationSet {
-    pub fn get(&self, version: i64) -> Option<&Migration> {
+    pub fn get(&self, version: Version) -> Option<&Migration> {
         self.migrations.binary_search_by_key(&version, |m| m.version).ok().map(|i| &self.migrations[i])
     }
 }
@@ -76,7 +77,7 @@ pub fn read_dir(dir: &Path, options: &ReadOptions) -> Result<MigrationSet, ReadE
 /// Reads every migration in `files`.
 pub fn read_files(files: &Files, options: &ReadOptions) -> Result<MigrationSet, ReadError> {
     let mut format: Option<(Format, PathBuf)> = None;
-    let mut parts: BTreeMap<i64, Parts> = BTreeMap::new();
+    let mut parts: BTreeMap<Version, Parts> = BTreeMap::new();
     for (name, is_dir) in files.top_level() {
         let Some(found) = classify(files, &name, is_dir)? else { continue };
         let path = files.path(&name);
@@ -134,7 +135,7 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use crate::migration::{Phase, ScriptKind};
+    use crate::migration::{Checksum, Phase, Script, ScriptKind};
     use crate::{Direction, Engine, Statement};
 
     fn dir(files: &[(&str, &str)]) -> tempfile::TempDir {
@@ -162,7 +163,7 @@ mod tests {
         ]);
         let set = read(&d).unwrap();
         assert_eq!(set.format, Some(Format::Native));
-        let v: Vec<_> = set.migrations.iter().map(|m| (m.version, m.name.as_str())).collect();
+        let v: Vec<_> = set.migrations.iter().map(|m| (m.version.get(), m.name.as_str())).collect();
         assert_eq!(v, [(1, "create_users"), (2, "add_email")]);
         assert_eq!(set.migrations[0].options.phase, Some(Phase::Expand));
         assert!(!set.migrations[0].up.no_transaction);
@@ -191,7 +192,7 @@ mod tests {
         let set = read(&d).unwrap();
         assert_eq!(set.format, Some(Format::Dbmate));
         let m = &set.migrations[0];
-        assert_eq!(m.version, 20240101120000);
+        assert_eq!(m.version.get(), 20240101120000);
         assert!(!m.up.no_transaction);
         assert!(m.down.as_ref().unwrap().no_transaction);
         let down = m.down.as_ref().unwrap().statements(ScriptKind::Sql, Engine::Postgres).unwrap();
@@ -209,7 +210,7 @@ mod tests {
         ]);
         let set = read(&d).unwrap();
         assert_eq!(set.format, Some(Format::Diesel));
-        assert_eq!(set.migrations[0].version, 20230501120000);
+        assert_eq!(set.migrations[0].version.get(), 20230501120000);
         assert!(set.migrations[1].up.no_transaction);
     }
 
@@ -252,7 +253,6 @@ mod tests {
             (vec![("R__views.sql", "SELECT 1;")], "repeatable"),
             (vec![("1_a.down.sql", "SELECT 1;")], "DOWN but no UP"),
             (vec![("1_a.up.sql", "-- flotilla:no-transactoin\nSELECT 1;"), ("1_a.down.sql", "x")], "unknown directive"),
-            (vec![("1_a.up.sql", "  \n"), ("1_a.down.sql", "x")], "UP is empty"),
             (vec![("1_a.up.json", "[{\"bogus\": 1}]"), ("1_a.down.json", "[]")], "unknown command"),
             (vec![("1_a.up.json", "[{\"drop\": \"x\"}"), ("1_a.down.json", "[]")], "not a JSON array"),
             (vec![("schema.sql", "CREATE TABLE x (id int);")], "not a migration file name"),
@@ -269,6 +269,28 @@ mod tests {
         }
         let err = read_dir(Path::new("/nonexistent/flotilla"), &ReadOptions::default()).unwrap_err();
         assert!(err.message.contains("cannot read migrations directory"));
+    }
+
+    #[test]
+    fn an_empty_file_is_a_no_op_and_a_missing_one_is_missing() {
+        let d = dir(&[
+            ("20240115093000000001_a.up.sql", "CREATE TABLE a (id int);"),
+            ("20240115093000000001_a.down.sql", "-- nothing to undo here\n\n"),
+            ("20240115093000000002_b.up.sql", "/* only on MySQL */\n"),
+            ("20240115093000000002_b.down.sql", ""),
+        ]);
+        let set = read(&d).unwrap();
+        assert_eq!(set.migrations[0].version.to_string(), "20240115093000000001");
+        let noop = &set.migrations[1];
+        assert!(noop.up.is_blank() && noop.down.as_ref().is_some_and(Script::is_blank));
+        assert_eq!(noop.up.statements(ScriptKind::Sql, Engine::Postgres).unwrap(), vec![]);
+        let with_empty_down = Checksum::of("CREATE TABLE a (id int);", None);
+        assert_eq!(set.migrations[0].checksum, with_empty_down, "an empty DOWN sums as none, as before");
+        let missing = dir(&[("1_a.up.sql", "SELECT 1;")]);
+        assert!(read(&missing).unwrap_err().message.contains("no DOWN"), "a missing DOWN is still missing");
+        let mongo = dir(&[("1_a.up.json", "[]"), ("1_a.down.json", "  ")]);
+        let set = read(&mongo).unwrap();
+        assert_eq!(set.migrations[0].up.statements(ScriptKind::MongoCommands, Engine::Mongodb).unwrap(), vec![]);
     }
 
     #[test]

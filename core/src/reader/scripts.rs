@@ -5,10 +5,11 @@ use std::path::Path;
 use super::conventions::Parts;
 use super::{Files, Format, ReadError, ReadOptions};
 use crate::migration::{Backfill, Checksum, Migration, MigrationOptions, Phase, Script, ScriptKind};
+use crate::version::Version;
 
 pub(super) fn build(
     files: &Files,
-    version: i64,
+    version: Version,
     parts: Parts,
     format: Format,
     options: &ReadOptions,
@@ -42,10 +43,8 @@ pub(super) fn build(
         Some(d) => Some(apply_directives(d)?.0),
         None => None,
     };
-    let down = down.filter(|d| !d.is_blank());
-    if up.is_blank() {
-        return Err(ReadError::new(&up.path, format!("version {version}: the UP is empty")));
-    }
+    // A file that exists but holds no statement is an explicit no-op (golang-migrate, sqlx and pop run it as such):
+    // recorded in history like any other. A missing file is still missing.
     if down.is_none() && !options.allow_missing_down {
         return Err(ReadError::new(
             &up.path,
@@ -53,11 +52,12 @@ pub(super) fn build(
         ));
     }
     if kind == ScriptKind::MongoCommands {
-        for script in std::iter::once(&up).chain(down.as_ref()) {
+        for script in std::iter::once(&up).chain(down.as_ref()).filter(|s| !s.is_blank()) {
             crate::mongo::parse_commands(&script.text).map_err(|e| ReadError::at(&script.path, e.line, e.message))?;
         }
     }
-    let checksum = Checksum::of(&up.text, down.as_ref().map(|d| d.text.as_str()));
+    // An empty DOWN sums as no DOWN, as releases that read it as missing recorded it.
+    let checksum = Checksum::of(&up.text, down.as_ref().filter(|d| !d.is_blank()).map(|d| d.text.as_str()));
     Ok(Migration { version, name, kind, up, down, options: up_options, checksum })
 }
 

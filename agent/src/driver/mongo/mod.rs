@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bson::{doc, Bson, Document};
 use flotilla_core::history::{HISTORY_TABLE, LOCK_TABLE};
-use flotilla_core::{AppliedMigration, Backfill, Checksum, Direction, Engine, Statement};
+use flotilla_core::{AppliedMigration, Backfill, Checksum, Direction, Engine, Statement, Version};
 use futures_util::TryStreamExt;
 use mongodb::options::ClientOptions;
 use mongodb::{Client, ClientSession, Collection, Database};
@@ -99,13 +99,13 @@ impl MongoDriver {
         match change {
             HistoryChange::Write(record) => self
                 .history
-                .replace_one(doc! { "_id": record.version }, record_doc(record))
+                .replace_one(doc! { "_id": version_id(record.version) }, record_doc(record))
                 .upsert(true)
                 .session(session)
                 .await
                 .map(drop),
             HistoryChange::Delete(version) => {
-                self.history.delete_one(doc! { "_id": *version }).session(session).await.map(drop)
+                self.history.delete_one(doc! { "_id": version_id(*version) }).session(session).await.map(drop)
             }
             HistoryChange::Many(changes) => {
                 for change in changes {
@@ -190,10 +190,19 @@ fn code_of(e: &mongodb::error::Error) -> Option<i32> {
     }
 }
 
+/// A version as a history document's `_id`: a 64-bit integer where it fits (so records written before 38-digit
+/// versions keep their ids), its digits as a string beyond. One version always has the same id.
+fn version_id(version: Version) -> Bson {
+    match version.to_i64() {
+        Some(n) => Bson::Int64(n),
+        None => Bson::String(version.to_string()),
+    }
+}
+
 fn record_doc(r: &AppliedMigration) -> Document {
     let (direction, done, total, error) = r.dirty_columns();
     doc! {
-        "_id": r.version,
+        "_id": version_id(r.version),
         "name": &r.name,
         "checksum": &r.checksum.0,
         "state": r.state.label(),
@@ -217,7 +226,12 @@ fn parse_doc(d: &Document) -> Result<AppliedMigration, DriverError> {
     };
     let text = |key: &str| d.get_str(key).map(str::to_string).map_err(|_| bad(&format!("missing string `{key}`")));
     let optional = |key: &str| d.get_str(key).ok().map(str::to_string);
-    let version = int("_id")?;
+    let version = match d.get("_id") {
+        Some(Bson::Int64(n)) => Version::try_from(*n).map_err(|e| bad(&e))?,
+        Some(Bson::Int32(n)) => Version::try_from(i64::from(*n)).map_err(|e| bad(&e))?,
+        Some(Bson::String(text)) => text.parse().map_err(|e: String| bad(&e))?,
+        _ => return Err(bad("missing version `_id`")),
+    };
     let label = text("state")?;
     let state = AppliedMigration::state_from_columns(
         &label,
@@ -378,28 +392,31 @@ impl Driver for MongoDriver {
             .try_collect()
             .await
             .map_err(mongo_error)?;
-        docs.iter().map(parse_doc).collect()
+        // Integer and string ids sort apart on the server: order by version here.
+        let mut history = docs.iter().map(parse_doc).collect::<Result<Vec<_>, _>>()?;
+        history.sort_by_key(|r| r.version);
+        Ok(history)
     }
 
     async fn write_record(&mut self, record: &AppliedMigration) -> Result<(), DriverError> {
         self.history
-            .replace_one(doc! { "_id": record.version }, record_doc(record))
+            .replace_one(doc! { "_id": version_id(record.version) }, record_doc(record))
             .upsert(true)
             .await
             .map(drop)
             .map_err(mongo_error)
     }
 
-    async fn set_progress(&mut self, version: i64, done: u32) -> Result<(), DriverError> {
+    async fn set_progress(&mut self, version: Version, done: u32) -> Result<(), DriverError> {
         self.history
-            .update_one(doc! { "_id": version }, doc! { "$set": { "statements_done": i64::from(done) } })
+            .update_one(doc! { "_id": version_id(version) }, doc! { "$set": { "statements_done": i64::from(done) } })
             .await
             .map(drop)
             .map_err(mongo_error)
     }
 
-    async fn delete_record(&mut self, version: i64) -> Result<(), DriverError> {
-        self.history.delete_one(doc! { "_id": version }).await.map(drop).map_err(mongo_error)
+    async fn delete_record(&mut self, version: Version) -> Result<(), DriverError> {
+        self.history.delete_one(doc! { "_id": version_id(version) }).await.map(drop).map_err(mongo_error)
     }
 
     async fn execute(&mut self, statement: &Statement) -> Result<u64, DriverError> {
@@ -462,7 +479,7 @@ impl Driver for MongoDriver {
         Ok(rows)
     }
 
-    async fn backfill_cursor(&mut self, _: i64, _: Direction) -> Result<Option<BackfillCursor>, DriverError> {
+    async fn backfill_cursor(&mut self, _: Version, _: Direction) -> Result<Option<BackfillCursor>, DriverError> {
         Ok(None)
     }
 

@@ -14,35 +14,38 @@ use super::DriverError;
 
 pub(super) const DIALECT: Dialect = Dialect {
     create_history: "CREATE TABLE IF NOT EXISTS flotilla_schema_history (
-        version BIGINT NOT NULL PRIMARY KEY, name VARCHAR(255) NOT NULL, checksum CHAR(64) NOT NULL,
+        version DECIMAL(38,0) NOT NULL PRIMARY KEY, name VARCHAR(255) NOT NULL, checksum CHAR(64) NOT NULL,
         state VARCHAR(16) NOT NULL, direction VARCHAR(8) NULL, statements_done BIGINT NOT NULL DEFAULT 0,
         statements_total BIGINT NOT NULL DEFAULT 0, error TEXT NULL, applied_at DATETIME(6) NOT NULL,
         duration_ms BIGINT NOT NULL, applied_by VARCHAR(255) NOT NULL, plan_id VARCHAR(64) NULL) ENGINE=InnoDB",
-    tables_exist: "SELECT
-        (SELECT count(*) FROM information_schema.tables
-         WHERE table_schema = DATABASE() AND table_name = 'flotilla_schema_history'),
-        (SELECT count(*) FROM information_schema.tables
-         WHERE table_schema = DATABASE() AND table_name = 'flotilla_backfill')",
+    inspect: "SELECT count(*), CAST(coalesce(sum(data_type = 'bigint'), 0) AS SIGNED) FROM information_schema.columns
+        WHERE table_schema = DATABASE() AND table_name = 'flotilla_schema_history' AND column_name = 'version'",
+    upgrade_history: &["ALTER TABLE flotilla_schema_history MODIFY version DECIMAL(38,0) NOT NULL"],
     // MariaDB reports TEXT columns as BLOB; read `error` as characters.
-    select_history: "SELECT version, name, checksum, state, direction, statements_done, statements_total,
-        CAST(error AS CHAR(4000)), DATE_FORMAT(applied_at, '%Y-%m-%dT%H:%i:%s.%fZ'), duration_ms, applied_by, plan_id
-        FROM flotilla_schema_history ORDER BY version",
+    select_history: "SELECT CAST(version AS CHAR), name, checksum, state, direction, statements_done,
+        statements_total, CAST(error AS CHAR(4000)), DATE_FORMAT(applied_at, '%Y-%m-%dT%H:%i:%s.%fZ'), duration_ms,
+        applied_by, plan_id FROM flotilla_schema_history",
+    // A version is bound as text and cast: compared with a string, MySQL would turn both sides into doubles.
     upsert: "INSERT INTO flotilla_schema_history (version, name, checksum, state, direction, statements_done,
         statements_total, error, applied_at, duration_ms, applied_by, plan_id)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        VALUES (CAST(? AS DECIMAL(38,0)), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         ON DUPLICATE KEY UPDATE name = VALUES(name), checksum = VALUES(checksum), state = VALUES(state),
         direction = VALUES(direction), statements_done = VALUES(statements_done),
         statements_total = VALUES(statements_total), error = VALUES(error), applied_at = VALUES(applied_at),
         duration_ms = VALUES(duration_ms), applied_by = VALUES(applied_by), plan_id = VALUES(plan_id)",
-    set_progress: "UPDATE flotilla_schema_history SET statements_done = ? WHERE version = ?",
-    delete: "DELETE FROM flotilla_schema_history WHERE version = ?",
+    set_progress: "UPDATE flotilla_schema_history SET statements_done = ? WHERE version = CAST(? AS DECIMAL(38,0))",
+    delete: "DELETE FROM flotilla_schema_history WHERE version = CAST(? AS DECIMAL(38,0))",
     timestamp_format: "%Y-%m-%d %H:%M:%S%.6f",
+    create_cursors:
+        "CREATE TABLE IF NOT EXISTS flotilla_backfill (
+        version DECIMAL(38,0) NOT NULL, direction VARCHAR(8) NOT NULL, checksum VARCHAR(64) NOT NULL,
+        last_key BIGINT NOT NULL, batches BIGINT NOT NULL, rows_done BIGINT NOT NULL, PRIMARY KEY (version, direction))",
     save_cursor: "INSERT INTO flotilla_backfill (version, direction, checksum, last_key, batches, rows_done)
-        VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE checksum = VALUES(checksum), last_key = VALUES(last_key),
-        batches = VALUES(batches), rows_done = VALUES(rows_done)",
-    select_cursor:
-        "SELECT checksum, last_key, batches, rows_done FROM flotilla_backfill WHERE version = ? AND direction = ?",
-    clear_cursor: "DELETE FROM flotilla_backfill WHERE version = ? AND direction = ?",
+        VALUES (CAST(? AS DECIMAL(38,0)), ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE checksum = VALUES(checksum),
+        last_key = VALUES(last_key), batches = VALUES(batches), rows_done = VALUES(rows_done)",
+    select_cursor: "SELECT checksum, last_key, batches, rows_done FROM flotilla_backfill
+        WHERE version = CAST(? AS DECIMAL(38,0)) AND direction = ?",
+    clear_cursor: "DELETE FROM flotilla_backfill WHERE version = CAST(? AS DECIMAL(38,0)) AND direction = ?",
     bigint: "SIGNED",
 };
 

@@ -18,30 +18,40 @@ const PG_LOCK_KEY: i64 = 0x666c_6f74_696c_6c61;
 
 pub(super) const DIALECT: Dialect = Dialect {
     create_history: "CREATE TABLE IF NOT EXISTS flotilla_schema_history (
-        version BIGINT PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, state TEXT NOT NULL, direction TEXT,
+        version NUMERIC(38) PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, state TEXT NOT NULL, direction TEXT,
         statements_done BIGINT NOT NULL DEFAULT 0, statements_total BIGINT NOT NULL DEFAULT 0, error TEXT,
         applied_at TIMESTAMPTZ NOT NULL, duration_ms BIGINT NOT NULL, applied_by TEXT NOT NULL, plan_id TEXT)",
-    // to_regclass resolves names as the queries that follow do, and costs a fresh backend far less than
-    // information_schema's views.
-    tables_exist: "SELECT count(to_regclass('flotilla_schema_history')), count(to_regclass('flotilla_backfill'))",
-    select_history: "SELECT version, name, checksum, state, direction, statements_done, statements_total, error,
+    // pg_attribute and to_regclass resolve names as the queries that follow do, and cost a fresh backend far less
+    // than information_schema's views.
+    inspect: "SELECT count(to_regclass('flotilla_schema_history')),
+        count(*) FILTER (WHERE a.atttypid = 'int8'::regtype)
+        FROM pg_attribute a WHERE a.attrelid = to_regclass('flotilla_schema_history') AND a.attname = 'version'",
+    upgrade_history: &[
+        "ALTER TABLE flotilla_schema_history ALTER COLUMN version TYPE NUMERIC(38)",
+        "ALTER TABLE IF EXISTS flotilla_backfill ALTER COLUMN version TYPE NUMERIC(38)",
+    ],
+    select_history: "SELECT version::text, name, checksum, state, direction, statements_done, statements_total, error,
         to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), duration_ms, applied_by, plan_id
-        FROM flotilla_schema_history ORDER BY version",
+        FROM flotilla_schema_history",
     upsert: concat!(
         "INSERT INTO flotilla_schema_history (version, name, checksum, state, direction, statements_done,
         statements_total, error, applied_at, duration_ms, applied_by, plan_id)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CAST($9 AS TIMESTAMPTZ), $10, $11, $12) ",
+        VALUES (CAST($1 AS NUMERIC), $2, $3, $4, $5, $6, $7, $8, CAST($9 AS TIMESTAMPTZ), $10, $11, $12) ",
         on_conflict_update!()
     ),
-    set_progress: "UPDATE flotilla_schema_history SET statements_done = $1 WHERE version = $2",
-    delete: "DELETE FROM flotilla_schema_history WHERE version = $1",
+    set_progress: "UPDATE flotilla_schema_history SET statements_done = $1 WHERE version = CAST($2 AS NUMERIC)",
+    delete: "DELETE FROM flotilla_schema_history WHERE version = CAST($1 AS NUMERIC)",
     timestamp_format: "%Y-%m-%dT%H:%M:%S%.6fZ",
+    create_cursors: "CREATE TABLE IF NOT EXISTS flotilla_backfill (
+        version NUMERIC(38) NOT NULL, direction VARCHAR(8) NOT NULL, checksum VARCHAR(64) NOT NULL,
+        last_key BIGINT NOT NULL, batches BIGINT NOT NULL, rows_done BIGINT NOT NULL, PRIMARY KEY (version, direction))",
     save_cursor: "INSERT INTO flotilla_backfill (version, direction, checksum, last_key, batches, rows_done)
-        VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (version, direction) DO UPDATE SET checksum = excluded.checksum,
-        last_key = excluded.last_key, batches = excluded.batches, rows_done = excluded.rows_done",
-    select_cursor:
-        "SELECT checksum, last_key, batches, rows_done FROM flotilla_backfill WHERE version = $1 AND direction = $2",
-    clear_cursor: "DELETE FROM flotilla_backfill WHERE version = $1 AND direction = $2",
+        VALUES (CAST($1 AS NUMERIC), $2, $3, $4, $5, $6) ON CONFLICT (version, direction) DO UPDATE SET
+        checksum = excluded.checksum, last_key = excluded.last_key, batches = excluded.batches,
+        rows_done = excluded.rows_done",
+    select_cursor: "SELECT checksum, last_key, batches, rows_done FROM flotilla_backfill
+        WHERE version = CAST($1 AS NUMERIC) AND direction = $2",
+    clear_cursor: "DELETE FROM flotilla_backfill WHERE version = CAST($1 AS NUMERIC) AND direction = $2",
     bigint: "BIGINT",
 };
 

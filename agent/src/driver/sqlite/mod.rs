@@ -11,19 +11,32 @@ use sqlx::AnyConnection;
 
 pub(super) use schema::dump;
 
-use super::shared::{db_error, run_on, ttl_ms, Dialect, CREATE_FENCE, CURSOR_COLUMNS_ON_CONFLICT};
+use super::shared::{db_error, run_on, ttl_ms, Dialect, CREATE_FENCE};
 use super::DriverError;
 
 pub(super) const DIALECT: Dialect = Dialect {
     create_history: "CREATE TABLE IF NOT EXISTS flotilla_schema_history (
-        version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, state TEXT NOT NULL, direction TEXT,
+        version TEXT PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, state TEXT NOT NULL, direction TEXT,
         statements_done INTEGER NOT NULL DEFAULT 0, statements_total INTEGER NOT NULL DEFAULT 0, error TEXT,
         applied_at TEXT NOT NULL, duration_ms INTEGER NOT NULL, applied_by TEXT NOT NULL, plan_id TEXT)",
-    tables_exist: "SELECT
-        (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'flotilla_schema_history'),
-        (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'flotilla_backfill')",
-    select_history: "SELECT version, name, checksum, state, direction, statements_done, statements_total, error,
-        applied_at, duration_ms, applied_by, plan_id FROM flotilla_schema_history ORDER BY version",
+    inspect: "SELECT count(*), coalesce(sum(upper(type) = 'INTEGER'), 0)
+        FROM pragma_table_info('flotilla_schema_history') WHERE name = 'version'",
+    // SQLite cannot change a column's type: the table is rebuilt, every row kept (the executor holds the lock and
+    // runs these in one transaction).
+    upgrade_history: &[
+        "ALTER TABLE flotilla_schema_history RENAME TO flotilla_schema_history_i64",
+        "CREATE TABLE flotilla_schema_history (
+        version TEXT PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, state TEXT NOT NULL, direction TEXT,
+        statements_done INTEGER NOT NULL DEFAULT 0, statements_total INTEGER NOT NULL DEFAULT 0, error TEXT,
+        applied_at TEXT NOT NULL, duration_ms INTEGER NOT NULL, applied_by TEXT NOT NULL, plan_id TEXT)",
+        "INSERT INTO flotilla_schema_history SELECT CAST(version AS TEXT), name, checksum, state, direction,
+        statements_done, statements_total, error, applied_at, duration_ms, applied_by, plan_id
+        FROM flotilla_schema_history_i64",
+        "DROP TABLE flotilla_schema_history_i64",
+    ],
+    // Versions are text here: ordered as numbers once read.
+    select_history: "SELECT CAST(version AS TEXT), name, checksum, state, direction, statements_done,
+        statements_total, error, applied_at, duration_ms, applied_by, plan_id FROM flotilla_schema_history",
     upsert: concat!(
         "INSERT INTO flotilla_schema_history (version, name, checksum, state, direction, statements_done,
         statements_total, error, applied_at, duration_ms, applied_by, plan_id)
@@ -33,7 +46,12 @@ pub(super) const DIALECT: Dialect = Dialect {
     set_progress: "UPDATE flotilla_schema_history SET statements_done = ? WHERE version = ?",
     delete: "DELETE FROM flotilla_schema_history WHERE version = ?",
     timestamp_format: "%Y-%m-%dT%H:%M:%S%.6fZ",
-    save_cursor: CURSOR_COLUMNS_ON_CONFLICT,
+    create_cursors: "CREATE TABLE IF NOT EXISTS flotilla_backfill (
+        version TEXT NOT NULL, direction TEXT NOT NULL, checksum TEXT NOT NULL, last_key INTEGER NOT NULL,
+        batches INTEGER NOT NULL, rows_done INTEGER NOT NULL, PRIMARY KEY (version, direction))",
+    save_cursor: "INSERT INTO flotilla_backfill (version, direction, checksum, last_key, batches, rows_done)
+        VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (version, direction) DO UPDATE SET checksum = excluded.checksum,
+        last_key = excluded.last_key, batches = excluded.batches, rows_done = excluded.rows_done",
     select_cursor:
         "SELECT checksum, last_key, batches, rows_done FROM flotilla_backfill WHERE version = ? AND direction = ?",
     clear_cursor: "DELETE FROM flotilla_backfill WHERE version = ? AND direction = ?",
