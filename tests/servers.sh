@@ -49,6 +49,8 @@ install_packages() {
   command -v etcd >/dev/null || missing+=(etcd-server)
   command -v etcdctl >/dev/null || missing+=(etcd-client)
   command -v faketime >/dev/null || missing+=(faketime)  # clock skew in the fault suite
+  # The real sqitch, to cross-check Flotilla's reading of a sqitch project against it.
+  command -v sqitch >/dev/null || missing+=(sqitch libdbd-pg-perl)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} (apt)"
     export DEBIAN_FRONTEND=noninteractive
@@ -77,6 +79,12 @@ PY
     log "installing pymongo (PyPI) in $tools/venv, to initiate the MongoDB replica set"
     python3 -m venv "$tools/venv"
     "$tools/venv/bin/pip" install -q pymongo
+  fi
+  if [ ! -f "$tools/node/node_modules/knex/bin/cli.js" ]; then
+    # The real Knex (npm), to run migrations `flotilla new --style knex` writes.
+    log "installing knex and pg (npm) in $tools/node"
+    mkdir -p "$tools/node"
+    (cd "$tools/node" && npm install --silent --no-audit --no-fund knex@3 pg@8 >/dev/null)
   fi
 }
 
@@ -200,6 +208,7 @@ export FLOTILLA_TEST_PG_URL=postgres://postgres@127.0.0.1:$pg_port/postgres
 export FLOTILLA_TEST_MYSQL_URL=mysql://root@127.0.0.1:$my_port/mysql
 export FLOTILLA_TEST_MONGO_URL=mongodb://127.0.0.1:$mongo_port/?directConnection=true
 export FLOTILLA_TEST_ETCD_URL=http://127.0.0.1:$etcd_port
+export FLOTILLA_TEST_KNEX=$tools/node/node_modules/knex/bin/cli.js
 ENV
 }
 

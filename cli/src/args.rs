@@ -97,7 +97,8 @@ pub enum Command {
         /// Engine the templates are written for (default: from the directory, FLOTILLA_DB_URL, else postgres).
         #[arg(long)]
         engine: Option<flotilla_core::Engine>,
-        /// native, flyway, golang-migrate, dbmate, sqlx or diesel (default: the directory's, else native).
+        /// native, flyway, golang-migrate, dbmate, sqlx, diesel, pop, prisma or knex (default: the directory's, else
+        /// native).
         #[arg(long)]
         style: Option<String>,
         /// Template an UP that backs up what it destroys and a DOWN that restores it.

@@ -163,7 +163,11 @@ where
     F: FnOnce(Executor, MigrationSet) -> Fut,
     Fut: std::future::Future<Output = Result<(), ExecError>>,
 {
-    let set = match read_dir(&target.dir, &ReadOptions { allow_missing_down: target.allow_missing_down }) {
+    let read = ReadOptions {
+        allow_missing_down: target.allow_missing_down,
+        engine: flotilla_core::Engine::from_url(&target.db),
+    };
+    let set = match read_dir(&target.dir, &read) {
         Ok(set) => set,
         Err(e) => return out.error(Code::BadInput, &e.to_string()),
     };
@@ -200,12 +204,19 @@ fn new_migration(
     use flotilla_core::{Engine, Format};
 
     let existing = if dir.exists() {
-        read_dir(dir, &ReadOptions { allow_missing_down: true }).map_err(|e| e.to_string())?
+        read_dir(dir, &ReadOptions { allow_missing_down: true, ..ReadOptions::default() }).map_err(|e| e.to_string())?
     } else {
         MigrationSet { dir: dir.to_path_buf(), format: None, migrations: Vec::new() }
     };
     let style = match (style.map(Style::parse).transpose()?, existing.format) {
-        (Some(s), Some(f)) if s != Style::of(f) => {
+        (_, Some(f)) if Style::of(f).is_none() => {
+            return Err(format!(
+                "{} holds {} migrations, which its own tool writes (for sqitch: `sqitch add NAME`)",
+                dir.display(),
+                f.as_str()
+            ))
+        }
+        (Some(s), Some(f)) if Some(s) != Style::of(f) => {
             return Err(format!(
                 "{} holds {} migrations; a {style:?} file would mix conventions (use --style matching it, or another --dir)",
                 dir.display(),
@@ -214,7 +225,7 @@ fn new_migration(
             ))
         }
         (Some(s), _) => s,
-        (None, Some(f)) => Style::of(f),
+        (None, Some(f)) => Style::of(f).unwrap_or(Style::Native),
         (None, None) => Style::Native,
     };
     let engine = match (engine, existing.format) {

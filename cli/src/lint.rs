@@ -10,8 +10,11 @@ use crate::exit::Code;
 use crate::output::Output;
 
 pub fn run(out: Output, dir: &Path, engine: Option<Engine>) -> Code {
+    let engine = engine
+        .or_else(|| std::env::var("FLOTILLA_DB_URL").ok().and_then(|u| Engine::from_url(&u)))
+        .unwrap_or(Engine::Postgres);
     // A missing DOWN is a finding here, not a reason to stop reading.
-    let set = match read_dir(dir, &ReadOptions { allow_missing_down: true }) {
+    let set = match read_dir(dir, &ReadOptions { allow_missing_down: true, engine: Some(engine) }) {
         Ok(set) => set,
         Err(e) => return out.error(Code::BadInput, &e.to_string()),
     };
@@ -30,9 +33,6 @@ pub fn run(out: Output, dir: &Path, engine: Option<Engine>) -> Code {
     if let Err(e) = check_directives(&set.migrations) {
         return out.error(Code::BadInput, &e);
     }
-    let engine = engine
-        .or_else(|| std::env::var("FLOTILLA_DB_URL").ok().and_then(|u| Engine::from_url(&u)))
-        .unwrap_or(Engine::Postgres);
     let report = lint(&set.migrations, engine, &rules);
     let worst = report.iter().flat_map(|m| m.findings.iter().map(|f| f.severity)).max();
     if out.json {

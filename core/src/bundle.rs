@@ -108,14 +108,16 @@ impl Bundle {
     pub fn read(&self, engine: Engine, options: &ReadOptions) -> Result<MigrationSet, BundleError> {
         let key = if self.sets.contains_key(engine.as_str()) { engine.as_str() } else { ANY_ENGINE };
         let files = self.sets.get(key).ok_or(BundleError::NoSetFor(engine))?;
-        Ok(read_files(&Files::from_texts(set_root(key), files), options)?)
+        let options = ReadOptions { engine: Some(engine), ..options.clone() };
+        Ok(read_files(&Files::from_texts(set_root(key), files), &options)?)
     }
 
     /// Reads every set of the bundle, by its key (an engine's name, or `*`).
     pub fn check(&self, options: &ReadOptions) -> Result<BTreeMap<String, MigrationSet>, BundleError> {
         let mut out = BTreeMap::new();
         for (key, files) in &self.sets {
-            out.insert(key.clone(), read_files(&Files::from_texts(set_root(key), files), options)?);
+            let options = ReadOptions { engine: key.parse().ok(), ..options.clone() };
+            out.insert(key.clone(), read_files(&Files::from_texts(set_root(key), files), &options)?);
         }
         Ok(out)
     }

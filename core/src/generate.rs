@@ -18,10 +18,16 @@ pub enum Style {
     Dbmate,
     Sqlx,
     Diesel,
+    /// pop / fizz SQL: `<timestamp>_<name>.up.sql` (a `.<dialect>.` file per engine where they differ).
+    Pop,
+    /// `<timestamp>_<name>/migration.sql` and a `down.sql` beside it.
+    Prisma,
+    /// `<YYYYMMDDHHMMSS>_<name>.js` running literal SQL through `knex.raw`.
+    Knex,
 }
 
 impl Style {
-    pub const NAMES: &'static str = "native, flyway, golang-migrate, dbmate, sqlx, diesel";
+    pub const NAMES: &'static str = "native, flyway, golang-migrate, dbmate, sqlx, diesel, pop, prisma, knex";
 
     pub fn parse(s: &str) -> Result<Style, String> {
         match s {
@@ -31,18 +37,26 @@ impl Style {
             "dbmate" => Ok(Style::Dbmate),
             "sqlx" => Ok(Style::Sqlx),
             "diesel" => Ok(Style::Diesel),
+            "pop" | "fizz" => Ok(Style::Pop),
+            "prisma" => Ok(Style::Prisma),
+            "knex" => Ok(Style::Knex),
             other => Err(format!("unknown style `{other}` (expected {})", Style::NAMES)),
         }
     }
 
-    /// The style of a directory that already has migrations.
-    pub fn of(format: Format) -> Style {
-        match format {
+    /// The style of a directory that already has migrations; `None` where the framework's own tool writes them
+    /// (a sqitch change is also a line of its plan: `sqitch add`).
+    pub fn of(format: Format) -> Option<Style> {
+        Some(match format {
             Format::Native | Format::Mongo => Style::Native,
             Format::Flyway => Style::Flyway,
             Format::Dbmate => Style::Dbmate,
             Format::Diesel => Style::Diesel,
-        }
+            Format::Pop => Style::Pop,
+            Format::Prisma => Style::Prisma,
+            Format::Knex => Style::Knex,
+            Format::Sqitch => return None,
+        })
     }
 }
 
@@ -108,14 +122,15 @@ pub fn next_version(existing: &MigrationSet, now: DateTime<Utc>) -> (Version, us
 pub fn files(req: &Request, version: Version, width: usize) -> Result<Vec<NewFile>, String> {
     let name = slug(req.description)?;
     let v = format!("{version:0width$}");
-    let (up, down) = templates(req);
+    // Knex runs each migration in a transaction of its own: its SQL opens none.
+    let (up, down) = templates(req, req.style != Style::Knex);
     let ext = if req.engine == Engine::Mongodb { "json" } else { "sql" };
     if req.engine == Engine::Mongodb && req.style != Style::Native {
         return Err("MongoDB migrations use the native style (<version>_<name>.up.json / .down.json)".into());
     }
     let file = |path: String, text: String| NewFile { path: PathBuf::from(path), text };
     Ok(match req.style {
-        Style::Native | Style::GolangMigrate | Style::Sqlx => {
+        Style::Native | Style::GolangMigrate | Style::Sqlx | Style::Pop => {
             vec![file(format!("{v}_{name}.up.{ext}"), up), file(format!("{v}_{name}.down.{ext}"), down)]
         }
         Style::Flyway => vec![file(format!("V{v}__{name}.sql"), up), file(format!("U{v}__{name}.sql"), down)],
@@ -124,7 +139,27 @@ pub fn files(req: &Request, version: Version, width: usize) -> Result<Vec<NewFil
             let folder = diesel_folder(&v, &name);
             vec![file(format!("{folder}/up.sql"), up), file(format!("{folder}/down.sql"), down)]
         }
+        Style::Prisma => {
+            vec![file(format!("{v}_{name}/migration.sql"), up), file(format!("{v}_{name}/down.sql"), down)]
+        }
+        Style::Knex => vec![file(format!("{v}_{name}.js"), knex_file(req.description.trim(), &up, &down))],
     })
+}
+
+/// A Knex migration whose `up` and `down` run the templates' SQL as it is, so Knex and Flotilla run the same thing.
+fn knex_file(description: &str, up: &str, down: &str) -> String {
+    let body = |sql: &str| {
+        let sql = sql.replace('\\', "\\\\").replace('`', "\\`").replace("${", "\\${");
+        let indented: String =
+            sql.lines().map(|l| if l.is_empty() { "\n".to_string() } else { format!("    {l}\n") }).collect();
+        format!("  await knex.raw(`\n{indented}  `);\n")
+    };
+    format!(
+        "// {description}\n// Literal SQL through knex.raw: Knex runs it as written, and Flotilla reads this file as it is.\n\n\
+         exports.up = async function (knex) {{\n{}}};\n\nexports.down = async function (knex) {{\n{}}};\n",
+        body(up),
+        body(down)
+    )
 }
 
 /// diesel writes timestamps as `2024-01-31-120000`.
@@ -136,7 +171,7 @@ fn diesel_folder(version: &str, name: &str) -> String {
     }
 }
 
-fn templates(req: &Request) -> (String, String) {
+fn templates(req: &Request, explicit_transaction: bool) -> (String, String) {
     let description = req.description.trim();
     if req.engine == Engine::Mongodb {
         return mongo_templates(req);
@@ -145,6 +180,7 @@ fn templates(req: &Request) -> (String, String) {
     // MySQL commits DDL implicitly, so an explicit transaction would only pretend; Flotilla records each statement.
     let (begin, commit) = match req.engine {
         Engine::Mysql => ("", ""),
+        _ if !explicit_transaction => ("", ""),
         _ => ("BEGIN;\n\n", "\nCOMMIT;\n"),
     };
     let if_not_exists = if req.engine == Engine::Mysql { "" } else { " IF NOT EXISTS" };
@@ -237,6 +273,9 @@ mod tests {
             (Style::Flyway, Format::Flyway),
             (Style::Dbmate, Format::Dbmate),
             (Style::Diesel, Format::Diesel),
+            (Style::Pop, Format::Native),
+            (Style::Prisma, Format::Prisma),
+            (Style::Knex, Format::Knex),
         ] {
             for (engine, destructive) in [(Engine::Postgres, false), (Engine::Mysql, true), (Engine::Sqlite, true)] {
                 let dir = tempfile::tempdir().unwrap();
@@ -251,6 +290,10 @@ mod tests {
                 assert!(m.down.is_some());
                 // Templates parse for their engine.
                 m.up.statements(m.kind, engine).unwrap();
+                if style == Style::Knex {
+                    assert!(!m.up.text.contains("BEGIN;"), "Knex runs each migration in its own transaction");
+                    assert!(m.up.text.contains("-- Why:"), "the reason travels into the SQL: {}", m.up.text);
+                }
             }
         }
     }

@@ -41,6 +41,11 @@ pub fn etcd_url() -> String {
     env_url("FLOTILLA_TEST_ETCD_URL")
 }
 
+/// The real Knex's command line (`servers.sh` installs it from npm).
+pub fn knex_cli() -> String {
+    env_url("FLOTILLA_TEST_KNEX")
+}
+
 fn env_url(var: &str) -> String {
     if let Ok(url) = std::env::var(var) {
         return url;

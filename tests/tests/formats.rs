@@ -115,3 +115,201 @@ async fn the_trigger_and_validator_really_work() {
     let rejected = events.insert_one(bson::doc! { "kind": "x", "at": bson::DateTime::now() }).await;
     assert!(rejected.is_err(), "the validator requires `source`");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pop_on_postgres_takes_the_postgres_files() {
+    let expected =
+        [(20240601120000, "create_widgets"), (20240602093000, "widget_search"), (20240603080000, "widget_prices")];
+    round_trip("pop", Postgres, &[], &expected, "widget_prices").await;
+    let db = TestDb::new(Postgres).await;
+    cmd("up", &db, &fixture("pop"), &[]).await.ok();
+    assert!(db.catalog().await.iter().any(|c| c.contains("widgets_lower_name")), "the .postgres. file ran");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pop_on_mysql_takes_the_mysql_files() {
+    let expected =
+        [(20240601120000, "create_widgets"), (20240602093000, "widget_search"), (20240603080000, "widget_prices")];
+    round_trip("pop", Mysql, &[], &expected, "widget_prices").await;
+    let db = TestDb::new(Mysql).await;
+    cmd("up", &db, &fixture("pop"), &[]).await.ok();
+    assert!(db.catalog().await.iter().any(|c| c.contains("widgets.widgets_name")), "the .mysql. file ran");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pop_on_sqlite_runs_nothing_where_it_has_no_file() {
+    // widget_search has files for postgres and mysql only: on SQLite it is a no-op, recorded like any other.
+    let expected =
+        [(20240601120000, "create_widgets"), (20240602093000, "widget_search"), (20240603080000, "widget_prices")];
+    round_trip("pop", Sqlite, &[], &expected, "widget_prices").await;
+    let db = TestDb::new(Sqlite).await;
+    cmd("up", &db, &fixture("pop"), &[]).await.ok();
+    assert!(!db.catalog().await.iter().any(|c| c.contains("widgets_lower_name") || c.contains("widgets_name")));
+    assert_eq!(db.history().await.iter().map(|(_, s, _)| s.as_str()).collect::<Vec<_>>(), ["applied"; 3]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prisma_on_postgres() {
+    let expected = [(20240501083000, "init"), (20240502101500, "add_order_status")];
+    round_trip("prisma", Postgres, &[], &expected, "Order").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn knex_raw_sql_on_mysql() {
+    let expected = [(20240701090000, "create_tenants"), (20240702143000, "tenant_plans")];
+    round_trip("knex", Mysql, &[], &expected, "tenant_plans").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn knex_with_the_schema_builder_is_refused_naming_the_line() {
+    let dir = Dir::new();
+    dir.file(
+        "20240703000000_builder.js",
+        "exports.up = function (knex) {\n  return knex.schema.createTable('x', (t) => t.increments());\n};\n",
+    );
+    let db = TestDb::new(Sqlite).await;
+    cmd("up", &db, dir.path(), &[]).await.fails(2, "20240703000000_builder.js:2: only knex.raw");
+    assert!(db.history().await.is_empty());
+}
+
+/// The `ledger` schema's tables, columns and indexes.
+async fn ledger(db: &TestDb) -> Vec<String> {
+    let mut conn = db.sql().await;
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable
+           FROM information_schema.columns WHERE table_schema = 'ledger'
+         UNION ALL SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'ledger'
+         UNION ALL SELECT 'schema ' || nspname FROM pg_namespace WHERE nspname = 'ledger'
+         ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("ledger");
+    rows
+}
+
+/// The real sqitch deploys and reverts the same project; Flotilla's result must be the same schema.
+fn sqitch(verb: &str, db: &TestDb) {
+    let target = db.url.replacen("postgres://", "db:pg://", 1);
+    let out = std::process::Command::new("sqitch")
+        .args(["--chdir", fixture("sqitch").to_str().expect("utf-8"), verb])
+        .arg(if verb == "revert" { "-y" } else { "--verify" })
+        .arg(&target)
+        .output()
+        .expect("sqitch runs (tests/servers.sh installs it)");
+    assert!(
+        out.status.success(),
+        "sqitch {verb}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqitch_on_postgres_matches_the_real_sqitch() {
+    let expected = [(1, "ledger_schema"), (2, "accounts"), (3, "entries")];
+    let db = TestDb::new(Postgres).await;
+    let status = cmd("status", &db, &fixture("sqitch"), &["--json"]).await;
+    let listed: Vec<(i64, String)> = status.ok().json()["migrations"]
+        .as_array()
+        .expect("migrations")
+        .iter()
+        .map(|m| (m["version"].as_i64().unwrap_or(-1), m["name"].as_str().unwrap_or("").to_string()))
+        .collect();
+    assert_eq!(listed, expected.iter().map(|(v, n)| (*v, n.to_string())).collect::<Vec<_>>());
+    cmd("up", &db, &fixture("sqitch"), &[]).await.ok();
+
+    let theirs = TestDb::new(Postgres).await;
+    sqitch("deploy", &theirs);
+    let ours = ledger(&db).await;
+    assert!(ours.iter().any(|l| l.contains("entries_account")), "{ours:#?}");
+    assert_eq!(ours, ledger(&theirs).await, "Flotilla and sqitch leave the same ledger schema");
+
+    cmd("down", &db, &fixture("sqitch"), &["--all"]).await.ok();
+    sqitch("revert", &theirs);
+    assert!(ledger(&db).await.is_empty() && ledger(&theirs).await.is_empty(), "both revert everything");
+}
+
+/// Runs the real Knex on `dir`'s migrations against `db`.
+fn knex(verb: &str, dir: &std::path::Path, db: &TestDb) {
+    let knexfile = dir.join("knexfile.cjs");
+    let config = format!(
+        "module.exports = {{ client: 'pg', connection: {:?}, migrations: {{ directory: {:?}, loadExtensions: ['.js'] }} }};",
+        db.url,
+        dir.join("migrations")
+    );
+    std::fs::write(&knexfile, config).expect("knexfile");
+    let cli = std::path::PathBuf::from(knex_cli());
+    // Knex looks for its local install beside the knexfile, as in a project of its own.
+    let modules = cli.ancestors().nth(3).expect("node_modules/knex/bin/cli.js").to_path_buf();
+    if !dir.join("node_modules").exists() {
+        std::os::unix::fs::symlink(&modules, dir.join("node_modules")).expect("link node_modules");
+    }
+    let out = std::process::Command::new("node")
+        .arg(&cli)
+        .args([verb, "--knexfile", knexfile.to_str().expect("utf-8")])
+        .output()
+        .expect("node runs knex (tests/servers.sh installs it)");
+    assert!(
+        out.status.success(),
+        "knex {verb}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn without_knex_tables(catalog: Vec<String>) -> Vec<String> {
+    catalog.into_iter().filter(|c| !c.contains("knex_migrations")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn knex_runs_what_flotilla_new_writes_and_so_does_flotilla() {
+    let work = tempfile::tempdir().expect("dir");
+    let migrations = work.path().join("migrations");
+    std::fs::create_dir_all(&migrations).expect("dir");
+    let made = flotilla(&[
+        "--json",
+        "new",
+        "add tier to tenants",
+        "--dir",
+        migrations.to_str().unwrap(),
+        "--engine",
+        "postgres",
+        "--style",
+        "knex",
+    ])
+    .await;
+    let file = made.ok().json()["files"][0].as_str().expect("file").to_string();
+    assert!(file.ends_with("_add_tier_to_tenants.js"), "{file}");
+    // The team fills in the template: here, the statements it suggests.
+    let text = std::fs::read_to_string(&file).expect("read");
+    let filled: String = text
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("-- ") {
+            Some(sql) if sql.starts_with("ALTER TABLE my_table") || sql.starts_with("UPDATE my_table") => {
+                format!("    {sql}")
+            }
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(filled, text, "the template suggests statements");
+    std::fs::write(&file, filled).expect("write");
+
+    let (theirs, ours) = (TestDb::new(Postgres).await, TestDb::new(Postgres).await);
+    for db in [&theirs, &ours] {
+        db.exec("CREATE TABLE my_table (id INT PRIMARY KEY)").await;
+        db.exec("INSERT INTO my_table VALUES (1)").await;
+    }
+    let before = ours.catalog().await;
+    knex("migrate:latest", work.path(), &theirs);
+    cmd("up", &ours, &migrations, &[]).await.ok();
+    let applied = ours.catalog().await;
+    assert!(applied.iter().any(|c| c.contains("my_table.my_column")), "{applied:#?}");
+    assert_eq!(without_knex_tables(theirs.catalog().await), applied, "Knex and Flotilla apply the same change");
+
+    knex("migrate:rollback", work.path(), &theirs);
+    cmd("down", &ours, &migrations, &["--all"]).await.ok();
+    assert_eq!(ours.catalog().await, before);
+    assert_eq!(without_knex_tables(theirs.catalog().await), before, "and roll it back the same way");
+}

@@ -248,7 +248,9 @@ pub(super) fn load_set(state: &State, target: &Target, a: &pb::Assignment) -> Re
         return Err(format!("the bundle's content does not match its id {} (got {digest})", a.bundle_id));
     }
     let bundle = Bundle::from_json(&a.bundle).map_err(|e| e.to_string())?;
-    let set = bundle.read(target.engine, &ReadOptions { allow_missing_down: true }).map_err(|e| e.to_string())?;
+    let set = bundle
+        .read(target.engine, &ReadOptions { allow_missing_down: true, ..ReadOptions::default() })
+        .map_err(|e| e.to_string())?;
     let set = Arc::new(set);
     locked(&state.sets).insert(key, set.clone());
     Ok(set)

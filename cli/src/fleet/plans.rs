@@ -136,7 +136,7 @@ fn create_request(args: &CreateArgs) -> Result<pb::SubmitPlanRequest, Fail> {
     };
     let bundle = Bundle::from_dir(&args.dir).map_err(|e| bad(e.to_string()))?;
     bundle
-        .check(&flotilla_core::ReadOptions { allow_missing_down: true })
+        .check(&flotilla_core::ReadOptions { allow_missing_down: true, ..Default::default() })
         .map_err(|e| bad(format!("{}: {e}", args.dir.display())))?;
     Ok(pb::SubmitPlanRequest {
         bundle: bundle.to_json().into_bytes(),

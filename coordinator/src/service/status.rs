@@ -65,7 +65,8 @@ impl Coordinator {
                 let body = self.store.bundle(bundle_id).await?.unwrap_or_default();
                 let mut sets = BTreeMap::new();
                 if let Ok(bundle) = Bundle::from_json(body.as_bytes()) {
-                    if let Ok(read) = bundle.check(&ReadOptions { allow_missing_down: true }) {
+                    if let Ok(read) = bundle.check(&ReadOptions { allow_missing_down: true, ..ReadOptions::default() })
+                    {
                         for (key, set) in read {
                             sets.insert(key, set.migrations.iter().map(|m| m.version).collect());
                         }

@@ -16,7 +16,7 @@ impl Coordinator {
         Self::operator(who)?;
         let bundle = Bundle::from_json(&s.bundle).map_err(|e| ServiceError::BadInput(e.to_string()))?;
         let sets = bundle
-            .check(&ReadOptions { allow_missing_down: true })
+            .check(&ReadOptions { allow_missing_down: true, ..ReadOptions::default() })
             .map_err(|e| ServiceError::BadInput(format!("the migrations do not read: {e}")))?;
         let targets = self.store.targets().await?;
         let validate: Vec<Target> = match &s.validate_on {

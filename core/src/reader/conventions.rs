@@ -11,17 +11,28 @@ pub(super) struct Parts {
     /// Relative paths in the set's [`Files`].
     pub up: Option<String>,
     pub down: Option<String>,
-    /// dbmate: UP and DOWN share one file.
-    pub combined: bool,
+    /// UP and DOWN come out of one file (`up` names it).
+    pub combined: Option<Combined>,
+    /// pop: scripts for one engine only, by pop's dialect name (`postgres`, `mysql`, `sqlite3`, `cockroach`).
+    pub dialects: Vec<(String, Role, String)>,
     /// From Flyway's `.conf` or diesel's `metadata.toml`.
     pub no_transaction: bool,
+}
+
+/// A file that holds both scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Combined {
+    /// `-- migrate:up` / `-- migrate:down` sections.
+    Dbmate,
+    /// `up` and `down` functions calling `knex.raw` with literal SQL.
+    Knex,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Role {
     Up,
     Down,
-    Both,
+    Both(Combined),
 }
 
 pub(super) struct Found {
@@ -29,8 +40,19 @@ pub(super) struct Found {
     pub version: Version,
     pub name: String,
     pub files: Vec<(Role, String)>,
+    /// pop's dialect, for a file meant for one engine only.
+    pub dialect: Option<String>,
     pub no_transaction: bool,
 }
+
+impl Found {
+    fn one(format: Format, (version, name): (Version, String), role: Role, rel: String) -> Found {
+        Found { format, version, name, files: vec![(role, rel)], dialect: None, no_transaction: false }
+    }
+}
+
+/// pop's dialect suffixes (`<version>_<name>.<dialect>.up.sql`).
+pub(super) const POP_DIALECTS: [&str; 4] = ["postgres", "mysql", "sqlite3", "cockroach"];
 
 /// Works out what a top-level entry (`name`, a folder when `is_dir`) is; `None` for files that are not
 /// migrations (READMEs, configs).
@@ -38,20 +60,7 @@ pub(super) fn classify(files: &Files, name: &str, is_dir: bool) -> Result<Option
     let path = &files.path(name);
     let file_name = name;
     if is_dir {
-        let (up, down) = (format!("{name}/up.sql"), format!("{name}/down.sql"));
-        if !files.exists(&up) && !files.exists(&down) {
-            return Ok(None);
-        }
-        let (version, name) = diesel_name(path, file_name)?;
-        if !files.exists(&up) {
-            return Err(ReadError::new(path, "diesel migration folder has down.sql but no up.sql"));
-        }
-        let mut parts = vec![(Role::Up, up)];
-        if files.exists(&down) {
-            parts.push((Role::Down, down));
-        }
-        let no_transaction = diesel_no_transaction(files, &format!("{file_name}/metadata.toml"))?;
-        return Ok(Some(Found { format: Format::Diesel, version, name, files: parts, no_transaction }));
+        return classify_folder(files, name);
     }
     let path_buf = name.to_string();
     for (suffix, format, role) in [
@@ -61,38 +70,27 @@ pub(super) fn classify(files: &Files, name: &str, is_dir: bool) -> Result<Option
         (".down.json", Format::Mongo, Role::Down),
     ] {
         if let Some(stem) = file_name.strip_suffix(suffix) {
-            let (version, name) = version_and_name(path, stem, "_")?;
-            return Ok(Some(Found { format, version, name, files: vec![(role, path_buf)], no_transaction: false }));
+            // pop: `<version>_<name>.<dialect>.up.sql` is for that engine only.
+            let dialect = POP_DIALECTS.iter().find(|d| stem.ends_with(&format!(".{d}")) && format == Format::Native);
+            if let Some(dialect) = dialect {
+                let stem = &stem[..stem.len() - dialect.len() - 1];
+                let mut found = Found::one(Format::Pop, version_and_name(path, stem, "_")?, role, path_buf);
+                found.dialect = Some(dialect.to_string());
+                return Ok(Some(found));
+            }
+            return Ok(Some(Found::one(format, version_and_name(path, stem, "_")?, role, path_buf)));
+        }
+    }
+    for suffix in [".js", ".ts", ".cjs", ".mjs"] {
+        if let Some(stem) = file_name.strip_suffix(suffix) {
+            if stem.starts_with(|c: char| c.is_ascii_digit()) && stem.contains('_') {
+                let found = version_and_name(path, stem, "_")?;
+                return Ok(Some(Found::one(Format::Knex, found, Role::Both(Combined::Knex), path_buf)));
+            }
         }
     }
     if let Some(stem) = file_name.strip_suffix(".sql") {
-        let flyway_role = match stem.as_bytes() {
-            [b'V', d, ..] if d.is_ascii_digit() => Some(Role::Up),
-            [b'U', d, ..] if d.is_ascii_digit() => Some(Role::Down),
-            [b'R', b'_', b'_', ..] => {
-                return Err(ReadError::new(
-                    path,
-                    "Flyway repeatable migrations (R__) are not supported: make it a versioned migration",
-                ))
-            }
-            _ => None,
-        };
-        if let Some(role) = flyway_role {
-            let (version, name) = version_and_name(path, &stem[1..], "__")?;
-            let no_transaction = flyway_no_transaction(files, &format!("{file_name}.conf"))?;
-            return Ok(Some(Found {
-                format: Format::Flyway,
-                version,
-                name,
-                files: vec![(role, path_buf)],
-                no_transaction,
-            }));
-        }
-        let (version, name) = version_and_name(path, stem, "_")?;
-        let text = files.text(file_name)?;
-        let dbmate = text.lines().any(|l| l.trim_start().starts_with("-- migrate:up"));
-        let (format, role) = if dbmate { (Format::Dbmate, Role::Both) } else { (Format::Native, Role::Up) };
-        return Ok(Some(Found { format, version, name, files: vec![(role, path_buf)], no_transaction: false }));
+        return classify_sql(files, name, stem);
     }
     if file_name.ends_with(".json") && file_name.starts_with(|c: char| c.is_ascii_digit()) {
         return Err(ReadError::new(
@@ -101,6 +99,78 @@ pub(super) fn classify(files: &Files, name: &str, is_dir: bool) -> Result<Option
         ));
     }
     Ok(None)
+}
+
+/// A folder: Prisma's (`migration.sql`) or diesel's (`up.sql`, `down.sql`); `None` for any other.
+fn classify_folder(files: &Files, name: &str) -> Result<Option<Found>, ReadError> {
+    let path = &files.path(name);
+    let file_name = name;
+    let (up, down) = (format!("{name}/up.sql"), format!("{name}/down.sql"));
+    let prisma = format!("{name}/migration.sql");
+    if files.exists(&prisma) {
+        // Prisma: `<timestamp>_<name>/migration.sql`, and a `down.sql` beside it where the team writes one.
+        let mut parts = vec![(Role::Up, prisma)];
+        if files.exists(&down) {
+            parts.push((Role::Down, down));
+        }
+        let (version, name) = version_and_name(path, file_name, "_")?;
+        return Ok(Some(Found {
+            format: Format::Prisma,
+            version,
+            name,
+            files: parts,
+            dialect: None,
+            no_transaction: false,
+        }));
+    }
+    if !files.exists(&up) && !files.exists(&down) {
+        return Ok(None);
+    }
+    let (version, name) = diesel_name(path, file_name)?;
+    if !files.exists(&up) {
+        return Err(ReadError::new(path, "diesel migration folder has down.sql but no up.sql"));
+    }
+    let mut parts = vec![(Role::Up, up)];
+    if files.exists(&down) {
+        parts.push((Role::Down, down));
+    }
+    let no_transaction = diesel_no_transaction(files, &format!("{file_name}/metadata.toml"))?;
+    Ok(Some(Found { format: Format::Diesel, version, name, files: parts, dialect: None, no_transaction }))
+}
+
+/// A `.sql` file that is not `.up.sql` / `.down.sql`: Flyway's, dbmate's, or sqlx's up-only one.
+fn classify_sql(files: &Files, file_name: &str, stem: &str) -> Result<Option<Found>, ReadError> {
+    let path = &files.path(file_name);
+    let path_buf = file_name.to_string();
+    let flyway_role = match stem.as_bytes() {
+        [b'V', d, ..] if d.is_ascii_digit() => Some(Role::Up),
+        [b'U', d, ..] if d.is_ascii_digit() => Some(Role::Down),
+        [b'R', b'_', b'_', ..] => {
+            return Err(ReadError::new(
+                path,
+                "Flyway repeatable migrations (R__) are not supported: make it a versioned migration",
+            ))
+        }
+        _ => None,
+    };
+    if let Some(role) = flyway_role {
+        let (version, name) = version_and_name(path, &stem[1..], "__")?;
+        let no_transaction = flyway_no_transaction(files, &format!("{file_name}.conf"))?;
+        return Ok(Some(Found {
+            format: Format::Flyway,
+            version,
+            name,
+            files: vec![(role, path_buf)],
+            dialect: None,
+            no_transaction,
+        }));
+    }
+    let (version, name) = version_and_name(path, stem, "_")?;
+    let text = files.text(file_name)?;
+    let dbmate = text.lines().any(|l| l.trim_start().starts_with("-- migrate:up"));
+    let (format, role) =
+        if dbmate { (Format::Dbmate, Role::Both(Combined::Dbmate)) } else { (Format::Native, Role::Up) };
+    Ok(Some(Found::one(format, (version, name), role, path_buf)))
 }
 
 fn version_and_name(path: &Path, stem: &str, separator: &str) -> Result<(Version, String), ReadError> {

@@ -12,7 +12,9 @@
 
 mod conventions;
 mod files;
+mod knex;
 mod scripts;
+mod sqitch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +24,7 @@ use serde::Serialize;
 pub use crate::error::ReadError;
 use crate::migration::Migration;
 use crate::version::Version;
-use conventions::{classify, Parts, Role};
+use conventions::{classify, Parts, Role, POP_DIALECTS};
 pub use files::Files;
 
 /// A directory convention.
@@ -35,6 +37,14 @@ pub enum Format {
     Dbmate,
     Diesel,
     Mongo,
+    /// pop / fizz SQL: native names, with `.<dialect>.` files for one engine only.
+    Pop,
+    /// `<timestamp>_<name>/migration.sql` (+ `down.sql`).
+    Prisma,
+    /// JavaScript migrations whose `up` and `down` only run literal SQL through `knex.raw`.
+    Knex,
+    /// `sqitch.plan` with `deploy/`, `revert/` and `verify/` scripts.
+    Sqitch,
 }
 
 impl Format {
@@ -45,7 +55,16 @@ impl Format {
             Format::Dbmate => "dbmate",
             Format::Diesel => "diesel",
             Format::Mongo => "mongodb json",
+            Format::Pop => "pop",
+            Format::Prisma => "prisma",
+            Format::Knex => "knex",
+            Format::Sqitch => "sqitch",
         }
+    }
+
+    /// Formats that may share a directory: pop's generic files are native ones.
+    fn compatible(self, other: Format) -> bool {
+        self == other || matches!((self, other), (Format::Native, Format::Pop) | (Format::Pop, Format::Native))
     }
 }
 
@@ -53,6 +72,8 @@ impl Format {
 pub struct ReadOptions {
     /// Accept migrations with no DOWN (they cannot be rolled back).
     pub allow_missing_down: bool,
+    /// The engine the set is read for: picks pop's per-engine files. `None` reads the generic ones.
+    pub engine: Option<crate::Engine>,
 }
 
 /// The migrations of a directory and the convention they follow.
@@ -76,6 +97,22 @@ pub fn read_dir(dir: &Path, options: &ReadOptions) -> Result<MigrationSet, ReadE
 
 /// Reads every migration in `files`.
 pub fn read_files(files: &Files, options: &ReadOptions) -> Result<MigrationSet, ReadError> {
+    if files.exists(sqitch::PLAN) {
+        return sqitch::read(files, options);
+    }
+    let (format, parts) = collect(files)?;
+    let mut migrations = Vec::with_capacity(parts.len());
+    for (version, mut p) in parts {
+        if !p.dialects.is_empty() {
+            pick_dialect(files, version, &mut p, options.engine)?;
+        }
+        migrations.push(scripts::build(files, version, p, format.unwrap_or(Format::Native), options)?);
+    }
+    Ok(MigrationSet { dir: files.root().to_path_buf(), format, migrations })
+}
+
+/// Every top-level entry classified, by version; one convention for the whole set.
+fn collect(files: &Files) -> Result<(Option<Format>, BTreeMap<Version, Parts>), ReadError> {
     let mut format: Option<(Format, PathBuf)> = None;
     let mut parts: BTreeMap<Version, Parts> = BTreeMap::new();
     for (name, is_dir) in files.top_level() {
@@ -83,7 +120,7 @@ pub fn read_files(files: &Files, options: &ReadOptions) -> Result<MigrationSet, 
         let path = files.path(&name);
         match &format {
             None => format = Some((found.format, path.clone())),
-            Some((f, first)) if *f != found.format => {
+            Some((f, first)) if !f.compatible(found.format) => {
                 return Err(ReadError::new(
                     &path,
                     format!(
@@ -94,12 +131,17 @@ pub fn read_files(files: &Files, options: &ReadOptions) -> Result<MigrationSet, 
                     ),
                 ))
             }
+            Some((Format::Native, first)) if found.format == Format::Pop => format = Some((Format::Pop, first.clone())),
             Some(_) => {}
         }
         let slot = parts.entry(found.version).or_default();
         for (role, file) in found.files {
+            if let Some(dialect) = &found.dialect {
+                slot.dialects.push((dialect.clone(), role, file));
+                continue;
+            }
             let existing = match role {
-                Role::Up | Role::Both => slot.up.replace(file.clone()),
+                Role::Up | Role::Both(_) => slot.up.replace(file.clone()),
                 Role::Down => slot.down.replace(file.clone()),
             };
             if let Some(other) = existing {
@@ -108,7 +150,9 @@ pub fn read_files(files: &Files, options: &ReadOptions) -> Result<MigrationSet, 
                     format!("duplicate version {}: also used by {}", found.version, files.path(&other).display()),
                 ));
             }
-            slot.combined |= role == Role::Both;
+            if let Role::Both(combined) = role {
+                slot.combined = Some(combined);
+            }
         }
         match &slot.name {
             Some(name) if *name != found.name => {
@@ -121,13 +165,43 @@ pub fn read_files(files: &Files, options: &ReadOptions) -> Result<MigrationSet, 
         }
         slot.no_transaction |= found.no_transaction;
     }
+    Ok((format.map(|(f, _)| f), parts))
+}
 
-    let format = format.map(|(f, _)| f);
-    let mut migrations = Vec::with_capacity(parts.len());
-    for (version, p) in parts {
-        migrations.push(scripts::build(files, version, p, format.unwrap_or(Format::Native), options)?);
+/// pop: the engine's own file where there is one, else the generic one; a version with neither is a no-op on
+/// this engine (its scripts are empty, and it is recorded like any other).
+fn pick_dialect(
+    files: &Files,
+    version: Version,
+    p: &mut Parts,
+    engine: Option<crate::Engine>,
+) -> Result<(), ReadError> {
+    use crate::Engine;
+    let wanted = match engine {
+        Some(Engine::Postgres) => Some("postgres"),
+        Some(Engine::Mysql) => Some("mysql"),
+        Some(Engine::Sqlite) => Some("sqlite3"),
+        Some(Engine::Mongodb) | None => None,
+    };
+    for (dialect, role, rel) in std::mem::take(&mut p.dialects) {
+        debug_assert!(POP_DIALECTS.contains(&dialect.as_str()));
+        if Some(dialect.as_str()) != wanted {
+            continue;
+        }
+        match role {
+            Role::Down => p.down = Some(rel),
+            _ => p.up = Some(rel),
+        }
     }
-    Ok(MigrationSet { dir: files.root().to_path_buf(), format, migrations })
+    if p.up.is_none() && p.down.is_none() {
+        // Nothing for this engine: an explicit no-op.
+        p.up = Some(String::new());
+        p.down = Some(String::new());
+    } else if p.up.is_none() {
+        let down = files.path(p.down.as_deref().unwrap_or_default());
+        return Err(ReadError::new(&down, format!("version {version} has a DOWN but no UP for this engine")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -235,7 +309,7 @@ mod tests {
         let d = dir(&[("20240101_idx.sql", "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (x);")]);
         let err = read(&d).unwrap_err();
         assert!(err.message.contains("no DOWN"), "{err}");
-        let set = read_dir(d.path(), &ReadOptions { allow_missing_down: true }).unwrap();
+        let set = read_dir(d.path(), &ReadOptions { allow_missing_down: true, ..ReadOptions::default() }).unwrap();
         assert!(set.migrations[0].up.no_transaction);
         assert!(set.migrations[0].down.is_none());
     }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::conventions::Parts;
+use super::conventions::{Combined, Parts};
 use super::{Files, Format, ReadError, ReadOptions};
 use crate::migration::{Backfill, Checksum, Migration, MigrationOptions, Phase, Script, ScriptKind};
 use crate::version::Version;
@@ -17,20 +17,25 @@ pub(super) fn build(
     let name = parts.name.unwrap_or_default();
     let kind = if format == Format::Mongo { ScriptKind::MongoCommands } else { ScriptKind::Sql };
     let script = |rel: &str| -> Result<Script, ReadError> {
+        // No file for this engine (pop): an empty script, a no-op.
+        let text = if rel.is_empty() { "" } else { files.text(rel)? };
         Ok(Script {
-            text: files.text(rel)?.to_string(),
+            text: text.to_string(),
             path: files.path(rel),
             first_line: 1,
             no_transaction: parts.no_transaction,
             backfill: None,
         })
     };
-    let (up, down) = if parts.combined {
+    let (up, down) = if let Some(combined) = parts.combined {
         let rel = parts
             .up
             .as_deref()
             .ok_or_else(|| ReadError::new(files.root(), format!("version {version} has no file")))?;
-        dbmate_sections(&files.path(rel), files.text(rel)?)?
+        match combined {
+            Combined::Dbmate => dbmate_sections(&files.path(rel), files.text(rel)?)?,
+            Combined::Knex => super::knex::scripts(&files.path(rel), files.text(rel)?)?,
+        }
     } else {
         let Some(up) = parts.up.as_deref() else {
             let down = files.path(parts.down.as_deref().unwrap_or_default());
