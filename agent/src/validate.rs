@@ -1,7 +1,9 @@
 //! `validate` on a staging database: for each pending migration, up → dump S1 (→ test command) → down → the schema
-//! must equal S0 exactly → up again → it must equal S1. Every mismatch is reported with its diff.
+//! must equal S0 exactly → up again → it must equal S1. Every mismatch is reported with its diff and its class
+//! (structure fails; column order only and literal timestamps are reported as notes). A DOWN that fails without
+//! committing anything does not stop the run: it goes on from the UP's state, so one run lists every problem.
 
-use flotilla_core::schema::{diff, Schema};
+use flotilla_core::schema::{diff, DifferenceClass, Schema};
 use flotilla_core::{plan, MigrationSet, Request, Version};
 use serde::Serialize;
 
@@ -13,12 +15,14 @@ pub struct MigrationCheck {
     pub name: String,
     /// Empty when the migration passed.
     pub problems: Vec<String>,
+    /// Differences that are not a real mismatch, each named by its class (column order, literal timestamps).
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ValidationReport {
     pub migrations: Vec<MigrationCheck>,
-    /// Set when validation had to stop early (an UP or DOWN failed).
+    /// Set when validation had to stop early (an UP failed, or a DOWN failed and left changes behind).
     pub stopped: Option<String>,
 }
 
@@ -49,7 +53,7 @@ pub async fn validate(
     let mut report = ValidationReport { migrations: Vec::new(), stopped: None };
     let mut before = ex.schema().await?;
     for (version, name) in pending {
-        let mut check = MigrationCheck { version, name, problems: Vec::new() };
+        let mut check = MigrationCheck { version, name, problems: Vec::new(), notes: Vec::new() };
         let step = async |ex: &mut Executor, request| ex.migrate(set, request, false).await.map(drop);
         if let Err(e) = step(ex, Request::Up { to: Some(version) }).await {
             return Ok(stopped(report, check, format!("UP of {version} failed: {e}")));
@@ -61,7 +65,14 @@ pub async fn validate(
             }
         }
         if let Err(e) = step(ex, Request::DownSteps(1)).await {
-            return Ok(stopped(report, check, format!("DOWN of {version} failed: {e}")));
+            if !committed_nothing(ex, version, &after_up).await? {
+                return Ok(stopped(report, check, format!("DOWN of {version} failed and left changes behind: {e}")));
+            }
+            // The DOWN rolled back whole: the UP's state stands, and the next migration is checked from it.
+            check.problems.push(format!("DOWN of {version} failed (nothing of it committed): {e}"));
+            before = after_up;
+            report.migrations.push(check);
+            continue;
         }
         compare(&mut check, "after DOWN the schema is not what it was before the UP", &before, &ex.schema().await?);
         if let Err(e) = step(ex, Request::Up { to: Some(version) }).await {
@@ -83,11 +94,27 @@ fn stopped(mut report: ValidationReport, mut check: MigrationCheck, reason: Stri
     report
 }
 
+/// Whether a failed DOWN of `version` left the target as the UP had it: the migration still recorded as applied,
+/// and the schema unchanged.
+async fn committed_nothing(ex: &mut Executor, version: Version, after_up: &Schema) -> Result<bool, ExecError> {
+    let history = ex.history().await?;
+    let applied = history.iter().any(|h| h.version == version && !h.state.is_dirty());
+    Ok(applied && diff(after_up, &ex.schema().await?).is_empty())
+}
+
+/// Differences by class: structural ones are problems, the others notes that say what they are.
 fn compare(check: &mut MigrationCheck, what: &str, expected: &Schema, actual: &Schema) {
     let differences = diff(expected, actual);
-    if !differences.is_empty() {
-        let lines: Vec<String> = differences.iter().map(|d| format!("  {d}")).collect();
-        check.problems.push(format!("{what}:\n{}", lines.join("\n")));
+    for class in [DifferenceClass::Structure, DifferenceClass::ColumnOrderOnly, DifferenceClass::TimestampsOnly] {
+        let lines: Vec<String> = differences.iter().filter(|d| d.class() == class).map(|d| format!("  {d}")).collect();
+        if lines.is_empty() {
+            continue;
+        }
+        let text = format!("{what} ({}):\n{}", class.describe(), lines.join("\n"));
+        match class {
+            DifferenceClass::Structure => check.problems.push(text),
+            _ => check.notes.push(text),
+        }
     }
 }
 

@@ -126,9 +126,13 @@ async fn validate_target(out: Output, target: &Target, test_cmd: Option<&str>) -
         let report = report?;
         crate::schema::print_validation(out, &report);
         if report.passed() {
-            Ok(())
+            Ok(Code::Ok)
         } else {
-            Err(ExecError::Refused("validation found problems (listed above)".into()))
+            // The report says what: one JSON document, or the list above and this line.
+            if !out.json {
+                eprintln!("error: validation found problems (listed above)");
+            }
+            Ok(Code::Refused)
         }
     })
     .await
@@ -152,7 +156,7 @@ fn print_written(out: Output, written: Result<(Vec<std::path::PathBuf>, &str), S
 }
 
 /// Reads the directory, connects, and runs `body` with an executor; every error is reported here, once.
-pub(crate) async fn with_target<F, Fut>(
+pub(crate) async fn with_target<F, Fut, R>(
     out: Output,
     target: &Target,
     writes: bool,
@@ -161,7 +165,8 @@ pub(crate) async fn with_target<F, Fut>(
 ) -> Code
 where
     F: FnOnce(Executor, MigrationSet) -> Fut,
-    Fut: std::future::Future<Output = Result<(), ExecError>>,
+    Fut: std::future::Future<Output = Result<R, ExecError>>,
+    R: Into<Code>,
 {
     let read = ReadOptions {
         allow_missing_down: target.allow_missing_down,
@@ -187,7 +192,7 @@ where
         executor = executor.with_progress(sink);
     }
     match body(executor, set).await {
-        Ok(()) => Code::Ok,
+        Ok(done) => done.into(),
         Err(e) => out.error(Code::of(&e), &e.to_string()),
     }
 }

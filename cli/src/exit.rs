@@ -22,6 +22,13 @@ pub enum Code {
     CoordinatorDependency = 7,
 }
 
+/// A command that ran to its end without a finding of its own.
+impl From<()> for Code {
+    fn from(_: ()) -> Self {
+        Code::Ok
+    }
+}
+
 impl From<Code> for std::process::ExitCode {
     fn from(code: Code) -> Self {
         std::process::ExitCode::from(code as u8)

@@ -97,8 +97,11 @@ pub fn print_validation(out: Output, report: &ValidationReport) {
                 println!("  {}", p.replace('\n', "\n  "));
             }
         }
+        for note in &m.notes {
+            println!("  note: {}", note.replace('\n', "\n  "));
+        }
     }
     if report.stopped.is_some() {
-        println!("\nStopped at the first migration that could not run; later migrations were not validated.");
+        println!("\nStopped at a migration that could not run or left changes behind; later ones were not validated.");
     }
 }

@@ -24,6 +24,8 @@ pub enum Kind {
     Table,
     Collection,
     ForeignKey,
+    /// `ALTER SEQUENCE … OWNED BY table.column`: once the table exists; a dropped table takes its sequence along.
+    SequenceOwner,
     View,
     MaterializedView,
     Index,
@@ -42,6 +44,7 @@ impl Kind {
             Kind::Table => "table",
             Kind::Collection => "collection",
             Kind::ForeignKey => "foreign key",
+            Kind::SequenceOwner => "sequence owner",
             Kind::View => "view",
             Kind::MaterializedView => "materialized view",
             Kind::Index => "index",
@@ -169,6 +172,88 @@ impl fmt::Display for Difference {
     }
 }
 
+/// What kind of difference it is, for a reader deciding what to do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DifferenceClass {
+    /// Objects or their parts differ: a real mismatch.
+    Structure,
+    /// The same columns and constraints, in another order (a DOWN that re-adds a column puts it last).
+    ColumnOrderOnly,
+    /// The definitions differ only in literal timestamps: the UP embeds the time it ran (`'now'::timestamp`).
+    TimestampsOnly,
+}
+
+impl DifferenceClass {
+    pub fn describe(self) -> &'static str {
+        match self {
+            DifferenceClass::Structure => "structure",
+            DifferenceClass::ColumnOrderOnly => "column order only",
+            DifferenceClass::TimestampsOnly => "non-deterministic UP: only literal timestamps differ between two runs",
+        }
+    }
+}
+
+impl Difference {
+    pub fn class(&self) -> DifferenceClass {
+        let Difference::Changed { kind, from, to, .. } = self else {
+            return match self {
+                Difference::PartChanged { from: Some(a), to: Some(b), .. }
+                    if without_timestamps(a) == without_timestamps(b) =>
+                {
+                    DifferenceClass::TimestampsOnly
+                }
+                _ => DifferenceClass::Structure,
+            };
+        };
+        if without_timestamps(from) == without_timestamps(to) {
+            return DifferenceClass::TimestampsOnly;
+        }
+        let lines = |ddl: &str| {
+            let mut lines: Vec<String> =
+                ddl.lines().map(|l| l.trim().trim_end_matches(',').to_string()).filter(|l| !l.is_empty()).collect();
+            lines.sort();
+            lines
+        };
+        if *kind == Kind::Table && lines(from) == lines(to) {
+            DifferenceClass::ColumnOrderOnly
+        } else {
+            DifferenceClass::Structure
+        }
+    }
+}
+
+/// `text` with every literal date-time (`2026-12-02 01:23:45.678+00`, `2026-12-02T01:23:45Z`) replaced by a mark.
+fn without_timestamps(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let digits = |at: usize, n: usize| at + n <= bytes.len() && bytes[at..at + n].iter().all(u8::is_ascii_digit);
+    let (mut out, mut i) = (String::with_capacity(text.len()), 0);
+    while i < bytes.len() {
+        let date = digits(i, 4)
+            && bytes.get(i + 4) == Some(&b'-')
+            && digits(i + 5, 2)
+            && bytes.get(i + 7) == Some(&b'-')
+            && digits(i + 8, 2);
+        let time = date
+            && matches!(bytes.get(i + 10), Some(b' ' | b'T'))
+            && digits(i + 11, 2)
+            && bytes.get(i + 13) == Some(&b':')
+            && digits(i + 14, 2);
+        if !time {
+            let c = text[i..].chars().next().unwrap_or(' ');
+            out.push(c);
+            i += c.len_utf8();
+            continue;
+        }
+        i += 16;
+        while i < bytes.len() && (bytes[i].is_ascii_digit() || matches!(bytes[i], b':' | b'.' | b'+' | b'Z')) {
+            i += 1;
+        }
+        out.push_str("<timestamp>");
+    }
+    out
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -217,6 +302,37 @@ pub fn diff(a: &Schema, b: &Schema) -> Vec<Difference> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn differences_are_classed_by_what_they_are() {
+        let changed = |kind, from: &str, to: &str| Difference::Changed {
+            kind,
+            name: "x".into(),
+            from: from.into(),
+            to: to.into(),
+        };
+        let view =
+            |at: &str| format!("CREATE VIEW x AS\n SELECT id, '{at}'::timestamp without time zone AS seen FROM t");
+        assert_eq!(
+            changed(Kind::View, &view("2026-12-02 01:23:45.123456"), &view("2026-12-02 01:23:47.9")).class(),
+            DifferenceClass::TimestampsOnly
+        );
+        let table = |cols: &[&str]| format!("CREATE TABLE x (\n    {}\n)", cols.join(",\n    "));
+        assert_eq!(
+            changed(Kind::Table, &table(&["id integer", "b text"]), &table(&["b text", "id integer"])).class(),
+            DifferenceClass::ColumnOrderOnly
+        );
+        assert_eq!(
+            changed(Kind::Table, &table(&["id integer", "b text"]), &table(&["id integer", "b varchar"])).class(),
+            DifferenceClass::Structure
+        );
+        assert_eq!(
+            changed(Kind::View, &view("2026-12-02 01:23:45"), "CREATE VIEW x AS SELECT 1").class(),
+            DifferenceClass::Structure
+        );
+        let removed = Difference::Removed { kind: Kind::Index, name: "i".into(), ddl: "CREATE INDEX i".into() };
+        assert_eq!(removed.class(), DifferenceClass::Structure);
+    }
+
     use super::*;
 
     fn table(name: &str, cols: &[(&str, &str)]) -> Object {

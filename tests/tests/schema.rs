@@ -88,6 +88,10 @@ async fn dump_is_deterministic_and_round_trips(engine: Engine) {
         panic!("round trip changed the model:\n{}", diff.stdout);
     }
 
+    if engine == Postgres {
+        assert!(sql.contains("ALTER SEQUENCE billing.invoices_id_seq OWNED BY billing.invoices.id"), "{sql}");
+    }
+
     // diff: the same → exit 0; a change → exit 1 naming it.
     let file = Dir::new();
     file.file("a.json", &first);
@@ -103,6 +107,12 @@ async fn dump_is_deterministic_and_round_trips(engine: Engine) {
     let differs = flotilla(&["schema", "diff", a_path.to_str().unwrap_or_default(), &copy.url]).await;
     differs.fails(1, "nickname");
     flotilla(&["schema", "diff", "/nonexistent.json", &copy.url]).await.fails(2, "cannot read");
+    if engine == Postgres {
+        // Ownership survived the round trip: a dropped table takes its serial's sequence along.
+        copy.exec("DROP TABLE billing.invoices CASCADE").await;
+        assert!(!copy.catalog().await.iter().any(|c| c.contains("invoices_id_seq")));
+        assert!(!dump(&copy, "json").await.contains("invoices_id_seq"), "no sequence is left behind");
+    }
 }
 
 async fn validate_passes_a_good_set(engine: Engine) {
@@ -185,4 +195,43 @@ async fn validate_catches_bad_downs_on_mysql() {
 #[tokio::test(flavor = "multi_thread")]
 async fn validate_catches_bad_downs_on_sqlite() {
     catches(Sqlite).await;
+}
+
+/// One validate run lists every problem: it goes on past a DOWN that fails without committing, and says what kind
+/// each difference is (structure fails; column order and literal timestamps are notes).
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_goes_on_past_a_failing_down_and_classes_what_differs() {
+    let db = TestDb::new(Postgres).await;
+    let dir = Dir::new();
+    dir.migration(Postgres, 1, "create_a", "CREATE TABLE a (id INT PRIMARY KEY, b TEXT, c TEXT);", "DROP TABLE a;");
+    // A DOWN in syntax the server does not have: it fails, and nothing of it commits.
+    dir.migration(
+        Postgres,
+        2,
+        "add_d",
+        "ALTER TABLE a ADD COLUMN d INT;",
+        "ALTER TABLE a DROP COLUMN d RESTRICT NONSENSE;",
+    );
+    dir.migration(
+        Postgres,
+        3,
+        "seen_view",
+        "CREATE VIEW seen AS SELECT id, 'now'::timestamp AS at FROM a;",
+        "DROP VIEW seen;",
+    );
+    dir.migration(Postgres, 4, "drop_b", "ALTER TABLE a DROP COLUMN b;", "ALTER TABLE a ADD COLUMN b TEXT;");
+    dir.migration(Postgres, 5, "index_c", "CREATE INDEX IF NOT EXISTS a_c ON a (c);", "SELECT 1;");
+    let run = cmd("validate", &db, dir.path(), &["--json"]).await;
+    assert_eq!(run.code, 4, "real mismatches still fail: {run:?}");
+    let report = &run.json()["report"];
+    assert!(report["stopped"].is_null(), "{report:#}");
+    let checks = report["migrations"].as_array().expect("migrations");
+    assert_eq!(checks.len(), 5, "every migration after the failing DOWN is validated too: {report:#}");
+    let text = |i: usize, key: &str| checks[i][key].to_string();
+    assert!(text(1, "problems").contains("DOWN of 2 failed (nothing of it committed)"), "{report:#}");
+    assert_eq!(checks[2]["problems"].as_array().map(Vec::len), Some(0), "{report:#}");
+    assert!(text(2, "notes").contains("non-deterministic UP"), "{report:#}");
+    assert_eq!(checks[3]["problems"].as_array().map(Vec::len), Some(0), "{report:#}");
+    assert!(text(3, "notes").contains("column order only"), "{report:#}");
+    assert!(text(4, "problems").contains("a_c") && text(4, "problems").contains("structure"), "{report:#}");
 }

@@ -99,9 +99,27 @@ async fn before_tables(conn: &mut AnyConnection) -> Result<Vec<Object>, DriverEr
     Ok(objects)
 }
 
-/// What depends on tables: views, indexes, triggers and comments.
+/// What depends on tables: sequence ownership, views, indexes, triggers and comments.
 async fn after_tables(conn: &mut AnyConnection) -> Result<Vec<Object>, DriverError> {
     let mut objects = Vec::new();
+    // A serial column's sequence belongs to the column (pg_depend 'a'); identity sequences ('i') come with their
+    // column and are not dumped at all.
+    let owners = format!(
+        "SELECT {}, {} || '.' || quote_ident(a.attname)
+         FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+         JOIN pg_namespace n ON n.oid = s.relnamespace
+         JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace
+         JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
+         WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'a'
+           AND {USER_NS} AND t.relname NOT LIKE 'flotilla%'",
+        qual("n.nspname", "s.relname"),
+        qual("tn.nspname", "t.relname")
+    );
+    for r in rows(conn, &owners).await? {
+        let mut o = object(Kind::SequenceOwner, &r[0], format!("ALTER SEQUENCE {} OWNED BY {}", r[0], r[1]));
+        o.parts.insert("owned by".into(), r[1].clone());
+        objects.push(o);
+    }
     let views = format!(
         "SELECT {}, c.relkind::text, pg_get_viewdef(c.oid, true) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('v', 'm') AND {USER_NS} AND {}",
