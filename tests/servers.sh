@@ -80,11 +80,12 @@ PY
     python3 -m venv "$tools/venv"
     "$tools/venv/bin/pip" install -q pymongo
   fi
-  if [ ! -f "$tools/node/node_modules/knex/bin/cli.js" ]; then
-    # The real Knex (npm), to run migrations `flotilla new --style knex` writes.
-    log "installing knex and pg (npm) in $tools/node"
+  if [ ! -f "$tools/node/node_modules/knex/bin/cli.js" ] || [ ! -x "$tools/node/node_modules/liquibase/dist/liquibase/liquibase" ]; then
+    # The real Knex and Liquibase (npm; Liquibase's jar runs on this machine's Java), to cross-check Flotilla's
+    # reading of their migrations against the tools themselves.
+    log "installing knex, pg and liquibase (npm) in $tools/node"
     mkdir -p "$tools/node"
-    (cd "$tools/node" && npm install --silent --no-audit --no-fund knex@3 pg@8 >/dev/null)
+    (cd "$tools/node" && npm install --silent --no-audit --no-fund knex@3 pg@8 liquibase@4.28 >/dev/null)
   fi
 }
 
@@ -209,6 +210,7 @@ export FLOTILLA_TEST_MYSQL_URL=mysql://root@127.0.0.1:$my_port/mysql
 export FLOTILLA_TEST_MONGO_URL=mongodb://127.0.0.1:$mongo_port/?directConnection=true
 export FLOTILLA_TEST_ETCD_URL=http://127.0.0.1:$etcd_port
 export FLOTILLA_TEST_KNEX=$tools/node/node_modules/knex/bin/cli.js
+export FLOTILLA_TEST_LIQUIBASE=$tools/node/node_modules/liquibase/dist/liquibase/liquibase
 ENV
 }
 

@@ -55,7 +55,7 @@ impl Style {
             Format::Pop => Style::Pop,
             Format::Prisma => Style::Prisma,
             Format::Knex => Style::Knex,
-            Format::Sqitch => return None,
+            Format::Sqitch | Format::Liquibase => return None,
         })
     }
 }

@@ -13,6 +13,7 @@
 mod conventions;
 mod files;
 mod knex;
+mod liquibase;
 mod scripts;
 mod sqitch;
 
@@ -45,6 +46,8 @@ pub enum Format {
     Knex,
     /// `sqitch.plan` with `deploy/`, `revert/` and `verify/` scripts.
     Sqitch,
+    /// Liquibase formatted SQL: `--changeset author:id` with `--rollback` lines.
+    Liquibase,
 }
 
 impl Format {
@@ -59,6 +62,7 @@ impl Format {
             Format::Prisma => "prisma",
             Format::Knex => "knex",
             Format::Sqitch => "sqitch",
+            Format::Liquibase => "liquibase formatted sql",
         }
     }
 
@@ -99,6 +103,9 @@ pub fn read_dir(dir: &Path, options: &ReadOptions) -> Result<MigrationSet, ReadE
 pub fn read_files(files: &Files, options: &ReadOptions) -> Result<MigrationSet, ReadError> {
     if files.exists(sqitch::PLAN) {
         return sqitch::read(files, options);
+    }
+    if liquibase::is_liquibase(files) {
+        return liquibase::read(files, options);
     }
     let (format, parts) = collect(files)?;
     let mut migrations = Vec::with_capacity(parts.len());

@@ -43,6 +43,18 @@ pub(super) fn build(
         };
         (script(up)?, parts.down.as_deref().map(script).transpose()?)
     };
+    migration(version, name, kind, up, down, options)
+}
+
+/// A migration from its scripts: directives read, a missing DOWN refused unless allowed, commands checked, summed.
+pub(super) fn migration(
+    version: Version,
+    name: String,
+    kind: ScriptKind,
+    up: Script,
+    down: Option<Script>,
+    options: &ReadOptions,
+) -> Result<Migration, ReadError> {
     let (up, up_options) = apply_directives(up)?;
     let down = match down {
         Some(d) => Some(apply_directives(d)?.0),
