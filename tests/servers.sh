@@ -80,6 +80,11 @@ PY
     python3 -m venv "$tools/venv"
     "$tools/venv/bin/pip" install -q pymongo
   fi
+  if [ ! -x "$tools/venv/bin/alembic" ]; then
+    # The real Alembic (PyPI), whose offline mode `flotilla import alembic` runs, and which a test runs online too.
+    log "installing alembic, sqlalchemy and psycopg2-binary (PyPI) in $tools/venv"
+    "$tools/venv/bin/pip" install -q alembic==1.13.3 sqlalchemy==2.0.36 psycopg2-binary==2.9.10
+  fi
   if [ ! -f "$tools/node/node_modules/knex/bin/cli.js" ] || [ ! -x "$tools/node/node_modules/liquibase/dist/liquibase/liquibase" ]; then
     # The real Knex and Liquibase (npm; Liquibase's jar runs on this machine's Java), to cross-check Flotilla's
     # reading of their migrations against the tools themselves.
@@ -211,6 +216,7 @@ export FLOTILLA_TEST_MONGO_URL=mongodb://127.0.0.1:$mongo_port/?directConnection
 export FLOTILLA_TEST_ETCD_URL=http://127.0.0.1:$etcd_port
 export FLOTILLA_TEST_KNEX=$tools/node/node_modules/knex/bin/cli.js
 export FLOTILLA_TEST_LIQUIBASE=$tools/node/node_modules/liquibase/dist/liquibase/liquibase
+export FLOTILLA_TEST_ALEMBIC=$tools/venv/bin/alembic
 ENV
 }
 

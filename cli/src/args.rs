@@ -110,6 +110,11 @@ pub enum Command {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+    /// Turn another tool's migrations into native files Flotilla runs as they are.
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
     /// On a staging database, prove each pending migration reverses exactly: up, down (the schema must be back to
     /// what it was), up again (it must match the first up).
     Validate {
@@ -239,6 +244,25 @@ pub struct RepairChoice {
     /// You undid the interrupted migration by hand: record it as never started.
     #[arg(long)]
     pub mark_not_applied: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// An Alembic project's revision chain, through Alembic's own offline mode (`upgrade A:B --sql` and
+    /// `downgrade B:A --sql` for each revision), as native `<n>_<message>.up.sql` / `.down.sql` files.
+    Alembic {
+        /// The Alembic project: its alembic.ini and versions/.
+        dir: PathBuf,
+        /// Where to write the native files (must hold no migrations yet).
+        #[arg(long)]
+        out: PathBuf,
+        /// The engine whose SQL Alembic renders (its alembic.ini names the dialect).
+        #[arg(long, default_value = "postgres")]
+        engine: flotilla_core::Engine,
+        /// The alembic command to run.
+        #[arg(long, env = "FLOTILLA_ALEMBIC", default_value = "alembic")]
+        alembic: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::args::{CertsCommand, Cli, Command, Target};
 use crate::exit::Code;
-use crate::output::Output;
+use crate::output::{print_written, Output};
 
 pub async fn run(cli: Cli) -> Code {
     let out = Output { json: cli.json, verbose: cli.verbose };
@@ -50,6 +50,7 @@ pub async fn run(cli: Cli) -> Code {
             print_written(out, written.map(|files| (files, "wrote")))
         }
         Command::Schema { command } => crate::schema::run(out, command).await,
+        Command::Import { command } => crate::import::run(out, command).await,
         Command::Lint { dir, engine } => crate::lint::run(out, &dir, engine),
         Command::New { description, dir, engine, style, destructive } => {
             let written = new_migration(&description, &dir, engine, style.as_deref(), destructive);
@@ -136,23 +137,6 @@ async fn validate_target(out: Output, target: &Target, test_cmd: Option<&str>) -
         }
     })
     .await
-}
-
-/// Prints the files a command wrote (`verb` each), or its error.
-fn print_written(out: Output, written: Result<(Vec<std::path::PathBuf>, &str), String>) -> Code {
-    match written {
-        Ok((files, verb)) => {
-            if out.json {
-                out.print_json(&json!({ "ok": true, "files": files }));
-            } else {
-                for f in files {
-                    println!("{verb} {}", f.display());
-                }
-            }
-            Code::Ok
-        }
-        Err(message) => out.error(Code::BadInput, &message),
-    }
 }
 
 /// Reads the directory, connects, and runs `body` with an executor; every error is reported here, once.

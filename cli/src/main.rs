@@ -6,6 +6,7 @@ mod commands;
 mod dev;
 mod exit;
 mod fleet;
+mod import;
 mod lint;
 mod output;
 mod schema;

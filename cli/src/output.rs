@@ -149,3 +149,20 @@ fn plural_note(n: usize, what: &str) -> String {
         format!(", {n} {what}")
     }
 }
+
+/// Prints the files a command wrote (`verb` each), or its error.
+pub(crate) fn print_written(out: Output, written: Result<(Vec<std::path::PathBuf>, &str), String>) -> Code {
+    match written {
+        Ok((files, verb)) => {
+            if out.json {
+                out.print_json(&json!({ "ok": true, "files": files }));
+            } else {
+                for f in files {
+                    println!("{verb} {}", f.display());
+                }
+            }
+            Code::Ok
+        }
+        Err(message) => out.error(Code::BadInput, &message),
+    }
+}

@@ -102,14 +102,16 @@ impl Coordinator {
                 match self.lock.renew(&lease).await {
                     Ok(()) => self.renewed(&plan_id, &target),
                     Err(LockError::Lost { .. }) => {
-                        self.forget(&plan_id, &target);
                         self.reconcile(&plan_id, &target, "the step's lock was lost").await?;
+                        self.forget(&plan_id, &target);
                     }
                     Err(e) => warn!(plan_id, target, error = %e, "could not renew a lock"),
                 }
             } else if renewed.elapsed() >= ttl {
-                self.release(&plan_id, &target).await;
+                // The store first, then the lock: a step never looks in flight without a lock held for it, which
+                // is what a coordinator that restarted would see.
                 self.reconcile(&plan_id, &target, "its agent went away and the step's lock expired").await?;
+                self.release(&plan_id, &target).await;
             }
         }
         Ok(())
@@ -120,8 +122,9 @@ impl Coordinator {
     pub(crate) async fn reclaim(&self, plan_id: &str, target: &str, token: u64, why: &str) -> Result<()> {
         match self.store.step(plan_id, target).await? {
             Some(s) if in_flight(&s) && s.token == Some(token) => {
-                self.release(plan_id, target).await;
+                // The store first, then the lock (see `renew_leases`).
                 self.reconcile(plan_id, target, why).await?;
+                self.release(plan_id, target).await;
                 self.wake.notify_one();
             }
             // Finished or pending already: the lock, if still held, has nothing to guard.

@@ -9,6 +9,7 @@
 //! - [`bundle`]: a migrations directory as the coordinator stores it and agents receive it.
 //! - [`fleet`]: targets, selectors, plans, waves and the plan and step state machines.
 
+pub mod alembic;
 pub mod bundle;
 pub mod direction;
 pub mod engine;

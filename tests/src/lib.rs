@@ -41,6 +41,11 @@ pub fn etcd_url() -> String {
     env_url("FLOTILLA_TEST_ETCD_URL")
 }
 
+/// The real Alembic's command (`servers.sh` installs it from PyPI).
+pub fn alembic_cli() -> String {
+    env_url("FLOTILLA_TEST_ALEMBIC")
+}
+
 /// The real Liquibase's launcher (`servers.sh` installs it from npm; it runs on the machine's Java).
 pub fn liquibase_cli() -> String {
     env_url("FLOTILLA_TEST_LIQUIBASE")

@@ -362,3 +362,59 @@ async fn liquibase_formatted_sql_on_postgres_matches_the_real_liquibase() {
     assert_eq!(ours.catalog().await, before);
     assert_eq!(without_liquibase_tables(theirs.catalog().await), before);
 }
+
+fn alembic(args: &[&str], db: &TestDb) {
+    let url = db.url.replacen("postgres://", "postgresql+psycopg2://", 1);
+    let out = std::process::Command::new(alembic_cli())
+        .arg("-c")
+        .arg(fixture("alembic").join("alembic.ini"))
+        .args(args)
+        .env("ALEMBIC_DB_URL", url)
+        .output()
+        .expect("alembic runs (tests/servers.sh installs it)");
+    assert!(
+        out.status.success(),
+        "alembic {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alembic_chain_imports_through_alembic_and_applies_as_alembic_would() {
+    let work = tempfile::tempdir().expect("dir");
+    let out = work.path().join("migrations");
+    let (dir, out_arg, bin) = (fixture("alembic"), out.to_str().expect("utf-8").to_string(), alembic_cli());
+    let run =
+        flotilla(&["--json", "import", "alembic", dir.to_str().expect("utf-8"), "--out", &out_arg, "--alembic", &bin])
+            .await;
+    assert_eq!(run.ok().json()["files"].as_array().map(Vec::len), Some(6), "an UP and a DOWN per revision");
+    flotilla(&["import", "alembic", dir.to_str().expect("utf-8"), "--out", &out_arg, "--alembic", &bin])
+        .await
+        .fails(2, "not empty");
+
+    let (theirs, ours) = (TestDb::new(Postgres).await, TestDb::new(Postgres).await);
+    let before = ours.catalog().await;
+    let status = cmd("status", &ours, &out, &["--json"]).await;
+    let names: Vec<String> = status.ok().json()["migrations"]
+        .as_array()
+        .expect("migrations")
+        .iter()
+        .map(|m| m["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(names, ["create_customers", "add_customer_tier", "create_orders"]);
+    alembic(&["upgrade", "head"], &theirs);
+    cmd("up", &ours, &out, &[]).await.ok();
+    let theirs_catalog: Vec<String> =
+        theirs.catalog().await.into_iter().filter(|c| !c.contains("alembic_version")).collect();
+    assert!(theirs_catalog.iter().any(|c| c.contains("customers_tier")), "{theirs_catalog:#?}");
+    assert_eq!(ours.catalog().await, theirs_catalog, "the imported files do what Alembic does");
+
+    alembic(&["downgrade", "base"], &theirs);
+    cmd("down", &ours, &out, &["--all"]).await.ok();
+    assert_eq!(ours.catalog().await, before);
+    assert_eq!(
+        theirs.catalog().await.into_iter().filter(|c| !c.contains("alembic_version")).collect::<Vec<_>>(),
+        before
+    );
+}
