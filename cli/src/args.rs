@@ -97,8 +97,8 @@ pub enum Command {
         /// Engine the templates are written for (default: from the directory, FLOTILLA_DB_URL, else postgres).
         #[arg(long)]
         engine: Option<flotilla_core::Engine>,
-        /// native, flyway, golang-migrate, dbmate, sqlx, diesel, pop, prisma or knex (default: the directory's, else
-        /// native).
+        /// native, flyway, golang-migrate, dbmate, sqlx, diesel, pop, prisma, knex, liquibase or alembic (default: the
+        /// directory's, alembic where it has an alembic.ini, else native).
         #[arg(long)]
         style: Option<String>,
         /// Template an UP that backs up what it destroys and a DOWN that restores it.

@@ -181,6 +181,20 @@ where
     }
 }
 
+/// The newest revision of the Alembic project in `dir`, if it has any.
+fn alembic_head(dir: &std::path::Path) -> Result<Option<String>, String> {
+    let versions = dir.join("versions");
+    if !versions.exists() {
+        return Ok(None);
+    }
+    let files = flotilla_core::Files::load(&versions).map_err(|e| e.to_string())?;
+    if !files.iter().any(|(rel, _)| rel.ends_with(".py") && !rel.starts_with("__")) {
+        return Ok(None);
+    }
+    let chain = flotilla_core::alembic::revisions(&files).map_err(|e| e.to_string())?;
+    Ok(chain.last().map(|r| r.id.clone()))
+}
+
 /// Writes a new migration's files; refuses to overwrite or to mix conventions. Returns the paths written.
 fn new_migration(
     description: &str,
@@ -215,6 +229,7 @@ fn new_migration(
         }
         (Some(s), _) => s,
         (None, Some(f)) => Style::of(f).unwrap_or(Style::Native),
+        (None, None) if dir.join("alembic.ini").exists() => Style::Alembic,
         (None, None) => Style::Native,
     };
     let engine = match (engine, existing.format) {
@@ -231,7 +246,10 @@ fn new_migration(
         }
     };
     let (version, width) = next_version(&existing, chrono::Utc::now());
-    let new = files(&NewRequest { description, engine, style, destructive }, version, width)?;
+    // An Alembic revision follows the project's head.
+    let head = if style == Style::Alembic { alembic_head(dir)? } else { None };
+    let request = NewRequest { description, engine, style, destructive, parent: head.as_deref() };
+    let new = files(&request, version, width)?;
     for f in &new {
         let path = dir.join(&f.path);
         if path.exists() {

@@ -24,10 +24,15 @@ pub enum Style {
     Prisma,
     /// `<YYYYMMDDHHMMSS>_<name>.js` running literal SQL through `knex.raw`.
     Knex,
+    /// Liquibase formatted SQL: a `<version>_<name>.sql` changelog with one changeset and its `--rollback` lines.
+    Liquibase,
+    /// An Alembic revision, `versions/<revision>_<name>.py`, following the project's current head.
+    Alembic,
 }
 
 impl Style {
-    pub const NAMES: &'static str = "native, flyway, golang-migrate, dbmate, sqlx, diesel, pop, prisma, knex";
+    pub const NAMES: &'static str =
+        "native, flyway, golang-migrate, dbmate, sqlx, diesel, pop, prisma, knex, liquibase, alembic";
 
     pub fn parse(s: &str) -> Result<Style, String> {
         match s {
@@ -40,6 +45,8 @@ impl Style {
             "pop" | "fizz" => Ok(Style::Pop),
             "prisma" => Ok(Style::Prisma),
             "knex" => Ok(Style::Knex),
+            "liquibase" => Ok(Style::Liquibase),
+            "alembic" => Ok(Style::Alembic),
             other => Err(format!("unknown style `{other}` (expected {})", Style::NAMES)),
         }
     }
@@ -55,7 +62,8 @@ impl Style {
             Format::Pop => Style::Pop,
             Format::Prisma => Style::Prisma,
             Format::Knex => Style::Knex,
-            Format::Sqitch | Format::Liquibase => return None,
+            Format::Liquibase => Style::Liquibase,
+            Format::Sqitch => return None,
         })
     }
 }
@@ -68,6 +76,8 @@ pub struct Request<'a> {
     pub style: Style,
     /// Template an UP that backs up what it destroys and a DOWN that restores it.
     pub destructive: bool,
+    /// The revision the new one follows (Alembic's current head; `None` for the first).
+    pub parent: Option<&'a str>,
 }
 
 /// A file to write, relative to the migrations directory.
@@ -122,8 +132,8 @@ pub fn next_version(existing: &MigrationSet, now: DateTime<Utc>) -> (Version, us
 pub fn files(req: &Request, version: Version, width: usize) -> Result<Vec<NewFile>, String> {
     let name = slug(req.description)?;
     let v = format!("{version:0width$}");
-    // Knex runs each migration in a transaction of its own: its SQL opens none.
-    let (up, down) = templates(req, req.style != Style::Knex);
+    // Knex, Liquibase and Alembic run each migration in a transaction of their own: its SQL opens none.
+    let (up, down) = templates(req, !matches!(req.style, Style::Knex | Style::Liquibase | Style::Alembic));
     let ext = if req.engine == Engine::Mongodb { "json" } else { "sql" };
     if req.engine == Engine::Mongodb && req.style != Style::Native {
         return Err("MongoDB migrations use the native style (<version>_<name>.up.json / .down.json)".into());
@@ -143,7 +153,43 @@ pub fn files(req: &Request, version: Version, width: usize) -> Result<Vec<NewFil
             vec![file(format!("{v}_{name}/migration.sql"), up), file(format!("{v}_{name}/down.sql"), down)]
         }
         Style::Knex => vec![file(format!("{v}_{name}.js"), knex_file(req.description.trim(), &up, &down))],
+        Style::Liquibase => vec![file(format!("{v}_{name}.sql"), liquibase_file(&format!("{v}-{name}"), &up, &down))],
+        Style::Alembic => {
+            let id = revision_id(req.description, &v);
+            let text = alembic_file(req.description.trim(), &id, req.parent, &up, &down);
+            vec![file(format!("versions/{id}_{name}.py"), text)]
+        }
     })
+}
+
+/// One changeset of Liquibase formatted SQL; its DOWN as `--rollback` lines.
+fn liquibase_file(id: &str, up: &str, down: &str) -> String {
+    let rollback: String = down.lines().filter(|l| !l.trim().is_empty()).map(|l| format!("--rollback {l}\n")).collect();
+    format!("--liquibase formatted sql\n\n--changeset flotilla:{id}\n{}\n{rollback}", up.trim_end())
+}
+
+/// Twelve hex digits, as Alembic's own revision ids.
+fn revision_id(description: &str, version: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(format!("{version}:{description}").as_bytes()))[..12].to_string()
+}
+
+/// An Alembic revision running the templates' SQL with `op.execute`, following `parent`.
+fn alembic_file(description: &str, id: &str, parent: Option<&str>, up: &str, down: &str) -> String {
+    let body = |sql: &str| {
+        let sql = sql.replace('\\', "\\\\").replace("\"\"\"", "\\\"\\\"\\\"");
+        let indented: String =
+            sql.lines().map(|l| if l.is_empty() { "\n".to_string() } else { format!("        {l}\n") }).collect();
+        format!("    op.execute(\n        \"\"\"\n{indented}        \"\"\"\n    )\n")
+    };
+    let down_revision = parent.map_or("None".to_string(), |p| format!("\"{p}\""));
+    format!(
+        "\"\"\"{description}\n\nRevision ID: {id}\nRevises: {}\n\"\"\"\nfrom alembic import op\n\nrevision = \"{id}\"\n\
+         down_revision = {down_revision}\nbranch_labels = None\ndepends_on = None\n\n\ndef upgrade():\n{}\n\ndef downgrade():\n{}",
+        parent.unwrap_or(""),
+        body(up),
+        body(down)
+    )
 }
 
 /// A Knex migration whose `up` and `down` run the templates' SQL as it is, so Knex and Flotilla run the same thing.
@@ -276,17 +322,23 @@ mod tests {
             (Style::Pop, Format::Native),
             (Style::Prisma, Format::Prisma),
             (Style::Knex, Format::Knex),
+            (Style::Liquibase, Format::Liquibase),
         ] {
             for (engine, destructive) in [(Engine::Postgres, false), (Engine::Mysql, true), (Engine::Sqlite, true)] {
                 let dir = tempfile::tempdir().unwrap();
                 let empty = read_dir(dir.path(), &ReadOptions::default()).unwrap();
                 let (version, width) = next_version(&empty, now);
-                let req = Request { description: "Add status to orders", engine, style, destructive };
+                let req = Request { description: "Add status to orders", engine, style, destructive, parent: None };
                 write(dir.path(), &files(&req, version, width).unwrap());
                 let set = read_dir(dir.path(), &ReadOptions::default()).unwrap();
                 assert_eq!(set.format, Some(format), "{style:?}");
                 let m = &set.migrations[0];
-                assert_eq!((m.version.get(), m.name.as_str()), (20261124071000, "add_status_to_orders"), "{style:?}");
+                let expected = match style {
+                    // A changeset's version is its place in the changelog; its name is its id.
+                    Style::Liquibase => (1, "20261124071000-add_status_to_orders"),
+                    _ => (20261124071000, "add_status_to_orders"),
+                };
+                assert_eq!((m.version.get(), m.name.as_str()), expected, "{style:?}");
                 assert!(m.down.is_some());
                 // Templates parse for their engine.
                 m.up.statements(m.kind, engine).unwrap();
@@ -305,7 +357,13 @@ mod tests {
         std::fs::write(dir.path().join("000007_a.down.sql"), "SELECT 1;").unwrap();
         let set = read_dir(dir.path(), &ReadOptions::default()).unwrap();
         assert_eq!(next_version(&set, Utc::now()), (Version::from(8u32), 6));
-        let req = Request { description: "next", engine: Engine::Postgres, style: Style::Native, destructive: false };
+        let req = Request {
+            description: "next",
+            engine: Engine::Postgres,
+            style: Style::Native,
+            destructive: false,
+            parent: None,
+        };
         assert_eq!(files(&req, Version::from(8u32), 6).unwrap()[0].path, PathBuf::from("000008_next.up.sql"));
 
         let future = tempfile::tempdir().unwrap();
@@ -319,12 +377,24 @@ mod tests {
     fn mongo_templates_are_valid_command_lists() {
         for destructive in [false, true] {
             let dir = tempfile::tempdir().unwrap();
-            let req = Request { description: "backfill", engine: Engine::Mongodb, style: Style::Native, destructive };
+            let req = Request {
+                description: "backfill",
+                engine: Engine::Mongodb,
+                style: Style::Native,
+                destructive,
+                parent: None,
+            };
             write(dir.path(), &files(&req, Version::from(1u32), 0).unwrap());
             let set = read_dir(dir.path(), &ReadOptions::default()).unwrap();
             assert_eq!(set.format, Some(Format::Mongo));
         }
-        let req = Request { description: "x", engine: Engine::Mongodb, style: Style::Flyway, destructive: false };
+        let req = Request {
+            description: "x",
+            engine: Engine::Mongodb,
+            style: Style::Flyway,
+            destructive: false,
+            parent: None,
+        };
         assert!(files(&req, Version::from(1u32), 0).is_err());
     }
 }

@@ -418,3 +418,151 @@ async fn an_alembic_chain_imports_through_alembic_and_applies_as_alembic_would()
         before
     );
 }
+
+/// What a team does with a template: uncomments the statements it suggests (they work on `my_table`).
+fn fill_in(path: &std::path::Path) {
+    let text = std::fs::read_to_string(path).expect("read");
+    let filled: String = text
+        .lines()
+        .map(|l| {
+            let indent = &l[..l.len() - l.trim_start().len()];
+            let bare = l.trim_start();
+            let (prefix, rest) = match bare.strip_prefix("--rollback ") {
+                Some(rest) => ("--rollback ", rest),
+                None => ("", bare),
+            };
+            match rest.strip_prefix("-- ") {
+                Some(sql) if sql.starts_with("ALTER TABLE my_table") || sql.starts_with("UPDATE my_table") => {
+                    format!("{indent}{prefix}{sql}")
+                }
+                _ => l.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(filled, text, "the template suggests statements: {text}");
+    std::fs::write(path, filled + "\n").expect("write");
+}
+
+async fn two_with_my_table() -> (TestDb, TestDb) {
+    let (theirs, ours) = (TestDb::new(Postgres).await, TestDb::new(Postgres).await);
+    for db in [&theirs, &ours] {
+        db.exec("CREATE TABLE my_table (id INT PRIMARY KEY)").await;
+        db.exec("INSERT INTO my_table VALUES (1)").await;
+    }
+    (theirs, ours)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn liquibase_runs_what_flotilla_new_writes_and_so_does_flotilla() {
+    let work = tempfile::tempdir().expect("dir");
+    let dir = work.path().to_str().expect("utf-8").to_string();
+    let made =
+        flotilla(&["--json", "new", "add tier", "--dir", &dir, "--engine", "postgres", "--style", "liquibase"]).await;
+    let file = made.ok().json()["files"][0].as_str().expect("file").to_string();
+    fill_in(std::path::Path::new(&file));
+    let status = cmd("status", &TestDb::new(Postgres).await, work.path(), &["--json"]).await;
+    assert_eq!(status.ok().json()["migrations"].as_array().map(Vec::len), Some(1), "read back as Liquibase");
+    let name = std::path::Path::new(&file).file_name().and_then(|n| n.to_str()).expect("name").to_string();
+    let master = std::fs::read_to_string(fixture("liquibase").join("changelog.xml"))
+        .expect("the fixture's master changelog")
+        .replace("001-accounts.sql", &name)
+        .replace("    <include file=\"002-transfers.sql\" relativeToChangelogFile=\"true\"/>\n", "");
+    std::fs::write(work.path().join("master.xml"), master).expect("master");
+
+    let (theirs, ours) = two_with_my_table().await;
+    let before = ours.catalog().await;
+    let run = |args: &[&str], db: &TestDb| {
+        let rest = db.url.strip_prefix("postgres://").expect("a PostgreSQL URL");
+        let (user, rest) = rest.split_once('@').expect("user@host");
+        let out = std::process::Command::new(liquibase_cli())
+            .arg(format!("--search-path={dir}"))
+            .args([
+                "--changelog-file=master.xml",
+                &format!("--url=jdbc:postgresql://{rest}"),
+                &format!("--username={user}"),
+            ])
+            .args(["--password=", "--show-banner=false", "--log-level=severe"])
+            .args(args)
+            .output()
+            .expect("liquibase runs");
+        assert!(
+            out.status.success(),
+            "liquibase {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["update"], &theirs);
+    cmd("up", &ours, work.path(), &[]).await.ok();
+    let applied = ours.catalog().await;
+    assert!(applied.iter().any(|c| c.contains("my_table.my_column")), "{applied:#?}");
+    assert_eq!(without_liquibase_tables(theirs.catalog().await), applied);
+    run(&["rollback-count", "--count=1"], &theirs);
+    cmd("down", &ours, work.path(), &["--all"]).await.ok();
+    assert_eq!(ours.catalog().await, before);
+    assert_eq!(without_liquibase_tables(theirs.catalog().await), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alembic_runs_what_flotilla_new_writes_and_the_import_matches_it() {
+    let work = tempfile::tempdir().expect("dir");
+    for f in ["alembic.ini", "env.py"] {
+        std::fs::copy(fixture("alembic").join(f), work.path().join(f)).expect("copy");
+    }
+    let dir = work.path().to_str().expect("utf-8").to_string();
+    let first = flotilla(&["--json", "new", "add my column", "--dir", &dir, "--engine", "postgres"]).await;
+    let first = first.ok().json()["files"][0].as_str().expect("file").to_string();
+    fill_in(std::path::Path::new(&first));
+    let second = flotilla(&["--json", "new", "index my column", "--dir", &dir, "--style", "alembic"]).await;
+    let second = second.ok().json()["files"][0].as_str().expect("file").to_string();
+    let head = std::fs::read_to_string(&first).expect("read");
+    let first_id =
+        head.lines().find_map(|l| l.strip_prefix("revision = ")).expect("revision").trim_matches('"').to_string();
+    assert!(
+        std::fs::read_to_string(&second).expect("read").contains(&format!("down_revision = \"{first_id}\"")),
+        "the second follows the first"
+    );
+    std::fs::write(
+        &second,
+        std::fs::read_to_string(&second)
+            .expect("read")
+            .replace(
+                "-- Safe shape for a new column",
+                "CREATE INDEX my_table_my_column ON my_table (my_column);\n        -- Safe shape for a new column",
+            )
+            .replace("-- Reverses index my column exactly.", "DROP INDEX my_table_my_column;"),
+    )
+    .expect("write");
+
+    let (theirs, ours) = two_with_my_table().await;
+    let before = ours.catalog().await;
+    let alembic_on = |args: &[&str], db: &TestDb| {
+        let out = std::process::Command::new(alembic_cli())
+            .arg("-c")
+            .arg(work.path().join("alembic.ini"))
+            .args(args)
+            .env("ALEMBIC_DB_URL", db.url.replacen("postgres://", "postgresql+psycopg2://", 1))
+            .output()
+            .expect("alembic runs");
+        assert!(
+            out.status.success(),
+            "alembic {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    alembic_on(&["upgrade", "head"], &theirs);
+    let native = work.path().join("native");
+    flotilla(&["import", "alembic", &dir, "--out", native.to_str().expect("utf-8"), "--alembic", &alembic_cli()])
+        .await
+        .ok();
+    cmd("up", &ours, &native, &[]).await.ok();
+    let theirs_catalog: Vec<String> =
+        theirs.catalog().await.into_iter().filter(|c| !c.contains("alembic_version")).collect();
+    assert!(theirs_catalog.iter().any(|c| c.contains("my_table_my_column")), "{theirs_catalog:#?}");
+    assert_eq!(ours.catalog().await, theirs_catalog);
+    alembic_on(&["downgrade", "base"], &theirs);
+    cmd("down", &ours, &native, &["--all"]).await.ok();
+    assert_eq!(ours.catalog().await, before);
+}
