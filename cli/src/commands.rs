@@ -209,7 +209,7 @@ fn new_migration(
     let existing = if dir.exists() {
         read_dir(dir, &ReadOptions { allow_missing_down: true, ..ReadOptions::default() }).map_err(|e| e.to_string())?
     } else {
-        MigrationSet { dir: dir.to_path_buf(), format: None, migrations: Vec::new() }
+        MigrationSet { dir: dir.to_path_buf(), format: None, migrations: Vec::new(), repeatables: Vec::new() }
     };
     let style = match (style.map(Style::parse).transpose()?, existing.format) {
         (_, Some(f)) if Style::of(f).is_none() => {

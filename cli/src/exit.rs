@@ -42,7 +42,7 @@ impl Code {
             ExecError::Plan(PlanError::UnknownVersion(_)) => Code::BadInput,
             ExecError::Plan(_) | ExecError::Refused(_) => Code::Refused,
             ExecError::Driver(d) => Code::of_driver(d),
-            ExecError::Failed { .. } => Code::Failed,
+            ExecError::Failed { .. } | ExecError::RepeatableFailed { .. } => Code::Failed,
         }
     }
 

@@ -111,7 +111,19 @@ impl Output {
 
     pub fn run_report(self, report: &RunReport, verb: &str) {
         if self.json {
-            return self.print_json(&json!({ "ok": true, "dry_run": report.dry_run, "steps": report.steps }));
+            return self.print_json(
+                &json!({ "ok": true, "dry_run": report.dry_run, "steps": report.steps, "repeatables": report.repeatables }),
+            );
+        }
+        let again = if report.repeatables.is_empty() {
+            String::new()
+        } else {
+            format!("; repeatable: {}", report.repeatables.join(", "))
+        };
+        if report.steps.is_empty() && !again.is_empty() {
+            let verb = if report.dry_run { "Dry run: would run" } else { "Ran" };
+            println!("{verb} the repeatable migration(s) whose checksum changed{again}.");
+            return;
         }
         if report.steps.is_empty() {
             println!("Nothing to {verb}: the database is already there.");
@@ -131,7 +143,7 @@ impl Output {
         let total: u64 = report.steps.iter().map(|s| s.duration_ms).sum();
         let last = report.steps.last().map(|s| s.version).unwrap_or_default();
         let past = if verb == "apply" { "Applied" } else { "Rolled back" };
-        println!("{past} {} migration(s) in {total} ms (last: {last}).", report.steps.len());
+        println!("{past} {} migration(s) in {total} ms (last: {last}){again}.", report.steps.len());
     }
 }
 

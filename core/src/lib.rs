@@ -28,7 +28,9 @@ pub mod version;
 
 pub use error::ReadError;
 pub use history::{AppliedMigration, Direction, RecordState};
-pub use migration::{Backfill, Checksum, Engine, Migration, MigrationOptions, Phase, Script, ScriptKind, Statement};
+pub use migration::{
+    Backfill, Checksum, Engine, Migration, MigrationOptions, Phase, Repeatable, Script, ScriptKind, Statement,
+};
 pub use plan::{plan, verify, PlanError, PlanOptions, Request, Step};
 pub use reader::{read_dir, read_files, Files, Format, MigrationSet, ReadOptions};
 pub use version::Version;

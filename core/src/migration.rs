@@ -245,6 +245,15 @@ fn normalize(text: &str) -> String {
     lines[start..end].join("\n")
 }
 
+/// A Flyway repeatable migration (`R__<name>.sql`): no version, run after the versioned ones whenever its checksum
+/// differs from the one last recorded, in name order. It has no DOWN.
+#[derive(Debug, Clone)]
+pub struct Repeatable {
+    pub name: String,
+    pub script: Script,
+    pub checksum: Checksum,
+}
+
 /// A versioned migration with its UP, optional DOWN, options and checksum.
 #[derive(Debug, Clone)]
 pub struct Migration {

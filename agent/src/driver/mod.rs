@@ -48,6 +48,12 @@ pub enum HistoryChange {
         version: Version,
         direction: Direction,
     },
+    /// Records that a repeatable migration ran with this checksum (`flotilla_repeatable`).
+    Repeatable {
+        name: String,
+        checksum: String,
+        applied_by: String,
+    },
     /// Several changes in the same transaction.
     Many(Vec<HistoryChange>),
 }
@@ -132,6 +138,12 @@ pub trait Driver: Send {
         change: &(dyn Fn() -> HistoryChange + Send + Sync),
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError>;
+
+    /// Each repeatable migration's name and the checksum it last ran with; empty when none ever ran.
+    async fn repeatables(&mut self) -> Result<std::collections::BTreeMap<String, String>, DriverError>;
+
+    /// Creates the table of repeatable migrations if missing (only a set that has some needs it).
+    async fn ensure_repeatables(&mut self) -> Result<(), DriverError>;
 
     /// The saved cursor of an interrupted backfill, if any.
     async fn backfill_cursor(

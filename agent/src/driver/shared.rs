@@ -37,6 +37,11 @@ pub(crate) struct Dialect {
     pub delete: &'static str,
     /// How `applied_at` is bound.
     pub timestamp_format: &'static str,
+    /// Repeatable migrations: created when a set first has one; whether it exists (0 or 1); its rows; an upsert.
+    pub create_repeatables: &'static str,
+    pub repeatables_exist: &'static str,
+    pub select_repeatables: &'static str,
+    pub upsert_repeatable: &'static str,
     /// Backfill cursors, created when a backfill first runs.
     pub create_cursors: &'static str,
     pub save_cursor: &'static str,

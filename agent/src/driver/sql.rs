@@ -165,6 +165,14 @@ impl SqlDriver {
                 .await
                 .map(drop)
                 .map_err(db_error),
+            HistoryChange::Repeatable { name, checksum, applied_by } => sqlx::query(dialect.upsert_repeatable)
+                .bind(name.clone())
+                .bind(checksum.clone())
+                .bind(applied_by.clone())
+                .execute(conn)
+                .await
+                .map(drop)
+                .map_err(db_error),
             HistoryChange::Many(changes) => {
                 for change in changes {
                     Box::pin(Self::apply_change(conn, dialect, change)).await?;
@@ -314,6 +322,20 @@ impl Driver for SqlDriver {
         }
         self.history_ready = true;
         Ok(())
+    }
+
+    async fn repeatables(&mut self) -> Result<std::collections::BTreeMap<String, String>, DriverError> {
+        let exists = fetch_unprepared(&mut self.conn, self.dialect.repeatables_exist).await?;
+        if exists.first().map(|r| r.try_get::<i64, _>(0)).transpose().map_err(db_error)?.unwrap_or(0) == 0 {
+            return Ok(Default::default());
+        }
+        let rows = fetch_unprepared(&mut self.conn, self.dialect.select_repeatables).await?;
+        let bad = |e: sqlx::Error| DriverError::BadHistory(format!("flotilla_repeatable: {e}"));
+        rows.iter().map(|r| Ok((r.try_get(0).map_err(bad)?, r.try_get(1).map_err(bad)?))).collect()
+    }
+
+    async fn ensure_repeatables(&mut self) -> Result<(), DriverError> {
+        self.run(self.dialect.create_repeatables).await.map(drop)
     }
 
     async fn backfill_cursor(

@@ -27,6 +27,9 @@ pub enum ExecError {
         error: String,
         dirty: bool,
     },
+    /// A repeatable migration failed; nothing of it committed where the engine runs it in a transaction.
+    #[error("repeatable migration R__{name} failed: {error}")]
+    RepeatableFailed { name: String, error: String },
     /// The request does not fit the target's state (nothing to repair, baseline over existing history, …).
     #[error("{0}")]
     Refused(String),

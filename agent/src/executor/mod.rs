@@ -14,8 +14,8 @@ use chrono::Utc;
 use flotilla_core::plan::{self, PlanOptions, StatusRow};
 use flotilla_core::split::is_transaction_control;
 use flotilla_core::{
-    AppliedMigration, Backfill, Direction, Migration, MigrationSet, PlanError, ReadError, RecordState, Request,
-    ScriptKind, Statement, Version,
+    AppliedMigration, Backfill, Direction, Migration, MigrationSet, PlanError, ReadError, RecordState, Repeatable,
+    Request, ScriptKind, Statement, Version,
 };
 use tracing::{info_span, Instrument};
 
@@ -129,7 +129,14 @@ impl Executor {
         if dry_run {
             let history = self.driver.history().await?;
             let steps = plan::plan(&set.migrations, &history, request, &self.plan_options)?;
-            return Ok(RunReport { dry_run: true, steps: pick(&prepared, &steps)?.into_iter().map(planned).collect() });
+            let repeatables =
+                if matches!(request, Request::Up { .. }) { self.due_repeatables(set).await? } else { Vec::new() };
+            let steps = pick(&prepared, &steps)?.into_iter().map(planned).collect();
+            return Ok(RunReport {
+                dry_run: true,
+                steps,
+                repeatables: repeatables.iter().map(|r| r.name.clone()).collect(),
+            });
         }
         self.lock().await?;
         let result = self.migrate_locked(set, &prepared, request).await;
@@ -145,14 +152,58 @@ impl Executor {
         self.driver.ensure_history().await?;
         let history = self.driver.history().await?;
         let steps = plan::plan(&set.migrations, &history, request, &self.plan_options)?;
-        if !steps.is_empty() {
+        let repeatables =
+            if matches!(request, Request::Up { .. }) { self.due_repeatables(set).await? } else { Vec::new() };
+        if !steps.is_empty() || !repeatables.is_empty() {
             self.fence().await?;
         }
-        let mut report = RunReport { dry_run: false, steps: Vec::with_capacity(steps.len()) };
+        let mut report = RunReport { dry_run: false, steps: Vec::with_capacity(steps.len()), repeatables: Vec::new() };
         for step in pick(prepared, &steps)? {
             report.steps.push(self.run_step(step, 0).await?);
         }
+        for r in repeatables {
+            self.run_repeatable(r).await?;
+            report.repeatables.push(r.name.clone());
+        }
         Ok(report)
+    }
+
+    /// The repeatable migrations whose checksum differs from the one they last ran with (or that never ran).
+    async fn due_repeatables<'s>(&mut self, set: &'s MigrationSet) -> Result<Vec<&'s Repeatable>, ExecError> {
+        if set.repeatables.is_empty() {
+            return Ok(Vec::new());
+        }
+        let recorded = self.driver.repeatables().await?;
+        Ok(set.repeatables.iter().filter(|r| recorded.get(&r.name) != Some(&r.checksum.0)).collect())
+    }
+
+    /// Runs one repeatable migration and records its checksum: in one transaction where the engine allows.
+    async fn run_repeatable(&mut self, r: &Repeatable) -> Result<(), ExecError> {
+        self.driver.ensure_repeatables().await?;
+        let engine = self.driver.engine();
+        let mut statements = r.script.statements(ScriptKind::Sql, engine)?;
+        let change = HistoryChange::Repeatable {
+            name: r.name.clone(),
+            checksum: r.checksum.0.clone(),
+            applied_by: self.owner.clone(),
+        };
+        let failed = |error: String| ExecError::RepeatableFailed { name: r.name.clone(), error };
+        self.driver.check_lock().await?;
+        if self.driver.can_run_atomically(&statements) && !r.script.no_transaction {
+            strip_transaction_wrapper(&mut statements);
+            let change = move || change.clone();
+            return self
+                .driver
+                .execute_atomic(&statements, &change, &mut |_, _| {})
+                .await
+                .map_err(|e| failed(e.error.to_string()));
+        }
+        for statement in &statements {
+            self.driver.check_lock().await?;
+            self.driver.execute(statement).await.map_err(|e| failed(e.to_string()))?;
+        }
+        let change = move || change.clone();
+        self.driver.execute_atomic(&[], &change, &mut |_, _| {}).await.map_err(|e| failed(e.error.to_string()))
     }
 
     /// Checks that every local script parses for this engine and fits its mode, before anything touches the database.

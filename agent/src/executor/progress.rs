@@ -65,4 +65,6 @@ pub struct StepReport {
 pub struct RunReport {
     pub dry_run: bool,
     pub steps: Vec<StepReport>,
+    /// Repeatable migrations run (or, in a dry run, to run) after the versioned ones, by name.
+    pub repeatables: Vec<String>,
 }

@@ -145,12 +145,8 @@ fn classify_sql(files: &Files, file_name: &str, stem: &str) -> Result<Option<Fou
     let flyway_role = match stem.as_bytes() {
         [b'V', d, ..] if d.is_ascii_digit() => Some(Role::Up),
         [b'U', d, ..] if d.is_ascii_digit() => Some(Role::Down),
-        [b'R', b'_', b'_', ..] => {
-            return Err(ReadError::new(
-                path,
-                "Flyway repeatable migrations (R__) are not supported: make it a versioned migration",
-            ))
-        }
+        // Repeatable migrations are read apart (`scripts::repeatables`).
+        [b'R', b'_', b'_', ..] => return Ok(None),
         _ => None,
     };
     if let Some(role) = flyway_role {

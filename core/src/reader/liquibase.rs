@@ -58,7 +58,12 @@ pub(super) fn read(files: &Files, options: &ReadOptions) -> Result<MigrationSet,
             migrations.push(scripts::migration(version, set.id.clone(), ScriptKind::Sql, up, down, options)?);
         }
     }
-    Ok(MigrationSet { dir: files.root().to_path_buf(), format: Some(Format::Liquibase), migrations })
+    Ok(MigrationSet {
+        dir: files.root().to_path_buf(),
+        format: Some(Format::Liquibase),
+        migrations,
+        repeatables: Vec::new(),
+    })
 }
 
 fn dbms_is(name: &str, engine: Engine) -> bool {

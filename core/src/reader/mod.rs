@@ -86,6 +86,8 @@ pub struct MigrationSet {
     pub dir: PathBuf,
     pub format: Option<Format>,
     pub migrations: Vec<Migration>,
+    /// Flyway's repeatable migrations, by name.
+    pub repeatables: Vec<crate::migration::Repeatable>,
 }
 
 impl MigrationSet {
@@ -107,7 +109,23 @@ pub fn read_files(files: &Files, options: &ReadOptions) -> Result<MigrationSet, 
     if liquibase::is_liquibase(files) {
         return liquibase::read(files, options);
     }
-    let (format, parts) = collect(files)?;
+    let (mut format, parts) = collect(files)?;
+    let repeatables = scripts::repeatables(files)?;
+    if !repeatables.is_empty() {
+        match format {
+            None | Some(Format::Flyway) => format = Some(Format::Flyway),
+            Some(other) => {
+                let first = files.path(&format!("R__{}.sql", repeatables[0].name));
+                return Err(ReadError::new(
+                    &first,
+                    format!(
+                        "is a Flyway repeatable migration, but the directory is {}: one directory holds one convention",
+                        other.as_str()
+                    ),
+                ));
+            }
+        }
+    }
     let mut migrations = Vec::with_capacity(parts.len());
     for (version, mut p) in parts {
         if !p.dialects.is_empty() {
@@ -115,7 +133,7 @@ pub fn read_files(files: &Files, options: &ReadOptions) -> Result<MigrationSet, 
         }
         migrations.push(scripts::build(files, version, p, format.unwrap_or(Format::Native), options)?);
     }
-    Ok(MigrationSet { dir: files.root().to_path_buf(), format, migrations })
+    Ok(MigrationSet { dir: files.root().to_path_buf(), format, migrations, repeatables })
 }
 
 /// Every top-level entry classified, by version; one convention for the whole set.
@@ -331,7 +349,6 @@ mod tests {
             ),
             (vec![("x_a.up.sql", "SELECT 1;")], "not a migration file name"),
             (vec![("V1.1__a.sql", "SELECT 1;")], "dotted version"),
-            (vec![("R__views.sql", "SELECT 1;")], "repeatable"),
             (vec![("1_a.down.sql", "SELECT 1;")], "DOWN but no UP"),
             (vec![("1_a.up.sql", "-- flotilla:no-transactoin\nSELECT 1;"), ("1_a.down.sql", "x")], "unknown directive"),
             (vec![("1_a.up.json", "[{\"bogus\": 1}]"), ("1_a.down.json", "[]")], "unknown command"),

@@ -78,6 +78,30 @@ pub(super) fn migration(
     Ok(Migration { version, name, kind, up, down, options: up_options, checksum })
 }
 
+/// Flyway's repeatable migrations (`R__<name>.sql`), by name.
+pub(super) fn repeatables(files: &Files) -> Result<Vec<crate::migration::Repeatable>, ReadError> {
+    let mut out = Vec::new();
+    for (file, is_dir) in files.top_level() {
+        let Some(name) = file.strip_prefix("R__").and_then(|n| n.strip_suffix(".sql")).filter(|_| !is_dir) else {
+            continue;
+        };
+        if name.is_empty() {
+            return Err(ReadError::new(&files.path(&file), "a repeatable migration needs a name after R__"));
+        }
+        let script = Script {
+            text: files.text(&file)?.to_string(),
+            path: files.path(&file),
+            first_line: 1,
+            no_transaction: false,
+            backfill: None,
+        };
+        let (script, _) = apply_directives(script)?;
+        let checksum = Checksum::of(&script.text, None);
+        out.push(crate::migration::Repeatable { name: name.to_string(), script, checksum });
+    }
+    Ok(out)
+}
+
 /// Splits a dbmate file into its `-- migrate:up` and `-- migrate:down` sections.
 fn dbmate_sections(path: &Path, text: &str) -> Result<(Script, Option<Script>), ReadError> {
     let mut up: Option<(usize, usize, bool)> = None; // (byte start, first line, no_transaction)

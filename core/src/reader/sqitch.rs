@@ -51,7 +51,12 @@ pub(super) fn read(files: &Files, options: &ReadOptions) -> Result<MigrationSet,
     if migrations.is_empty() {
         return Err(ReadError::new(&plan_path, "the plan lists no change"));
     }
-    Ok(MigrationSet { dir: files.root().to_path_buf(), format: Some(Format::Sqitch), migrations })
+    Ok(MigrationSet {
+        dir: files.root().to_path_buf(),
+        format: Some(Format::Sqitch),
+        migrations,
+        repeatables: Vec::new(),
+    })
 }
 
 #[cfg(test)]

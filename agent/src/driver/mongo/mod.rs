@@ -116,6 +116,9 @@ impl MongoDriver {
             HistoryChange::SaveCursor(_) | HistoryChange::ClearCursor { .. } => {
                 return Err(DriverError::Database("backfills run on SQL engines only".into()))
             }
+            HistoryChange::Repeatable { .. } => {
+                return Err(DriverError::Database("repeatable migrations run on SQL engines only".into()))
+            }
         }
         .map_err(mongo_error)
     }
@@ -477,6 +480,15 @@ impl Driver for MongoDriver {
         }
         session.commit_transaction().await.map_err(|e| at_commit(mongo_error(e)))?;
         Ok(rows)
+    }
+
+    async fn repeatables(&mut self) -> Result<std::collections::BTreeMap<String, String>, DriverError> {
+        // Repeatable migrations are Flyway's SQL files: a MongoDB set has none.
+        Ok(Default::default())
+    }
+
+    async fn ensure_repeatables(&mut self) -> Result<(), DriverError> {
+        Err(DriverError::Database("repeatable migrations are SQL (Flyway's R__ files), not MongoDB commands".into()))
     }
 
     async fn backfill_cursor(&mut self, _: Version, _: Direction) -> Result<Option<BackfillCursor>, DriverError> {

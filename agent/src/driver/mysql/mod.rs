@@ -36,6 +36,15 @@ pub(super) const DIALECT: Dialect = Dialect {
     set_progress: "UPDATE flotilla_schema_history SET statements_done = ? WHERE version = CAST(? AS DECIMAL(38,0))",
     delete: "DELETE FROM flotilla_schema_history WHERE version = CAST(? AS DECIMAL(38,0))",
     timestamp_format: "%Y-%m-%d %H:%M:%S%.6f",
+    create_repeatables: "CREATE TABLE IF NOT EXISTS flotilla_repeatable (name VARCHAR(255) NOT NULL PRIMARY KEY,
+        checksum CHAR(64) NOT NULL, applied_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        applied_by VARCHAR(255) NOT NULL) ENGINE=InnoDB",
+    repeatables_exist: "SELECT count(*) FROM information_schema.tables
+        WHERE table_schema = DATABASE() AND table_name = 'flotilla_repeatable'",
+    select_repeatables: "SELECT name, checksum FROM flotilla_repeatable",
+    upsert_repeatable: "INSERT INTO flotilla_repeatable (name, checksum, applied_by) VALUES (?, ?, ?)
+        ON DUPLICATE KEY UPDATE checksum = VALUES(checksum), applied_at = CURRENT_TIMESTAMP(6),
+        applied_by = VALUES(applied_by)",
     create_cursors:
         "CREATE TABLE IF NOT EXISTS flotilla_backfill (
         version DECIMAL(38,0) NOT NULL, direction VARCHAR(8) NOT NULL, checksum VARCHAR(64) NOT NULL,

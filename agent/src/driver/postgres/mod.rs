@@ -42,6 +42,12 @@ pub(super) const DIALECT: Dialect = Dialect {
     set_progress: "UPDATE flotilla_schema_history SET statements_done = $1 WHERE version = CAST($2 AS NUMERIC)",
     delete: "DELETE FROM flotilla_schema_history WHERE version = CAST($1 AS NUMERIC)",
     timestamp_format: "%Y-%m-%dT%H:%M:%S%.6fZ",
+    create_repeatables: "CREATE TABLE IF NOT EXISTS flotilla_repeatable (name TEXT PRIMARY KEY, checksum TEXT NOT NULL,
+        applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), applied_by TEXT NOT NULL)",
+    repeatables_exist: "SELECT count(to_regclass('flotilla_repeatable'))",
+    select_repeatables: "SELECT name, checksum FROM flotilla_repeatable",
+    upsert_repeatable: "INSERT INTO flotilla_repeatable (name, checksum, applied_by) VALUES ($1, $2, $3)
+        ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now(), applied_by = excluded.applied_by",
     create_cursors: "CREATE TABLE IF NOT EXISTS flotilla_backfill (
         version NUMERIC(38) NOT NULL, direction VARCHAR(8) NOT NULL, checksum VARCHAR(64) NOT NULL,
         last_key BIGINT NOT NULL, batches BIGINT NOT NULL, rows_done BIGINT NOT NULL, PRIMARY KEY (version, direction))",

@@ -46,6 +46,13 @@ pub(super) const DIALECT: Dialect = Dialect {
     set_progress: "UPDATE flotilla_schema_history SET statements_done = ? WHERE version = ?",
     delete: "DELETE FROM flotilla_schema_history WHERE version = ?",
     timestamp_format: "%Y-%m-%dT%H:%M:%S%.6fZ",
+    create_repeatables: "CREATE TABLE IF NOT EXISTS flotilla_repeatable (name TEXT PRIMARY KEY, checksum TEXT NOT NULL,
+        applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), applied_by TEXT NOT NULL)",
+    repeatables_exist: "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'flotilla_repeatable'",
+    select_repeatables: "SELECT name, checksum FROM flotilla_repeatable",
+    upsert_repeatable: "INSERT INTO flotilla_repeatable (name, checksum, applied_by) VALUES (?, ?, ?)
+        ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum,
+        applied_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), applied_by = excluded.applied_by",
     create_cursors: "CREATE TABLE IF NOT EXISTS flotilla_backfill (
         version TEXT NOT NULL, direction TEXT NOT NULL, checksum TEXT NOT NULL, last_key INTEGER NOT NULL,
         batches INTEGER NOT NULL, rows_done INTEGER NOT NULL, PRIMARY KEY (version, direction))",
