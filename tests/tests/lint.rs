@@ -118,3 +118,27 @@ async fn rules_are_allowed_and_denied_per_migration_and_per_project() {
     );
     lint(&[]).await.fails(2, "unknown lint rule `made-up`");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_down_is_named_and_a_missing_one_is_an_error() {
+    let dir = Dir::new();
+    dir.file(
+        "000001_seed.up.sql",
+        "-- Why: reference data the app reads at start.\nBEGIN;\nINSERT INTO settings (k, v) VALUES ('mode', 'on');\nCOMMIT;\n",
+    )
+    .file("000001_seed.down.sql", "-- nothing to undo: the row is harmless\n")
+    .file("000002_more.up.sql", "-- Why: more of it.\nBEGIN;\nINSERT INTO settings (k, v) VALUES ('x', 'y');\nCOMMIT;\n");
+    let run = flotilla(&["lint", "--dir", dir.path().to_str().expect("utf-8"), "--engine", "postgres", "--json"]).await;
+    let report = run.json();
+    let rules = |i: usize| -> Vec<String> {
+        report["migrations"][i]["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .map(|f| f["rule"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert!(rules(0).contains(&"empty-down".to_string()), "{report:#}");
+    assert!(!rules(0).contains(&"missing-down".to_string()));
+    assert!(rules(1).contains(&"missing-down".to_string()), "{report:#}");
+}
