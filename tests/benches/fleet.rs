@@ -3,10 +3,12 @@
 //! N PostgreSQL databases, three migrations each (two statements apiece), at a parallelism of 8:
 //! (a) a bare loop doing only the databases' work: per database, connect, then BEGIN, the statements and COMMIT
 //!     for each migration; and
+//! (a') what users run instead: `psql -1 -f` per database over the same databases, through `xargs -P 8`;
 //! (b) a plan through a coordinator and an agent (in this process, gRPC over mTLS on loopback; SQLite store,
 //!     in-process locks), timed from submit to the plan's end. Flotilla's work on top: scheduling, the target lock,
 //!     the history table (lock, reads, records), progress events into the store, and the reports. The targets
 //!     already have their history table (an untimed first plan adopts them), as in any rollout after the first.
+//! (c) the no-op re-run: the same plan again, nothing pending.
 //! Medians of five runs, fresh databases each time. Run with `tests/servers.sh start` first:
 //!
 //!     cargo bench -p flotilla-tests --bench fleet        (BENCH_TARGETS=48 to choose N)
@@ -67,6 +69,25 @@ async fn bare(dbs: &[TestDb]) -> Duration {
     started.elapsed()
 }
 
+/// The shell loop teams run today: one `psql -1 -f` per database (all three migrations in one transaction), eight
+/// at a time through `xargs -P 8`.
+fn psql_loop(dbs: &[TestDb]) -> Duration {
+    let work = tempfile::tempdir().expect("dir");
+    let sql: String = MIGRATIONS.iter().map(|(a, b)| format!("{a};\n{b};\n")).collect();
+    std::fs::write(work.path().join("up.sql"), sql).expect("sql");
+    let urls: String = dbs.iter().map(|d| format!("{}\n", d.url)).collect();
+    std::fs::write(work.path().join("urls"), urls).expect("urls");
+    let started = Instant::now();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("xargs -P {PARALLEL} -I{{}} psql -X -q -1 -v ON_ERROR_STOP=1 -f up.sql {{}} < urls > /dev/null"))
+        .current_dir(work.path())
+        .status()
+        .expect("psql loop");
+    assert!(status.success(), "the psql loop failed");
+    started.elapsed()
+}
+
 /// The agent's work without the coordinator: per database, connect, run the executor up (lock, history,
 /// migrations, records) and read the history back, as the agent does for an assignment.
 async fn executor_only(dbs: &[TestDb], dir: &std::path::Path) -> Duration {
@@ -119,7 +140,8 @@ fn certs(dir: &std::path::Path) {
     write("agent", leaf(vec![], Some("spiffe://flotilla/agent/agent/targets/*"), false));
 }
 
-async fn fleet(dbs: &[TestDb], dir: &std::path::Path) -> Duration {
+/// The rollout, and the same plan again with nothing pending.
+async fn fleet(dbs: &[TestDb], dir: &std::path::Path) -> (Duration, Duration) {
     let work = tempfile::tempdir().expect("dir");
     let c = work.path();
     certs(c);
@@ -184,10 +206,13 @@ async fn fleet(dbs: &[TestDb], dir: &std::path::Path) -> Duration {
     let started = Instant::now();
     rollout(&mut client, &bundle, 0, dbs.len()).await;
     let elapsed = started.elapsed();
+    let started = Instant::now();
+    rollout(&mut client, &bundle, 0, dbs.len()).await;
+    let noop = started.elapsed();
     shutdown.cancel();
     let _ = agent.await;
     let _ = coordinator.await;
-    elapsed
+    (elapsed, noop)
 }
 
 /// Submits a plan up to `to` (0: all) and waits for its end.
@@ -224,20 +249,36 @@ fn main() {
         // BENCH_LOG=1 logs each step (RUST_LOG=info), to see where the time goes.
         let _telemetry = std::env::var("BENCH_LOG").is_ok().then(|| flotilla_proto::telemetry::init("bench", "warn"));
         let dir = migrations();
-        let (mut bares, mut fleets, mut executors) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..RUNS {
-            let dbs = futures_util::future::join_all((0..n).map(|_| TestDb::new(Postgres))).await;
-            bares.push(bare(&dbs).await);
-            let dbs = futures_util::future::join_all((0..n).map(|_| TestDb::new(Postgres))).await;
-            executors.push(executor_only(&dbs, dir.path()).await);
-            let dbs = futures_util::future::join_all((0..n).map(|_| TestDb::new(Postgres))).await;
-            fleets.push(fleet(&dbs, dir.path()).await);
+        let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(RUNS);
+        let (mut bares, mut psqls, mut fleets, mut noops, mut executors) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let fresh = || futures_util::future::join_all((0..n).map(|_| TestDb::new(Postgres)));
+        for _ in 0..runs {
+            bares.push(bare(&fresh().await).await);
+            let dbs = fresh().await;
+            psqls.push(tokio::task::block_in_place(|| psql_loop(&dbs)));
+            executors.push(executor_only(&fresh().await, dir.path()).await);
+            let (f, noop) = fleet(&fresh().await, dir.path()).await;
+            fleets.push(f);
+            noops.push(noop);
         }
-        let (b, f, e) = (median(bares.clone()), median(fleets.clone()), median(executors.clone()));
+        let (b, p, f, e, z) = (
+            median(bares.clone()),
+            median(psqls.clone()),
+            median(fleets.clone()),
+            median(executors.clone()),
+            median(noops.clone()),
+        );
         println!("fleet rollout: {n} PostgreSQL databases x {} migrations, parallelism {PARALLEL}", MIGRATIONS.len());
         println!("  bare loop (connect, BEGIN, statements, COMMIT): {b:?}  runs {bares:?}");
+        println!("  psql -1 -f per database, xargs -P {PARALLEL}:       {p:?}  runs {psqls:?}");
         println!("  executor only (no coordinator):                 {e:?}  runs {executors:?}");
         println!("  flotilla plan (submit to finished):              {f:?}  runs {fleets:?}");
-        println!("  overhead: {:.1}%", (f.as_secs_f64() / b.as_secs_f64() - 1.0) * 100.0);
+        println!("  flotilla no-op re-run (nothing pending):         {z:?}  runs {noops:?}");
+        println!(
+            "  fleet / psql loop: {:.2}x; fleet over the bare loop: {:.1}%",
+            f.as_secs_f64() / p.as_secs_f64(),
+            (f.as_secs_f64() / b.as_secs_f64() - 1.0) * 100.0
+        );
     });
 }
