@@ -252,7 +252,11 @@ fn main() {
         let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(RUNS);
         let (mut bares, mut psqls, mut fleets, mut noops, mut executors) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let fresh = || futures_util::future::join_all((0..n).map(|_| TestDb::new(Postgres)));
+        // Sixteen at a time: a thousand connections at once are more than the server takes.
+        let fresh = || {
+            use futures_util::StreamExt;
+            futures_util::stream::iter(0..n).map(|_| TestDb::new(Postgres)).buffer_unordered(16).collect::<Vec<_>>()
+        };
         for _ in 0..runs {
             bares.push(bare(&fresh().await).await);
             let dbs = fresh().await;
