@@ -63,8 +63,11 @@ pub async fn run(cli: Cli) -> Code {
 async fn status(out: Output, target: &Target) -> Code {
     with_target(out, target, false, PlanOptions::default(), |mut ex, set| async move {
         let rows = ex.status(&set).await;
+        let repeatables = ex.repeatable_status(&set).await;
         ex.close().await;
-        rows.map(|rows| out.status(&rows))
+        let (rows, repeatables) = (rows?, repeatables?);
+        out.status(&rows, &repeatables);
+        Ok(())
     })
     .await
 }

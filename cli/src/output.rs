@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
-use flotilla_agent::executor::{ProgressSink, RunReport};
+use flotilla_agent::executor::{ProgressSink, RepeatableStatus, RunReport};
 use flotilla_agent::{Progress, ProgressKind};
 use flotilla_core::plan::StatusRow;
 use serde::Serialize;
@@ -78,11 +78,11 @@ impl Output {
         code
     }
 
-    pub fn status(self, rows: &[StatusRow]) {
+    pub fn status(self, rows: &[StatusRow], repeatables: &[RepeatableStatus]) {
         if self.json {
-            return self.print_json(&json!({ "ok": true, "migrations": rows }));
+            return self.print_json(&json!({ "ok": true, "migrations": rows, "repeatables": repeatables }));
         }
-        if rows.is_empty() {
+        if rows.is_empty() && repeatables.is_empty() {
             println!("No migrations found locally or on the database.");
             return;
         }
@@ -107,6 +107,9 @@ impl Output {
             plural_note(count("dirty"), "dirty"),
             plural_note(count("changed") + count("missing"), "out of step with the files"),
         );
+        for r in repeatables {
+            println!("{:<16} R__{:<name_width$} {}", "repeatable", r.name, r.status);
+        }
     }
 
     pub fn run_report(self, report: &RunReport, verb: &str) {

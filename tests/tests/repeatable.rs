@@ -42,10 +42,19 @@ async fn repeatables_run_after_versioned_ones_and_again_only_when_changed(engine
         .file("R__open_orders.sql", &view(engine, "id"));
     let status = cmd("status", &db, dir.path(), &["--json"]).await;
     assert_eq!(status.ok().json()["migrations"].as_array().map(Vec::len), Some(1), "a repeatable has no version");
+    let repeatable = |db: &TestDb, dir: &Dir| {
+        let (db, path) = (db.url.clone(), dir.path().to_path_buf());
+        async move {
+            let run = flotilla(&["--json", "status", "--db", &db, "--dir", path.to_str().expect("utf-8")]).await;
+            run.ok().json()["repeatables"][0]["status"].as_str().unwrap_or("?").to_string()
+        }
+    };
+    assert_eq!(repeatable(&db, &dir).await, "pending");
 
     let run = cmd("up", &db, dir.path(), &["--json"]).await;
     assert_eq!(run.ok().json()["repeatables"], serde_json::json!(["open_orders"]), "{run:?}");
     assert_eq!(db.count("view_runs").await, 1, "it ran after V1 created its table");
+    assert_eq!(repeatable(&db, &dir).await, "applied");
     assert!(db.has_table("flotilla_repeatable").await);
 
     let again = cmd("up", &db, dir.path(), &["--json"]).await;
@@ -53,6 +62,7 @@ async fn repeatables_run_after_versioned_ones_and_again_only_when_changed(engine
     assert_eq!(db.count("view_runs").await, 1);
 
     dir.file("R__open_orders.sql", &view(engine, "id, total"));
+    assert_eq!(repeatable(&db, &dir).await, "changed");
     let dry = cmd("up", &db, dir.path(), &["--json", "--dry-run"]).await;
     assert_eq!(dry.ok().json()["repeatables"], serde_json::json!(["open_orders"]), "a dry run says it would run");
     assert_eq!(db.count("view_runs").await, 1, "and runs nothing");

@@ -27,7 +27,7 @@ mod repair;
 mod run;
 
 pub use error::ExecError;
-pub use progress::{Progress, ProgressKind, ProgressSink, RunReport, StepReport};
+pub use progress::{Progress, ProgressKind, ProgressSink, RepeatableStatus, RunReport, StepReport};
 pub use repair::RepairAction;
 
 /// A migration ready to run: statements split, mode chosen, all checked before anything runs.
@@ -106,6 +106,28 @@ impl Executor {
     pub async fn status(&mut self, set: &MigrationSet) -> Result<Vec<StatusRow>, ExecError> {
         let history = self.driver.history().await?;
         Ok(plan::status(&set.migrations, &history))
+    }
+
+    /// Each repeatable migration, local or recorded, and whether it is applied as it is, changed since, pending, or
+    /// recorded but no longer here.
+    pub async fn repeatable_status(&mut self, set: &MigrationSet) -> Result<Vec<RepeatableStatus>, ExecError> {
+        let recorded = self.driver.repeatables().await?;
+        let mut out: Vec<RepeatableStatus> = set
+            .repeatables
+            .iter()
+            .map(|r| RepeatableStatus {
+                name: r.name.clone(),
+                status: match recorded.get(&r.name) {
+                    None => "pending",
+                    Some(sum) if *sum == r.checksum.0 => "applied",
+                    Some(_) => "changed",
+                },
+            })
+            .collect();
+        for name in recorded.keys().filter(|n| !set.repeatables.iter().any(|r| &r.name == *n)) {
+            out.push(RepeatableStatus { name: name.clone(), status: "missing" });
+        }
+        Ok(out)
     }
 
     /// The target's schema, without Flotilla's own tables.

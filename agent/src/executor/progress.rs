@@ -48,6 +48,14 @@ pub enum ProgressKind {
 
 pub type ProgressSink = Arc<dyn Fn(&Progress) + Send + Sync>;
 
+/// A repeatable migration's state on a target: `pending`, `applied`, `changed` (it runs again on the next `up`), or
+/// `missing` (recorded, no longer in the directory).
+#[derive(Debug, Clone, Serialize)]
+pub struct RepeatableStatus {
+    pub name: String,
+    pub status: &'static str,
+}
+
 /// One migration run (or, in a dry run, to be run).
 #[derive(Debug, Clone, Serialize)]
 pub struct StepReport {
