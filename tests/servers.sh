@@ -198,11 +198,17 @@ sweep_test_databases() {
   n=$((n + $("$tools/venv/bin/python" - "$mongo_port" <<'PY'
 import sys
 from pymongo import MongoClient
+from pymongo.errors import OperationFailure
 client = MongoClient("127.0.0.1", int(sys.argv[1]), directConnection=True)
-names = [d for d in client.list_database_names() if d.startswith("t_")]
-for d in names:
-    client.drop_database(d)
-print(len(names))
+dropped = 0
+for d in [d for d in client.list_database_names() if d.startswith("t_")]:
+    try:
+        client.drop_database(d)
+        dropped += 1
+    except OperationFailure as e:
+        if e.code != 215:  # DatabaseDropPending: already on its way out
+            raise
+print(dropped)
 PY
 )))
   [ "$n" -eq 0 ] || log "dropped $n test database(s) left behind by earlier runs"
