@@ -116,34 +116,32 @@ async fn the_trigger_and_validator_really_work() {
     assert!(rejected.is_err(), "the validator requires `source`");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn pop_on_postgres_takes_the_postgres_files() {
+/// The pop fixture round-trips on `engine`; then applied again, it is left for a look at what ran.
+async fn pop_on(engine: Engine) -> TestDb {
     let expected =
         [(20240601120000, "create_widgets"), (20240602093000, "widget_search"), (20240603080000, "widget_prices")];
-    round_trip("pop", Postgres, &[], &expected, "widget_prices").await;
-    let db = TestDb::new(Postgres).await;
+    round_trip("pop", engine, &[], &expected, "widget_prices").await;
+    let db = TestDb::new(engine).await;
     cmd("up", &db, &fixture("pop"), &[]).await.ok();
+    db
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pop_on_postgres_takes_the_postgres_files() {
+    let db = pop_on(Postgres).await;
     assert!(db.catalog().await.iter().any(|c| c.contains("widgets_lower_name")), "the .postgres. file ran");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pop_on_mysql_takes_the_mysql_files() {
-    let expected =
-        [(20240601120000, "create_widgets"), (20240602093000, "widget_search"), (20240603080000, "widget_prices")];
-    round_trip("pop", Mysql, &[], &expected, "widget_prices").await;
-    let db = TestDb::new(Mysql).await;
-    cmd("up", &db, &fixture("pop"), &[]).await.ok();
+    let db = pop_on(Mysql).await;
     assert!(db.catalog().await.iter().any(|c| c.contains("widgets.widgets_name")), "the .mysql. file ran");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pop_on_sqlite_runs_nothing_where_it_has_no_file() {
     // widget_search has files for postgres and mysql only: on SQLite it is a no-op, recorded like any other.
-    let expected =
-        [(20240601120000, "create_widgets"), (20240602093000, "widget_search"), (20240603080000, "widget_prices")];
-    round_trip("pop", Sqlite, &[], &expected, "widget_prices").await;
-    let db = TestDb::new(Sqlite).await;
-    cmd("up", &db, &fixture("pop"), &[]).await.ok();
+    let db = pop_on(Sqlite).await;
     assert!(!db.catalog().await.iter().any(|c| c.contains("widgets_lower_name") || c.contains("widgets_name")));
     assert_eq!(db.history().await.iter().map(|(_, s, _)| s.as_str()).collect::<Vec<_>>(), ["applied"; 3]);
 }
@@ -282,25 +280,9 @@ async fn knex_runs_what_flotilla_new_writes_and_so_does_flotilla() {
     let file = made.ok().json()["files"][0].as_str().expect("file").to_string();
     assert!(file.ends_with("_add_tier_to_tenants.js"), "{file}");
     // The team fills in the template: here, the statements it suggests.
-    let text = std::fs::read_to_string(&file).expect("read");
-    let filled: String = text
-        .lines()
-        .map(|l| match l.trim_start().strip_prefix("-- ") {
-            Some(sql) if sql.starts_with("ALTER TABLE my_table") || sql.starts_with("UPDATE my_table") => {
-                format!("    {sql}")
-            }
-            _ => l.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert_ne!(filled, text, "the template suggests statements");
-    std::fs::write(&file, filled).expect("write");
+    fill_in(std::path::Path::new(&file));
 
-    let (theirs, ours) = (TestDb::new(Postgres).await, TestDb::new(Postgres).await);
-    for db in [&theirs, &ours] {
-        db.exec("CREATE TABLE my_table (id INT PRIMARY KEY)").await;
-        db.exec("INSERT INTO my_table VALUES (1)").await;
-    }
+    let (theirs, ours) = two_with_my_table().await;
     let before = ours.catalog().await;
     knex("migrate:latest", work.path(), &theirs);
     cmd("up", &ours, &migrations, &[]).await.ok();
@@ -314,29 +296,19 @@ async fn knex_runs_what_flotilla_new_writes_and_so_does_flotilla() {
     assert_eq!(without_knex_tables(theirs.catalog().await), before, "and roll it back the same way");
 }
 
-/// Runs the real Liquibase on the fixture's master changelog against `db`.
-fn liquibase(args: &[&str], db: &TestDb) {
+/// Runs the real Liquibase on `project`'s master changelog against `db`.
+fn liquibase(project: &std::path::Path, changelog: &str, args: &[&str], db: &TestDb) {
     let rest = db.url.strip_prefix("postgres://").expect("a PostgreSQL URL");
     let (user, rest) = rest.split_once('@').expect("user@host");
-    let jdbc = format!("jdbc:postgresql://{rest}");
     let out = std::process::Command::new(liquibase_cli())
-        .arg(format!("--search-path={}", fixture("liquibase").display()))
-        .args([
-            "--changelog-file=changelog.xml",
-            &format!("--url={jdbc}"),
-            &format!("--username={user}"),
-            "--password=",
-        ])
-        .args(["--show-banner=false", "--log-level=severe"])
+        .arg(format!("--search-path={}", project.display()))
+        .args([&format!("--changelog-file={changelog}"), &format!("--url=jdbc:postgresql://{rest}")])
+        .args([&format!("--username={user}"), "--password=", "--show-banner=false", "--log-level=severe"])
         .args(args)
         .output()
         .expect("liquibase runs (tests/servers.sh installs it)");
-    assert!(
-        out.status.success(),
-        "liquibase {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "liquibase {args:?}: {said}");
 }
 
 fn without_liquibase_tables(catalog: Vec<String>) -> Vec<String> {
@@ -350,34 +322,30 @@ async fn liquibase_formatted_sql_on_postgres_matches_the_real_liquibase() {
 
     let (theirs, ours) = (TestDb::new(Postgres).await, TestDb::new(Postgres).await);
     let before = ours.catalog().await;
-    liquibase(&["update"], &theirs);
+    liquibase(&fixture("liquibase"), "changelog.xml", &["update"], &theirs);
     cmd("up", &ours, &fixture("liquibase"), &[]).await.ok();
     let applied = ours.catalog().await;
     assert!(applied.iter().any(|c| c.contains("accounts_owner")), "{applied:#?}");
     assert_eq!(without_liquibase_tables(theirs.catalog().await), applied, "Liquibase and Flotilla apply the same");
 
     // Liquibase skipped the dbms:mysql changeset; Flotilla recorded it as a no-op. Both roll everything back.
-    liquibase(&["rollback-count", "--count=3"], &theirs);
+    liquibase(&fixture("liquibase"), "changelog.xml", &["rollback-count", "--count=3"], &theirs);
     cmd("down", &ours, &fixture("liquibase"), &["--all"]).await.ok();
     assert_eq!(ours.catalog().await, before);
     assert_eq!(without_liquibase_tables(theirs.catalog().await), before);
 }
 
-fn alembic(args: &[&str], db: &TestDb) {
-    let url = db.url.replacen("postgres://", "postgresql+psycopg2://", 1);
+/// Runs the real Alembic on the project `config` names, against `db`.
+fn alembic(config: &std::path::Path, args: &[&str], db: &TestDb) {
     let out = std::process::Command::new(alembic_cli())
         .arg("-c")
-        .arg(fixture("alembic").join("alembic.ini"))
+        .arg(config)
         .args(args)
-        .env("ALEMBIC_DB_URL", url)
+        .env("ALEMBIC_DB_URL", db.url.replacen("postgres://", "postgresql+psycopg2://", 1))
         .output()
         .expect("alembic runs (tests/servers.sh installs it)");
-    assert!(
-        out.status.success(),
-        "alembic {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "alembic {args:?}: {said}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -403,14 +371,14 @@ async fn an_alembic_chain_imports_through_alembic_and_applies_as_alembic_would()
         .map(|m| m["name"].as_str().unwrap_or("").to_string())
         .collect();
     assert_eq!(names, ["create_customers", "add_customer_tier", "create_orders"]);
-    alembic(&["upgrade", "head"], &theirs);
+    alembic(&fixture("alembic").join("alembic.ini"), &["upgrade", "head"], &theirs);
     cmd("up", &ours, &out, &[]).await.ok();
     let theirs_catalog: Vec<String> =
         theirs.catalog().await.into_iter().filter(|c| !c.contains("alembic_version")).collect();
     assert!(theirs_catalog.iter().any(|c| c.contains("customers_tier")), "{theirs_catalog:#?}");
     assert_eq!(ours.catalog().await, theirs_catalog, "the imported files do what Alembic does");
 
-    alembic(&["downgrade", "base"], &theirs);
+    alembic(&fixture("alembic").join("alembic.ini"), &["downgrade", "base"], &theirs);
     cmd("down", &ours, &out, &["--all"]).await.ok();
     assert_eq!(ours.catalog().await, before);
     assert_eq!(
@@ -472,27 +440,7 @@ async fn liquibase_runs_what_flotilla_new_writes_and_so_does_flotilla() {
 
     let (theirs, ours) = two_with_my_table().await;
     let before = ours.catalog().await;
-    let run = |args: &[&str], db: &TestDb| {
-        let rest = db.url.strip_prefix("postgres://").expect("a PostgreSQL URL");
-        let (user, rest) = rest.split_once('@').expect("user@host");
-        let out = std::process::Command::new(liquibase_cli())
-            .arg(format!("--search-path={dir}"))
-            .args([
-                "--changelog-file=master.xml",
-                &format!("--url=jdbc:postgresql://{rest}"),
-                &format!("--username={user}"),
-            ])
-            .args(["--password=", "--show-banner=false", "--log-level=severe"])
-            .args(args)
-            .output()
-            .expect("liquibase runs");
-        assert!(
-            out.status.success(),
-            "liquibase {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str], db: &TestDb| liquibase(work.path(), "master.xml", args, db);
     run(&["update"], &theirs);
     cmd("up", &ours, work.path(), &[]).await.ok();
     let applied = ours.catalog().await;
@@ -537,21 +485,7 @@ async fn alembic_runs_what_flotilla_new_writes_and_the_import_matches_it() {
 
     let (theirs, ours) = two_with_my_table().await;
     let before = ours.catalog().await;
-    let alembic_on = |args: &[&str], db: &TestDb| {
-        let out = std::process::Command::new(alembic_cli())
-            .arg("-c")
-            .arg(work.path().join("alembic.ini"))
-            .args(args)
-            .env("ALEMBIC_DB_URL", db.url.replacen("postgres://", "postgresql+psycopg2://", 1))
-            .output()
-            .expect("alembic runs");
-        assert!(
-            out.status.success(),
-            "alembic {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let alembic_on = |args: &[&str], db: &TestDb| alembic(&work.path().join("alembic.ini"), args, db);
     alembic_on(&["upgrade", "head"], &theirs);
     let native = work.path().join("native");
     flotilla(&["import", "alembic", &dir, "--out", native.to_str().expect("utf-8"), "--alembic", &alembic_cli()])
