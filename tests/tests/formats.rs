@@ -189,17 +189,13 @@ async fn ledger(db: &TestDb) -> Vec<String> {
 /// The real sqitch deploys and reverts the same project; Flotilla's result must be the same schema.
 fn sqitch(verb: &str, db: &TestDb) {
     let target = db.url.replacen("postgres://", "db:pg://", 1);
-    let out = std::process::Command::new("sqitch")
-        .args(["--chdir", fixture("sqitch").to_str().expect("utf-8"), verb])
-        .arg(if verb == "revert" { "-y" } else { "--verify" })
-        .arg(&target)
-        .output()
-        .expect("sqitch runs (tests/servers.sh installs it)");
-    assert!(
-        out.status.success(),
-        "sqitch {verb}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        &format!("sqitch {verb}"),
+        "sqitch runs (tests/servers.sh installs it)",
+        std::process::Command::new("sqitch")
+            .args(["--chdir", fixture("sqitch").to_str().expect("utf-8"), verb])
+            .arg(if verb == "revert" { "-y" } else { "--verify" })
+            .arg(&target),
     );
 }
 
@@ -228,6 +224,13 @@ async fn sqitch_on_postgres_matches_the_real_sqitch() {
     assert!(ledger(&db).await.is_empty() && ledger(&theirs).await.is_empty(), "both revert everything");
 }
 
+/// Runs a real tool's command; it must succeed, or the test fails with what the tool said.
+fn succeeds(what: &str, missing: &str, command: &mut std::process::Command) {
+    let out = command.output().expect(missing);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{what}: {stdout}\n{stderr}");
+}
+
 /// Runs the real Knex on `dir`'s migrations against `db`.
 fn knex(verb: &str, dir: &std::path::Path, db: &TestDb) {
     let knexfile = dir.join("knexfile.cjs");
@@ -243,16 +246,10 @@ fn knex(verb: &str, dir: &std::path::Path, db: &TestDb) {
     if !dir.join("node_modules").exists() {
         std::os::unix::fs::symlink(&modules, dir.join("node_modules")).expect("link node_modules");
     }
-    let out = std::process::Command::new("node")
-        .arg(&cli)
-        .args([verb, "--knexfile", knexfile.to_str().expect("utf-8")])
-        .output()
-        .expect("node runs knex (tests/servers.sh installs it)");
-    assert!(
-        out.status.success(),
-        "knex {verb}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        &format!("knex {verb}"),
+        "node runs knex (tests/servers.sh installs it)",
+        std::process::Command::new("node").arg(&cli).args([verb, "--knexfile", knexfile.to_str().expect("utf-8")]),
     );
 }
 
@@ -300,15 +297,15 @@ async fn knex_runs_what_flotilla_new_writes_and_so_does_flotilla() {
 fn liquibase(project: &std::path::Path, changelog: &str, args: &[&str], db: &TestDb) {
     let rest = db.url.strip_prefix("postgres://").expect("a PostgreSQL URL");
     let (user, rest) = rest.split_once('@').expect("user@host");
-    let out = std::process::Command::new(liquibase_cli())
-        .arg(format!("--search-path={}", project.display()))
-        .args([&format!("--changelog-file={changelog}"), &format!("--url=jdbc:postgresql://{rest}")])
-        .args([&format!("--username={user}"), "--password=", "--show-banner=false", "--log-level=severe"])
-        .args(args)
-        .output()
-        .expect("liquibase runs (tests/servers.sh installs it)");
-    let said = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "liquibase {args:?}: {said}");
+    succeeds(
+        &format!("liquibase {args:?}"),
+        "liquibase runs (tests/servers.sh installs it)",
+        std::process::Command::new(liquibase_cli())
+            .arg(format!("--search-path={}", project.display()))
+            .args([&format!("--changelog-file={changelog}"), &format!("--url=jdbc:postgresql://{rest}")])
+            .args([&format!("--username={user}"), "--password=", "--show-banner=false", "--log-level=severe"])
+            .args(args),
+    );
 }
 
 fn without_liquibase_tables(catalog: Vec<String>) -> Vec<String> {
@@ -337,15 +334,15 @@ async fn liquibase_formatted_sql_on_postgres_matches_the_real_liquibase() {
 
 /// Runs the real Alembic on the project `config` names, against `db`.
 fn alembic(config: &std::path::Path, args: &[&str], db: &TestDb) {
-    let out = std::process::Command::new(alembic_cli())
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .env("ALEMBIC_DB_URL", db.url.replacen("postgres://", "postgresql+psycopg2://", 1))
-        .output()
-        .expect("alembic runs (tests/servers.sh installs it)");
-    let said = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "alembic {args:?}: {said}");
+    succeeds(
+        &format!("alembic {args:?}"),
+        "alembic runs (tests/servers.sh installs it)",
+        std::process::Command::new(alembic_cli())
+            .arg("-c")
+            .arg(config)
+            .args(args)
+            .env("ALEMBIC_DB_URL", db.url.replacen("postgres://", "postgresql+psycopg2://", 1)),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
