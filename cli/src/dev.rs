@@ -189,6 +189,7 @@ async fn demo(out: Output, dbs: &[String], count: usize, workdir: &Path) -> Resu
         }),
         insecure_dev: false,
         heartbeat_secs: 1,
+        connections: Default::default(),
         targets: targets
             .iter()
             .map(|t| TargetConfig {

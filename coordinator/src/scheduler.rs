@@ -13,7 +13,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::decision::{decide, Counts, Decision};
 use crate::lock::LockError;
-use crate::service::{Assignment, Coordinator, ServiceError};
+use crate::service::{Assignment, Coordinator, ServiceError, Work};
 use crate::store::StoreError;
 use flotilla_proto::telemetry;
 
@@ -36,6 +36,11 @@ pub async fn run(coordinator: Arc<Coordinator>, cancel: CancellationToken) {
             warn!(error = %e, "scheduler tick failed; trying again next tick");
         }
     }
+}
+
+/// Wave 0 of a plan (not a rollback) is its `--validate-on` wave: validated, never just applied.
+fn validates(plan: &Plan, wave: u32) -> bool {
+    wave == 0 && plan.rollback_of.is_none()
 }
 
 fn in_flight(s: &Step) -> bool {
@@ -64,7 +69,9 @@ impl Coordinator {
     pub async fn tick(&self) -> Result<()> {
         let targets = self.owners();
         self.renew_leases(&targets).await?;
-        for plan in self.store.live_plans().await? {
+        let live = self.store.live_plans().await?;
+        self.retain_checks(&live.iter().map(|p| p.id.clone()).collect::<Vec<_>>());
+        for plan in live {
             let id = plan.id.clone();
             let span = info_span!("schedule", plan_id = %id);
             telemetry::join_plan(&span, &id);
@@ -177,6 +184,29 @@ impl Coordinator {
             Decision::Dispatch { wave, slots } => (wave, slots),
         };
         let mut bundle = None;
+        // First, in one go, ask the agents which of the wave's targets are at the goal already (not a validation
+        // wave: that one always runs). Then what the checks found not at the goal, first in line; while answers
+        // are awaited, nothing else (most of the wave may need no assignment at all).
+        if !validates(&plan, current) && self.checked_wave(&plan.id) != Some(current) {
+            self.ask_checks(&plan, current, targets).await?;
+        }
+        for target in self.ready_targets(&plan.id, slots) {
+            let step = self.store.step(&plan.id, &target).await?.filter(|s| s.state == StepState::Pending);
+            let Some(step) = step else { continue };
+            let agent = targets.get(&target).filter(|a| self.is_connected(a));
+            let Some(agent) = agent else { continue };
+            if bundle.is_none() {
+                bundle = Some(self.bundle_body(&plan.bundle).await?);
+            }
+            if self.dispatch(&plan, &step, agent, bundle.clone().unwrap_or_default()).await? {
+                slots -= 1;
+            } else {
+                self.requeue_ready(&plan.id, target);
+            }
+        }
+        if self.checks_outstanding(&plan.id) {
+            return Ok(());
+        }
         // Pending steps of the current wave by target name, a page at a time: one page when every agent is here.
         let mut after: Option<String> = None;
         while slots > 0 {
@@ -293,13 +323,13 @@ impl Coordinator {
             token: lease.token,
             wave: step.wave,
             phase: plan.phase,
-            validate: step.wave == 0 && plan.rollback_of.is_none(),
+            validate: validates(plan, step.wave),
             traceparent: Some(telemetry::traceparent(&span, &plan.id, &step.target)),
         };
         span.in_scope(|| info!("assign"));
         // Never wait on an agent: a full stream (an agent not reading) or a closed one gives the step back for a
         // later tick, and every other agent and plan goes on.
-        if let Err(e) = sender.try_send(assignment) {
+        if let Err(e) = sender.try_send(Work::Assign(assignment)) {
             let why = match e {
                 mpsc::error::TrySendError::Full(_) => "the agent's assignment stream is full",
                 mpsc::error::TrySendError::Closed(_) => "the agent's assignment stream closed",

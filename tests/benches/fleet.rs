@@ -166,6 +166,7 @@ async fn fleet(dbs: &[TestDb], dir: &std::path::Path) -> (Duration, Duration) {
         tls: Some(AgentTls { ca: c.join("ca.pem"), cert: c.join("agent.pem"), key: c.join("agent.key") }),
         insecure_dev: false,
         heartbeat_secs: 1,
+        connections: Default::default(),
         targets: dbs
             .iter()
             .enumerate()

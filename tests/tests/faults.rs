@@ -386,7 +386,7 @@ async fn a_5_mib_bundle_reaches_the_agent_and_applies() {
     dir.migration(Sqlite, 1, "codes", &up, "DROP TABLE codes;");
     let id = fleet.create(dir.path(), &[]).await;
     fleet.wait_state(&id, "succeeded").await;
-    assert_eq!(versions(&db.history().await), vec![1]);
+    assert_eq!(versions(&db.history().await), vec![1], "{}", fleet.logs());
     assert_eq!(db.count("codes").await, 60_000);
 }
 

@@ -443,3 +443,41 @@ async fn watch_shows_pause_resume_and_abort_and_ends_on_the_abort() {
         }
     }
 }
+
+/// A re-run with nothing pending: the agent checks each target once, read-only, and the coordinator finishes the
+/// steps found at the goal without a lock or an assignment. A target changed outside Flotilla since is not at the
+/// goal and runs as usual; one whose recorded checksum no longer matches fails as it would without the check.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_re_run_assigns_only_targets_not_at_the_goal() {
+    let (fleet, dbs, _) = pg_fleet(Store::Sqlite, 6, 10).await;
+    let dir = bundle();
+    let first = fleet.create(dir.path(), &["--waves", "100%", "--parallel", "3"]).await;
+    fleet.wait_state(&first, "succeeded").await;
+    // Someone rolled pg-03 back by hand, and pg-05's record of migration 1 no longer matches its file.
+    dbs[2].exec("DROP INDEX accounts_status").await;
+    dbs[2].exec("DELETE FROM flotilla_schema_history WHERE version = 3").await;
+    dbs[4].exec("UPDATE flotilla_schema_history SET checksum = 'changed-since' WHERE version = 1").await;
+
+    let again = fleet.create(dir.path(), &["--waves", "100%", "--parallel", "3"]).await;
+    let plan = fleet.wait_plan(&again, "over", |p| p["state"] != "running" && p["state"] != "pending").await;
+    let states: Vec<(String, String)> =
+        steps(&plan).into_iter().map(|(t, s)| (t, s["state"].as_str().unwrap_or("").to_string())).collect();
+    let expected: Vec<(String, String)> = ["succeeded", "succeeded", "succeeded", "succeeded", "failed", "succeeded"]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("pg-{:02}", i + 1), s.to_string()))
+        .collect();
+    assert_eq!(states, expected, "{plan:#}");
+    let events = fleet.cli(&["--json", "plan", "watch", &again]).await.stdout;
+    let assigned: Vec<&str> = events.lines().filter(|l| l.contains("\"assigned\"")).collect();
+    assert_eq!(assigned.len(), 2, "only pg-03 and pg-05 are assigned: {events}");
+    assert!(assigned.iter().all(|l| l.contains("pg-03") || l.contains("pg-05")), "{events}");
+    let at_goal = events.lines().filter(|l| l.contains("at_goal")).count();
+    assert_eq!(at_goal, 4, "four steps finished from the check: {events}");
+    assert!(steps(&plan)["pg-05"]["error"].as_str().unwrap_or("").contains("checksum"), "{plan:#}");
+    // pg-03 is back at the goal, and nothing ran twice anywhere else.
+    for (i, db) in dbs.iter().enumerate() {
+        assert_eq!(versions(&db.history().await), vec![1, 2, 3], "pg-{:02}", i + 1);
+    }
+    assert_eq!(steps(&plan)["pg-01"]["version_before"], 3, "{plan:#}");
+}

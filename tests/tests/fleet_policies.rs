@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_coordinator::identity::Identity;
-use flotilla_coordinator::service::{Config, Coordinator, Submission};
+use flotilla_coordinator::service::{Assignment, CheckOutcome, Config, Coordinator, Submission, Work};
 use flotilla_coordinator::{EtcdLock, SqlStore};
 use flotilla_core::fleet::{Goal, Selector, Strategy, Target};
 use flotilla_core::Engine::Sqlite;
@@ -228,20 +228,22 @@ async fn two_coordinators_never_hold_one_target_at_once() {
     };
     let plan = a.submit(&who, submission).await.expect("submit").plan;
     a.tick().await.expect("tick a");
-    let first = to_a.try_recv().expect("a assigns the step");
+    assert!(assignment(&a, &mut to_a).await.is_none(), "a first asks whether the target is at the goal");
+    a.tick().await.expect("tick a");
+    let first = assignment(&a, &mut to_a).await.expect("a assigns the step");
     for _ in 0..5 {
         a.tick().await.expect("tick a"); // keeps its lock alive
         b.tick().await.expect("tick b");
+        assert!(assignment(&b, &mut to_b).await.is_none(), "b must not assign a target a holds");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(to_b.try_recv().is_err(), "b must not assign a target a holds");
     // a goes silent (as if it died): its lease expires and b takes over with a higher token.
     drop(a);
     drop(to_a);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let second = loop {
         b.tick().await.expect("tick b");
-        if let Ok(assignment) = to_b.try_recv() {
+        if let Some(assignment) = assignment(&b, &mut to_b).await {
             break assignment;
         }
         assert!(std::time::Instant::now() < deadline, "b never took over");
@@ -249,6 +251,30 @@ async fn two_coordinators_never_hold_one_target_at_once() {
     };
     assert_eq!((second.plan_id.as_str(), second.target.as_str()), (plan.id.as_str(), name.as_str()));
     assert!(second.token > first.token, "fencing tokens grow: {} then {}", first.token, second.token);
+}
+
+/// The next assignment `c` sent, answering every check before it as an agent whose target is not at the goal.
+async fn assignment(c: &Coordinator, rx: &mut tokio::sync::mpsc::Receiver<Work>) -> Option<Assignment> {
+    while let Ok(work) = rx.try_recv() {
+        match work {
+            Work::Assign(a) => return Some(a),
+            Work::Check(check) => {
+                let outcomes = check
+                    .targets
+                    .iter()
+                    .map(|(target, _)| CheckOutcome {
+                        target: target.clone(),
+                        at_goal: false,
+                        applied: None,
+                        before: None,
+                        detail: String::new(),
+                    })
+                    .collect();
+                c.checked(&Identity::Insecure, "agent-1", &check.plan_id, outcomes).await.expect("checked");
+            }
+        }
+    }
+    None
 }
 
 /// `--insecure-dev`: plaintext, no certificates, a warning in the log; the CLI needs the flag too.

@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::*;
-use crate::driver::{connect, ConnectOptions};
+use crate::driver::ConnectOptions;
 use crate::executor::{Executor, Progress, ProgressKind, ProgressSink};
 
 /// Runs one assignment and reports its result.
@@ -74,7 +74,7 @@ async fn report(
     // The history as the step's own connection read it afterwards; a new connection only if that failed.
     let versions = match run.after {
         Some(Ok(v)) => Ok(v),
-        _ => read_versions(target).await,
+        _ => read_versions(state, target).await,
     };
     locked(&state.versions).insert(target.name.clone(), versions.clone());
     let (applied, dirty) = match &versions {
@@ -135,13 +135,9 @@ pub(super) async fn execute(
         (Ok(phase), Ok(goal)) => (phase, goal),
         (Err(e), _) | (_, Err(e)) => return failed(format!("the assignment does not convert: {e}")),
     };
-    let set = match load_set(state, target, a) {
+    let set = match load_set(state, target, &a.bundle_id, &a.bundle) {
         Ok(set) => set,
         Err(e) => return failed(e),
-    };
-    let driver = match connect(&target.url, &ConnectOptions::default()).await {
-        Ok(driver) => driver,
-        Err(e) => return failed(e.to_string()),
     };
     let base = pb::ProgressEvent {
         plan_id: a.plan_id.clone(),
@@ -151,23 +147,26 @@ pub(super) async fn execute(
         ..Default::default()
     };
     let sink = progress_sink(base.clone(), progress.clone());
-    let mut ex = Executor::new(driver, format!("flotilla-agent:{}", state.config.name))
-        .with_plan_id(Some(a.plan_id.clone()))
-        .with_fencing_token(Some(a.fencing_token))
-        .with_plan_options(PlanOptions { phase, ..PlanOptions::default() })
-        .with_progress(sink);
-    let before = match ex.history().await {
-        Ok(h) => version_before_plan(&h, &a.plan_id),
-        Err(e) => {
-            ex.close().await;
-            return failed(e.to_string());
-        }
+    let make = |driver| {
+        Executor::new(driver, format!("flotilla-agent:{}", state.config.name))
+            .with_plan_id(Some(a.plan_id.clone()))
+            .with_fencing_token(Some(a.fencing_token))
+            .with_plan_options(PlanOptions { phase, ..PlanOptions::default() })
+            .with_progress(sink.clone())
+    };
+    let options = ConnectOptions::default();
+    let opened = state.connections.open(target, &options, make, |ex| Box::pin(ex.history())).await;
+    let (mut ex, before) = match opened {
+        Ok((ex, history)) => (ex, version_before_plan(&history, &a.plan_id)),
+        Err(e) => return failed(e),
     };
     let _ = progress.send(pb::ProgressEvent {
         kind: pb::EventKind::from(EventKind::StepStarted) as i32,
         version_before: before.to_string(),
         ..base.clone()
     });
+    // Whether migrations ran on the connection (its session must be reset before it is used again).
+    let mut ran = true;
     let result = if a.validate {
         match crate::validate::validate(&mut ex, &set, None).await {
             Ok(report) if report.passed() => Ok(()),
@@ -179,10 +178,14 @@ pub(super) async fn execute(
             Goal::Down { to } => Request::DownTo(to),
             Goal::Up { to } => Request::Up { to },
         };
-        ex.migrate(&set, request, false).await.map(drop).map_err(|e| e.to_string())
+        ex.migrate(&set, request, false).await.map(|r| ran = !r.steps.is_empty() || !r.repeatables.is_empty()).map_err(|e| e.to_string())
     };
     let after = ex.history().await.map(|h| summarize(&h)).map_err(|e| e.to_string());
-    ex.close().await;
+    if result.is_ok() && after.is_ok() {
+        state.connections.put(&target.name, ex.into_driver(), &options, ran).await;
+    } else {
+        ex.close().await;
+    }
     StepRun { before: Some(before), error: result.err(), after: Some(after) }
 }
 
@@ -238,16 +241,21 @@ pub(super) fn validation_problems(report: &crate::validate::ValidationReport) ->
 }
 
 /// The bundle's migration set for the target's engine, checked against its content address and parsed once.
-pub(super) fn load_set(state: &State, target: &Target, a: &pb::Assignment) -> Result<Arc<MigrationSet>, String> {
-    let key = (a.bundle_id.clone(), target.engine.as_str().to_string());
+pub(super) fn load_set(
+    state: &State,
+    target: &Target,
+    bundle_id: &str,
+    bundle: &[u8],
+) -> Result<Arc<MigrationSet>, String> {
+    let key = (bundle_id.to_string(), target.engine.as_str().to_string());
     if let Some(set) = locked(&state.sets).get(&key) {
         return Ok(set.clone());
     }
-    let digest = hex::encode(Sha256::digest(&a.bundle));
-    if digest != a.bundle_id {
-        return Err(format!("the bundle's content does not match its id {} (got {digest})", a.bundle_id));
+    let digest = hex::encode(Sha256::digest(bundle));
+    if digest != bundle_id {
+        return Err(format!("the bundle's content does not match its id {bundle_id} (got {digest})"));
     }
-    let bundle = Bundle::from_json(&a.bundle).map_err(|e| e.to_string())?;
+    let bundle = Bundle::from_json(bundle).map_err(|e| e.to_string())?;
     let set = bundle
         .read(target.engine, &ReadOptions { allow_missing_down: true, ..ReadOptions::default() })
         .map_err(|e| e.to_string())?;

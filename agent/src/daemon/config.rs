@@ -24,11 +24,31 @@ pub struct AgentConfig {
     /// Seconds between heartbeats.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_secs: u64,
+    /// Warm connections kept between steps and checks.
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
     pub targets: Vec<TargetConfig>,
 }
 
 fn default_heartbeat() -> u64 {
     3
+}
+
+/// `[connections]`: how many idle database connections the agent keeps (one per target at most), and for how
+/// long. A kept connection makes the next step, check or history read of its target skip the connect (on
+/// PostgreSQL a new server process each); each counts against its server's connection limit, so keep
+/// `max_idle` below what the servers allow besides the applications.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsConfig {
+    pub max_idle: usize,
+    pub idle_secs: u64,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig { max_idle: 64, idle_secs: 30 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

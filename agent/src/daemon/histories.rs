@@ -7,7 +7,7 @@ use flotilla_core::{AppliedMigration, Version};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::driver::{connect, ConnectOptions};
+use crate::driver::ConnectOptions;
 use crate::executor::Executor;
 
 /// How often idle targets' history tables are read again.
@@ -49,13 +49,13 @@ pub fn version_before_plan(history: &[AppliedMigration], plan_id: &str) -> Versi
         .unwrap_or_default()
 }
 
-pub(super) async fn read_versions(target: &Target) -> Versions {
+/// Applied version and dirtiness, read on the target's warm connection (or a new one, kept afterwards).
+pub(super) async fn read_versions(state: &State, target: &Target) -> Versions {
     let options = ConnectOptions { create: false, ..ConnectOptions::default() };
-    let driver = connect(&target.url, &options).await.map_err(|e| e.to_string())?;
-    let mut ex = Executor::new(driver, "flotilla-agent");
-    let history = ex.history().await.map_err(|e| e.to_string());
-    ex.close().await;
-    Ok(summarize(&history?))
+    let make = |driver| Executor::new(driver, "flotilla-agent");
+    let (ex, history) = state.connections.open(target, &options, make, |ex| Box::pin(ex.history())).await?;
+    state.connections.put(&target.name, ex.into_driver(), &options, false).await;
+    Ok(summarize(&history))
 }
 
 /// Reads every target's history, a bounded number at a time: an agent serving thousands of databases must not open
@@ -63,7 +63,7 @@ pub(super) async fn read_versions(target: &Target) -> Versions {
 pub(super) async fn refresh_all(state: &State) {
     use futures_util::StreamExt;
     let reads = state.targets.values().cloned().map(|t| async move {
-        let versions = read_versions(&t).await;
+        let versions = read_versions(state, &t).await;
         (t.name, versions)
     });
     let mut results = futures_util::stream::iter(reads).buffer_unordered(REFRESH_PARALLEL);

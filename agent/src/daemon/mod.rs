@@ -3,9 +3,11 @@
 //! backoff and keeps, per target, the highest fencing token it has seen, refusing work under a lower one.
 
 mod assignments;
+mod checks;
 pub mod config;
 mod fencing;
 mod histories;
+mod pool;
 mod results;
 mod session;
 
@@ -62,6 +64,8 @@ struct State {
     inflight: Mutex<HashSet<StepKey>>,
     /// Results the coordinator has not acknowledged yet, sent again after every (re)connection.
     unacked: Mutex<HashMap<StepKey, pb::StepResult>>,
+    /// Warm database connections, one per target at most.
+    connections: pool::Connections,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -73,7 +77,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     config.check().map_err(AgentError::Config)?;
     let targets = config.resolve().map_err(AgentError::Config)?;
     let endpoint = endpoint(&config)?;
+    let connections =
+        pool::Connections::new(config.connections.max_idle, Duration::from_secs(config.connections.idle_secs));
     let state = Arc::new(State {
+        connections,
         running: targets.iter().map(|t| (t.name.clone(), Arc::default())).collect(),
         targets: targets.into_iter().map(|t| (t.name.clone(), t)).collect(),
         config,
@@ -86,6 +93,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let steps = tokio_util::task::TaskTracker::new();
     // History re-reads on a task of their own: a slow or unreachable database never delays a heartbeat.
     tokio::spawn(refresh_loop(state.clone(), shutdown.clone()));
+    let sweeper = tokio::spawn(pool::sweep_loop(state.clone(), shutdown.clone()));
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
         let started = std::time::Instant::now();
@@ -108,6 +116,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     // Running steps finish (a migration is never cut in half on purpose); then stop. A connected session drained
     // them already, with heartbeats going; this covers a shutdown while the coordinator was away.
     drain(&steps).await;
+    let _ = sweeper.await;
+    state.connections.close_all().await;
     info!(agent = %state.config.name, "agent stopped");
     Ok(())
 }

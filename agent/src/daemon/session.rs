@@ -59,11 +59,21 @@ pub(super) async fn session(
             _ = session.cancelled() => return Err(tonic::Status::unavailable("the progress stream ended")),
             next = assignments.message() => next?,
         };
-        let Some(assignment) = next else {
+        let Some(work) = next else {
             return Err(tonic::Status::unavailable("the coordinator closed the stream"));
         };
-        let (state, client, progress) = (state.clone(), client.clone(), progress_tx.clone());
-        steps.spawn(async move { handle(state, client, progress, assignment).await });
+        let (state, client) = (state.clone(), client.clone());
+        match work.work {
+            Some(pb::work::Work::Assignment(a)) => {
+                let progress = progress_tx.clone();
+                steps.spawn(async move { handle(state, client, progress, a).await });
+            }
+            Some(pb::work::Work::Check(c)) => {
+                steps.spawn(super::checks::handle(state, client, c));
+            }
+            // From a newer coordinator: whatever it is, not doing it is safe (it takes the step back).
+            None => warn!("ignoring work of a kind this agent does not know"),
+        }
     }
 }
 

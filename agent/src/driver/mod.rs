@@ -159,6 +159,13 @@ pub trait Driver: Send {
     /// The database's schema, without Flotilla's own tables: what `schema dump` prints and `validate` compares.
     async fn schema(&mut self) -> Result<flotilla_core::schema::Schema, DriverError>;
 
+    /// Makes a connection on which migrations ran fit to be used again as if new: the session's settings, roles,
+    /// temporary objects, cursors and locks back to their defaults. `false` if this engine cannot, and the
+    /// connection must be closed instead (a migration's `SET` must never leak into the next one's session).
+    async fn reset_session(&mut self) -> Result<bool, DriverError> {
+        Ok(false)
+    }
+
     /// Closes the connection cleanly.
     async fn close(self: Box<Self>);
 }

@@ -447,6 +447,15 @@ impl Driver for SqlDriver {
         }
     }
 
+    async fn reset_session(&mut self) -> Result<bool, DriverError> {
+        match self.engine {
+            Engine::Postgres => postgres::reset_session(&mut self.conn).await.map(|()| true),
+            // MariaDB has no reset short of COM_RESET_CONNECTION, which sqlx does not send; a SQLite connection
+            // keeps its PRAGMAs. Both are cheap to open again.
+            _ => Ok(false),
+        }
+    }
+
     async fn close(self: Box<Self>) {
         let _ = self.conn.close().await;
     }

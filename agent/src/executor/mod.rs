@@ -102,6 +102,28 @@ impl Executor {
         self.driver.close().await;
     }
 
+    /// The connection back, to be used again (see [`Driver::reset_session`] after migrations ran on it).
+    pub fn into_driver(self) -> Box<dyn Driver> {
+        self.driver
+    }
+
+    /// Reads the history once and says whether `request` has anything to do: `true` only when no migration is to
+    /// run or be rolled back, no repeatable migration is due, nothing is dirty and every applied checksum matches
+    /// (whatever `migrate` would refuse is not "at the goal": it reports that itself). Takes no lock, changes
+    /// nothing; the history is returned too.
+    pub async fn at_goal(
+        &mut self,
+        set: &MigrationSet,
+        request: Request,
+    ) -> Result<(Vec<AppliedMigration>, bool), ExecError> {
+        let history = self.driver.history().await?;
+        let nothing_to_run = plan::plan(&set.migrations, &history, request, &self.plan_options)
+            .is_ok_and(|steps| steps.is_empty());
+        let at_goal = nothing_to_run
+            && (!matches!(request, Request::Up { .. }) || self.due_repeatables(set).await?.is_empty());
+        Ok((history, at_goal))
+    }
+
     /// Every known version with its status. Takes no lock and changes nothing.
     pub async fn status(&mut self, set: &MigrationSet) -> Result<Vec<StatusRow>, ExecError> {
         let history = self.driver.history().await?;

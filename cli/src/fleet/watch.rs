@@ -103,6 +103,7 @@ fn event_line(e: &pb::PlanEvent, kind: Kind) -> String {
         Some(Statement) => {
             format!(" {} statement {}/{}", detail["version"], detail["statement"], detail["statements"])
         }
+        Some(Succeeded) if detail["at_goal"] == true => format!(" at {} already", known(&detail["applied_version"])),
         Some(Succeeded | Failed) => format!(
             " {} -> {}{}",
             known(&detail["version_before"]),

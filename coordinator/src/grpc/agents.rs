@@ -65,7 +65,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         Ok(Response::new(pb::HeartbeatResponse {}))
     }
 
-    type PullAssignmentsStream = BoxStream<pb::Assignment>;
+    type PullAssignmentsStream = BoxStream<pb::Work>;
 
     async fn pull_assignments(
         &self,
@@ -76,7 +76,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let guard = Connected { coordinator: self.coordinator.clone(), agent: name, stream };
         let out = ReceiverStream::new(rx).map(move |a| {
             let _connected = &guard;
-            Ok(messages::assignment(a))
+            Ok(messages::work(a))
         });
         let out = futures_util::StreamExt::take_until(out, self.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(out)))
@@ -118,6 +118,14 @@ impl pb::agent_service_server::AgentService for AgentApi {
             self.coordinator.progress(&who, &name, batch).await.map_err(status)?;
         }
         Ok(Response::new(pb::ProgressAck { received }))
+    }
+
+    async fn report_checks(&self, request: Request<pb::CheckReport>) -> Result<Response<pb::CheckAck>, Status> {
+        let (who, name) = self.auth.agent(&request, &request.get_ref().agent_id)?;
+        let r = request.into_inner();
+        let outcomes = r.outcomes.into_iter().map(messages::check_outcome).collect::<Result<Vec<_>, _>>()?;
+        self.coordinator.checked(&who, &name, &r.plan_id, outcomes).await.map_err(status)?;
+        Ok(Response::new(pb::CheckAck {}))
     }
 
     async fn report_result(&self, request: Request<pb::StepResult>) -> Result<Response<pb::ResultAck>, Status> {

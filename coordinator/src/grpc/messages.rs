@@ -9,7 +9,7 @@ use serde_json::json;
 use tonic::Status;
 
 use super::invalid;
-use crate::service::{Assignment, PlanOverview, PlanView, Progress};
+use crate::service::{Assignment, CheckOutcome, CheckRequest, PlanOverview, PlanView, Progress, Work};
 use crate::store::StepCount;
 
 pub(super) fn selector(text: &str) -> Result<Selector, Status> {
@@ -97,7 +97,41 @@ pub(super) fn detail(view: &PlanView, targets: &[Target]) -> pb::PlanDetail {
     }
 }
 
-pub(super) fn assignment(a: Assignment) -> pb::Assignment {
+pub(super) fn work(w: Work) -> pb::Work {
+    let work = match w {
+        Work::Assign(a) => pb::work::Work::Assignment(assignment(a)),
+        Work::Check(c) => pb::work::Work::Check(check(c)),
+    };
+    pb::Work { work: Some(work) }
+}
+
+fn check(c: CheckRequest) -> pb::Check {
+    pb::Check {
+        plan_id: c.plan_id,
+        bundle_id: c.bundle_id,
+        bundle: c.bundle.as_bytes().to_vec(),
+        phase: convert::phase_to_proto(c.phase) as i32,
+        targets: c
+            .targets
+            .into_iter()
+            .map(|(target, goal)| pb::CheckTarget { target, goal: Some(goal.into()) })
+            .collect(),
+        trace: c.traceparent.map(|traceparent| pb::TraceContext { traceparent, tracestate: String::new() }),
+    }
+}
+
+/// A check outcome, its versions parsed.
+pub(super) fn check_outcome(o: pb::CheckOutcome) -> Result<CheckOutcome, Status> {
+    Ok(CheckOutcome {
+        applied: convert::optional_version("applied_version", o.applied_version.as_deref()).map_err(invalid)?,
+        before: convert::optional_version("version_before", o.version_before.as_deref()).map_err(invalid)?,
+        target: o.target,
+        at_goal: o.at_goal,
+        detail: o.detail,
+    })
+}
+
+fn assignment(a: Assignment) -> pb::Assignment {
     pb::Assignment {
         plan_id: a.plan_id,
         target: a.target,

@@ -16,6 +16,8 @@ use crate::identity::{self, Identity};
 const MISSES_BEFORE_RECLAIM: u32 = 2;
 /// A heartbeat this soon after an assignment was sent does not count as missing it (it may be in transit).
 const ASSIGNMENT_TRANSIT: Duration = Duration::from_secs(1);
+/// Messages an agent's stream holds before a send is refused (the work goes back to the plan for a later pass).
+const STREAM_DEPTH: usize = 1024;
 
 impl Coordinator {
     /// The globs an agent may serve: from its certificate and the coordinator's config.
@@ -135,9 +137,9 @@ impl Coordinator {
 
     /// Opens an agent's assignment stream; the coordinator pushes work into it. Returns the stream's generation,
     /// for [`Coordinator::disconnect`].
-    pub fn connect(&self, who: &Identity, name: &str) -> Result<(mpsc::Receiver<Assignment>, u64)> {
+    pub fn connect(&self, who: &Identity, name: &str) -> Result<(mpsc::Receiver<Work>, u64)> {
         self.check_agent(who, name)?;
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = mpsc::channel(STREAM_DEPTH);
         let mut inner = self.inner();
         let Some(entry) = inner.agents.get_mut(name) else {
             return Err(ServiceError::Refused(format!("agent `{name}` has not registered")));
@@ -175,7 +177,7 @@ impl Coordinator {
         })
     }
 
-    pub(crate) fn sender(&self, agent: &str) -> Option<mpsc::Sender<Assignment>> {
+    pub(crate) fn sender(&self, agent: &str) -> Option<mpsc::Sender<Work>> {
         self.inner().agents.get(agent).and_then(|e| e.sender.clone())
     }
 

@@ -2,6 +2,7 @@
 //! calls, converts, and calls these methods; the scheduler (`scheduler`) drives plans with them.
 
 mod agents;
+mod checks;
 mod events;
 mod intake;
 mod leases;
@@ -108,7 +109,38 @@ impl Default for Config {
     }
 }
 
-/// Work for an agent.
+/// What the coordinator pushes down an agent's stream.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// Run a step under its lock.
+    Assign(Assignment),
+    /// Say which of a plan's pending targets already are at their goal (read-only, no lock).
+    Check(CheckRequest),
+}
+
+/// A batch of a plan's pending targets for their agent to check, each with its step's goal.
+#[derive(Debug, Clone)]
+pub struct CheckRequest {
+    pub plan_id: String,
+    pub bundle_id: String,
+    pub bundle: Arc<String>,
+    pub phase: Option<Phase>,
+    pub targets: Vec<(String, Goal)>,
+    pub traceparent: Option<String>,
+}
+
+/// What an agent's check found for one target.
+#[derive(Debug, Clone)]
+pub struct CheckOutcome {
+    pub target: String,
+    /// Nothing to do for the goal: the step is finished without an assignment.
+    pub at_goal: bool,
+    pub applied: Option<Version>,
+    pub before: Option<Version>,
+    pub detail: String,
+}
+
+/// Work for an agent: one step under its lock.
 #[derive(Debug, Clone)]
 pub struct Assignment {
     pub plan_id: String,
@@ -205,7 +237,7 @@ pub struct TargetStatus {
 
 struct AgentEntry {
     targets: Vec<String>,
-    sender: Option<mpsc::Sender<Assignment>>,
+    sender: Option<mpsc::Sender<Work>>,
     /// Bumped on each new assignment stream, so an old stream's end does not disconnect a new one.
     stream: u64,
     last_seen: Option<(Instant, DateTime<Utc>)>,
@@ -237,6 +269,8 @@ struct Inner {
     pub(crate) owners: HashMap<String, String>,
     /// Bundle id → engine key → versions, for fleet status.
     versions: HashMap<String, BTreeMap<String, Vec<Version>>>,
+    /// Plan id → the checks of its current wave.
+    checks: HashMap<String, checks::PlanChecks>,
 }
 
 pub struct Coordinator {

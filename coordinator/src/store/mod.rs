@@ -2,6 +2,7 @@
 //! progress events and the audit log. One trait, one sqlx implementation for a SQLite file (the embedded default)
 //! and PostgreSQL (production), one shared test suite (tests/tests/store.rs). A restart loses nothing.
 
+mod finish;
 mod rows;
 mod sql;
 
@@ -117,6 +118,10 @@ pub trait Store: Send + Sync {
     /// versions (the first `before` stands), and the event, by compare-and-set on the step being in flight under
     /// `token`. `None` if it is not (a late or repeated report: nothing is written).
     async fn finish_step(&self, result: &StepFinish) -> Result<Option<Step>, StoreError>;
+    /// Steps a check found at their goal: each still pending moves to `succeeded` with its versions and a
+    /// `succeeded` event (`at_goal: true`), all in one transaction; the steps moved are returned (one no longer
+    /// pending is left as it is).
+    async fn finish_unchanged(&self, plan_id: &str, steps: &[Unchanged]) -> Result<Vec<Step>, StoreError>;
 
     /// Appends an event; returns its sequence number (per plan, from 1, no gaps).
     async fn append_event(
@@ -171,6 +176,14 @@ pub struct StepFinish {
     pub after: Option<Version>,
     /// The event's detail; `wave` is added from the step.
     pub detail: serde_json::Value,
+}
+
+/// A step a check found at its goal, for [`Store::finish_unchanged`].
+#[derive(Debug, Clone)]
+pub struct Unchanged {
+    pub target: String,
+    pub before: Option<Version>,
+    pub applied: Option<Version>,
 }
 
 /// An event to append.

@@ -11,14 +11,14 @@ use sha2::{Digest, Sha256};
 use sqlx::AnyPool;
 
 use super::rows::*;
-use super::{db, is_key_conflict, NewEvent, StepCount, StepFinish, Store, StoreError, LIVE, MIGRATOR};
+use super::{db, is_key_conflict, NewEvent, StepCount, StepFinish, Store, StoreError, Unchanged, LIVE, MIGRATOR};
 
-const INSERT_EVENT: &str = "INSERT INTO events (plan_id, seq, at, target, kind, detail)
+pub(super) const INSERT_EVENT: &str = "INSERT INTO events (plan_id, seq, at, target, kind, detail)
      SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ? FROM events WHERE plan_id = ? RETURNING seq";
 
 /// The `Store` on a SQLite file or PostgreSQL, through one sqlx pool.
 pub struct SqlStore {
-    pool: AnyPool,
+    pub(super) pool: AnyPool,
     postgres: bool,
 }
 
@@ -68,7 +68,7 @@ impl SqlStore {
     }
 
     /// Numbers `?` placeholders for PostgreSQL.
-    fn sql(&self, text: &str) -> String {
+    pub(super) fn sql(&self, text: &str) -> String {
         if !self.postgres {
             return text.to_string();
         }
@@ -386,60 +386,11 @@ impl Store for SqlStore {
     }
 
     async fn finish_step(&self, r: &StepFinish) -> Result<Option<Step>, StoreError> {
-        if !r.state.is_done() || r.state == StepState::Skipped {
-            return Err(StoreError::IllegalTransition { from: "running".into(), to: r.state.to_string() });
-        }
-        let update = self.sql(&format!(
-            "UPDATE steps SET state = ?, error = ?, version_before = COALESCE(version_before, ?),
-             version_after = COALESCE(?, version_after), updated_at = ?
-             WHERE plan_id = ? AND target = ? AND token = ? AND state IN ('assigned', 'running') RETURNING {STEP_COLUMNS}"
-        ));
-        let insert = self.sql(INSERT_EVENT);
-        let mut last_error = None;
-        // As in `append_events`: a concurrent event writer may take the next number first; the whole fact is tried
-        // again (the compare-and-set makes a second try that finds the step finished a no-op).
-        for _ in 0..5 {
-            let attempt = async {
-                let mut tx = self.pool.begin().await?;
-                let row = sqlx::query(&update)
-                    .bind(r.state.as_str())
-                    .bind(r.error.clone())
-                    .bind(r.before.map(|v| v.to_string()))
-                    .bind(r.after.map(|v| v.to_string()))
-                    .bind(Utc::now().to_rfc3339())
-                    .bind(r.plan_id.clone())
-                    .bind(r.target.clone())
-                    .bind(token_value(Some(r.token)))
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(row) = row else {
-                    tx.rollback().await?;
-                    return Ok(None);
-                };
-                let step = step_from(&row);
-                let mut detail = r.detail.clone();
-                if let (Ok(step), Some(map)) = (&step, detail.as_object_mut()) {
-                    map.insert("wave".into(), step.wave.into());
-                }
-                sqlx::query(&insert)
-                    .bind(r.plan_id.clone())
-                    .bind(Utc::now().to_rfc3339())
-                    .bind(Some(r.target.clone()))
-                    .bind(r.state.as_str())
-                    .bind(detail.to_string())
-                    .bind(r.plan_id.clone())
-                    .fetch_one(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(Some(step))
-            };
-            match attempt.await {
-                Ok(step) => return step.transpose(),
-                Err(e) if is_key_conflict(&e) => last_error = Some(e),
-                Err(e) => return Err(db(e)),
-            }
-        }
-        Err(db(last_error.unwrap_or(sqlx::Error::PoolTimedOut)))
+        self.finish_in_flight(r).await
+    }
+
+    async fn finish_unchanged(&self, plan_id: &str, steps: &[Unchanged]) -> Result<Vec<Step>, StoreError> {
+        self.finish_pending(plan_id, steps).await
     }
 
     async fn append_event(

@@ -503,6 +503,11 @@ impl Driver for MongoDriver {
         schema::dump(&self.db).await
     }
 
+    /// A client keeps no session state between commands: reusable as it is.
+    async fn reset_session(&mut self) -> Result<bool, DriverError> {
+        Ok(self.lease.is_none())
+    }
+
     async fn close(mut self: Box<Self>) {
         self.stop_keepalive();
         self.client.clone().shutdown().await;

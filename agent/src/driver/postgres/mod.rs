@@ -67,6 +67,17 @@ pub(super) async fn on_connect(conn: &mut AnyConnection) {
     let _ = run_on(conn, "SET client_connection_check_interval = 1000").await;
 }
 
+/// What `DISCARD ALL` does, but keeping the connection's prepared statements (sqlx caches them): one round trip.
+pub(super) async fn reset_session(conn: &mut AnyConnection) -> Result<(), DriverError> {
+    run_on(
+        conn,
+        "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); \
+         DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES; SET client_connection_check_interval = 1000",
+    )
+    .await
+    .map(drop)
+}
+
 pub(super) async fn lock(conn: &mut AnyConnection, timeout: Duration) -> Result<(), DriverError> {
     // The common case, a free lock, in one round trip.
     let rows = fetch_unprepared(conn, &format!("SELECT pg_try_advisory_lock({PG_LOCK_KEY})")).await?;

@@ -1,0 +1,242 @@
+//! Checks: before a wave's steps are assigned one by one, each agent is asked, in batches, which of its pending
+//! targets already are at their goal. Those steps finish in one store transaction per batch, with no lock, no
+//! assignment and no round trip through the scheduler each; the others are assigned as usual, first in line.
+//!
+//! A check is read-only and holds no lock, so it is only ever a shortcut: a target it finds at its goal was at its
+//! goal when read (the step is still pending, never dispatched, when its outcome is recorded: compare-and-set in
+//! the store), and anything else (not at the goal, unreadable, no answer within `CHECK_TIMEOUT`, a coordinator
+//! restart) takes the normal path, which reads the history again under the target's lock.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use flotilla_core::fleet::{Plan, StepState};
+use tracing::{info, warn};
+
+use super::*;
+use crate::identity::Identity;
+use crate::store::Unchanged;
+
+/// Targets per check message: big enough to amortize, small enough that answers (and assignments of what is not
+/// at its goal) start flowing at once.
+pub(crate) const CHECK_BATCH: usize = 128;
+/// A check not answered in this long is given up: its targets are assigned as usual.
+pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pending steps read per store query while asking.
+const ASK_PAGE: u32 = 1024;
+
+/// The checks of one plan's current wave: pure bookkeeping, no I/O.
+#[derive(Debug, Default)]
+pub(crate) struct PlanChecks {
+    pub wave: u32,
+    /// Target → when its check was sent, until it is answered or given up.
+    asked: HashMap<String, Instant>,
+    /// Targets found not at their goal, to be assigned first.
+    ready: VecDeque<String>,
+}
+
+/// What to do with one check outcome.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Finish the step as it is (compare-and-set on pending).
+    Finish,
+    /// Assign it, ahead of steps not yet looked at.
+    Assign,
+    /// Not asked in this wave, or given up already (it may have been assigned since): ignore the outcome.
+    Ignore,
+}
+
+impl PlanChecks {
+    pub fn new(wave: u32) -> Self {
+        PlanChecks { wave, ..PlanChecks::default() }
+    }
+
+    pub fn asked(&mut self, target: String, at: Instant) {
+        self.asked.insert(target, at);
+    }
+
+    /// Records an outcome; only a check still awaited counts.
+    pub fn answer(&mut self, target: &str, at_goal: bool) -> Verdict {
+        if self.asked.remove(target).is_none() {
+            return Verdict::Ignore;
+        }
+        if at_goal {
+            Verdict::Finish
+        } else {
+            self.ready.push_back(target.to_string());
+            Verdict::Assign
+        }
+    }
+
+    /// Gives up checks older than `timeout`; whether any is still awaited. While one is, the plan's other pending
+    /// steps wait for their answers instead of being assigned.
+    pub fn outstanding(&mut self, now: Instant, timeout: Duration) -> bool {
+        self.asked.retain(|_, at| now.duration_since(*at) < timeout);
+        !self.asked.is_empty()
+    }
+
+    /// Up to `n` targets found not at their goal, in the order they were found.
+    pub fn take_ready(&mut self, n: usize) -> Vec<String> {
+        let n = n.min(self.ready.len());
+        self.ready.drain(..n).collect()
+    }
+
+    /// A target that could not be assigned now goes back in line.
+    pub fn requeue(&mut self, target: String) {
+        self.ready.push_back(target);
+    }
+}
+
+impl Coordinator {
+    /// Whether this plan's wave has been checked (checks sent, or none could be).
+    pub(crate) fn checked_wave(&self, plan_id: &str) -> Option<u32> {
+        self.inner().checks.get(plan_id).map(|c| c.wave)
+    }
+
+    /// Asks every connected agent, in batches, which of its targets' pending steps in `wave` are at their goal.
+    pub(crate) async fn ask_checks(&self, plan: &Plan, wave: u32, owners: &HashMap<String, String>) -> Result<()> {
+        let mut by_agent: HashMap<&str, Vec<(String, Goal)>> = HashMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page =
+                self.store.steps_in_state(&plan.id, StepState::Pending, Some(wave), after.as_deref(), ASK_PAGE).await?;
+            for step in &page {
+                if let Some(agent) = owners.get(&step.target).filter(|a| self.is_connected(a)) {
+                    by_agent.entry(agent).or_default().push((step.target.clone(), step.goal.unwrap_or(plan.goal)));
+                }
+            }
+            if page.len() < ASK_PAGE as usize {
+                break;
+            }
+            after = page.last().map(|s| s.target.clone());
+        }
+        let mut checks = PlanChecks::new(wave);
+        if !by_agent.is_empty() {
+            let bundle = self.bundle_body(&plan.bundle).await?;
+            let mut sent = 0;
+            for (agent, targets) in by_agent {
+                let Some(sender) = self.sender(agent) else { continue };
+                for batch in targets.chunks(CHECK_BATCH) {
+                    let request = CheckRequest {
+                        plan_id: plan.id.clone(),
+                        bundle_id: plan.bundle.clone(),
+                        bundle: bundle.clone(),
+                        phase: plan.phase,
+                        targets: batch.to_vec(),
+                        traceparent: None,
+                    };
+                    // A full or closed stream: these targets take the normal path.
+                    if sender.try_send(Work::Check(request)).is_err() {
+                        warn!(plan_id = %plan.id, agent, "a check was not sent; its targets will be assigned");
+                        break;
+                    }
+                    let now = Instant::now();
+                    for (target, _) in batch {
+                        checks.asked(target.clone(), now);
+                    }
+                    sent += batch.len();
+                }
+            }
+            info!(plan_id = %plan.id, wave, targets = sent, "asked agents which targets are at the goal");
+        }
+        self.inner().checks.insert(plan.id.clone(), checks);
+        Ok(())
+    }
+
+    /// Whether the plan still awaits check answers (expired ones are given up here).
+    pub(crate) fn checks_outstanding(&self, plan_id: &str) -> bool {
+        let mut inner = self.inner();
+        inner.checks.get_mut(plan_id).is_some_and(|c| c.outstanding(Instant::now(), CHECK_TIMEOUT))
+    }
+
+    pub(crate) fn ready_targets(&self, plan_id: &str, n: usize) -> Vec<String> {
+        self.inner().checks.get_mut(plan_id).map(|c| c.take_ready(n)).unwrap_or_default()
+    }
+
+    pub(crate) fn requeue_ready(&self, plan_id: &str, target: String) {
+        if let Some(c) = self.inner().checks.get_mut(plan_id) {
+            c.requeue(target);
+        }
+    }
+
+    /// Forgets the checks of plans that are no longer live.
+    pub(crate) fn retain_checks(&self, live: &[String]) {
+        self.inner().checks.retain(|plan, _| live.contains(plan));
+    }
+
+    /// An agent's check outcomes for a plan: steps at their goal finish in one store transaction; the others are
+    /// queued for assignment. Outcomes for targets the agent does not serve, or not awaited, are ignored.
+    pub async fn checked(&self, who: &Identity, name: &str, plan_id: &str, outcomes: Vec<CheckOutcome>) -> Result<()> {
+        self.check_agent(who, name)?;
+        let mut finish = Vec::new();
+        {
+            let mut guard = self.inner();
+            let inner = &mut *guard;
+            let Some(checks) = inner.checks.get_mut(plan_id) else { return Ok(()) };
+            for o in outcomes {
+                if inner.owners.get(&o.target).map(String::as_str) != Some(name) {
+                    warn!(plan_id, target = %o.target, agent = name, "ignoring a check outcome for a target the agent does not serve");
+                    continue;
+                }
+                if checks.answer(&o.target, o.at_goal) == Verdict::Finish {
+                    finish.push(Unchanged { target: o.target, before: o.before, applied: o.applied });
+                }
+            }
+        }
+        if !finish.is_empty() {
+            let done = self.store.finish_unchanged(plan_id, &finish).await?;
+            self.events.send_modify(|n| *n += 1);
+            let now = Instant::now();
+            let mut inner = self.inner();
+            for step in done {
+                inner.live.insert(step.target, TargetLive { applied: step.after, dirty: false, reported: now });
+            }
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_awaited_check_counts_and_each_once() {
+        let t0 = Instant::now();
+        let mut c = PlanChecks::new(1);
+        c.asked("a".into(), t0);
+        c.asked("b".into(), t0);
+        assert_eq!(c.answer("a", true), Verdict::Finish);
+        assert_eq!(c.answer("a", true), Verdict::Ignore, "a repeated outcome is ignored");
+        assert_eq!(c.answer("z", true), Verdict::Ignore, "a target never asked is ignored");
+        assert_eq!(c.answer("b", false), Verdict::Assign);
+        assert_eq!(c.take_ready(8), vec!["b".to_string()]);
+        assert!(c.take_ready(8).is_empty());
+    }
+
+    #[test]
+    fn a_check_not_answered_in_time_is_given_up_and_its_late_answer_ignored() {
+        let t0 = Instant::now();
+        let mut c = PlanChecks::new(1);
+        c.asked("a".into(), t0);
+        assert!(c.outstanding(t0 + Duration::from_secs(1), Duration::from_secs(5)));
+        assert!(!c.outstanding(t0 + Duration::from_secs(5), Duration::from_secs(5)), "given up at the timeout");
+        // The step may have been assigned since: the late outcome must not finish it.
+        assert_eq!(c.answer("a", true), Verdict::Ignore);
+    }
+
+    #[test]
+    fn ready_targets_come_out_in_order_and_a_requeued_one_goes_last() {
+        let t0 = Instant::now();
+        let mut c = PlanChecks::new(2);
+        for t in ["a", "b", "c"] {
+            c.asked(t.into(), t0);
+            c.answer(t, false);
+        }
+        let first = c.take_ready(2);
+        assert_eq!(first, vec!["a".to_string(), "b".to_string()]);
+        c.requeue("a".into());
+        assert_eq!(c.take_ready(5), vec!["c".to_string(), "a".to_string()]);
+    }
+}
