@@ -3,6 +3,9 @@
 #
 #   tests/servers.sh start   install what is missing, start all four on private loopback ports (idempotent), and
 #                            drop the test databases (t_*) that killed runs left behind
+#   tests/servers.sh start durable
+#                            also a PostgreSQL and a MariaDB with their normal durability (fsync on, every commit
+#                            flushed), for the benchmarks (`bench/fleet`): ports 55433 and 53307
 #   tests/servers.sh stop    stop what `start` started, by PID
 #   tests/servers.sh env     print the URLs as shell exports
 #
@@ -14,6 +17,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="${FLOTILLA_SERVERS_DIR:-$here/.servers}"
 pg_port="${FLOTILLA_PG_PORT:-55432}"
 my_port="${FLOTILLA_MYSQL_PORT:-53306}"
+pg_durable_port="${FLOTILLA_PG_DURABLE_PORT:-55433}"
+my_durable_port="${FLOTILLA_MYSQL_DURABLE_PORT:-53307}"
 mongo_port="${FLOTILLA_MONGO_PORT:-57017}"
 etcd_port="${FLOTILLA_ETCD_PORT:-52379}"
 etcd_peer_port=$((etcd_port + 1))
@@ -94,48 +99,52 @@ PY
   fi
 }
 
+# start_postgres [durable]: the test server (fsync off, for speed), or the benchmarks' durable one.
 start_postgres() {
-  local dir="$root/postgres"
+  local dir="$root/postgres" port="$pg_port" durability="fsync = off
+synchronous_commit = off
+full_page_writes = off"
+  if [ "${1:-}" = durable ]; then dir="$root/postgres-durable"; port="$pg_durable_port"; durability="# durable: the defaults"; fi
   if alive "$dir/postmaster.pid.flotilla"; then return; fi
-  port_free PG "$pg_port"
+  port_free PG "$port"
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     mkdir -p "$dir"; rm -rf "$dir/data"; chown postgres "$dir"
     su -s /bin/sh postgres -c "$pg_bin/initdb -D '$dir/data' -U postgres --auth=trust -E UTF8 --locale=C.UTF-8" >"$dir/initdb.log" 2>&1 \
       || die "initdb failed: see $dir/initdb.log"
     cat >>"$dir/data/postgresql.conf" <<CONF
-port = $pg_port
+port = $port
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$dir'
-max_connections = 300
-fsync = off
-synchronous_commit = off
-full_page_writes = off
+$durability
 max_wal_size = 256MB
 min_wal_size = 64MB
 CONF
   fi
-  su -s /bin/sh postgres -c "$pg_bin/pg_ctl -D '$dir/data' -l '$dir/server.log' -w -t 60 start" >/dev/null \
+  # Room for a benchmark's thousand warm connections besides the tests' own.
+  su -s /bin/sh postgres -c "$pg_bin/pg_ctl -D '$dir/data' -l '$dir/server.log' -o '-c max_connections=1200' -w -t 60 start" >/dev/null \
     || die "PostgreSQL did not start: see $dir/server.log"
   head -1 "$dir/data/postmaster.pid" >"$dir/postmaster.pid.flotilla"
-  log "PostgreSQL on 127.0.0.1:$pg_port"
+  log "PostgreSQL${1:+ ($1)} on 127.0.0.1:$port"
 }
 
+# start_mariadb [durable]: the test server (commits flushed once a second), or the benchmarks' durable one.
 start_mariadb() {
-  local dir="$root/mariadb"
+  local dir="$root/mariadb" port="$my_port" flush=0
+  if [ "${1:-}" = durable ]; then dir="$root/mariadb-durable"; port="$my_durable_port"; flush=1; fi
   if alive "$dir/pid"; then return; fi
-  port_free MYSQL "$my_port"
+  port_free MYSQL "$port"
   mkdir -p "$dir"; chown mysql "$dir"
   if [ ! -d "$dir/data/mysql" ]; then
     rm -rf "$dir/data"
     mariadb-install-db --no-defaults --user=mysql --datadir="$dir/data" --auth-root-authentication-method=normal \
       --skip-test-db >"$dir/install.log" 2>&1 || die "mariadb-install-db failed: see $dir/install.log"
   fi
-  mariadbd --no-defaults --user=mysql --datadir="$dir/data" --socket="$dir/sock" --port="$my_port" \
-    --bind-address=127.0.0.1 --pid-file="$dir/pid" --max-connections=300 --innodb-flush-log-at-trx-commit=0 \
+  mariadbd --no-defaults --user=mysql --datadir="$dir/data" --socket="$dir/sock" --port="$port" \
+    --bind-address=127.0.0.1 --pid-file="$dir/pid" --max-connections=1200 --innodb-flush-log-at-trx-commit=$flush \
     --skip-log-bin --log-error="$dir/server.log" &
-  wait_for 60 MariaDB mariadb-admin --no-defaults --protocol=tcp -h127.0.0.1 -P"$my_port" -uroot ping
+  wait_for 60 MariaDB mariadb-admin --no-defaults --protocol=tcp -h127.0.0.1 -P"$port" -uroot ping
   alive "$dir/pid" || die "MariaDB did not write its pid file: see $dir/server.log"
-  log "MariaDB on 127.0.0.1:$my_port"
+  log "MariaDB${1:+ ($1)} on 127.0.0.1:$port"
 }
 
 start_mongo() {
@@ -224,6 +233,12 @@ export FLOTILLA_TEST_KNEX=$tools/node/node_modules/knex/bin/cli.js
 export FLOTILLA_TEST_LIQUIBASE=$tools/node/node_modules/liquibase/dist/liquibase/liquibase
 export FLOTILLA_TEST_ALEMBIC=$tools/venv/bin/alembic
 ENV
+  if alive "$root/postgres-durable/postmaster.pid.flotilla"; then
+    echo "export FLOTILLA_BENCH_PG_DURABLE_URL=postgres://postgres@127.0.0.1:$pg_durable_port/postgres"
+  fi
+  if alive "$root/mariadb-durable/pid"; then
+    echo "export FLOTILLA_BENCH_MYSQL_DURABLE_URL=mysql://root@127.0.0.1:$my_durable_port/mysql"
+  fi
 }
 
 stop_one() { # stop_one NAME PIDFILE
@@ -246,12 +261,18 @@ case "${1:-}" in
     start_mongo
     init_mongo_replica_set
     start_etcd
+    if [ "${2:-}" = durable ]; then
+      start_postgres durable
+      start_mariadb durable
+    fi
     sweep_test_databases
     print_env >"$root/env"
     ;;
   stop)
     stop_one PostgreSQL "$root/postgres/postmaster.pid.flotilla"
+    stop_one "PostgreSQL (durable)" "$root/postgres-durable/postmaster.pid.flotilla"
     stop_one MariaDB "$root/mariadb/pid"
+    stop_one "MariaDB (durable)" "$root/mariadb-durable/pid"
     stop_one MongoDB "$root/mongo/pid"
     stop_one etcd "$root/etcd/pid"
     ;;

@@ -1,219 +1,321 @@
-//! What a fleet rollout costs over the databases' own work.
+//! A fleet rollout side by side with what users run instead, on the same databases in one run.
 //!
-//! N PostgreSQL databases, three migrations each (two statements apiece), at a parallelism of 8:
-//! (a) a bare loop doing only the databases' work: per database, connect, then BEGIN, the statements and COMMIT
-//!     for each migration; and
-//! (a') what users run instead: `psql -1 -f` per database over the same databases, through `xargs -P 8`;
-//! (b) a plan through a coordinator and an agent (in this process, gRPC over mTLS on loopback; SQLite store,
-//!     in-process locks), timed from submit to the plan's end. Flotilla's work on top: scheduling, the target lock,
-//!     the history table (lock, reads, records), progress events into the store, and the reports. The targets
-//!     already have their history table (an untimed first plan adopts them), as in any rollout after the first.
-//! (c) the no-op re-run: the same plan again, nothing pending.
-//! Medians of five runs, fresh databases each time. Run with `tests/servers.sh start` first:
+//! Per scenario (engine, server, N databases, agents), three migrations of two statements each, parallelism 8:
+//! - loop: what teams run today, one client process per database through `xargs -P 8`: `psql -1 -f` (PostgreSQL),
+//!   `mariadb` (MariaDB); MongoDB has no shell client here, so its loop is the bare one;
+//! - bare: only the databases' own work, from this process: per database connect, then each migration's
+//!   statements (in a transaction where the engine has them);
+//! - executor: the agent's work without the fleet: per database the `Executor` (lock, history, records);
+//! - fleet: the real `flotilla-coordinator` (SQLite store, etcd locks) and `flotilla-agent` processes over mTLS, a
+//!   plan submitted over gRPC, timed from submit to the plan's end; then the same plan again with nothing pending
+//!   (the no-op re-run). An untimed first plan adopts the targets (creates each history table), as in every
+//!   rollout after a fleet's first; the executor gets the same untimed first contact.
 //!
-//!     cargo bench -p flotilla-tests --bench fleet        (BENCH_TARGETS=48 to choose N)
+//! Also printed: peak RSS of the coordinator and of each agent, and etcd requests per step (from etcd's own
+//! metrics). Databases are reset between runners (PostgreSQL: the schema; MariaDB and MongoDB: the database).
+//! Medians of BENCH_RUNS runs (default 3).
+//!
+//!     bench/fleet                          (builds the release binaries, starts the servers, runs this)
+//!     BENCH_SCENARIOS=pg-durable:100:1,pg:1000:1 bench/fleet
+//!
+//! Scenarios are `SERVER:N:AGENTS`; servers: `pg` and `mysql` (the test servers: fsync off), `pg-durable` and
+//! `mysql-durable` (their normal durability: `tests/servers.sh start durable`), `mongo`.
 
 use std::time::{Duration, Instant};
 
-use flotilla_agent::daemon::config::{AgentConfig, TargetConfig, TlsFiles as AgentTls};
 use flotilla_core::bundle::Bundle;
-use flotilla_core::Engine::Postgres;
+use flotilla_core::Engine::{self, Mongodb, Mysql, Postgres};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::operator_service_client::OperatorServiceClient;
+use flotilla_tests::fleet::{Fleet, FleetTarget};
 use flotilla_tests::*;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+use futures_util::StreamExt;
 use sqlx::Connection;
-use tokio_util::sync::CancellationToken;
 
 const PARALLEL: usize = 8;
-const RUNS: usize = 5;
-const MIGRATIONS: [(&str, &str); 3] = [
-    ("CREATE TABLE accounts (id BIGINT PRIMARY KEY, name TEXT)", "INSERT INTO accounts VALUES (1, 'a')"),
-    ("ALTER TABLE accounts ADD COLUMN status TEXT", "UPDATE accounts SET status = 'new'"),
-    ("CREATE INDEX accounts_status ON accounts (status)", "ANALYZE accounts"),
-];
+const DEFAULT_SCENARIOS: &str =
+    "pg-durable:100:1,pg-durable:100:4,pg-durable:1000:1,pg:100:1,pg:1000:1,mysql-durable:100:1,mongo:100:1";
 
-/// Version 1 is a no-op applied untimed first (so every target already has its history table, as in steady
-/// state); versions 2 to 4 are the timed rollout.
-fn migrations() -> Dir {
+/// Each migration's statements, per engine.
+fn statements(engine: Engine) -> [[&'static str; 2]; 3] {
+    match engine {
+        Postgres => [
+            ["CREATE TABLE accounts (id BIGINT PRIMARY KEY, name TEXT)", "INSERT INTO accounts VALUES (1, 'a')"],
+            ["ALTER TABLE accounts ADD COLUMN status TEXT", "UPDATE accounts SET status = 'new'"],
+            ["CREATE INDEX accounts_status ON accounts (status)", "ANALYZE accounts"],
+        ],
+        Mysql => [
+            ["CREATE TABLE accounts (id BIGINT PRIMARY KEY, name VARCHAR(64))", "INSERT INTO accounts VALUES (1, 'a')"],
+            ["ALTER TABLE accounts ADD COLUMN status VARCHAR(16)", "UPDATE accounts SET status = 'new'"],
+            ["CREATE INDEX accounts_status ON accounts (status)", "ANALYZE TABLE accounts"],
+        ],
+        _ => [
+            [r#"{"create": "accounts"}"#, r#"{"insert": "accounts", "documents": [{"_id": 1, "name": "a"}]}"#],
+            [
+                r#"{"update": "accounts", "updates": [{"q": {}, "u": {"$set": {"status": "new"}}, "multi": true}]}"#,
+                r#"{"createIndexes": "accounts", "indexes": [{"key": {"status": 1}, "name": "accounts_status"}]}"#,
+            ],
+            [
+                r#"{"createIndexes": "accounts", "indexes": [{"key": {"name": 1}, "name": "accounts_name"}]}"#,
+                r#"{"collMod": "accounts", "validator": {}}"#,
+            ],
+        ],
+    }
+}
+
+/// Version 1 is a no-op for the untimed first contact; versions 2 to 4 are the timed rollout.
+fn migrations(engine: Engine) -> Dir {
     let dir = Dir::new();
-    dir.migration(Postgres, 1, "adopt", "SELECT 1;", "SELECT 1;");
-    for (i, (a, b)) in MIGRATIONS.iter().enumerate() {
-        dir.migration(Postgres, i as i64 + 2, &format!("m{}", i + 2), &format!("{a};\n{b};"), "SELECT 1;");
+    let noop = if engine == Mongodb { "" } else { "SELECT 1;" };
+    dir.migration(engine, 1, "adopt", noop, noop);
+    for (i, [a, b]) in statements(engine).iter().enumerate() {
+        let up = if engine == Mongodb { format!("[{a}, {b}]") } else { format!("{a};\n{b};") };
+        dir.migration(engine, i as i64 + 2, &format!("m{}", i + 2), &up, noop);
     }
     dir
 }
 
-async fn bare(dbs: &[TestDb]) -> Duration {
-    // Untimed, like the other two's first contact: one connection to each new database warms its caches.
-    for db in dbs {
-        let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-        sqlx::Executor::execute(&mut conn, "SELECT 1").await.expect("select");
-        let _ = conn.close().await;
+#[derive(Clone, Copy, Debug)]
+struct Scenario {
+    engine: Engine,
+    durable: bool,
+    n: usize,
+    agents: usize,
+}
+
+impl Scenario {
+    fn parse(s: &str) -> Scenario {
+        let parts: Vec<&str> = s.split(':').collect();
+        let [server, n, agents] = parts[..] else { panic!("scenario `{s}`: SERVER:N:AGENTS") };
+        let (engine, durable) = match server {
+            "pg" => (Postgres, false),
+            "pg-durable" => (Postgres, true),
+            "mysql" => (Mysql, false),
+            "mysql-durable" => (Mysql, true),
+            "mongo" => (Mongodb, false),
+            other => panic!("scenario `{s}`: unknown server `{other}`"),
+        };
+        Scenario { engine, durable, n: n.parse().expect("N"), agents: agents.parse().expect("AGENTS") }
     }
-    let started = Instant::now();
-    let chunks: Vec<Vec<String>> =
-        (0..PARALLEL).map(|w| dbs.iter().skip(w).step_by(PARALLEL).map(|d| d.url.clone()).collect()).collect();
-    let workers = chunks.into_iter().map(|urls| async move {
-        for url in urls {
-            let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
-            for (a, b) in MIGRATIONS {
-                for statement in ["BEGIN", a, b, "COMMIT"] {
-                    sqlx::Executor::execute(&mut conn, statement).await.expect("statement");
-                }
+
+    fn name(&self) -> String {
+        let server = match (self.engine, self.durable) {
+            (Postgres, true) => "PostgreSQL, fsync on",
+            (Postgres, false) => "PostgreSQL, fsync off",
+            (Mysql, true) => "MariaDB, every commit flushed",
+            (Mysql, false) => "MariaDB, flushed once a second",
+            _ => "MongoDB, journaled",
+        };
+        format!("{} databases on {server}, {} agent(s)", self.n, self.agents)
+    }
+
+    async fn databases(&self) -> Vec<TestDb> {
+        let server = match self.durable {
+            true => durable_server_url(self.engine).expect("a durable server: run `tests/servers.sh start durable`"),
+            false => String::new(),
+        };
+        let engine = self.engine;
+        // Sixteen at a time: more connections at once than the server takes otherwise.
+        futures_util::stream::iter(0..self.n)
+            .map(|_| {
+                let server = server.clone();
+                async move { if server.is_empty() { TestDb::new(engine).await } else { TestDb::new_on(engine, &server).await } }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await
+    }
+}
+
+/// Runs `work` on every URL, `PARALLEL` at a time.
+async fn each<F, Fut>(urls: &[String], work: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    futures_util::stream::iter(urls.iter().cloned()).map(work).buffer_unordered(PARALLEL).collect::<Vec<()>>().await;
+}
+
+/// Empties every database again: the next runner starts where the last one did.
+async fn reset(engine: Engine, urls: &[String]) {
+    each(urls, |url| async move {
+        match engine {
+            Mongodb => {
+                let client = mongodb::Client::with_uri_str(&url).await.expect("mongo");
+                client.default_database().expect("database").drop().await.expect("drop");
+                client.shutdown().await;
             }
-            let _ = conn.close().await;
+            Postgres => {
+                let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+                sqlx::Executor::execute(&mut conn, "DROP SCHEMA public CASCADE; CREATE SCHEMA public").await.expect("reset");
+                let _ = conn.close().await;
+            }
+            _ => {
+                let name = url.rsplit('/').next().expect("database").to_string();
+                let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+                let sql = format!("DROP DATABASE {name}; CREATE DATABASE {name}");
+                sqlx::raw_sql(&sql).execute(&mut conn).await.expect("reset");
+                let _ = conn.close().await;
+            }
         }
-    });
-    futures_util::future::join_all(workers).await;
+    })
+    .await;
+}
+
+/// The databases' own work, from this process.
+async fn bare(engine: Engine, urls: &[String]) -> Duration {
+    let started = Instant::now();
+    each(urls, |url| async move {
+        if engine == Mongodb {
+            let client = mongodb::Client::with_uri_str(&url).await.expect("mongo");
+            let db = client.default_database().expect("database");
+            for statement in statements(engine).iter().flatten() {
+                let command: bson::Document = serde_json::from_str(statement).expect("command");
+                db.run_command(command).await.expect("command");
+            }
+            client.shutdown().await;
+            return;
+        }
+        let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+        for [a, b] in statements(engine) {
+            for statement in ["BEGIN", a, b, "COMMIT"] {
+                sqlx::Executor::execute(&mut conn, statement).await.expect("statement");
+            }
+        }
+        let _ = conn.close().await;
+    })
+    .await;
     started.elapsed()
 }
 
-/// The shell loop teams run today: one `psql -1 -f` per database (all three migrations in one transaction), eight
-/// at a time through `xargs -P 8`.
-fn psql_loop(dbs: &[TestDb]) -> Duration {
+/// The shell loop: one client process per database, `xargs -P 8`.
+fn shell_loop(engine: Engine, urls: &[String]) -> Option<Duration> {
     let work = tempfile::tempdir().expect("dir");
-    let sql: String = MIGRATIONS.iter().map(|(a, b)| format!("{a};\n{b};\n")).collect();
-    std::fs::write(work.path().join("up.sql"), sql).expect("sql");
-    let urls: String = dbs.iter().map(|d| format!("{}\n", d.url)).collect();
-    std::fs::write(work.path().join("urls"), urls).expect("urls");
+    let sql: String = statements(engine).iter().flatten().map(|s| format!("{s};\n")).collect();
+    std::fs::write(work.path().join("up.sql"), format!("BEGIN;\n{sql}COMMIT;\n")).expect("sql");
+    let command = match engine {
+        Postgres => {
+            std::fs::write(work.path().join("up.sql"), sql).expect("sql");
+            let list: String = urls.iter().map(|u| format!("{u}\n")).collect();
+            std::fs::write(work.path().join("targets"), list).expect("targets");
+            format!("xargs -P {PARALLEL} -I{{}} psql -X -q -1 -v ON_ERROR_STOP=1 -f up.sql {{}} < targets > /dev/null")
+        }
+        Mysql => {
+            // mysql://root@HOST:PORT/DB → -h HOST -P PORT DB
+            let list: String = urls
+                .iter()
+                .map(|u| {
+                    let rest = u.strip_prefix("mysql://").expect("a mysql:// URL");
+                    let (user, rest) = rest.split_once('@').expect("user@");
+                    let (address, db) = rest.split_once('/').expect("/database");
+                    let (host, port) = address.split_once(':').unwrap_or((address, "3306"));
+                    format!("-h{host} -P{port} -u{user} {db}\n")
+                })
+                .collect();
+            std::fs::write(work.path().join("targets"), list).expect("targets");
+            format!("xargs -P {PARALLEL} -L1 sh -c 'mariadb --no-defaults --protocol=tcp \"$@\" < up.sql > /dev/null' sh < targets")
+        }
+        _ => return None,
+    };
     let started = Instant::now();
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("xargs -P {PARALLEL} -I{{}} psql -X -q -1 -v ON_ERROR_STOP=1 -f up.sql {{}} < urls > /dev/null"))
-        .current_dir(work.path())
-        .status()
-        .expect("psql loop");
-    assert!(status.success(), "the psql loop failed");
-    started.elapsed()
+    let status =
+        std::process::Command::new("sh").arg("-c").arg(command).current_dir(work.path()).status().expect("loop");
+    assert!(status.success(), "the shell loop failed");
+    Some(started.elapsed())
 }
 
-/// The agent's work without the coordinator: per database, connect, run the executor up (lock, history,
-/// migrations, records) and read the history back, as the agent does for an assignment.
-async fn executor_only(dbs: &[TestDb], dir: &std::path::Path) -> Duration {
+/// The executor per database, with an untimed first contact.
+async fn executor_only(urls: &[String], dir: &std::path::Path) -> Duration {
     let set = flotilla_core::read_dir(dir, &Default::default()).expect("read");
-    // First contact, untimed, like the fleet run: version 1 creates each history table.
-    executors(dbs, &set, flotilla_core::Request::Up { to: Some(flotilla_core::Version::from(1u32)) }).await;
-    let started = Instant::now();
-    executors(dbs, &set, flotilla_core::Request::Up { to: None }).await;
-    started.elapsed()
-}
-
-async fn executors(dbs: &[TestDb], set: &flotilla_core::MigrationSet, request: flotilla_core::Request) {
-    let chunks: Vec<Vec<String>> =
-        (0..PARALLEL).map(|w| dbs.iter().skip(w).step_by(PARALLEL).map(|d| d.url.clone()).collect()).collect();
-    let workers = chunks.into_iter().map(|urls| async move {
-        for url in urls {
+    let run = |to: Option<u32>| {
+        let set = &set;
+        each(urls, move |url| async move {
             let driver = flotilla_agent::connect(&url, &Default::default()).await.expect("connect");
             let mut ex = flotilla_agent::Executor::new(driver, "bench");
             ex.history().await.expect("history");
+            let request = flotilla_core::Request::Up { to: to.map(flotilla_core::Version::from) };
             ex.migrate(set, request, false).await.expect("migrate");
             ex.history().await.expect("history");
             ex.close().await;
-        }
-    });
-    futures_util::future::join_all(workers).await;
+        })
+    };
+    run(Some(1)).await;
+    let started = Instant::now();
+    run(None).await;
+    started.elapsed()
 }
 
-fn certs(dir: &std::path::Path) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-    let leaf = |sans: Vec<String>, uri: Option<&str>, server: bool| {
-        let mut p = CertificateParams::new(sans).expect("params");
-        if let Some(uri) = uri {
-            p.subject_alt_names.push(SanType::URI(uri.try_into().expect("uri")));
-        }
-        p.extended_key_usages =
-            vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
-        let key = KeyPair::generate().expect("key");
-        let cert = p.signed_by(&key, &ca).expect("sign");
-        (cert.pem(), key.serialize_pem())
-    };
-    let write = |name: &str, (cert, key): (String, String)| {
-        std::fs::write(dir.join(format!("{name}.pem")), cert).expect("write");
-        std::fs::write(dir.join(format!("{name}.key")), key).expect("write");
-    };
-    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
-    write("coordinator", leaf(vec!["127.0.0.1".into()], None, true));
-    write("admin", leaf(vec![], Some("spiffe://flotilla/operator/admin"), false));
-    write("agent", leaf(vec![], Some("spiffe://flotilla/agent/agent/targets/*"), false));
+/// etcd's count of requests it has handled, from its own metrics.
+fn etcd_requests() -> u64 {
+    let out = std::process::Command::new("curl").args(["-s", &format!("{}/metrics", etcd_url())]).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("grpc_server_handled_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
-/// The rollout, and the same plan again with nothing pending.
-async fn fleet(dbs: &[TestDb], dir: &std::path::Path) -> (Duration, Duration) {
-    let work = tempfile::tempdir().expect("dir");
-    let c = work.path();
-    certs(c);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let shutdown = CancellationToken::new();
-    let config = flotilla_coordinator::Config {
-        store: format!("sqlite://{}", c.join("store.db").display()),
-        etcd: Vec::new(),
-        etcd_prefix: flotilla_coordinator::config::DEFAULT_ETCD_PREFIX.into(),
-        tls: Some(flotilla_coordinator::TlsFiles {
-            ca: c.join("ca.pem"),
-            cert: c.join("coordinator.pem"),
-            key: c.join("coordinator.key"),
-        }),
-        service: flotilla_coordinator::service::Config::default(),
-    };
-    let coordinator = tokio::spawn(flotilla_coordinator::run(listener, config, shutdown.clone()));
-    let agent = AgentConfig {
-        name: "agent".into(),
-        coordinator: format!("https://127.0.0.1:{port}"),
-        tls: Some(AgentTls { ca: c.join("ca.pem"), cert: c.join("agent.pem"), key: c.join("agent.key") }),
-        insecure_dev: false,
-        heartbeat_secs: 1,
-        connections: Default::default(),
-        targets: dbs
-            .iter()
-            .enumerate()
-            .map(|(i, db)| TargetConfig {
-                name: format!("pg-{i:03}"),
-                engine: None,
-                labels: [("env".to_string(), "bench".to_string())].into(),
-                url: Some(db.url.clone()),
-                url_file: None,
-                url_env: None,
-            })
-            .collect(),
-    };
-    let agent = tokio::spawn(flotilla_agent::daemon::run(agent, shutdown.clone()));
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(c.join("ca.pem")).expect("ca")))
-        .identity(tonic::transport::Identity::from_pem(
-            std::fs::read(c.join("admin.pem")).expect("cert"),
-            std::fs::read(c.join("admin.key")).expect("key"),
-        ));
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
-        .expect("endpoint")
-        .tls_config(tls)
-        .expect("tls")
-        .connect()
-        .await
-        .expect("connect");
-    let mut client = OperatorServiceClient::new(channel);
-    loop {
-        let known = client.list_targets(pb::ListTargetsRequest::default()).await.expect("targets").into_inner();
-        if known.targets.len() == dbs.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Peak resident set of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+struct FleetRun {
+    rollout: Duration,
+    noop: Duration,
+    etcd_per_step: f64,
+    etcd_noop: u64,
+    coordinator_mib: f64,
+    agent_mib: f64,
+}
+
+async fn fleet(s: &Scenario, urls: &[String], dir: &std::path::Path) -> FleetRun {
+    let agents: Vec<(String, String)> = (1..=s.agents).map(|i| (format!("agent-{i}"), "*".to_string())).collect();
+    let globs: Vec<(&str, &str)> = agents.iter().map(|(a, g)| (a.as_str(), g.as_str())).collect();
+    let mut fleet = Fleet::start(&globs, Some(etcd_url()), 10).await;
+    fleet.agent_config = format!("[connections]\nmax_idle = {}\nidle_secs = 300\n", s.n + 16);
+    let targets: Vec<FleetTarget> = urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| FleetTarget::new(&format!("t-{i:05}"), url, &[("env", "bench")]))
+        .collect();
+    for (i, (agent, _)) in agents.iter().enumerate() {
+        let mine: Vec<FleetTarget> = targets.iter().skip(i).step_by(s.agents).cloned().collect();
+        fleet.start_agent(agent, &mine).await;
     }
+    fleet.wait_targets(s.n).await;
+    let mut client = OperatorServiceClient::new(fleet.channel_as("admin").await);
     let bundle = Bundle::from_dir(dir).expect("bundle").to_json().into_bytes();
-    rollout(&mut client, &bundle, 1, dbs.len()).await; // first contact: creates each history table
+    rollout(&mut client, &bundle, 1, s.n).await;
+    let etcd_before = etcd_requests();
     let started = Instant::now();
-    rollout(&mut client, &bundle, 0, dbs.len()).await;
-    let elapsed = started.elapsed();
+    rollout(&mut client, &bundle, 0, s.n).await;
+    let rollout_time = started.elapsed();
+    let etcd_rollout = etcd_requests() - etcd_before;
+    let etcd_before = etcd_requests();
     let started = Instant::now();
-    rollout(&mut client, &bundle, 0, dbs.len()).await;
+    rollout(&mut client, &bundle, 0, s.n).await;
     let noop = started.elapsed();
-    shutdown.cancel();
-    let _ = agent.await;
-    let _ = coordinator.await;
-    (elapsed, noop)
+    let etcd_noop = etcd_requests() - etcd_before;
+    let pids = fleet.pids();
+    let rss = |name: &str| pids.iter().filter(|(n, _)| n.starts_with(name)).map(|(_, p)| peak_rss_mib(*p)).collect();
+    let coordinator: Vec<f64> = rss("coordinator");
+    let agents_rss: Vec<f64> = rss("agent");
+    fleet.stop().await;
+    FleetRun {
+        rollout: rollout_time,
+        noop,
+        etcd_per_step: etcd_rollout as f64 / s.n as f64,
+        etcd_noop,
+        coordinator_mib: coordinator.iter().copied().fold(0.0, f64::max),
+        agent_mib: agents_rss.iter().copied().fold(0.0, f64::max),
+    }
 }
 
 /// Submits a plan up to `to` (0: all) and waits for its end.
@@ -243,47 +345,76 @@ async fn rollout(client: &mut OperatorServiceClient<tonic::transport::Channel>, 
     assert_eq!((summary.state(), summary.succeeded as usize), (pb::PlanState::Succeeded, n), "{summary:?}");
 }
 
-fn main() {
-    let n: usize = std::env::var("BENCH_TARGETS").ok().and_then(|v| v.parse().ok()).unwrap_or(48);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    runtime.block_on(async {
-        // BENCH_LOG=1 logs each step (RUST_LOG=info), to see where the time goes.
-        let _telemetry = std::env::var("BENCH_LOG").is_ok().then(|| flotilla_proto::telemetry::init("bench", "warn"));
-        let dir = migrations();
-        let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(RUNS);
-        let (mut bares, mut psqls, mut fleets, mut noops, mut executors) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        // Sixteen at a time: a thousand connections at once are more than the server takes.
-        let fresh = || {
-            use futures_util::StreamExt;
-            futures_util::stream::iter(0..n).map(|_| TestDb::new(Postgres)).buffer_unordered(16).collect::<Vec<_>>()
-        };
-        for _ in 0..runs {
-            bares.push(bare(&fresh().await).await);
-            let dbs = fresh().await;
-            psqls.push(tokio::task::block_in_place(|| psql_loop(&dbs)));
-            executors.push(executor_only(&fresh().await, dir.path()).await);
-            let (f, noop) = fleet(&fresh().await, dir.path()).await;
-            fleets.push(f);
-            noops.push(noop);
+fn secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+async fn scenario(s: Scenario, runs: usize) {
+    let dbs = s.databases().await;
+    let urls: Vec<String> = dbs.iter().map(|d| d.url.clone()).collect();
+    let dir = migrations(s.engine);
+    let (mut loops, mut bares, mut executors, mut fleets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let shell = tokio::task::block_in_place(|| shell_loop(s.engine, &urls));
+        if let Some(d) = shell {
+            loops.push(d);
+            reset(s.engine, &urls).await;
         }
-        let (b, p, f, e, z) = (
-            median(bares.clone()),
-            median(psqls.clone()),
-            median(fleets.clone()),
-            median(executors.clone()),
-            median(noops.clone()),
-        );
-        println!("fleet rollout: {n} PostgreSQL databases x {} migrations, parallelism {PARALLEL}", MIGRATIONS.len());
-        println!("  bare loop (connect, BEGIN, statements, COMMIT): {b:?}  runs {bares:?}");
-        println!("  psql -1 -f per database, xargs -P {PARALLEL}:       {p:?}  runs {psqls:?}");
-        println!("  executor only (no coordinator):                 {e:?}  runs {executors:?}");
-        println!("  flotilla plan (submit to finished):              {f:?}  runs {fleets:?}");
-        println!("  flotilla no-op re-run (nothing pending):         {z:?}  runs {noops:?}");
-        println!(
-            "  fleet / psql loop: {:.2}x; fleet over the bare loop: {:.1}%",
-            f.as_secs_f64() / p.as_secs_f64(),
-            (f.as_secs_f64() / b.as_secs_f64() - 1.0) * 100.0
-        );
+        bares.push(bare(s.engine, &urls).await);
+        reset(s.engine, &urls).await;
+        executors.push(executor_only(&urls, dir.path()).await);
+        reset(s.engine, &urls).await;
+        fleets.push(fleet(&s, &urls, dir.path()).await);
+        reset(s.engine, &urls).await;
+    }
+    let b = median(bares);
+    let e = median(executors);
+    let f = median(fleets.iter().map(|r| r.rollout).collect());
+    let z = median(fleets.iter().map(|r| r.noop).collect());
+    let mid = |v: Vec<f64>| {
+        let mut v = v;
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("{}", s.name());
+    if !loops.is_empty() {
+        let l = median(loops);
+        println!("  shell loop (one client per database, xargs -P {PARALLEL}): {}", secs(l));
+        println!("  fleet / shell loop:                               {:.2}x", f.as_secs_f64() / l.as_secs_f64());
+    }
+    println!("  bare loop (the databases' own work):              {}", secs(b));
+    println!("  executor only:                                    {}  ({:+.0}% over bare)", secs(e), pct(e, b));
+    println!("  fleet, submit to finished:                        {}  ({:+.0}% over bare)", secs(f), pct(f, b));
+    println!("  fleet, no-op re-run:                              {}  ({:.2} ms per target)", secs(z), ms(z) / s.n as f64);
+    println!(
+        "  etcd requests per step (rollout): {:.1}; whole no-op re-run: {}",
+        mid(fleets.iter().map(|r| r.etcd_per_step).collect()),
+        mid(fleets.iter().map(|r| r.etcd_noop as f64).collect())
+    );
+    println!(
+        "  peak RSS: coordinator {:.0} MiB, agent {:.0} MiB",
+        mid(fleets.iter().map(|r| r.coordinator_mib).collect()),
+        mid(fleets.iter().map(|r| r.agent_mib).collect())
+    );
+    println!();
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn pct(a: Duration, b: Duration) -> f64 {
+    (a.as_secs_f64() / b.as_secs_f64() - 1.0) * 100.0
+}
+
+fn main() {
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| DEFAULT_SCENARIOS.to_string());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    println!("Fleet rollouts: 3 migrations of 2 statements, parallelism {PARALLEL}, medians of {runs} run(s).\n");
+    runtime.block_on(async {
+        for s in scenarios.split(',').filter(|s| !s.is_empty()) {
+            scenario(Scenario::parse(s), runs).await;
+        }
     });
 }

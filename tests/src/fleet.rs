@@ -62,6 +62,8 @@ pub struct Fleet {
     agents: BTreeMap<String, Child>,
     /// Environment for every process started from now on (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).
     pub env: Vec<(String, String)>,
+    /// TOML tables added to every agent's config from now on (e.g. `[connections]`).
+    pub agent_config: String,
 }
 
 fn free_port() -> u16 {
@@ -130,6 +132,7 @@ impl Fleet {
             standby: None,
             agents: BTreeMap::new(),
             env,
+            agent_config: String::new(),
         };
         fleet.start_coordinator().await;
         fleet
@@ -236,6 +239,7 @@ impl Fleet {
             certs.join(format!("{name}.pem")).display(),
             certs.join(format!("{name}.key")).display()
         );
+        config.push_str(&self.agent_config);
         for t in targets {
             let labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k} = \"{v}\"")).collect();
             config.push_str(&format!(
@@ -280,6 +284,12 @@ impl Fleet {
         let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
         let status = tokio::time::timeout(Duration::from_secs(90), child.wait()).await.ok()?.ok()?;
         status.code()
+    }
+
+    /// Process ids of the coordinator and each agent, by name.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let coordinator = self.coordinator.as_ref().and_then(Child::id).map(|pid| ("coordinator".to_string(), pid));
+        coordinator.into_iter().chain(self.agents.iter().filter_map(|(n, c)| Some((n.clone(), c.id()?)))).collect()
     }
 
     /// Every process's log, for failure messages.

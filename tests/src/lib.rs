@@ -36,6 +36,20 @@ fn server_url(engine: Engine) -> String {
     env_url(var)
 }
 
+/// The admin URL of the server with its normal durability (fsync on) that `tests/servers.sh start durable` runs
+/// for the benchmarks, if it does.
+pub fn durable_server_url(engine: Engine) -> Option<String> {
+    let var = match engine {
+        Postgres => "FLOTILLA_BENCH_PG_DURABLE_URL",
+        Mysql => "FLOTILLA_BENCH_MYSQL_DURABLE_URL",
+        _ => return None,
+    };
+    std::env::var(var).ok().or_else(|| {
+        let text = std::fs::read_to_string(manifest_dir().join(".servers/env")).ok()?;
+        text.lines().find_map(|l| l.strip_prefix(&format!("export {var}="))).map(str::to_string)
+    })
+}
+
 /// The etcd endpoint `tests/servers.sh` runs.
 pub fn etcd_url() -> String {
     env_url("FLOTILLA_TEST_ETCD_URL")
@@ -92,6 +106,8 @@ pub struct TestDb {
     pub engine: Engine,
     pub url: String,
     pub name: String,
+    /// The server's admin URL it was created through (dropped through it too).
+    server: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -103,12 +119,13 @@ impl Drop for TestDb {
         if self.engine == Sqlite || self.name.is_empty() {
             return;
         }
-        let (engine, name) = (self.engine, self.name.clone());
+        let (engine, name, server) = (self.engine, self.name.clone(), self.server.clone());
         // Drop cannot await, and may run inside a runtime: drop from a thread with a runtime of its own.
         let dropping = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             runtime.block_on(async {
-                let _ = tokio::time::timeout(Duration::from_secs(10), TestDb::drop_database(engine, &name)).await;
+                let dropped = TestDb::drop_database(engine, &server, &name);
+                let _ = tokio::time::timeout(Duration::from_secs(10), dropped).await;
             });
         });
         let _ = dropping.join();
@@ -117,28 +134,34 @@ impl Drop for TestDb {
 
 impl TestDb {
     pub async fn new(engine: Engine) -> TestDb {
+        let server = if engine == Sqlite { String::new() } else { server_url(engine) };
+        TestDb::new_on(engine, &server).await
+    }
+
+    /// A fresh database on the server at admin URL `base` (another than the test servers: the benchmarks' durable
+    /// ones, say).
+    pub async fn new_on(engine: Engine, base: &str) -> TestDb {
         install_drivers();
         let name = format!("t_{}", rand::random::<u64>() % 1_000_000_000_000);
+        let server = base.to_string();
         match engine {
             Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}", dir.path().join("test.db").display());
-                TestDb { engine, url, name, _dir: Some(dir) }
+                TestDb { engine, url, name, server, _dir: Some(dir) }
             }
             Mongodb => {
-                let base = server_url(Mongodb);
                 let url = base.replacen("/?", &format!("/{name}?"), 1);
-                TestDb { engine, url, name, _dir: None }
+                TestDb { engine, url, name, server, _dir: None }
             }
             Postgres | Mysql => {
-                let base = server_url(engine);
                 let mut admin = AnyConnection::connect(&base).await.unwrap_or_else(|e| panic!("connect {base}: {e}"));
                 sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str())
                     .await
                     .expect("create database");
                 let _ = admin.close().await;
                 let cut = base.rfind('/').expect("URL has a path");
-                TestDb { engine, url: format!("{}/{name}", &base[..cut]), name, _dir: None }
+                TestDb { engine, url: format!("{}/{name}", &base[..cut]), name, server, _dir: None }
             }
         }
     }
@@ -147,22 +170,21 @@ impl TestDb {
     /// dropped with this value.
     pub fn on(engine: Engine, url: &str) -> TestDb {
         install_drivers();
-        TestDb { engine, url: url.to_string(), name: String::new(), _dir: None }
+        TestDb { engine, url: url.to_string(), name: String::new(), server: String::new(), _dir: None }
     }
 
     /// Drops the database (see `Drop`).
-    async fn drop_database(engine: Engine, name: &str) {
+    async fn drop_database(engine: Engine, base: &str, name: &str) {
         match engine {
             Sqlite => {}
             Mongodb => {
-                if let Ok(client) = mongodb::Client::with_uri_str(server_url(Mongodb)).await {
+                if let Ok(client) = mongodb::Client::with_uri_str(base).await {
                     let _ = client.database(name).drop().await;
                     client.shutdown().await;
                 }
             }
             Postgres | Mysql => {
-                let base = server_url(engine);
-                let Ok(mut admin) = AnyConnection::connect(&base).await else { return };
+                let Ok(mut admin) = AnyConnection::connect(base).await else { return };
                 // PostgreSQL: FORCE ends sessions a test left behind (an agent process still connected, say).
                 let force = if engine == Postgres { " WITH (FORCE)" } else { "" };
                 let _ = sqlx::Executor::execute(&mut admin, format!("DROP DATABASE IF EXISTS {name}{force}").as_str())
