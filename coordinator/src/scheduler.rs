@@ -184,27 +184,7 @@ impl Coordinator {
             Decision::Dispatch { wave, slots } => (wave, slots),
         };
         let mut bundle = None;
-        // First, in one go, ask the agents which of the wave's targets are at the goal already (not a validation
-        // wave: that one always runs). Then what the checks found not at the goal, first in line; while answers
-        // are awaited, nothing else (most of the wave may need no assignment at all).
-        if !validates(&plan, current) && self.checked_wave(&plan.id) != Some(current) {
-            self.ask_checks(&plan, current, targets).await?;
-        }
-        for target in self.ready_targets(&plan.id, slots) {
-            let step = self.store.step(&plan.id, &target).await?.filter(|s| s.state == StepState::Pending);
-            let Some(step) = step else { continue };
-            let agent = targets.get(&target).filter(|a| self.is_connected(a));
-            let Some(agent) = agent else { continue };
-            if bundle.is_none() {
-                bundle = Some(self.bundle_body(&plan.bundle).await?);
-            }
-            if self.dispatch(&plan, &step, agent, bundle.clone().unwrap_or_default()).await? {
-                slots -= 1;
-            } else {
-                self.requeue_ready(&plan.id, target);
-            }
-        }
-        if self.checks_outstanding(&plan.id) {
+        if self.dispatch_checked(&plan, current, targets, &mut slots, &mut bundle).await? {
             return Ok(());
         }
         // Pending steps of the current wave by target name, a page at a time: one page when every agent is here.
@@ -236,6 +216,36 @@ impl Coordinator {
             }
         }
         Ok(())
+    }
+
+    /// First, in one go, asks the agents which of the wave's targets are at the goal already (not in a validation
+    /// wave: that one always runs). Then assigns what the checks found not at the goal, first in line. `true` while
+    /// answers are awaited: nothing else is assigned meanwhile (most of the wave may need no assignment at all).
+    async fn dispatch_checked(
+        &self,
+        plan: &Plan,
+        current: u32,
+        targets: &HashMap<String, String>,
+        slots: &mut usize,
+        bundle: &mut Option<Arc<String>>,
+    ) -> Result<bool> {
+        if !validates(plan, current) && self.checked_wave(&plan.id) != Some(current) {
+            self.ask_checks(plan, current, targets).await?;
+        }
+        for target in self.ready_targets(&plan.id, *slots) {
+            let step = self.store.step(&plan.id, &target).await?.filter(|s| s.state == StepState::Pending);
+            let Some(step) = step else { continue };
+            let Some(agent) = targets.get(&target).filter(|a| self.is_connected(a)) else { continue };
+            if bundle.is_none() {
+                *bundle = Some(self.bundle_body(&plan.bundle).await?);
+            }
+            if self.dispatch(plan, &step, agent, bundle.clone().unwrap_or_default()).await? {
+                *slots -= 1;
+            } else {
+                self.requeue_ready(&plan.id, target);
+            }
+        }
+        Ok(self.checks_outstanding(&plan.id))
     }
 
     /// The plan's steps in flight (assigned or running).

@@ -119,7 +119,13 @@ impl Scenario {
         futures_util::stream::iter(0..self.n)
             .map(|_| {
                 let server = server.clone();
-                async move { if server.is_empty() { TestDb::new(engine).await } else { TestDb::new_on(engine, &server).await } }
+                async move {
+                    if server.is_empty() {
+                        TestDb::new(engine).await
+                    } else {
+                        TestDb::new_on(engine, &server).await
+                    }
+                }
             })
             .buffer_unordered(16)
             .collect()
@@ -147,7 +153,9 @@ async fn reset(engine: Engine, urls: &[String]) {
             }
             Postgres => {
                 let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
-                sqlx::Executor::execute(&mut conn, "DROP SCHEMA public CASCADE; CREATE SCHEMA public").await.expect("reset");
+                sqlx::Executor::execute(&mut conn, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+                    .await
+                    .expect("reset");
                 let _ = conn.close().await;
             }
             _ => {
@@ -385,7 +393,11 @@ async fn scenario(s: Scenario, runs: usize) {
     println!("  bare loop (the databases' own work):              {}", secs(b));
     println!("  executor only:                                    {}  ({:+.0}% over bare)", secs(e), pct(e, b));
     println!("  fleet, submit to finished:                        {}  ({:+.0}% over bare)", secs(f), pct(f, b));
-    println!("  fleet, no-op re-run:                              {}  ({:.2} ms per target)", secs(z), ms(z) / s.n as f64);
+    println!(
+        "  fleet, no-op re-run:                              {}  ({:.2} ms per target)",
+        secs(z),
+        ms(z) / s.n as f64
+    );
     println!(
         "  etcd requests per step (rollout): {:.1}; whole no-op re-run: {}",
         mid(fleets.iter().map(|r| r.etcd_per_step).collect()),

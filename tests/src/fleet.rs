@@ -188,8 +188,8 @@ impl Fleet {
             cmd.arg("--etcd").arg(etcd).arg("--etcd-prefix").arg(&self.etcd_prefix);
         }
         let child = cmd
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,sqlx=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(self.log("coordinator"))
             .stderr(self.log("coordinator"))
@@ -254,8 +254,8 @@ impl Fleet {
         let child = Command::new(binary("flotilla-agent"))
             .arg("--config")
             .arg(&path)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,sqlx=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(self.log(name))
             .stderr(self.log(name))

@@ -155,7 +155,7 @@ impl TestDb {
                 TestDb { engine, url, name, server, _dir: None }
             }
             Postgres | Mysql => {
-                let mut admin = AnyConnection::connect(&base).await.unwrap_or_else(|e| panic!("connect {base}: {e}"));
+                let mut admin = AnyConnection::connect(base).await.unwrap_or_else(|e| panic!("connect {base}: {e}"));
                 sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str())
                     .await
                     .expect("create database");

@@ -178,7 +178,10 @@ pub(super) async fn execute(
             Goal::Down { to } => Request::DownTo(to),
             Goal::Up { to } => Request::Up { to },
         };
-        ex.migrate(&set, request, false).await.map(|r| ran = !r.steps.is_empty() || !r.repeatables.is_empty()).map_err(|e| e.to_string())
+        ex.migrate(&set, request, false)
+            .await
+            .map(|r| ran = !r.steps.is_empty() || !r.repeatables.is_empty())
+            .map_err(|e| e.to_string())
     };
     let after = ex.history().await.map(|h| summarize(&h)).map_err(|e| e.to_string());
     if result.is_ok() && after.is_ok() {

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use flotilla_core::fleet::Goal;
+use flotilla_core::AppliedMigration;
 use flotilla_core::{PlanOptions, Request};
 use flotilla_proto::convert;
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::agent_service_client::AgentServiceClient;
-use flotilla_core::AppliedMigration;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tonic::transport::Channel;
@@ -83,11 +83,14 @@ async fn at_goal(state: &State, c: &pb::Check, t: pb::CheckTarget) -> Result<pb:
     })
 }
 
+/// What [`Executor::at_goal`] returns: the history, and whether the target is at its goal.
+type AtGoal = Result<(Vec<AppliedMigration>, bool), ExecError>;
+
 /// The first use of a check's connection: [`Executor::at_goal`].
 fn read_at_goal(
     set: Arc<flotilla_core::MigrationSet>,
     request: Request,
-) -> impl for<'e> Fn(&'e mut Executor) -> BoxFuture<'e, Result<(Vec<AppliedMigration>, bool), ExecError>> {
+) -> impl for<'e> Fn(&'e mut Executor) -> BoxFuture<'e, AtGoal> {
     move |ex| {
         let set = set.clone();
         Box::pin(async move { ex.at_goal(&set, request).await })

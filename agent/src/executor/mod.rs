@@ -117,10 +117,10 @@ impl Executor {
         request: Request,
     ) -> Result<(Vec<AppliedMigration>, bool), ExecError> {
         let history = self.driver.history().await?;
-        let nothing_to_run = plan::plan(&set.migrations, &history, request, &self.plan_options)
-            .is_ok_and(|steps| steps.is_empty());
-        let at_goal = nothing_to_run
-            && (!matches!(request, Request::Up { .. }) || self.due_repeatables(set).await?.is_empty());
+        let nothing_to_run =
+            plan::plan(&set.migrations, &history, request, &self.plan_options).is_ok_and(|steps| steps.is_empty());
+        let at_goal =
+            nothing_to_run && (!matches!(request, Request::Up { .. }) || self.due_repeatables(set).await?.is_empty());
         Ok((history, at_goal))
     }
 

@@ -7,7 +7,7 @@
 //! the store), and anything else (not at the goal, unreadable, no answer within `CHECK_TIMEOUT`, a coordinator
 //! restart) takes the normal path, which reads the history again under the target's lock.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use flotilla_core::fleet::{Plan, StepState};
@@ -31,8 +31,9 @@ pub(crate) struct PlanChecks {
     pub wave: u32,
     /// Target → when its check was sent, until it is answered or given up.
     asked: HashMap<String, Instant>,
-    /// Targets found not at their goal, to be assigned first.
-    ready: VecDeque<String>,
+    /// Targets found not at their goal, to be assigned first: by name, as the scheduler assigns any wave's steps
+    /// (whatever order the answers came in).
+    ready: BTreeSet<String>,
 }
 
 /// What to do with one check outcome.
@@ -63,7 +64,7 @@ impl PlanChecks {
         if at_goal {
             Verdict::Finish
         } else {
-            self.ready.push_back(target.to_string());
+            self.ready.insert(target.to_string());
             Verdict::Assign
         }
     }
@@ -75,15 +76,14 @@ impl PlanChecks {
         !self.asked.is_empty()
     }
 
-    /// Up to `n` targets found not at their goal, in the order they were found.
+    /// Up to `n` targets found not at their goal, by name.
     pub fn take_ready(&mut self, n: usize) -> Vec<String> {
-        let n = n.min(self.ready.len());
-        self.ready.drain(..n).collect()
+        (0..n).map_while(|_| self.ready.pop_first()).collect()
     }
 
     /// A target that could not be assigned now goes back in line.
     pub fn requeue(&mut self, target: String) {
-        self.ready.push_back(target);
+        self.ready.insert(target);
     }
 }
 
@@ -227,16 +227,16 @@ mod tests {
     }
 
     #[test]
-    fn ready_targets_come_out_in_order_and_a_requeued_one_goes_last() {
+    fn ready_targets_come_out_by_name_whatever_order_they_were_answered_in() {
         let t0 = Instant::now();
         let mut c = PlanChecks::new(2);
-        for t in ["a", "b", "c"] {
+        for t in ["b", "c", "a"] {
             c.asked(t.into(), t0);
             c.answer(t, false);
         }
         let first = c.take_ready(2);
         assert_eq!(first, vec!["a".to_string(), "b".to_string()]);
         c.requeue("a".into());
-        assert_eq!(c.take_ready(5), vec!["c".to_string(), "a".to_string()]);
+        assert_eq!(c.take_ready(5), vec!["a".to_string(), "c".to_string()], "a requeued target keeps its place");
     }
 }

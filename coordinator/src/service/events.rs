@@ -125,10 +125,15 @@ impl Coordinator {
     }
 
     /// Whether a plan is done (no longer live, no step unfinished) and has no event after `after`.
+    /// Asked whenever a watcher wakes with nothing new: the plan's row, then (only once it is over) its counts.
     async fn is_over(&self, id: &str, after: u64) -> bool {
-        let done = match self.view(id).await {
-            Ok(view) => !view.plan.state.is_live() && view.steps.iter().all(|s| s.state.is_done()),
-            Err(_) => true,
+        let done = match self.store.plan(id).await {
+            Ok(Some(plan)) if plan.state.is_live() => false,
+            Ok(Some(_)) => match self.store.step_counts(id).await {
+                Ok(counts) => counts.iter().all(|c| c.state.is_done() || c.count == 0),
+                Err(_) => false,
+            },
+            Ok(None) | Err(_) => true,
         };
         done && self.store.events_after(id, after).await.map(|e| e.is_empty()).unwrap_or(true)
     }

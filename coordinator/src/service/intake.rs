@@ -44,10 +44,7 @@ impl Coordinator {
         self.check_agent(who, name)?;
         let mut fast = Vec::with_capacity(batch.len());
         for p in batch {
-            // The common case, checked in memory: the step's lock is held here under this token, for this agent.
-            let current = self.held_lease(&p.plan_id, &p.target).is_some_and(|l| l.token == p.token)
-                && self.inner().owners.get(&p.target).is_some_and(|owner| owner == name);
-            if current && p.kind != EventKind::StepStarted {
+            if self.current(name, &p.plan_id, &p.target, p.token) && p.kind != EventKind::StepStarted {
                 fast.push(NewEvent { plan_id: p.plan_id, target: Some(p.target), kind: p.kind, detail: p.detail });
             } else {
                 if !fast.is_empty() {
@@ -62,8 +59,21 @@ impl Coordinator {
         Ok(())
     }
 
+    /// The common case, checked in memory: the step's lock is held here under this token, for this agent.
+    fn current(&self, name: &str, plan_id: &str, target: &str, token: u64) -> bool {
+        self.held_lease(plan_id, target).is_some_and(|l| l.token == token)
+            && self.inner().owners.get(target).is_some_and(|owner| owner == name)
+    }
+
     /// One progress event, checked against the store.
     pub(super) async fn progress_checked(&self, who: &Identity, name: &str, p: Progress) -> Result<()> {
+        // A step starting under the lock held here: the compare-and-set (assigned, under this token) is the check.
+        if p.kind == EventKind::StepStarted
+            && self.current(name, &p.plan_id, &p.target, p.token)
+            && self.store.start_step(&p.plan_id, &p.target, p.token, p.version_before).await?
+        {
+            return self.event(&p.plan_id, Some(&p.target), p.kind, p.detail).await;
+        }
         let Some(step) = self.owned_step(who, name, &p.plan_id, &p.target, p.token).await? else { return Ok(()) };
         if step.state.is_done() {
             // Progress that arrives after the step's result adds nothing, and would read out of order.
@@ -78,7 +88,12 @@ impl Coordinator {
     /// A step's result: recorded in one store transaction if the step is still in flight under the report's
     /// token; a late or repeated report is acknowledged and ignored, so the agent stops sending it.
     pub async fn result(&self, who: &Identity, name: &str, o: Outcome) -> Result<()> {
-        if self.owned_step(who, name, &o.plan_id, &o.target, o.token).await?.is_none() {
+        // Under the lock held here for this agent's step, the store's compare-and-set on the token is the only check
+        // needed; anything else (a coordinator restart, a late report) is checked against the store first.
+        self.check_agent(who, name)?;
+        if !self.current(name, &o.plan_id, &o.target, o.token)
+            && self.owned_step(who, name, &o.plan_id, &o.target, o.token).await?.is_none()
+        {
             return Ok(());
         }
         let to = if o.error.is_some() { StepState::Failed } else { StepState::Succeeded };
