@@ -620,3 +620,14 @@ pub fn pending_step(plan_id: &str, target: &str, wave: u32) -> flotilla_core::fl
 pub fn v(n: u64) -> flotilla_core::Version {
     flotilla_core::Version::from(n)
 }
+
+/// Peak resident set size of a running process (`VmHWM`), in MiB; 0 if it cannot be read.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
