@@ -7,25 +7,7 @@ use serde_json::json;
 
 use super::rows::*;
 use super::sql::{SqlStore, INSERT_EVENT};
-use super::{db, is_key_conflict, StepFinish, StoreError, Unchanged};
-
-/// Tries a transaction again when a concurrent event writer took the next event number first; the
-/// compare-and-set makes a second try that finds the step(s) finished a no-op. Nothing else is retried.
-async fn retried<T, F, Fut>(mut attempt: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
-{
-    let mut last_error = None;
-    for _ in 0..5 {
-        match attempt().await {
-            Ok(v) => return Ok(v),
-            Err(e) if is_key_conflict(&e) => last_error = Some(e),
-            Err(e) => return Err(db(e)),
-        }
-    }
-    Err(db(last_error.unwrap_or(sqlx::Error::PoolTimedOut)))
-}
+use super::{retried, StepFinish, StoreError, Unchanged};
 
 impl SqlStore {
     /// [`Store::finish_step`].

@@ -52,6 +52,25 @@ pub(super) fn is_key_conflict(e: &sqlx::Error) -> bool {
     e.as_database_error().is_some_and(|d| d.is_unique_violation())
 }
 
+/// Runs `attempt` again (up to five times) when a concurrent event writer took the next event number first;
+/// the compare-and-sets in a retried transaction make a second try that finds its work done a no-op. Nothing else
+/// is retried.
+pub(super) async fn retried<T, F, Fut>(mut attempt: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut last_error = None;
+    for _ in 0..5 {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if is_key_conflict(&e) => last_error = Some(e),
+            Err(e) => return Err(db(e)),
+        }
+    }
+    Err(db(last_error.unwrap_or(sqlx::Error::PoolTimedOut)))
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Stores a bundle under its SHA-256; storing it again is a no-op. Returns the id.

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use sqlx::AnyPool;
 
 use super::rows::*;
-use super::{db, is_key_conflict, NewEvent, StepCount, StepFinish, Store, StoreError, Unchanged, LIVE, MIGRATOR};
+use super::{db, retried, NewEvent, StepCount, StepFinish, Store, StoreError, Unchanged, LIVE, MIGRATOR};
 
 pub(super) const INSERT_EVENT: &str = "INSERT INTO events (plan_id, seq, at, target, kind, detail)
      SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ? FROM events WHERE plan_id = ? RETURNING seq";
@@ -402,9 +402,8 @@ impl Store for SqlStore {
     ) -> Result<u64, StoreError> {
         let insert = self.sql(INSERT_EVENT);
         // Two writers can pick the same next number; the primary key refuses one, which tries again.
-        let mut last_error = None;
-        for _ in 0..5 {
-            let result = sqlx::query(&insert)
+        let row = retried(|| {
+            sqlx::query(&insert)
                 .bind(plan_id.to_string())
                 .bind(Utc::now().to_rfc3339())
                 .bind(target.map(str::to_string))
@@ -412,43 +411,30 @@ impl Store for SqlStore {
                 .bind(detail.to_string())
                 .bind(plan_id.to_string())
                 .fetch_one(&self.pool)
-                .await;
-            match result {
-                Ok(row) => return u64::try_from(get::<i64>(&row, 0)?).map_err(|e| StoreError::Corrupt(e.to_string())),
-                Err(e) if is_key_conflict(&e) => last_error = Some(e),
-                Err(e) => return Err(db(e)),
-            }
-        }
-        Err(db(last_error.unwrap_or(sqlx::Error::PoolTimedOut)))
+        })
+        .await?;
+        u64::try_from(get::<i64>(&row, 0)?).map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
     async fn append_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
         let insert = self.sql(INSERT_EVENT);
-        let mut last_error = None;
         // As in `append_event`: a concurrent writer may take a number first; the whole batch tries again.
-        for _ in 0..5 {
-            let attempt = async {
-                let mut tx = self.pool.begin().await?;
-                for e in events {
-                    sqlx::query(&insert)
-                        .bind(e.plan_id.clone())
-                        .bind(Utc::now().to_rfc3339())
-                        .bind(e.target.clone())
-                        .bind(e.kind.as_str())
-                        .bind(e.detail.to_string())
-                        .bind(e.plan_id.clone())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await
-            };
-            match attempt.await {
-                Ok(()) => return Ok(()),
-                Err(e) if is_key_conflict(&e) => last_error = Some(e),
-                Err(e) => return Err(db(e)),
+        retried(|| async {
+            let mut tx = self.pool.begin().await?;
+            for e in events {
+                sqlx::query(&insert)
+                    .bind(e.plan_id.clone())
+                    .bind(Utc::now().to_rfc3339())
+                    .bind(e.target.clone())
+                    .bind(e.kind.as_str())
+                    .bind(e.detail.to_string())
+                    .bind(e.plan_id.clone())
+                    .fetch_one(&mut *tx)
+                    .await?;
             }
-        }
-        Err(db(last_error.unwrap_or(sqlx::Error::PoolTimedOut)))
+            tx.commit().await
+        })
+        .await
     }
 
     async fn events_after(&self, plan_id: &str, seq: u64) -> Result<Vec<Event>, StoreError> {
