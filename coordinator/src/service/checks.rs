@@ -52,8 +52,17 @@ impl PlanChecks {
         PlanChecks { wave, ..PlanChecks::default() }
     }
 
-    pub fn asked(&mut self, target: String, at: Instant) {
-        self.asked.insert(target, at);
+    pub fn ask(&mut self, targets: &[String], at: Instant) {
+        for t in targets {
+            self.asked.insert(t.clone(), at);
+        }
+    }
+
+    /// Checks that could not be sent: no answer is awaited for them.
+    pub fn withdraw(&mut self, targets: &[String]) {
+        for t in targets {
+            self.asked.remove(t);
+        }
     }
 
     /// Records an outcome; only a check still awaited counts.
@@ -110,13 +119,16 @@ impl Coordinator {
             }
             after = page.last().map(|s| s.target.clone());
         }
-        let mut checks = PlanChecks::new(wave);
+        // The bookkeeping is in place before the first batch goes out: an agent may answer before the last is sent.
+        self.inner().checks.insert(plan.id.clone(), PlanChecks::new(wave));
         if !by_agent.is_empty() {
             let bundle = self.bundle_body(&plan.bundle).await?;
             let mut sent = 0;
             for (agent, targets) in by_agent {
                 let Some(sender) = self.sender(agent) else { continue };
                 for batch in targets.chunks(CHECK_BATCH) {
+                    let names: Vec<String> = batch.iter().map(|(t, _)| t.clone()).collect();
+                    self.with_checks(&plan.id, |c| c.ask(&names, Instant::now()));
                     let request = CheckRequest {
                         plan_id: plan.id.clone(),
                         bundle_id: plan.bundle.clone(),
@@ -128,19 +140,21 @@ impl Coordinator {
                     // A full or closed stream: these targets take the normal path.
                     if sender.try_send(Work::Check(request)).is_err() {
                         warn!(plan_id = %plan.id, agent, "a check was not sent; its targets will be assigned");
+                        self.with_checks(&plan.id, |c| c.withdraw(&names));
                         break;
-                    }
-                    let now = Instant::now();
-                    for (target, _) in batch {
-                        checks.asked(target.clone(), now);
                     }
                     sent += batch.len();
                 }
             }
             info!(plan_id = %plan.id, wave, targets = sent, "asked agents which targets are at the goal");
         }
-        self.inner().checks.insert(plan.id.clone(), checks);
         Ok(())
+    }
+
+    fn with_checks(&self, plan_id: &str, f: impl FnOnce(&mut PlanChecks)) {
+        if let Some(c) = self.inner().checks.get_mut(plan_id) {
+            f(c);
+        }
     }
 
     /// Whether the plan still awaits check answers (expired ones are given up here).
@@ -154,9 +168,7 @@ impl Coordinator {
     }
 
     pub(crate) fn requeue_ready(&self, plan_id: &str, target: String) {
-        if let Some(c) = self.inner().checks.get_mut(plan_id) {
-            c.requeue(target);
-        }
+        self.with_checks(plan_id, |c| c.requeue(target));
     }
 
     /// Forgets the checks of plans that are no longer live.
@@ -205,8 +217,7 @@ mod tests {
     fn only_an_awaited_check_counts_and_each_once() {
         let t0 = Instant::now();
         let mut c = PlanChecks::new(1);
-        c.asked("a".into(), t0);
-        c.asked("b".into(), t0);
+        c.ask(&["a".into(), "b".into()], t0);
         assert_eq!(c.answer("a", true), Verdict::Finish);
         assert_eq!(c.answer("a", true), Verdict::Ignore, "a repeated outcome is ignored");
         assert_eq!(c.answer("z", true), Verdict::Ignore, "a target never asked is ignored");
@@ -219,7 +230,7 @@ mod tests {
     fn a_check_not_answered_in_time_is_given_up_and_its_late_answer_ignored() {
         let t0 = Instant::now();
         let mut c = PlanChecks::new(1);
-        c.asked("a".into(), t0);
+        c.ask(&["a".into()], t0);
         assert!(c.outstanding(t0 + Duration::from_secs(1), Duration::from_secs(5)));
         assert!(!c.outstanding(t0 + Duration::from_secs(5), Duration::from_secs(5)), "given up at the timeout");
         // The step may have been assigned since: the late outcome must not finish it.
@@ -227,11 +238,22 @@ mod tests {
     }
 
     #[test]
+    fn a_check_not_sent_is_not_awaited() {
+        let t0 = Instant::now();
+        let mut c = PlanChecks::new(1);
+        c.ask(&["a".into(), "b".into()], t0);
+        c.withdraw(&["b".into()]);
+        assert_eq!(c.answer("b", true), Verdict::Ignore);
+        assert_eq!(c.answer("a", true), Verdict::Finish);
+        assert!(!c.outstanding(t0, Duration::from_secs(5)), "nothing left awaited");
+    }
+
+    #[test]
     fn ready_targets_come_out_by_name_whatever_order_they_were_answered_in() {
         let t0 = Instant::now();
         let mut c = PlanChecks::new(2);
         for t in ["b", "c", "a"] {
-            c.asked(t.into(), t0);
+            c.ask(&[t.into()], t0);
             c.answer(t, false);
         }
         let first = c.take_ready(2);
