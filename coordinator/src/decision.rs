@@ -39,6 +39,11 @@ impl Counts {
         self.0.iter().filter(|c| c.state == state).map(|c| c.count).sum()
     }
 
+    /// Steps assigned or running, in every wave.
+    pub fn in_flight(&self) -> usize {
+        usize::try_from(self.total(StepState::Assigned) + self.total(StepState::Running)).unwrap_or(usize::MAX)
+    }
+
     pub fn lowest_wave(&self, pick: impl Fn(StepState) -> bool) -> Option<u32> {
         self.0.iter().filter(|c| c.count > 0 && pick(c.state)).map(|c| c.wave).min()
     }

@@ -27,7 +27,7 @@ pub use config::{Config, TlsFiles};
 pub use etcd::EtcdLock;
 pub use lock::{Holder, InProcessLock, Lease, Lock, LockError};
 pub use service::Coordinator;
-pub use store::{SqlStore, StepCount, StepFinish, Store, StoreError};
+pub use store::{Assigning, Fact, NewEvent, SqlStore, Starting, StepCount, StepFinish, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -24,7 +24,7 @@ pub struct Holder {
     pub token: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LockError {
     #[error("the lock on {target} was lost (it expired or another holder took it)")]
     Lost { target: String },
@@ -36,8 +36,30 @@ pub enum LockError {
 pub trait Lock: Send + Sync {
     /// Takes `target`'s lock for `holder` for `ttl`; `None` when someone else holds it.
     async fn acquire(&self, target: &str, holder: &str, ttl: Duration) -> Result<Option<Lease>, LockError>;
+    /// Takes each of `targets`' locks that is free, in the order asked (`None` where someone else holds one), in as
+    /// few round trips as the service allows. The targets are distinct.
+    async fn acquire_many(
+        &self,
+        targets: &[String],
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Vec<Option<Lease>>, LockError> {
+        let mut leases = Vec::with_capacity(targets.len());
+        for target in targets {
+            leases.push(self.acquire(target, holder, ttl).await?);
+        }
+        Ok(leases)
+    }
     /// Extends the lease; `Lost` once it expired or was taken.
     async fn renew(&self, lease: &Lease) -> Result<(), LockError>;
+    /// Extends each lease, in the order given, in as few round trips as the service allows.
+    async fn renew_many(&self, leases: &[Lease]) -> Vec<Result<(), LockError>> {
+        let mut out = Vec::with_capacity(leases.len());
+        for lease in leases {
+            out.push(self.renew(lease).await);
+        }
+        out
+    }
     /// Gives the lock up if it is still ours.
     async fn release(&self, lease: &Lease) -> Result<(), LockError>;
     async fn holder(&self, target: &str) -> Result<Option<Holder>, LockError>;

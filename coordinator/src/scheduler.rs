@@ -2,7 +2,7 @@
 //! back steps whose lock was lost, and moves every live plan forward: next wave, approvals, failure budget, dispatch.
 //! Pause, resume and abort only change the plan's state, so they take effect on the next tick.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use flotilla_core::fleet::{EventKind, Goal, OnFailure, Plan, PlanState, Step, StepState};
@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::decision::{decide, Counts, Decision};
-use crate::lock::LockError;
+use crate::lock::{Lease, LockError};
 use crate::service::{Assignment, Coordinator, ServiceError, Work};
-use crate::store::StoreError;
+use crate::store::{Assigning, StoreError};
 use flotilla_proto::telemetry;
 
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
@@ -95,6 +95,7 @@ impl Coordinator {
     /// its step goes back to pending, to be reconciled from the target's history table when it runs again.
     async fn renew_leases(&self, targets: &HashMap<String, String>) -> Result<()> {
         let ttl = self.config.lease_ttl;
+        let mut due = Vec::new();
         for ((plan_id, target), lease, renewed) in self.held_leases() {
             let connected = targets.get(&target).is_some_and(|agent| self.is_connected(agent));
             if connected {
@@ -106,19 +107,26 @@ impl Coordinator {
                     self.release(&plan_id, &target).await;
                     continue;
                 }
-                match self.lock.renew(&lease).await {
-                    Ok(()) => self.renewed(&plan_id, &target),
-                    Err(LockError::Lost { .. }) => {
-                        self.reconcile(&plan_id, &target, "the step's lock was lost").await?;
-                        self.forget(&plan_id, &target);
-                    }
-                    Err(e) => warn!(plan_id, target, error = %e, "could not renew a lock"),
-                }
+                due.push((plan_id, lease));
             } else if renewed.elapsed() >= ttl {
                 // The store first, then the lock: a step never looks in flight without a lock held for it, which
                 // is what a coordinator that restarted would see.
                 self.reconcile(&plan_id, &target, "its agent went away and the step's lock expired").await?;
                 self.release(&plan_id, &target).await;
+            }
+        }
+        // Every lock due, in one go.
+        let leases: Vec<_> = due.iter().map(|(_, lease)| lease.clone()).collect();
+        let renewed = self.lock.renew_many(&leases).await;
+        for ((plan_id, lease), renewed) in due.iter().zip(renewed) {
+            let target = &lease.target;
+            match renewed {
+                Ok(()) => self.renewed(plan_id, target),
+                Err(LockError::Lost { .. }) => {
+                    self.reconcile(plan_id, target, "the step's lock was lost").await?;
+                    self.forget(plan_id, target);
+                }
+                Err(e) => warn!(plan_id, target, error = %e, "could not renew a lock"),
             }
         }
         Ok(())
@@ -161,17 +169,20 @@ impl Coordinator {
             info!(plan_id = %plan.id, "plan started");
             self.event(&plan.id, None, EventKind::Started, json!({})).await?;
         }
-        // Counts and the steps in flight (at most `max_parallel` per plan), never every step: a pass over a plan of
-        // thousands of targets reads a few rows.
-        let mut in_flight = self.in_flight(&plan.id).await?;
-        if self.adopt_orphans(&plan, &in_flight).await? {
-            in_flight = self.in_flight(&plan.id).await?;
+        // Counts, never every step: a pass over a plan of thousands of targets reads a few rows. Steps in flight
+        // are read only when the store has more than this coordinator holds locks for (after a restart, or when
+        // another coordinator died): those are adopted.
+        let mut counts = Counts(self.store.step_counts(&plan.id).await?);
+        if counts.in_flight() > self.held_count(&plan.id) {
+            let in_flight = self.in_flight(&plan.id).await?;
+            if self.adopt_orphans(&plan, &in_flight).await? {
+                counts = Counts(self.store.step_counts(&plan.id).await?);
+            }
         }
         if plan.state != PlanState::Running {
-            return Ok(()); // paused or awaiting approval (decide says Hold too): no need to count
+            return Ok(()); // paused or awaiting approval (decide says Hold too)
         }
-        let counts = Counts(self.store.step_counts(&plan.id).await?);
-        let (current, mut slots) = match decide(&plan, &counts, in_flight.len()) {
+        let (current, mut slots) = match decide(&plan, &counts, counts.in_flight()) {
             Decision::Hold | Decision::Drain => return Ok(()),
             Decision::Halt { reason } => return self.halt(&plan, &reason).await,
             Decision::Finish => return self.finish(&plan, &counts).await,
@@ -194,24 +205,26 @@ impl Coordinator {
             let pending =
                 self.store.steps_in_state(&plan.id, StepState::Pending, Some(current), after.as_deref(), page).await?;
             let last_page = pending.len() < page as usize;
+            let mut candidates = Vec::new();
             for step in &pending {
-                if slots == 0 {
+                if candidates.len() == slots {
                     break;
                 }
-                let Some(agent) = targets.get(&step.target) else { continue };
-                if !self.is_connected(agent) {
-                    continue;
-                }
-                if bundle.is_none() {
-                    bundle = Some(self.bundle_body(&plan.bundle).await?);
-                }
-                let body = bundle.clone().unwrap_or_default();
-                if self.dispatch(&plan, step, agent, body).await? {
-                    slots -= 1;
+                after = Some(step.target.clone());
+                if let Some(agent) = targets.get(&step.target).filter(|a| self.is_connected(a)) {
+                    let goal = step.goal.unwrap_or(plan.goal);
+                    candidates.push(Candidate {
+                        target: step.target.clone(),
+                        wave: step.wave,
+                        goal,
+                        agent: agent.clone(),
+                    });
                 }
             }
-            after = pending.last().map(|s| s.target.clone());
-            if last_page {
+            let examined_all = after.as_deref() == pending.last().map(|s| s.target.as_str());
+            let tried = candidates.len();
+            slots -= tried - self.dispatch(&plan, candidates, &mut bundle).await?.len();
+            if pending.is_empty() || (last_page && examined_all) {
                 break;
             }
         }
@@ -232,18 +245,18 @@ impl Coordinator {
         if !validates(plan, current) && self.checked_wave(&plan.id) != Some(current) {
             self.ask_checks(plan, current, targets).await?;
         }
-        for target in self.ready_targets(&plan.id, *slots) {
-            let step = self.store.step(&plan.id, &target).await?.filter(|s| s.state == StepState::Pending);
-            let Some(step) = step else { continue };
-            let Some(agent) = targets.get(&target).filter(|a| self.is_connected(a)) else { continue };
-            if bundle.is_none() {
-                *bundle = Some(self.bundle_body(&plan.bundle).await?);
+        let mut candidates = Vec::new();
+        for (target, goal) in self.ready_targets(&plan.id, *slots) {
+            match targets.get(&target).filter(|a| self.is_connected(a)) {
+                Some(agent) => candidates.push(Candidate { target, wave: current, goal, agent: agent.clone() }),
+                None => self.requeue_ready(&plan.id, target, goal),
             }
-            if self.dispatch(plan, &step, agent, bundle.clone().unwrap_or_default()).await? {
-                *slots -= 1;
-            } else {
-                self.requeue_ready(&plan.id, target);
-            }
+        }
+        let tried = candidates.len();
+        let left = self.dispatch(plan, candidates, bundle).await?;
+        *slots -= tried - left.len();
+        for c in left {
+            self.requeue_ready(&plan.id, c.target, c.goal);
         }
         Ok(self.checks_outstanding(&plan.id))
     }
@@ -289,87 +302,116 @@ impl Coordinator {
         Ok(changed)
     }
 
-    /// Takes the target's lock and sends the step to its agent. `false` if it could not (lock held elsewhere, agent
-    /// gone); the next tick tries again.
-    async fn dispatch(&self, plan: &Plan, step: &Step, agent: &str, bundle: Arc<String>) -> Result<bool> {
-        let lease = match self.held_lease(&plan.id, &step.target) {
-            Some(lease) => lease,
-            None => match self.lock.acquire(&step.target, &self.config.holder, self.config.lease_ttl).await? {
-                Some(lease) => {
-                    self.hold(&plan.id, &step.target, lease.clone());
-                    lease
-                }
-                None => return Ok(false),
-            },
-        };
-        let Some(sender) = self.sender(agent) else {
-            self.release(&plan.id, &step.target).await;
-            return Ok(false);
-        };
-        let moved = self
-            .store
-            .set_step_state(&plan.id, &step.target, StepState::Pending, StepState::Assigned, Some(lease.token), None)
-            .await?;
-        if !moved {
-            self.release(&plan.id, &step.target).await;
-            return Ok(false);
+    /// Takes the candidates' locks (in one go, for those not held here already), moves their steps to assigned
+    /// (one store transaction, with their events), and sends each to its agent. Returns the candidates to try
+    /// again on a later pass (lock held elsewhere, agent gone, its stream full); a step found no longer pending is
+    /// dropped.
+    async fn dispatch(
+        &self,
+        plan: &Plan,
+        candidates: Vec<Candidate>,
+        bundle: &mut Option<Arc<String>>,
+    ) -> Result<Vec<Candidate>> {
+        if candidates.is_empty() {
+            return Ok(candidates);
         }
-        self.assigned(&plan.id, &step.target);
+        let wanted: Vec<String> =
+            candidates.iter().filter(|c| !self.held(&plan.id, &c.target)).map(|c| c.target.clone()).collect();
+        for lease in
+            self.lock.acquire_many(&wanted, &self.config.holder, self.config.lease_ttl).await?.into_iter().flatten()
+        {
+            self.hold(&plan.id, &lease.target.clone(), lease);
+        }
+        let mut left = Vec::new();
+        let mut ready = Vec::new();
+        for c in candidates {
+            match (self.held_lease(&plan.id, &c.target), self.sender(&c.agent)) {
+                (Some(lease), Some(sender)) => ready.push((c, lease, sender)),
+                (Some(_), None) => {
+                    self.release(&plan.id, &c.target).await;
+                    left.push(c);
+                }
+                (None, _) => left.push(c),
+            }
+        }
+        if ready.is_empty() {
+            return Ok(left);
+        }
+        let assigning: Vec<Assigning> = ready
+            .iter()
+            .map(|(c, lease, _)| {
+                let goal = match c.goal {
+                    Goal::Up { to } => json!({ "direction": "up", "to": to }),
+                    Goal::Down { to } => json!({ "direction": "down", "to": to }),
+                };
+                let detail = json!({ "agent": c.agent, "fencing_token": lease.token, "wave": c.wave, "goal": goal });
+                Assigning { target: c.target.clone(), token: lease.token, detail }
+            })
+            .collect();
+        let moved: HashSet<String> = self.store.assign_steps(&plan.id, &assigning).await?.into_iter().collect();
+        if !moved.is_empty() {
+            self.events_committed();
+        }
+        for (c, lease, sender) in ready {
+            if !moved.contains(&c.target) {
+                self.release(&plan.id, &c.target).await;
+                continue;
+            }
+            if bundle.is_none() {
+                *bundle = Some(self.bundle_body(&plan.bundle).await?);
+            }
+            if !self.send(plan, &c, &lease, &sender, bundle.clone().unwrap_or_default()).await? {
+                left.push(c);
+            }
+        }
+        Ok(left)
+    }
+
+    /// Sends an assigned step to its agent. Never waits on an agent: a full stream (an agent not reading) or a
+    /// closed one gives the step back (`false`) for a later pass, and every other agent and plan goes on.
+    async fn send(
+        &self,
+        plan: &Plan,
+        c: &Candidate,
+        lease: &Lease,
+        sender: &mpsc::Sender<Work>,
+        bundle: Arc<String>,
+    ) -> Result<bool> {
+        self.assigned(&plan.id, &c.target);
         let span = info_span!(
             "assign",
             plan_id = %plan.id,
-            target = %step.target,
-            agent = %agent,
+            target = %c.target,
+            agent = %c.agent,
             fencing_token = lease.token,
-            wave = step.wave,
+            wave = c.wave,
         );
         telemetry::join_plan(&span, &plan.id);
         let assignment = Assignment {
             plan_id: plan.id.clone(),
-            target: step.target.clone(),
+            target: c.target.clone(),
             bundle_id: plan.bundle.clone(),
             bundle,
-            goal: step.goal.unwrap_or(plan.goal),
+            goal: c.goal,
             token: lease.token,
-            wave: step.wave,
+            wave: c.wave,
             phase: plan.phase,
-            validate: validates(plan, step.wave),
-            traceparent: Some(telemetry::traceparent(&span, &plan.id, &step.target)),
+            validate: validates(plan, c.wave),
+            traceparent: Some(telemetry::traceparent(&span, &plan.id, &c.target)),
         };
         span.in_scope(|| info!("assign"));
-        // Never wait on an agent: a full stream (an agent not reading) or a closed one gives the step back for a
-        // later tick, and every other agent and plan goes on.
-        if let Err(e) = sender.try_send(Work::Assign(assignment)) {
-            let why = match e {
-                mpsc::error::TrySendError::Full(_) => "the agent's assignment stream is full",
-                mpsc::error::TrySendError::Closed(_) => "the agent's assignment stream closed",
-            };
-            warn!(plan_id = %plan.id, target = %step.target, agent, why, "assignment not sent");
-            self.store
-                .set_step_state(
-                    &plan.id,
-                    &step.target,
-                    StepState::Assigned,
-                    StepState::Pending,
-                    Some(lease.token),
-                    None,
-                )
-                .await?;
-            self.release(&plan.id, &step.target).await;
-            return Ok(false);
-        }
-        let goal = match step.goal.unwrap_or(plan.goal) {
-            Goal::Up { to } => json!({ "direction": "up", "to": to }),
-            Goal::Down { to } => json!({ "direction": "down", "to": to }),
+        let Err(e) = sender.try_send(Work::Assign(assignment)) else { return Ok(true) };
+        let why = match e {
+            mpsc::error::TrySendError::Full(_) => "the agent's assignment stream is full",
+            mpsc::error::TrySendError::Closed(_) => "the agent's assignment stream closed",
         };
-        self.event(
-            &plan.id,
-            Some(&step.target),
-            EventKind::Assigned,
-            json!({ "agent": agent, "fencing_token": lease.token, "wave": step.wave, "goal": goal }),
-        )
-        .await?;
-        Ok(true)
+        warn!(plan_id = %plan.id, target = %c.target, agent = %c.agent, why, "assignment not sent");
+        let (from, to) = (StepState::Assigned, StepState::Pending);
+        if self.store.set_step_state(&plan.id, &c.target, from, to, Some(lease.token), None).await? {
+            self.event(&plan.id, Some(&c.target), EventKind::Reconcile, json!({ "reason": why })).await?;
+        }
+        self.release(&plan.id, &c.target).await;
+        Ok(false)
     }
 
     async fn finish(&self, plan: &Plan, counts: &Counts) -> Result<()> {
@@ -390,7 +432,6 @@ impl Coordinator {
         if !self.store.set_plan_state(&plan.id, PlanState::Running, PlanState::Halted).await? {
             return Ok(());
         }
-        self.skip_pending(&self.store.steps(&plan.id).await?).await?;
         warn!(plan_id = %plan.id, reason, "plan halted");
         self.event(&plan.id, None, EventKind::Halted, json!({ "reason": reason })).await?;
         if plan.strategy.on_failure == OnFailure::RollbackPlan {
@@ -398,6 +439,14 @@ impl Coordinator {
         }
         Ok(())
     }
+}
+
+/// A pending step the scheduler is about to assign.
+struct Candidate {
+    target: String,
+    wave: u32,
+    goal: Goal,
+    agent: String,
 }
 
 /// How many dispatch candidates one store read fetches at least.

@@ -7,8 +7,9 @@
 //! - target-steps per second through assignments (every target's check answers "not at the goal"), and through
 //!   checks (a re-run: every target at its goal);
 //! - the coordinator's peak RSS;
-//! - how long a progress event takes from an agent to a `plan watch` stream (p50, p99), and how long after a
-//!   pause returns the last assignment reaches an agent (a plan whose steps each take 100 ms).
+//! - how long a progress event takes from an agent to a `plan watch` stream (p50, p99), under a steady load (steps
+//!   of 100 ms, 64 at once) and at full throughput (where it includes the wait in the store's queue); and how long
+//!   after a pause returns the last assignment reaches an agent.
 //!
 //! And, in this process on the same store, the time of one scheduler pass over the 10,000-target plan while
 //! steps finish (the pass that runs after every result).
@@ -184,8 +185,8 @@ async fn submit(client: &mut OperatorServiceClient<Channel>, bundle: &[u8], para
     plan.summary.expect("summary").id
 }
 
-/// Waits for the plan's end; returns when each step-started event reached the watch stream.
-async fn watch(client: &mut OperatorServiceClient<Channel>, id: &str) -> HashMap<String, Instant> {
+/// Waits for the plan's end; returns when each step-started event reached the watch stream, and the plan's state.
+async fn watch(client: &mut OperatorServiceClient<Channel>, id: &str) -> (HashMap<String, Instant>, pb::PlanState) {
     let mut events =
         client.watch_plan(pb::WatchPlanRequest { id: id.into(), after: 0 }).await.expect("watch").into_inner();
     let mut started = HashMap::new();
@@ -195,8 +196,22 @@ async fn watch(client: &mut OperatorServiceClient<Channel>, id: &str) -> HashMap
         }
     }
     let plan = client.get_plan(pb::GetPlanRequest { id: id.into() }).await.expect("plan").into_inner();
-    assert_eq!(plan.summary.expect("summary").state(), pb::PlanState::Succeeded);
-    started
+    (started, plan.summary.expect("summary").state())
+}
+
+/// How long each step-started event took from its agent to the watch stream.
+fn latencies(seen: &Mutex<Seen>, arrived: &HashMap<String, Instant>) -> Vec<Duration> {
+    let sent = std::mem::take(&mut seen.lock().expect("seen").sent);
+    arrived.iter().filter_map(|(t, at)| Some(at.saturating_duration_since(*sent.get(t)?))).collect()
+}
+
+fn print_latencies(when: &str, latencies: &[Duration]) {
+    println!(
+        "  progress event, agent to plan watch, {when}: p50 {:.1} ms, p99 {:.1} ms ({} events)",
+        percentile(latencies.to_vec(), 0.5).as_secs_f64() * 1e3,
+        percentile(latencies.to_vec(), 0.99).as_secs_f64() * 1e3,
+        latencies.len()
+    );
 }
 
 fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
@@ -233,21 +248,25 @@ async fn throughput(etcd: Option<String>, n: usize, agents: usize, parallel: usi
 
     let started = Instant::now();
     let id = submit(&mut client, &bundle, parallel).await;
-    let arrived = watch(&mut client, &id).await;
+    let (arrived, state) = watch(&mut client, &id).await;
+    assert_eq!(state, pb::PlanState::Succeeded);
     let assigned = started.elapsed();
-    let sent = std::mem::take(&mut seen.lock().expect("seen").sent);
-    let latencies: Vec<Duration> =
-        arrived.iter().filter_map(|(t, at)| Some(at.saturating_duration_since(*sent.get(t)?))).collect();
+    let saturated = latencies(&seen, &arrived);
 
     *mode.lock().expect("mode") = Mode::AtGoal;
     let started = Instant::now();
     let id = submit(&mut client, &bundle, parallel).await;
-    watch(&mut client, &id).await;
+    assert_eq!(watch(&mut client, &id).await.1, pb::PlanState::Succeeded);
     let checked = started.elapsed();
 
-    // Pause a plan whose steps take 100 ms each, mid-way; then when did the last assignment arrive?
+    // A plan whose steps take 100 ms each (a steady load, not the most the coordinator can take), watched; paused
+    // mid-way: when did the last assignment arrive?
     *mode.lock().expect("mode") = Mode::Slow(Duration::from_millis(100));
     let id = submit(&mut client, &bundle, parallel.min(64)).await;
+    let watched = {
+        let (mut client, id) = (client.clone(), id.clone());
+        tokio::spawn(async move { watch(&mut client, &id).await.0 })
+    };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     client.pause_plan(pb::PlanAction { id: id.clone(), reason: "bench".into() }).await.expect("pause");
     let paused = Instant::now();
@@ -255,6 +274,7 @@ async fn throughput(etcd: Option<String>, n: usize, agents: usize, parallel: usi
     let last = seen.lock().expect("seen").assigned.iter().max().copied().unwrap_or(paused);
     let after_pause = last.saturating_duration_since(paused);
     client.abort_plan(pb::PlanAction { id, reason: "bench".into() }).await.expect("abort");
+    let steady = latencies(&seen, &watched.await.expect("watch"));
 
     let rss = fleet.pids().iter().find(|(n, _)| n == "coordinator").map(|(_, p)| peak_rss_mib(*p)).unwrap_or(0.0);
     let per_sec = |d: Duration| n as f64 / d.as_secs_f64();
@@ -265,12 +285,8 @@ async fn throughput(etcd: Option<String>, n: usize, agents: usize, parallel: usi
         checked.as_secs_f64(),
         per_sec(checked)
     );
-    println!(
-        "  progress event, agent to plan watch: p50 {:.1} ms, p99 {:.1} ms ({} events)",
-        percentile(latencies.clone(), 0.5).as_secs_f64() * 1e3,
-        percentile(latencies.clone(), 0.99).as_secs_f64() * 1e3,
-        latencies.len()
-    );
+    print_latencies("steps of 100 ms, 64 at once", &steady);
+    print_latencies("at the most steps/s it takes", &saturated);
     println!("  last assignment after a pause returned: {:.1} ms", after_pause.as_secs_f64() * 1e3);
     println!("  coordinator peak RSS: {rss:.0} MiB\n");
     if let Ok(copy) = std::env::var("BENCH_KEEP_LOG") {

@@ -30,7 +30,15 @@ macro_rules! on_every_lock {
     };
 }
 
-on_every_lock!(exclusive_with_growing_tokens, expired_lease_is_taken_over, renew_keeps_it, one_winner_among_many);
+on_every_lock!(
+    exclusive_with_growing_tokens,
+    expired_lease_is_taken_over,
+    renew_keeps_it,
+    one_winner_among_many,
+    a_batch_takes_the_free_locks_and_renews_them,
+    releasing_one_lock_keeps_the_others,
+    a_lock_taken_after_every_other_expired_lives_its_ttl,
+);
 
 async fn exclusive_with_growing_tokens(locks: Vec<Arc<dyn Lock>>) {
     let (a, b) = (&locks[0], locks.last().expect("a lock"));
@@ -93,4 +101,73 @@ async fn one_winner_among_many(locks: Vec<Arc<dyn Lock>>) {
     }
     assert_eq!(winners.len(), 1, "exactly one of 16 concurrent acquirers holds the lock: {winners:?}");
     locks[0].release(&winners[0]).await.expect("release");
+}
+
+async fn a_batch_takes_the_free_locks_and_renews_them(locks: Vec<Arc<dyn Lock>>) {
+    let (a, b) = (&locks[0], locks.last().expect("a lock"));
+    let ttl = Duration::from_secs(30);
+    let taken = b.acquire(&target(), "other", ttl).await.expect("acquire").expect("free");
+    let held = b.acquire(&target(), "other", ttl).await.expect("acquire").expect("free");
+    // More than one etcd transaction's worth, with a lock held elsewhere in the middle.
+    let mut targets: Vec<String> = (0..150).map(|_| target()).collect();
+    targets.insert(70, held.target.clone());
+    let leases = a.acquire_many(&targets, "batch", ttl).await.expect("acquire many");
+    assert_eq!(leases.len(), targets.len());
+    for (i, (t, lease)) in targets.iter().zip(&leases).enumerate() {
+        if i == 70 {
+            assert!(lease.is_none(), "a lock held elsewhere is not taken");
+            continue;
+        }
+        let lease = lease.as_ref().expect("a free lock is taken");
+        assert_eq!(&lease.target, t);
+        let holder = b.holder(t).await.expect("holder").expect("held");
+        assert_eq!((holder.holder.as_str(), holder.token), ("batch", lease.token));
+    }
+    let mut ours: Vec<_> = leases.into_iter().flatten().collect();
+    // One of them is taken from us meanwhile (as if it had expired and another holder took it).
+    a.release(&ours[3]).await.expect("release");
+    let thief = b.acquire(&ours[3].target, "thief", ttl).await.expect("acquire").expect("free");
+    let renewed = a.renew_many(&ours).await;
+    for (i, r) in renewed.iter().enumerate() {
+        if i == 3 {
+            assert!(matches!(r, Err(LockError::Lost { .. })), "the lock taken over is lost: {r:?}");
+        } else {
+            assert!(r.is_ok(), "lock {i} renewed: {r:?}");
+        }
+    }
+    ours.remove(3);
+    for lease in &ours {
+        a.release(lease).await.expect("release");
+        assert!(b.holder(&lease.target).await.expect("holder").is_none());
+    }
+    for lease in [taken, held, thief] {
+        b.release(&lease).await.expect("release");
+    }
+}
+
+async fn releasing_one_lock_keeps_the_others(locks: Vec<Arc<dyn Lock>>) {
+    let (a, b) = (&locks[0], locks.last().expect("a lock"));
+    let ttl = Duration::from_secs(2);
+    let first = a.acquire(&target(), "busy", ttl).await.expect("acquire").expect("free");
+    let second = a.acquire(&target(), "busy", ttl).await.expect("acquire").expect("free");
+    a.release(&first).await.expect("release");
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        a.renew(&second).await.expect("the other lock is renewed");
+    }
+    assert!(b.acquire(&second.target, "other", ttl).await.expect("acquire").is_none(), "still held");
+    a.release(&second).await.expect("release");
+}
+
+async fn a_lock_taken_after_every_other_expired_lives_its_ttl(locks: Vec<Arc<dyn Lock>>) {
+    let (a, b) = (&locks[0], locks.last().expect("a lock"));
+    let ttl = Duration::from_secs(2);
+    let old = a.acquire(&target(), "busy", ttl).await.expect("acquire").expect("free");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(matches!(a.renew(&old).await, Err(LockError::Lost { .. })), "expired unrenewed");
+    let new = a.acquire(&target(), "busy", ttl).await.expect("acquire").expect("free");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.renew(&new).await.expect("a new lock is alive and renewable");
+    assert!(b.acquire(&new.target, "other", ttl).await.expect("acquire").is_none(), "held");
+    a.release(&new).await.expect("release");
 }

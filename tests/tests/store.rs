@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use flotilla_coordinator::{SqlStore, StepCount, StepFinish, Store, StoreError};
+use flotilla_coordinator::{Assigning, Fact, NewEvent, SqlStore, Starting, StepCount, StepFinish, Store, StoreError};
 use flotilla_core::fleet::{AuditEntry, EventKind, Goal, Plan, PlanState, Step, StepState, Strategy, Target};
 use flotilla_core::Engine;
 use flotilla_tests::*;
@@ -23,6 +23,8 @@ on_every_store!(
     restart_loses_nothing,
     approvals_versions_and_tokens,
     counts_and_pages_of_steps,
+    a_batch_of_assignments_is_one_transaction_of_compare_and_sets,
+    facts_from_agents_are_recorded_in_order_each_by_its_compare_and_set,
     lists_and_fleet_status_in_one_query_each,
     the_schema_is_versioned_old_stores_are_adopted_and_newer_ones_refused
 );
@@ -132,6 +134,9 @@ async fn plans_steps_and_transitions(engine: Engine) {
 
     assert!(store.set_plan_state("p1", PlanState::Running, PlanState::Halted).await.expect("cas"));
     assert!(store.live_plans().await.expect("live").is_empty());
+    let steps = store.steps("p1").await.expect("steps");
+    let states: Vec<_> = steps.iter().map(|s| s.state).collect();
+    assert_eq!(states, [StepState::Failed, StepState::Skipped], "halting skips the pending step with it");
 }
 
 async fn events_and_audit(engine: Engine) {
@@ -210,9 +215,21 @@ async fn approvals_versions_and_tokens(engine: Engine) {
     // Started and finished only under the step's current token; the first `before` sticks.
     let assign = |token| store.set_step_state("p1", "db-a", StepState::Pending, StepState::Assigned, Some(token), None);
     assert!(assign(40).await.expect("assign"));
-    assert!(!store.start_step("p1", "db-a", 39, Some(v(1))).await.expect("start"), "an older token starts nothing");
-    assert!(store.start_step("p1", "db-a", 40, Some(v(3))).await.expect("start"));
-    assert!(!store.start_step("p1", "db-a", 40, Some(v(3))).await.expect("start"), "started once");
+    let start = |token, before| Starting {
+        plan_id: "p1".into(),
+        target: "db-a".into(),
+        token,
+        before: Some(before),
+        detail: Some(serde_json::json!({ "n": token })),
+    };
+    let events = store.events_after("p1", 0).await.expect("events").len();
+    assert!(!store.start_step(&start(39, v(1))).await.expect("start"), "an older token starts nothing");
+    assert!(store.start_step(&start(40, v(3))).await.expect("start"));
+    assert!(!store.start_step(&start(40, v(3))).await.expect("start"), "started once");
+    let written = store.events_after("p1", 0).await.expect("events");
+    assert_eq!(written.len(), events + 1, "one step_started event, for the start that moved the step");
+    let last = written.last().expect("event");
+    assert_eq!((last.kind, last.detail["n"].as_u64()), (EventKind::StepStarted, Some(40)));
     // Reconciled and re-dispatched under a newer token: the first run's result must not finish the new run.
     assert!(store
         .set_step_state("p1", "db-a", StepState::Running, StepState::Pending, Some(40), None)
@@ -305,6 +322,98 @@ async fn counts_and_pages_of_steps(engine: Engine) {
     assert!(store.steps_in_state("p1", StepState::Failed, None, None, 100).await.expect("failed").is_empty());
 }
 
+/// Steps assigned in a batch: each still pending moves under its own token with its event; one no longer pending is
+/// left as it is, with no event.
+async fn a_batch_of_assignments_is_one_transaction_of_compare_and_sets(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = SqlStore::open(&db.url).await.expect("open");
+    let steps: Vec<Step> = ["a", "b", "c"].iter().map(|t| step("p1", t, 1)).collect();
+    store.create_plan(&plan("p1"), &steps).await.expect("create");
+    assert!(store.set_step_state("p1", "b", StepState::Pending, StepState::Skipped, None, None).await.expect("cas"));
+    let assigning = |target: &str, token| Assigning {
+        target: target.into(),
+        token,
+        detail: serde_json::json!({ "agent": "agent-1", "fencing_token": token, "wave": 1 }),
+    };
+    let batch = [assigning("a", 7), assigning("b", 8), assigning("c", 9)];
+    let moved = store.assign_steps("p1", &batch).await.expect("assign");
+    assert_eq!(moved, ["a", "c"], "the skipped step is not assigned");
+    let state = |s: Option<Step>| s.map(|s| (s.state, s.token));
+    assert_eq!(state(store.step("p1", "a").await.expect("a")), Some((StepState::Assigned, Some(7))));
+    assert_eq!(state(store.step("p1", "b").await.expect("b")), Some((StepState::Skipped, None)));
+    assert_eq!(state(store.step("p1", "c").await.expect("c")), Some((StepState::Assigned, Some(9))));
+    let events = store.events_after("p1", 0).await.expect("events");
+    let seen: Vec<_> =
+        events.iter().map(|e| (e.seq, e.target.as_deref(), e.kind, e.detail["fencing_token"].clone())).collect();
+    assert_eq!(seen, [(1, Some("a"), EventKind::Assigned, 7.into()), (2, Some("c"), EventKind::Assigned, 9.into())]);
+    // Again: nothing is pending any more, so nothing moves and nothing is written.
+    assert!(store.assign_steps("p1", &batch).await.expect("assign again").is_empty());
+    assert_eq!(store.events_after("p1", 0).await.expect("events").len(), 2);
+}
+
+/// The writer's batch: events, starts and results of several steps in one call, each written only if its own
+/// compare-and-set holds, the events in the order given.
+async fn facts_from_agents_are_recorded_in_order_each_by_its_compare_and_set(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = SqlStore::open(&db.url).await.expect("open");
+    store.create_plan(&plan("p1"), &[step("p1", "a", 1), step("p1", "b", 1)]).await.expect("create");
+    for (target, token) in [("a", 5), ("b", 6)] {
+        assert!(store
+            .set_step_state("p1", target, StepState::Pending, StepState::Assigned, Some(token), None)
+            .await
+            .expect("cas"));
+    }
+    let start = |target: &str, token| {
+        Fact::Start(Starting {
+            plan_id: "p1".into(),
+            target: target.into(),
+            token,
+            before: Some(v(0)),
+            detail: Some(serde_json::json!({})),
+        })
+    };
+    let event = |target: &str, n: u32| {
+        Fact::Event(NewEvent {
+            plan_id: "p1".into(),
+            target: Some(target.into()),
+            kind: EventKind::Statement,
+            detail: serde_json::json!({ "n": n }),
+        })
+    };
+    let finish = |target: &str, token| {
+        Fact::Finish(StepFinish {
+            plan_id: "p1".into(),
+            target: target.into(),
+            token,
+            state: StepState::Succeeded,
+            error: None,
+            before: Some(v(0)),
+            after: Some(v(1)),
+            detail: serde_json::json!({}),
+        })
+    };
+    let facts = [start("a", 5), start("b", 99), event("a", 1), finish("a", 5), finish("b", 99), finish("a", 5)];
+    let written = store.record(&facts).await.expect("record");
+    assert_eq!(written, [true, false, true, true, false, false], "a stale token or a repeat writes nothing");
+    let a = store.step("p1", "a").await.expect("a").expect("a");
+    assert_eq!((a.state, a.before, a.after), (StepState::Succeeded, Some(v(0)), Some(v(1))));
+    let b = store.step("p1", "b").await.expect("b").expect("b");
+    assert_eq!(b.state, StepState::Assigned, "b is untouched");
+    let events = store.events_after("p1", 0).await.expect("events");
+    let seen: Vec<_> = events.iter().map(|e| (e.target.as_deref(), e.kind)).collect();
+    assert_eq!(
+        seen,
+        [(Some("a"), EventKind::StepStarted), (Some("a"), EventKind::Statement), (Some("a"), EventKind::Succeeded)]
+    );
+    // A result that is not an end refuses the whole batch, before anything is written.
+    let mut bad = finish("b", 6);
+    if let Fact::Finish(f) = &mut bad {
+        f.state = StepState::Running;
+    }
+    assert!(matches!(store.record(&[event("b", 2), bad]).await, Err(StoreError::IllegalTransition { .. })));
+    assert_eq!(store.events_after("p1", 0).await.expect("events").len(), 3);
+}
+
 /// What plan lists and fleet status read instead of every step of every plan: counts for all plans in one query, and
 /// each target's newest succeeded step (the later plan wins) with its plan's bundle.
 async fn lists_and_fleet_status_in_one_query_each(engine: Engine) {
@@ -390,7 +499,8 @@ async fn the_schema_is_versioned_old_stores_are_adopted_and_newer_ones_refused(e
     let step = store.step("p-old", "db-a").await.expect("step").expect("the step is kept");
     assert_eq!((step.before, step.after, step.token), (Some(v(5)), Some(v(7)), Some(3)), "its versions too");
     let long: flotilla_core::Version = "20240115093000000001".parse().expect("version");
-    assert!(store.start_step("p-old", "db-a", 3, Some(long)).await.is_ok());
+    let start = Starting { plan_id: "p-old".into(), target: "db-a".into(), token: 3, before: Some(long), detail: None };
+    assert!(store.start_step(&start).await.is_ok());
     drop(store);
     let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
     let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")

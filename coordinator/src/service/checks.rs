@@ -7,7 +7,7 @@
 //! the store), and anything else (not at the goal, unreadable, no answer within `CHECK_TIMEOUT`, a coordinator
 //! restart) takes the normal path, which reads the history again under the target's lock.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use flotilla_core::fleet::{Plan, StepState};
@@ -29,11 +29,11 @@ const ASK_PAGE: u32 = 1024;
 #[derive(Debug, Default)]
 pub(crate) struct PlanChecks {
     pub wave: u32,
-    /// Target → when its check was sent, until it is answered or given up.
-    asked: HashMap<String, Instant>,
-    /// Targets found not at their goal, to be assigned first: by name, as the scheduler assigns any wave's steps
-    /// (whatever order the answers came in).
-    ready: BTreeSet<String>,
+    /// Target → its step's goal and when its check was sent, until it is answered or given up.
+    asked: HashMap<String, (Goal, Instant)>,
+    /// Targets found not at their goal (with their steps' goals), to be assigned first: by name, as the scheduler
+    /// assigns any wave's steps (whatever order the answers came in).
+    ready: BTreeMap<String, Goal>,
 }
 
 /// What to do with one check outcome.
@@ -52,28 +52,26 @@ impl PlanChecks {
         PlanChecks { wave, ..PlanChecks::default() }
     }
 
-    pub fn ask(&mut self, targets: &[String], at: Instant) {
-        for t in targets {
-            self.asked.insert(t.clone(), at);
+    pub fn ask(&mut self, targets: &[(String, Goal)], at: Instant) {
+        for (target, goal) in targets {
+            self.asked.insert(target.clone(), (*goal, at));
         }
     }
 
     /// Checks that could not be sent: no answer is awaited for them.
-    pub fn withdraw(&mut self, targets: &[String]) {
-        for t in targets {
-            self.asked.remove(t);
+    pub fn withdraw(&mut self, targets: &[(String, Goal)]) {
+        for (target, _) in targets {
+            self.asked.remove(target);
         }
     }
 
     /// Records an outcome; only a check still awaited counts.
     pub fn answer(&mut self, target: &str, at_goal: bool) -> Verdict {
-        if self.asked.remove(target).is_none() {
-            return Verdict::Ignore;
-        }
+        let Some((goal, _)) = self.asked.remove(target) else { return Verdict::Ignore };
         if at_goal {
             Verdict::Finish
         } else {
-            self.ready.insert(target.to_string());
+            self.ready.insert(target.to_string(), goal);
             Verdict::Assign
         }
     }
@@ -81,18 +79,18 @@ impl PlanChecks {
     /// Gives up checks older than `timeout`; whether any is still awaited. While one is, the plan's other pending
     /// steps wait for their answers instead of being assigned.
     pub fn outstanding(&mut self, now: Instant, timeout: Duration) -> bool {
-        self.asked.retain(|_, at| now.duration_since(*at) < timeout);
+        self.asked.retain(|_, (_, at)| now.duration_since(*at) < timeout);
         !self.asked.is_empty()
     }
 
-    /// Up to `n` targets found not at their goal, by name.
-    pub fn take_ready(&mut self, n: usize) -> Vec<String> {
+    /// Up to `n` targets found not at their goal, by name, with their steps' goals.
+    pub fn take_ready(&mut self, n: usize) -> Vec<(String, Goal)> {
         (0..n).map_while(|_| self.ready.pop_first()).collect()
     }
 
     /// A target that could not be assigned now goes back in line.
-    pub fn requeue(&mut self, target: String) {
-        self.ready.insert(target);
+    pub fn requeue(&mut self, target: String, goal: Goal) {
+        self.ready.insert(target, goal);
     }
 }
 
@@ -127,8 +125,7 @@ impl Coordinator {
             for (agent, targets) in by_agent {
                 let Some(sender) = self.sender(agent) else { continue };
                 for batch in targets.chunks(CHECK_BATCH) {
-                    let names: Vec<String> = batch.iter().map(|(t, _)| t.clone()).collect();
-                    self.with_checks(&plan.id, |c| c.ask(&names, Instant::now()));
+                    self.with_checks(&plan.id, |c| c.ask(batch, Instant::now()));
                     let request = CheckRequest {
                         plan_id: plan.id.clone(),
                         bundle_id: plan.bundle.clone(),
@@ -140,7 +137,7 @@ impl Coordinator {
                     // A full or closed stream: these targets take the normal path.
                     if sender.try_send(Work::Check(request)).is_err() {
                         warn!(plan_id = %plan.id, agent, "a check was not sent; its targets will be assigned");
-                        self.with_checks(&plan.id, |c| c.withdraw(&names));
+                        self.with_checks(&plan.id, |c| c.withdraw(batch));
                         break;
                     }
                     sent += batch.len();
@@ -163,12 +160,12 @@ impl Coordinator {
         inner.checks.get_mut(plan_id).is_some_and(|c| c.outstanding(Instant::now(), CHECK_TIMEOUT))
     }
 
-    pub(crate) fn ready_targets(&self, plan_id: &str, n: usize) -> Vec<String> {
+    pub(crate) fn ready_targets(&self, plan_id: &str, n: usize) -> Vec<(String, Goal)> {
         self.inner().checks.get_mut(plan_id).map(|c| c.take_ready(n)).unwrap_or_default()
     }
 
-    pub(crate) fn requeue_ready(&self, plan_id: &str, target: String) {
-        self.with_checks(plan_id, |c| c.requeue(target));
+    pub(crate) fn requeue_ready(&self, plan_id: &str, target: String, goal: Goal) {
+        self.with_checks(plan_id, |c| c.requeue(target, goal));
     }
 
     /// Forgets the checks of plans that are no longer live.
@@ -197,7 +194,7 @@ impl Coordinator {
         }
         if !finish.is_empty() {
             let done = self.store.finish_unchanged(plan_id, &finish).await?;
-            self.events.send_modify(|n| *n += 1);
+            self.events_committed();
             let now = Instant::now();
             let mut inner = self.inner();
             for step in done {
@@ -213,16 +210,22 @@ impl Coordinator {
 mod tests {
     use super::*;
 
+    const UP: Goal = Goal::Up { to: None };
+
+    fn asks(targets: &[&str]) -> Vec<(String, Goal)> {
+        targets.iter().map(|t| (t.to_string(), UP)).collect()
+    }
+
     #[test]
     fn only_an_awaited_check_counts_and_each_once() {
         let t0 = Instant::now();
         let mut c = PlanChecks::new(1);
-        c.ask(&["a".into(), "b".into()], t0);
+        c.ask(&asks(&["a", "b"]), t0);
         assert_eq!(c.answer("a", true), Verdict::Finish);
         assert_eq!(c.answer("a", true), Verdict::Ignore, "a repeated outcome is ignored");
         assert_eq!(c.answer("z", true), Verdict::Ignore, "a target never asked is ignored");
         assert_eq!(c.answer("b", false), Verdict::Assign);
-        assert_eq!(c.take_ready(8), vec!["b".to_string()]);
+        assert_eq!(c.take_ready(8), asks(&["b"]));
         assert!(c.take_ready(8).is_empty());
     }
 
@@ -230,7 +233,7 @@ mod tests {
     fn a_check_not_answered_in_time_is_given_up_and_its_late_answer_ignored() {
         let t0 = Instant::now();
         let mut c = PlanChecks::new(1);
-        c.ask(&["a".into()], t0);
+        c.ask(&asks(&["a"]), t0);
         assert!(c.outstanding(t0 + Duration::from_secs(1), Duration::from_secs(5)));
         assert!(!c.outstanding(t0 + Duration::from_secs(5), Duration::from_secs(5)), "given up at the timeout");
         // The step may have been assigned since: the late outcome must not finish it.
@@ -241,8 +244,8 @@ mod tests {
     fn a_check_not_sent_is_not_awaited() {
         let t0 = Instant::now();
         let mut c = PlanChecks::new(1);
-        c.ask(&["a".into(), "b".into()], t0);
-        c.withdraw(&["b".into()]);
+        c.ask(&asks(&["a", "b"]), t0);
+        c.withdraw(&asks(&["b"]));
         assert_eq!(c.answer("b", true), Verdict::Ignore);
         assert_eq!(c.answer("a", true), Verdict::Finish);
         assert!(!c.outstanding(t0, Duration::from_secs(5)), "nothing left awaited");
@@ -253,12 +256,12 @@ mod tests {
         let t0 = Instant::now();
         let mut c = PlanChecks::new(2);
         for t in ["b", "c", "a"] {
-            c.ask(&[t.into()], t0);
+            c.ask(&asks(&[t]), t0);
             c.answer(t, false);
         }
         let first = c.take_ready(2);
-        assert_eq!(first, vec!["a".to_string(), "b".to_string()]);
-        c.requeue("a".into());
-        assert_eq!(c.take_ready(5), vec!["a".to_string(), "c".to_string()], "a requeued target keeps its place");
+        assert_eq!(first, asks(&["a", "b"]));
+        c.requeue("a".into(), UP);
+        assert_eq!(c.take_ready(5), asks(&["a", "c"]), "a requeued target keeps its place");
     }
 }

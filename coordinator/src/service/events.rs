@@ -1,4 +1,5 @@
-//! Events: the group-commit writer every event goes through, the audit log, and what plan watchers wait on.
+//! Events: the group-commit writer every event and every fact from agents goes through, the audit log, and what plan
+//! watchers wait on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +11,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::identity::Identity;
-use crate::store::{NewEvent, Store, StoreError};
+use crate::store::{Fact, NewEvent, Store, StoreError};
 
-/// Events to write, and who waits for their commit.
-pub(super) type QueuedEvents = (Vec<NewEvent>, tokio::sync::oneshot::Sender<Result<(), String>>);
+/// Facts to write, and who waits for their commit (and whether each was written).
+pub(super) type Queued = (Vec<Fact>, tokio::sync::oneshot::Sender<Result<Vec<bool>, String>>);
 
-/// The event writer: one store transaction for every batch queued while the previous one was written. It ends
-/// when the coordinator (the only sender) is dropped.
-pub(super) async fn write_events(store: Arc<dyn Store>, mut queue: mpsc::UnboundedReceiver<QueuedEvents>) {
+/// The writer: one store transaction for everything queued while the previous one was written. It ends when the
+/// coordinator (the only sender) is dropped.
+pub(super) async fn write_events(store: Arc<dyn Store>, mut queue: mpsc::UnboundedReceiver<Queued>) {
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
         while batch.len() < 256 {
@@ -26,10 +27,13 @@ pub(super) async fn write_events(store: Arc<dyn Store>, mut queue: mpsc::Unbound
                 Err(_) => break,
             }
         }
-        let events: Vec<NewEvent> = batch.iter().flat_map(|(events, _)| events.iter().cloned()).collect();
-        let result = store.append_events(&events).await.map_err(|e| e.to_string());
-        for (_, done) in batch {
-            let _ = done.send(result.clone());
+        let facts: Vec<Fact> = batch.iter().flat_map(|(facts, _)| facts.iter().cloned()).collect();
+        let result = store.record(&facts).await.map_err(|e| e.to_string());
+        let mut at = 0;
+        for (facts, done) in batch {
+            let answer = result.as_ref().map(|w| w.get(at..at + facts.len()).unwrap_or_default().to_vec());
+            at += facts.len();
+            let _ = done.send(answer.map_err(String::clone));
         }
     }
 }
@@ -46,17 +50,25 @@ impl Coordinator {
         self.append(vec![event]).await
     }
 
+    /// Wakes plan watchers: events were committed.
+    pub(crate) fn events_committed(&self) {
+        self.events.send_modify(|n| *n += 1);
+    }
+
     /// Appends events through the writer, waits for their commit, and wakes watchers.
     pub(super) async fn append(&self, events: Vec<NewEvent>) -> Result<()> {
+        self.commit(events.into_iter().map(Fact::Event).collect()).await.map(drop)
+    }
+
+    /// Records facts through the writer (one transaction with whatever else is queued), waits for their commit,
+    /// and wakes watchers. Whether each was written.
+    pub(super) async fn commit(&self, facts: Vec<Fact>) -> Result<Vec<bool>> {
+        let stopped = || StoreError::Database("the event writer stopped".into());
         let (done, committed) = tokio::sync::oneshot::channel();
-        self.writer.send((events, done)).map_err(|_| StoreError::Database("the event writer stopped".into()))?;
-        match committed.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(StoreError::Database(e).into()),
-            Err(_) => return Err(StoreError::Database("the event writer stopped".into()).into()),
-        }
-        self.events.send_modify(|n| *n += 1);
-        Ok(())
+        self.writer.send((facts, done)).map_err(|_| stopped())?;
+        let written = committed.await.map_err(|_| stopped())?.map_err(StoreError::Database)?;
+        self.events_committed();
+        Ok(written)
     }
 
     pub(super) async fn audit(

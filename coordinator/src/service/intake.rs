@@ -1,4 +1,5 @@
-//! What agents report about their steps: progress bursts, and results (one store transaction each).
+//! What agents report about their steps: progress bursts and results, each one fact, written by the coordinator's
+//! writer together with whatever else is queued.
 
 use std::time::Instant;
 
@@ -8,7 +9,7 @@ use tracing::{info, warn};
 
 use super::*;
 use crate::identity::Identity;
-use crate::store::{NewEvent, StepFinish};
+use crate::store::{Fact, NewEvent, Starting, StepFinish};
 
 impl Coordinator {
     /// The target's step in `plan_id`, if `name` serves the target and the token is the step's current one.
@@ -39,22 +40,35 @@ impl Coordinator {
         }
     }
 
-    /// Records a burst of progress events: those of steps running under their current lock in one write.
+    /// Records a burst of progress: the events and starts of steps running under their current lock here in one
+    /// write (with whatever else the writer has queued); anything else checked against the store first.
     pub async fn progress(&self, who: &Identity, name: &str, batch: Vec<Progress>) -> Result<()> {
         self.check_agent(who, name)?;
         let mut fast = Vec::with_capacity(batch.len());
         for p in batch {
-            if self.current(name, &p.plan_id, &p.target, p.token) && p.kind != EventKind::StepStarted {
-                fast.push(NewEvent { plan_id: p.plan_id, target: Some(p.target), kind: p.kind, detail: p.detail });
+            if self.current(name, &p.plan_id, &p.target, p.token) {
+                // The compare-and-set (assigned, under this token) is the only check a start needs here; a late or
+                // repeated start writes nothing.
+                fast.push(if p.kind == EventKind::StepStarted {
+                    Fact::Start(Starting {
+                        plan_id: p.plan_id,
+                        target: p.target,
+                        token: p.token,
+                        before: p.version_before,
+                        detail: Some(p.detail),
+                    })
+                } else {
+                    Fact::Event(NewEvent { plan_id: p.plan_id, target: Some(p.target), kind: p.kind, detail: p.detail })
+                });
             } else {
                 if !fast.is_empty() {
-                    self.append(std::mem::take(&mut fast)).await?;
+                    self.commit(std::mem::take(&mut fast)).await?;
                 }
                 self.progress_checked(who, name, p).await?;
             }
         }
         if !fast.is_empty() {
-            self.append(fast).await?;
+            self.commit(fast).await?;
         }
         Ok(())
     }
@@ -67,20 +81,21 @@ impl Coordinator {
 
     /// One progress event, checked against the store.
     pub(super) async fn progress_checked(&self, who: &Identity, name: &str, p: Progress) -> Result<()> {
-        // A step starting under the lock held here: the compare-and-set (assigned, under this token) is the check.
-        if p.kind == EventKind::StepStarted
-            && self.current(name, &p.plan_id, &p.target, p.token)
-            && self.store.start_step(&p.plan_id, &p.target, p.token, p.version_before).await?
-        {
-            return self.event(&p.plan_id, Some(&p.target), p.kind, p.detail).await;
-        }
         let Some(step) = self.owned_step(who, name, &p.plan_id, &p.target, p.token).await? else { return Ok(()) };
         if step.state.is_done() {
             // Progress that arrives after the step's result adds nothing, and would read out of order.
             return Ok(());
         }
         if p.kind == EventKind::StepStarted && step.state == StepState::Assigned {
-            self.store.start_step(&p.plan_id, &p.target, p.token, p.version_before).await?;
+            let start = Starting {
+                plan_id: p.plan_id,
+                target: p.target,
+                token: p.token,
+                before: p.version_before,
+                detail: Some(p.detail),
+            };
+            self.commit(vec![Fact::Start(start)]).await?;
+            return Ok(());
         }
         self.event(&p.plan_id, Some(&p.target), p.kind, p.detail).await
     }
@@ -110,11 +125,10 @@ impl Coordinator {
                 "error": o.error,
             }),
         };
-        if self.store.finish_step(&finish).await?.is_none() {
+        if !self.commit(vec![Fact::Finish(finish)]).await?.first().copied().unwrap_or(false) {
             info!(plan_id = %o.plan_id, target = %o.target, token = o.token, "a late or repeated result, acknowledged");
             return Ok(());
         }
-        self.events.send_modify(|n| *n += 1);
         if let Some(applied) = o.applied_version {
             self.inner().live.insert(
                 o.target.clone(),

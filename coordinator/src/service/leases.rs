@@ -12,6 +12,11 @@ impl Coordinator {
         self.held_lease(plan_id, target).is_some()
     }
 
+    /// How many locks this coordinator holds for the plan's steps.
+    pub(crate) fn held_count(&self, plan_id: &str) -> usize {
+        self.inner().held.keys().filter(|(plan, _)| plan == plan_id).count()
+    }
+
     pub(crate) fn held_lease(&self, plan_id: &str, target: &str) -> Option<Lease> {
         self.inner().held.get(&(plan_id.to_string(), target.to_string())).map(|h| h.lease.clone())
     }

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use crate::identity::Identity;
 use crate::lock::{Lease, Lock, LockError};
 use crate::store::{Store, StoreError};
-use events::{write_events, QueuedEvents};
+use events::{write_events, Queued};
 
 /// What went wrong, with what it concerns, classed by what the caller should do: fix its input
 /// (`BadInput`, `SelectorMatchesNothing`), look again (`PlanNotFound`, `StepNotFound`, `IllegalTransition`,
@@ -282,8 +282,8 @@ pub struct Coordinator {
     events: watch::Sender<u64>,
     /// Wakes the scheduler before its next tick.
     pub(crate) wake: tokio::sync::Notify,
-    /// Events go through one writer that commits whatever is queued together (group commit).
-    writer: mpsc::UnboundedSender<QueuedEvents>,
+    /// Events and agents' facts go through one writer that commits whatever is queued together (group commit).
+    writer: mpsc::UnboundedSender<Queued>,
 }
 
 impl Coordinator {

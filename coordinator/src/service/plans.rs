@@ -1,6 +1,6 @@
 //! Reading plans, and the operator actions on them (pause, resume, abort, approve).
 
-use flotilla_core::fleet::{EventKind, PlanState, Step, StepState};
+use flotilla_core::fleet::{EventKind, PlanState};
 use serde_json::json;
 
 use super::*;
@@ -48,11 +48,7 @@ impl Coordinator {
                 if !allowed {
                     return Err(cannot());
                 }
-                let moved = self.store.set_plan_state(id, from, to).await?;
-                if moved && to == PlanState::Aborted {
-                    self.skip_pending(&view.steps).await?;
-                }
-                moved
+                self.store.set_plan_state(id, from, to).await?
             }
             Action::Approve => {
                 if from != PlanState::AwaitingApproval {
@@ -75,14 +71,5 @@ impl Coordinator {
         self.event(id, None, kind, json!({ "by": who.actor(), "reason": reason })).await?;
         self.wake.notify_one();
         self.view(id).await
-    }
-
-    pub(crate) async fn skip_pending(&self, steps: &[Step]) -> Result<()> {
-        for s in steps.iter().filter(|s| s.state == StepState::Pending) {
-            self.store
-                .set_step_state(&s.plan_id, &s.target, StepState::Pending, StepState::Skipped, None, None)
-                .await?;
-        }
-        Ok(())
     }
 }

@@ -2,9 +2,9 @@
 //! progress events and the audit log. One trait, one sqlx implementation for a SQLite file (the embedded default)
 //! and PostgreSQL (production), one shared test suite (tests/tests/store.rs). A restart loses nothing.
 
-mod finish;
 mod rows;
 mod sql;
+mod transitions;
 
 use std::collections::BTreeMap;
 
@@ -86,7 +86,8 @@ pub trait Store: Send + Sync {
     async fn plans(&self) -> Result<Vec<Plan>, StoreError>;
     /// Plans a restarted coordinator must pick up again.
     async fn live_plans(&self) -> Result<Vec<Plan>, StoreError>;
-    /// Moves a plan from `from` to `to` if it is still in `from`; `Ok(false)` if it was not.
+    /// Moves a plan from `from` to `to` if it is still in `from`; `Ok(false)` if it was not. A plan that halts or is
+    /// aborted skips its pending steps in the same transaction: an ended plan never has a step waiting.
     async fn set_plan_state(&self, id: &str, from: PlanState, to: PlanState) -> Result<bool, StoreError>;
 
     async fn steps(&self, plan_id: &str) -> Result<Vec<Step>, StoreError>;
@@ -123,16 +124,22 @@ pub trait Store: Send + Sync {
         token: Option<u64>,
         error: Option<&str>,
     ) -> Result<bool, StoreError>;
-    /// The agent started the step it was assigned under `token`: `assigned → running`, recording the version it
-    /// found (unless a version before was recorded already: the first observation stands). `false` if the step
-    /// is not assigned under `token` (a late or repeated report).
-    async fn start_step(
-        &self,
-        plan_id: &str,
-        target: &str,
-        token: u64,
-        before: Option<Version>,
-    ) -> Result<bool, StoreError>;
+    /// Steps about to be sent to their agents: each still pending moves to `assigned` under its token, with its
+    /// `assigned` event, all in one transaction. Returns the targets moved (a step no longer pending is left as it
+    /// is).
+    async fn assign_steps(&self, plan_id: &str, steps: &[Assigning]) -> Result<Vec<String>, StoreError>;
+    /// What agents report, in order, in one transaction (the coordinator's writer commits whatever was queued
+    /// meanwhile together): events appended; each start and result applied by compare-and-set as
+    /// [`Store::start_step`] and [`Store::finish_step`] describe. Whether each was written (an event always; a
+    /// start or a result only if its step was in flight under its token: a late or repeated one writes nothing).
+    async fn record(&self, facts: &[Fact]) -> Result<Vec<bool>, StoreError>;
+    /// The agent started the step it was assigned under its token: `assigned → running`, recording the version it
+    /// found (unless a version before was recorded already: the first observation stands), with its
+    /// `step_started` event if it has a detail. `false` if the step is not assigned under the token (a late or
+    /// repeated report).
+    async fn start_step(&self, start: &Starting) -> Result<bool, StoreError> {
+        Ok(self.record(&[Fact::Start(start.clone())]).await?.first().copied().unwrap_or(false))
+    }
     /// A step's result, as one fact in one transaction: the state (`succeeded` or `failed`) and error, the
     /// versions (the first `before` stands), and the event, by compare-and-set on the step being in flight under
     /// `token`. `None` if it is not (a late or repeated report: nothing is written).
@@ -150,8 +157,10 @@ pub trait Store: Send + Sync {
         kind: EventKind,
         detail: &serde_json::Value,
     ) -> Result<u64, StoreError>;
-    /// Appends several events in one transaction (progress arrives in bursts).
-    async fn append_events(&self, events: &[NewEvent]) -> Result<(), StoreError>;
+    /// Appends several events in one transaction.
+    async fn append_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        self.record(&events.iter().cloned().map(Fact::Event).collect::<Vec<_>>()).await.map(drop)
+    }
     async fn events_after(&self, plan_id: &str, seq: u64) -> Result<Vec<Event>, StoreError>;
 
     async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
@@ -197,12 +206,42 @@ pub struct StepFinish {
     pub detail: serde_json::Value,
 }
 
+/// A step to assign, for [`Store::assign_steps`].
+#[derive(Debug, Clone)]
+pub struct Assigning {
+    pub target: String,
+    /// The fencing token of the lock taken for it.
+    pub token: u64,
+    /// The `assigned` event's detail.
+    pub detail: serde_json::Value,
+}
+
 /// A step a check found at its goal, for [`Store::finish_unchanged`].
 #[derive(Debug, Clone)]
 pub struct Unchanged {
     pub target: String,
     pub before: Option<Version>,
     pub applied: Option<Version>,
+}
+
+/// A step its agent started, for [`Store::start_step`].
+#[derive(Debug, Clone)]
+pub struct Starting {
+    pub plan_id: String,
+    pub target: String,
+    pub token: u64,
+    /// The applied version the agent found.
+    pub before: Option<Version>,
+    /// The `step_started` event's detail; `None` writes no event.
+    pub detail: Option<serde_json::Value>,
+}
+
+/// One fact an agent reported, for [`Store::record`].
+#[derive(Debug, Clone)]
+pub enum Fact {
+    Event(NewEvent),
+    Start(Starting),
+    Finish(StepFinish),
 }
 
 /// An event to append.

@@ -6,12 +6,11 @@ use std::sync::Once;
 use async_trait::async_trait;
 use chrono::Utc;
 use flotilla_core::fleet::{AuditEntry, Event, EventKind, Plan, PlanState, Step, StepState, Target};
-use flotilla_core::Version;
 use sha2::{Digest, Sha256};
 use sqlx::AnyPool;
 
 use super::rows::*;
-use super::{db, retried, NewEvent, StepCount, StepFinish, Store, StoreError, Unchanged, LIVE, MIGRATOR};
+use super::{db, retried, Assigning, Fact, StepCount, StepFinish, Store, StoreError, Unchanged, LIVE, MIGRATOR};
 
 pub(super) const INSERT_EVENT: &str = "INSERT INTO events (plan_id, seq, at, target, kind, detail)
      SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ? FROM events WHERE plan_id = ? RETURNING seq";
@@ -216,14 +215,26 @@ impl Store for SqlStore {
         if !from.can_become(to) {
             return Err(StoreError::IllegalTransition { from: from.to_string(), to: to.to_string() });
         }
+        let mut tx = self.pool.begin().await.map_err(db)?;
         let done = sqlx::query(&self.sql("UPDATE plans SET state = ? WHERE id = ? AND state = ?"))
             .bind(to.as_str())
             .bind(id.to_string())
             .bind(from.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db)?;
-        Ok(done.rows_affected() == 1)
+        let moved = done.rows_affected() == 1;
+        if moved && matches!(to, PlanState::Halted | PlanState::Aborted) {
+            let skip = "UPDATE steps SET state = 'skipped', updated_at = ? WHERE plan_id = ? AND state = 'pending'";
+            sqlx::query(&self.sql(skip))
+                .bind(Utc::now().to_rfc3339())
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(moved)
     }
 
     async fn steps(&self, plan_id: &str) -> Result<Vec<Step>, StoreError> {
@@ -363,26 +374,12 @@ impl Store for SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn start_step(
-        &self,
-        plan_id: &str,
-        target: &str,
-        token: u64,
-        before: Option<Version>,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(&self.sql(
-            "UPDATE steps SET state = 'running', version_before = COALESCE(version_before, ?), updated_at = ?
-             WHERE plan_id = ? AND target = ? AND state = 'assigned' AND token = ?",
-        ))
-        .bind(before.map(|v| v.to_string()))
-        .bind(Utc::now().to_rfc3339())
-        .bind(plan_id.to_string())
-        .bind(target.to_string())
-        .bind(token_value(Some(token)))
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(done.rows_affected() == 1)
+    async fn assign_steps(&self, plan_id: &str, steps: &[Assigning]) -> Result<Vec<String>, StoreError> {
+        self.assign_pending(plan_id, steps).await
+    }
+
+    async fn record(&self, facts: &[Fact]) -> Result<Vec<bool>, StoreError> {
+        self.record_facts(facts).await
     }
 
     async fn finish_step(&self, r: &StepFinish) -> Result<Option<Step>, StoreError> {
@@ -414,27 +411,6 @@ impl Store for SqlStore {
         })
         .await?;
         u64::try_from(get::<i64>(&row, 0)?).map_err(|e| StoreError::Corrupt(e.to_string()))
-    }
-
-    async fn append_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
-        let insert = self.sql(INSERT_EVENT);
-        // As in `append_event`: a concurrent writer may take a number first; the whole batch tries again.
-        retried(|| async {
-            let mut tx = self.pool.begin().await?;
-            for e in events {
-                sqlx::query(&insert)
-                    .bind(e.plan_id.clone())
-                    .bind(Utc::now().to_rfc3339())
-                    .bind(e.target.clone())
-                    .bind(e.kind.as_str())
-                    .bind(e.detail.to_string())
-                    .bind(e.plan_id.clone())
-                    .fetch_one(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await
-        })
-        .await
     }
 
     async fn events_after(&self, plan_id: &str, seq: u64) -> Result<Vec<Event>, StoreError> {
