@@ -210,6 +210,19 @@ pub struct Target {
     /// Seconds to wait for another run's lock on this database.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub lock_timeout: u64,
+    /// How long a migration's statement may wait for a table lock another session holds (e.g. 500ms, 5s) before
+    /// the migration is rolled back and retried; meanwhile the application's queries on that table queue behind it.
+    /// A migration's `-- flotilla:lock-timeout` overrides it.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = flotilla_core::parse_duration)]
+    pub statement_lock_timeout: std::time::Duration,
+    /// How many times a migration rolled back on a lock timeout runs again (pauses of 0.5 s, doubling); then it
+    /// fails. A migration's `-- flotilla:lock-retries` overrides it.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub lock_retries: u32,
+    /// How long one statement may run (e.g. 10m); none by default. A migration's `-- flotilla:statement-timeout`
+    /// overrides it.
+    #[arg(long, value_name = "DURATION", value_parser = flotilla_core::parse_duration)]
+    pub statement_timeout: Option<std::time::Duration>,
     /// Seconds a lease lock (SQLite, MongoDB) lasts without renewal, so a dead runner's lock expires.
     #[arg(long, env = "FLOTILLA_LOCK_TTL", default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub lock_ttl: u64,

@@ -174,6 +174,11 @@ where
     };
     let mut executor = Executor::new(driver, default_owner())
         .with_lock_timeout(Duration::from_secs(target.lock_timeout))
+        .with_timeouts(flotilla_core::Timeouts {
+            lock: Some(target.statement_lock_timeout),
+            statement: target.statement_timeout,
+            lock_retries: Some(target.lock_retries),
+        })
         .with_plan_options(options);
     if let Some(sink) = out.progress_sink() {
         executor = executor.with_progress(sink);

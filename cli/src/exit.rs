@@ -51,7 +51,7 @@ impl Code {
             DriverError::Connect(_) => Code::CannotConnect,
             DriverError::BadUrl(_) => Code::BadInput,
             DriverError::LockTimeout { .. } | DriverError::LockLost | DriverError::BadHistory(_) => Code::Refused,
-            DriverError::Database(_) => Code::Failed,
+            DriverError::Database(_) | DriverError::LockNotAvailable(_) => Code::Failed,
         }
     }
 

@@ -48,6 +48,10 @@ impl Output {
                     "    batch {batch} committed: keys up to {last_key}, {rows_affected} rows ({total_rows} in all), {elapsed_ms} ms"
                 )),
                 ProgressKind::Batch { .. } => None,
+                ProgressKind::LockRetry { attempt, retries, statement, pause_ms, error } => Some(format!(
+                    "    statement {} gave up waiting for a lock ({error}); rolled back, retry {attempt}/{retries} in {pause_ms} ms",
+                    statement.map_or("?".to_string(), |s| s.to_string())
+                )),
                 ProgressKind::Finished { elapsed_ms } => Some(format!("  done in {elapsed_ms} ms")),
                 ProgressKind::Failed { .. } => None,
             };

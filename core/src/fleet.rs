@@ -331,10 +331,12 @@ pub enum EventKind {
     Batch,
     MigrationFinished,
     MigrationFailed,
+    /// A statement gave up waiting for a lock; the migration was rolled back and runs again after a pause.
+    LockRetry,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 21] = [
+    pub const ALL: [EventKind; 22] = [
         EventKind::Submitted,
         EventKind::Started,
         EventKind::AwaitingApproval,
@@ -356,6 +358,7 @@ impl EventKind {
         EventKind::Batch,
         EventKind::MigrationFinished,
         EventKind::MigrationFailed,
+        EventKind::LockRetry,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -382,6 +385,7 @@ impl EventKind {
             Batch => "batch",
             MigrationFinished => "migration_finished",
             MigrationFailed => "migration_failed",
+            LockRetry => "lock_retry",
         }
     }
 
@@ -393,7 +397,10 @@ impl EventKind {
     /// Progress an agent may report about its step (anything else on the progress stream is refused).
     pub fn is_progress(self) -> bool {
         use EventKind::*;
-        matches!(self, StepStarted | MigrationStarted | Statement | Batch | MigrationFinished | MigrationFailed)
+        matches!(
+            self,
+            StepStarted | MigrationStarted | Statement | Batch | MigrationFinished | MigrationFailed | LockRetry
+        )
     }
 
     /// Per-statement and per-migration detail: a watch shows it with `-v`.

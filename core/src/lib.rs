@@ -29,7 +29,8 @@ pub mod version;
 pub use error::ReadError;
 pub use history::{AppliedMigration, Direction, RecordState};
 pub use migration::{
-    Backfill, Checksum, Engine, Migration, MigrationOptions, Phase, Repeatable, Script, ScriptKind, Statement,
+    parse_duration, Backfill, Checksum, Engine, Migration, MigrationOptions, Phase, Repeatable, Script, ScriptKind,
+    Statement, Timeouts,
 };
 pub use plan::{plan, verify, PlanError, PlanOptions, Request, Step};
 pub use reader::{read_dir, read_files, Files, Format, MigrationSet, ReadOptions};

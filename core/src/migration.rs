@@ -34,6 +34,52 @@ pub struct Script {
     pub no_transaction: bool,
     /// Run the script's one UPDATE in key-range batches (`-- flotilla:backfill …`).
     pub backfill: Option<Backfill>,
+    /// How long its statements may wait for locks and run, and how often a lock timeout is retried.
+    pub timeouts: Timeouts,
+}
+
+/// How long a migration's statements may wait for a lock (`-- flotilla:lock-timeout 3s`) and run
+/// (`-- flotilla:statement-timeout 10m`), and how many times a migration rolled back on a lock timeout runs again
+/// (`-- flotilla:lock-retries 5`). `None`: the run's default.
+///
+/// A lock timeout is what keeps a migration from becoming an outage: an `ALTER TABLE` waiting for its lock makes
+/// every later query on the table queue behind it; with a timeout the queue lasts at most that long, the migration
+/// rolls back, and it tries again after a pause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    pub lock: Option<std::time::Duration>,
+    pub statement: Option<std::time::Duration>,
+    pub lock_retries: Option<u32>,
+}
+
+impl Timeouts {
+    /// What is set here, else what `defaults` sets.
+    pub fn or(self, defaults: Timeouts) -> Timeouts {
+        Timeouts {
+            lock: self.lock.or(defaults.lock),
+            statement: self.statement.or(defaults.statement),
+            lock_retries: self.lock_retries.or(defaults.lock_retries),
+        }
+    }
+}
+
+/// Parses a duration written as a whole number and a unit: `500ms`, `3s`, `10m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration such as 500ms, 3s, 10m or 1h"))?;
+    let millis = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("`{text}` is not a duration such as 500ms, 3s, 10m or 1h (units: ms, s, m, h)")),
+    };
+    match millis {
+        Some(0) => Err(format!("`{text}`: a timeout must be more than 0")),
+        Some(ms) => Ok(std::time::Duration::from_millis(ms)),
+        None => Err(format!("`{text}` is too long")),
+    }
 }
 
 /// A large data change run in batches over an integer key: each batch's update and its cursor commit together, so a
@@ -282,6 +328,18 @@ impl Migration {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations_parse_with_their_unit_and_bad_ones_are_named() {
+        use std::time::Duration;
+        assert_eq!(super::parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(super::parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(super::parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(super::parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "3", "s", "3 s", "1.5s", "3d", "0s", "-1s"] {
+            let e = super::parse_duration(bad).expect_err(bad);
+            assert!(e.contains(&format!("`{bad}`")), "{e}");
+        }
+    }
 
     #[test]
     fn dml_is_told_from_ddl() {

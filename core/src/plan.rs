@@ -242,7 +242,7 @@ pub fn status(local: &[Migration], history: &[AppliedMigration]) -> Vec<StatusRo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migration::{MigrationOptions, Script, ScriptKind};
+    use crate::migration::{MigrationOptions, Script, ScriptKind, Timeouts};
     use std::path::PathBuf;
 
     fn mig(version: u64, down: bool) -> Migration {
@@ -253,6 +253,7 @@ mod tests {
             text: t.into(),
             no_transaction: false,
             backfill: None,
+            timeouts: Timeouts::default(),
         };
         let up = format!("CREATE TABLE t{version} (id int);");
         let down_text = format!("DROP TABLE t{version};");

@@ -86,6 +86,7 @@ one_for_one!(event_kind, EventKind, pb::EventKind, "event kind", {
     Batch <=> Batch,
     MigrationFinished <=> MigrationFinished,
     MigrationFailed <=> MigrationFailed,
+    LockRetry <=> LockRetry,
 });
 
 /// A phase, where unspecified means every migration, whatever its phase.

@@ -143,3 +143,93 @@ async fn fleet_commands_refuse_bad_input_before_reaching_the_coordinator() {
     flotilla(&["certs", "init", "--out", out]).await.fails(2, "never overwrites");
     flotilla(&["certs", "init", "--out", out, "--agent", "bad/name"]).await.fails(2, "agent name");
 }
+
+/// The `ALTER TABLE` lock-queue outage, prevented: a migration waiting for a lock that a long transaction holds gives
+/// up after its lock timeout, rolls back and retries; an application query issued meanwhile waits at most about the
+/// timeout (not as long as the long transaction); once the lock is free the migration succeeds. With too few
+/// retries it fails cleanly, having changed nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migration_blocked_by_a_lock_retries_without_queueing_the_application_behind_it() {
+    use std::time::{Duration, Instant};
+    let db = TestDb::new(Postgres).await;
+    db.exec("CREATE TABLE accounts (id int PRIMARY KEY)").await;
+    db.exec("INSERT INTO accounts SELECT generate_series(1, 100)").await;
+    let waiting_alter = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+         WHERE c.relname = 'accounts' AND l.mode = 'AccessExclusiveLock' AND NOT l.granted";
+    let dir = Dir::new();
+    let up = "-- why: accounts get a note for support\n-- flotilla:lock-timeout 500ms\n-- flotilla:lock-retries 6\n\
+              ALTER TABLE accounts ADD COLUMN note text;";
+    dir.migration(Postgres, 1, "note", up, "ALTER TABLE accounts DROP COLUMN note;");
+    let dir_path = dir.path().to_str().expect("utf-8").to_string();
+
+    // A long transaction (a report, a stuck session) reads the table.
+    let mut holder = db.sql().await;
+    sqlx::Executor::execute(&mut holder, "BEGIN").await.expect("begin");
+    sqlx::Executor::execute(&mut holder, "LOCK TABLE accounts IN ACCESS SHARE MODE").await.expect("lock");
+    let child = spawn(&["up", "--db", &db.url, "--dir", &dir_path]);
+
+    // Once the ALTER waits for its lock, the application queries the table.
+    let mut watcher = db.sql().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sqlx::query_scalar::<_, i64>(waiting_alter).fetch_one(&mut watcher).await.expect("pg_locks") == 0 {
+        assert!(Instant::now() < deadline, "the migration never waited for the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut app = db.sql().await;
+    let asked = Instant::now();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts").fetch_one(&mut app).await.expect("app query");
+    let app_waited = asked.elapsed();
+    assert_eq!(n, 100);
+    // The long transaction goes on for 3 s more: without the lock timeout the application would wait all of it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sqlx::Executor::execute(&mut holder, "COMMIT").await.expect("commit");
+    let run = finish(child).await;
+    run.ok();
+    let retries = run.stderr.matches("; rolled back, retry").count();
+    println!(
+        "application query waited {} ms behind the migration; the migration retried {retries} times",
+        app_waited.as_millis()
+    );
+    assert!(app_waited < Duration::from_millis(2500), "the application waited {app_waited:?}, past the 500 ms timeout");
+    assert!(retries >= 2, "retried while the lock was held: {}", run.stderr);
+    assert!(run.stderr.contains("retry 1/6"), "{}", run.stderr);
+    assert_eq!(versions_of(&db).await, vec![1]);
+    let columns: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'accounts' AND column_name = 'note'",
+    )
+    .fetch_one(&mut watcher)
+    .await
+    .expect("columns");
+    assert_eq!(columns, 1, "the migration ran once the lock was free");
+
+    // Held for good, with one retry allowed: the migration fails cleanly and changes nothing.
+    let dir = Dir::new();
+    dir.migration(Postgres, 1, "note", up, "ALTER TABLE accounts DROP COLUMN note;");
+    dir.migration(
+        Postgres,
+        2,
+        "flag",
+        "ALTER TABLE accounts ADD COLUMN flag boolean;",
+        "ALTER TABLE accounts DROP COLUMN flag;",
+    );
+    sqlx::Executor::execute(&mut holder, "BEGIN").await.expect("begin");
+    sqlx::Executor::execute(&mut holder, "LOCK TABLE accounts IN ACCESS SHARE MODE").await.expect("lock");
+    let run = cmd("up", &db, dir.path(), &["--statement-lock-timeout", "300ms", "--lock-retries", "1", "--json"]).await;
+    sqlx::Executor::execute(&mut holder, "COMMIT").await.expect("commit");
+    run.fails(1, "gave up waiting for a lock");
+    assert!(run.stdout.contains("after 1 retries"), "{}", run.stdout);
+    assert_eq!(versions_of(&db).await, vec![1], "nothing of migration 2 was recorded");
+    let flag: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'accounts' AND column_name = 'flag'",
+    )
+    .fetch_one(&mut watcher)
+    .await
+    .expect("columns");
+    assert_eq!(flag, 0, "rolled back");
+    let bad = cmd("up", &db, dir.path(), &["--statement-lock-timeout", "5 seconds"]).await;
+    bad.fails(2, "not a duration");
+}
+
+async fn versions_of(db: &TestDb) -> Vec<u128> {
+    db.history().await.into_iter().map(|(v, _, _)| v).collect()
+}

@@ -220,6 +220,14 @@ fn progress_sink(base: pb::ProgressEvent, progress: mpsc::UnboundedSender<pb::Pr
                 e.kind = pb::EventKind::from(EventKind::MigrationFinished) as i32;
                 e.elapsed_ms = *elapsed_ms;
             }
+            ProgressKind::LockRetry { attempt, retries, statement, pause_ms, error } => {
+                e.kind = pb::EventKind::from(EventKind::LockRetry) as i32;
+                e.statement_index = statement.map_or(0, |s| s as u32);
+                e.attempt = *attempt;
+                e.retries = *retries;
+                e.pause_ms = *pause_ms;
+                e.error = error.clone();
+            }
             ProgressKind::Failed { statement, error } => {
                 e.kind = pb::EventKind::from(EventKind::MigrationFailed) as i32;
                 e.statement_index = statement.map_or(0, |s| s as u32);

@@ -29,6 +29,10 @@ pub enum DriverError {
     LockTimeout { waited: Duration, holder: Option<String> },
     #[error("the migration lock was lost (it expired and another runner may have taken it)")]
     LockLost,
+    /// A statement gave up waiting for a lock another session holds (the lock timeout): nothing of it ran, and in
+    /// a transaction the transaction is rolled back.
+    #[error("gave up waiting for a lock another session holds: {0}")]
+    LockNotAvailable(String),
     /// The database refused a statement or a history write.
     #[error("{0}")]
     Database(String),
@@ -158,6 +162,12 @@ pub trait Driver: Send {
 
     /// The database's schema, without Flotilla's own tables: what `schema dump` prints and `validate` compares.
     async fn schema(&mut self) -> Result<flotilla_core::schema::Schema, DriverError>;
+
+    /// Bounds how long the statements that follow may wait for a lock and run (`None`: the server's default). Set
+    /// before each migration; engines without such settings ignore it.
+    async fn set_timeouts(&mut self, _lock: Option<Duration>, _statement: Option<Duration>) -> Result<(), DriverError> {
+        Ok(())
+    }
 
     /// Makes a connection on which migrations ran fit to be used again as if new: the session's settings, roles,
     /// temporary objects, cursors and locks back to their defaults. `false` if this engine cannot, and the

@@ -70,8 +70,15 @@ pub(crate) fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
+/// PostgreSQL's `lock_not_available` (from `lock_timeout`), MySQL's and MariaDB's `ER_LOCK_WAIT_TIMEOUT` (1205, from
+/// `lock_wait_timeout` or `innodb_lock_wait_timeout`).
+fn is_lock_timeout(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.code().as_deref() == Some("55P03") || db.message().starts_with("Lock wait timeout exceeded")
+}
+
 pub(crate) fn db_error(e: sqlx::Error) -> DriverError {
     match e {
+        sqlx::Error::Database(db) if is_lock_timeout(&*db) => DriverError::LockNotAvailable(db.message().to_string()),
         sqlx::Error::Database(db) => match db.code() {
             Some(code) => DriverError::Database(format!("{} (code {code})", db.message())),
             None => DriverError::Database(db.message().to_string()),

@@ -447,6 +447,18 @@ impl Driver for SqlDriver {
         }
     }
 
+    async fn set_timeouts(&mut self, lock: Option<Duration>, statement: Option<Duration>) -> Result<(), DriverError> {
+        let settings = match self.engine {
+            Engine::Postgres => postgres::timeouts(lock, statement),
+            Engine::Mysql => mysql::timeouts(lock, statement),
+            _ => return Ok(()),
+        };
+        for setting in settings {
+            run_on(&mut self.conn, &setting).await?;
+        }
+        Ok(())
+    }
+
     async fn reset_session(&mut self) -> Result<bool, DriverError> {
         match self.engine {
             Engine::Postgres => postgres::reset_session(&mut self.conn).await.map(|()| true),

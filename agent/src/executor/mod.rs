@@ -15,7 +15,7 @@ use flotilla_core::plan::{self, PlanOptions, StatusRow};
 use flotilla_core::split::is_transaction_control;
 use flotilla_core::{
     AppliedMigration, Backfill, Direction, Migration, MigrationSet, PlanError, ReadError, RecordState, Repeatable,
-    Request, ScriptKind, Statement, Version,
+    Request, ScriptKind, Statement, Timeouts, Version,
 };
 use tracing::{info_span, Instrument};
 
@@ -29,6 +29,12 @@ mod run;
 pub use error::ExecError;
 pub use progress::{Progress, ProgressKind, ProgressSink, RepeatableStatus, RunReport, StepReport};
 pub use repair::RepairAction;
+
+/// What a migration gets when neither it nor the run says otherwise: a statement waits at most 5 s for a lock
+/// (so the application's queries queue behind it at most that long), and a migration rolled back on a lock timeout
+/// runs again up to 3 times, after pauses of 0.5, 1 and 2 s. No statement timeout.
+pub const DEFAULT_TIMEOUTS: Timeouts =
+    Timeouts { lock: Some(Duration::from_secs(5)), statement: None, lock_retries: Some(3) };
 
 /// A migration ready to run: statements split, mode chosen, all checked before anything runs.
 #[derive(Clone)]
@@ -53,6 +59,8 @@ pub struct Executor {
     /// The fleet's fencing token for this step, checked against the highest the database has seen.
     fencing_token: Option<u64>,
     lock_timeout: Duration,
+    /// Statement timeouts and lock-timeout retries for migrations that set none of their own.
+    timeouts: Timeouts,
     plan_options: PlanOptions,
     progress: Option<ProgressSink>,
 }
@@ -67,6 +75,7 @@ impl Executor {
             plan_id: None,
             fencing_token: None,
             lock_timeout: Duration::from_secs(300),
+            timeouts: DEFAULT_TIMEOUTS,
             plan_options: PlanOptions::default(),
             progress: None,
         }
@@ -74,6 +83,13 @@ impl Executor {
 
     pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = timeout;
+        self
+    }
+
+    /// Lock and statement timeouts, and lock-timeout retries, for migrations whose directives set none (what is
+    /// not set here falls back to [`DEFAULT_TIMEOUTS`]).
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts.or(DEFAULT_TIMEOUTS);
         self
     }
 

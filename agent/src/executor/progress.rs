@@ -37,6 +37,15 @@ pub enum ProgressKind {
         total_rows: i64,
         elapsed_ms: u64,
     },
+    /// A statement gave up waiting for a lock (the lock timeout); what it did is rolled back and the migration
+    /// runs again after `pause_ms`, as attempt `attempt` + 1 of `retries` + 1.
+    LockRetry {
+        attempt: u32,
+        retries: u32,
+        statement: Option<usize>,
+        pause_ms: u64,
+        error: String,
+    },
     Finished {
         elapsed_ms: u64,
     },

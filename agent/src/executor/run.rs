@@ -19,12 +19,16 @@ impl Executor {
                 step,
                 ProgressKind::Started { statements: step.statements.len(), atomic: step.atomic, resume_from },
             );
+            let script = step.migration.script(step.direction);
+            let timeouts = script.map(|s| s.timeouts).unwrap_or_default().or(self.timeouts);
+            self.driver.set_timeouts(timeouts.lock, timeouts.statement).await?;
+            let retries = timeouts.lock_retries.unwrap_or(0);
             let result = if let Some(backfill) = &step.backfill {
                 self.run_backfill(step, backfill, started).await
             } else if step.atomic {
-                self.run_atomic(step, started).await
+                self.run_atomic(step, started, retries).await
             } else {
-                self.run_stepwise(step, resume_from, started).await
+                self.run_stepwise(step, resume_from, started, retries).await
             };
             match &result {
                 Ok(_) => self.emit(step, ProgressKind::Finished { elapsed_ms: millis(started.elapsed()) }),
@@ -43,8 +47,47 @@ impl Executor {
         .await
     }
 
-    pub(super) async fn run_atomic(&mut self, step: &Prepared<'_>, started: Instant) -> Result<u64, ExecError> {
-        self.driver.check_lock().await?;
+    /// Runs the migration in one transaction; one rolled back on a lock timeout runs again, up to `retries` times.
+    pub(super) async fn run_atomic(
+        &mut self,
+        step: &Prepared<'_>,
+        started: Instant,
+        retries: u32,
+    ) -> Result<u64, ExecError> {
+        let mut attempt = 0;
+        loop {
+            self.driver.check_lock().await?;
+            match self.try_atomic(step, started).await {
+                Ok(rows) => return Ok(rows),
+                Err(e) if matches!(e.error, DriverError::LockNotAvailable(_)) && attempt < retries => {
+                    attempt += 1;
+                    self.pause_for_lock(step, attempt, retries, e.statement, &e.error).await;
+                }
+                Err(e) => return Err(self.failure(step, e.statement, retried(e.error, attempt), false)),
+            }
+        }
+    }
+
+    /// Reports a lock timeout that will be retried, and waits before the retry: 0.5 s, doubling up to 30 s.
+    async fn pause_for_lock(
+        &mut self,
+        step: &Prepared<'_>,
+        attempt: u32,
+        retries: u32,
+        statement: Option<usize>,
+        error: &DriverError,
+    ) {
+        let pause = Duration::from_millis(500).saturating_mul(1 << (attempt - 1).min(6)).min(Duration::from_secs(30));
+        tracing::warn!(
+            version = %step.migration.version, attempt, retries, pause_ms = millis(pause), %error,
+            "a statement gave up waiting for a lock; the migration runs again after a pause"
+        );
+        let (statement, error) = (statement.map(|i| i + 1), error.to_string());
+        self.emit(step, ProgressKind::LockRetry { attempt, retries, statement, pause_ms: millis(pause), error });
+        tokio::time::sleep(pause).await;
+    }
+
+    async fn try_atomic(&mut self, step: &Prepared<'_>, started: Instant) -> Result<u64, crate::driver::AtomicError> {
         let m = step.migration;
         let total = step.statements.len();
         let mut rows = 0;
@@ -71,11 +114,8 @@ impl Executor {
             }
             Direction::Down => HistoryChange::Delete(m.version),
         };
-        let result = self.driver.execute_atomic(&step.statements, &change, &mut on_done).await;
-        match result {
-            Ok(()) => Ok(rows),
-            Err(e) => Err(self.failure(step, e.statement, e.error.to_string(), false)),
-        }
+        self.driver.execute_atomic(&step.statements, &change, &mut on_done).await?;
+        Ok(rows)
     }
 
     /// Runs a backfill batch by batch; each batch's update and cursor commit together. A killed run leaves the
@@ -136,11 +176,15 @@ impl Executor {
         Ok(u64::try_from(cursor.rows - resumed_rows).unwrap_or(0))
     }
 
+    /// On MySQL (DDL there is atomic per statement), a statement that gave up waiting for a lock did nothing: it
+    /// runs again, up to `retries` times. Elsewhere a statement outside a transaction is not retried: PostgreSQL's
+    /// `CREATE INDEX CONCURRENTLY` that times out may leave an invalid index behind, which `repair` must look at.
     pub(super) async fn run_stepwise(
         &mut self,
         step: &Prepared<'_>,
         from: usize,
         started: Instant,
+        retries: u32,
     ) -> Result<u64, ExecError> {
         let m = step.migration;
         let total = step.statements.len();
@@ -152,7 +196,9 @@ impl Executor {
             step.statements.iter().any(|s| matches!(s, Statement::Sql { text, .. } if is_transaction_control(text)));
         let mut rows = 0;
         let mut finished = false;
-        for (i, statement) in step.statements.iter().enumerate().skip(from) {
+        let (mut i, mut attempt) = (from, 0);
+        let retry_here = self.driver.engine() == flotilla_core::Engine::Mysql;
+        while let Some(statement) = step.statements.get(i) {
             // A lost lock stops here: the record stays dirty (interrupted), so no other runner goes on blindly.
             self.driver.check_lock().await?;
             let last = i + 1 == total;
@@ -182,8 +228,17 @@ impl Executor {
                     rows += n;
                     let elapsed_ms = millis(started.elapsed());
                     self.emit(step, ProgressKind::Statement { index: i + 1, total, rows_affected: n, elapsed_ms });
+                    i += 1;
                 }
-                Err(e) => return Err(self.stopped_at(step, i, e, started).await),
+                Err(e) if matches!(e, DriverError::LockNotAvailable(_)) && retry_here && attempt < retries => {
+                    attempt += 1;
+                    finished = false;
+                    self.pause_for_lock(step, attempt, retries, Some(i), &e).await;
+                }
+                Err(e) => {
+                    let e = if attempt > 0 { DriverError::Database(retried(e, attempt)) } else { e };
+                    return Err(self.stopped_at(step, i, e, started).await);
+                }
             }
         }
         if !finished {
@@ -284,6 +339,14 @@ impl Executor {
             error,
             dirty,
         }
+    }
+}
+
+/// A failure's message, saying how many lock-timeout retries came before it.
+fn retried(error: DriverError, attempts: u32) -> String {
+    match attempts {
+        0 => error.to_string(),
+        n => format!("{error} (after {n} retries)"),
     }
 }
 

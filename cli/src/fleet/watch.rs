@@ -110,6 +110,15 @@ fn event_line(e: &pb::PlanEvent, kind: Kind) -> String {
             known(&detail["applied_version"]),
             detail["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
         ),
+        Some(LockRetry) => format!(
+            " {} statement {} gave up waiting for a lock{}; retry {}/{} in {} ms",
+            detail["version"],
+            detail["statement"],
+            detail["error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default(),
+            detail["attempt"],
+            detail["retries"],
+            detail["pause_ms"]
+        ),
         Some(Assigned) => format!(" to {} (token {})", detail["agent"].as_str().unwrap_or(""), detail["fencing_token"]),
         Some(Halted | Reconcile) => reason(),
         Some(Paused | Resumed | Aborted | Approved) => format!("{}{}", by(), reason()),
@@ -169,7 +178,10 @@ impl Bars {
             self.log.set_message(event_line(e, seen));
         }
         // What an operator must not miss stays on the screen above the bars.
-        if matches!(kind, None | Some(Failed | Halted | Reconcile | AwaitingApproval | Paused | Resumed | Aborted)) {
+        if matches!(
+            kind,
+            None | Some(Failed | Halted | Reconcile | AwaitingApproval | Paused | Resumed | Aborted | LockRetry)
+        ) {
             self.log.println(event_line(e, seen));
         }
     }

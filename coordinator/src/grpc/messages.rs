@@ -191,6 +191,11 @@ pub(super) fn progress(event: pb::ProgressEvent) -> Result<Progress, Status> {
     if let Some(before) = version_before {
         detail["version_before"] = json!(before);
     }
+    if kind == EventKind::LockRetry {
+        detail["attempt"] = json!(event.attempt);
+        detail["retries"] = json!(event.retries);
+        detail["pause_ms"] = json!(event.pause_ms);
+    }
     Ok(Progress {
         plan_id: event.plan_id,
         target: event.target,

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use super::ReadError;
-use crate::migration::Script;
+use crate::migration::{Script, Timeouts};
 
 /// The UP and DOWN of a Knex migration file.
 pub(super) fn scripts(path: &Path, text: &str) -> Result<(Script, Option<Script>), ReadError> {
@@ -18,6 +18,7 @@ pub(super) fn scripts(path: &Path, text: &str) -> Result<(Script, Option<Script>
         text: sql,
         no_transaction: false,
         backfill: None,
+        timeouts: Timeouts::default(),
     };
     Ok((script(up), down.map(script)))
 }

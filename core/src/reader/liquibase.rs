@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use super::{scripts, Files, Format, MigrationSet, ReadError, ReadOptions};
-use crate::migration::{Script, ScriptKind};
+use crate::migration::{Script, ScriptKind, Timeouts};
 use crate::version::Version;
 use crate::Engine;
 
@@ -52,6 +52,7 @@ pub(super) fn read(files: &Files, options: &ReadOptions) -> Result<MigrationSet,
                 text: if runs_here { text.to_string() } else { String::new() },
                 no_transaction: set.no_transaction,
                 backfill: None,
+                timeouts: Timeouts::default(),
             };
             let up = script(&set.sql, set.line + 1);
             let down = set.rollback.as_ref().map(|(line, text)| script(text, *line));

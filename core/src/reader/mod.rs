@@ -392,6 +392,29 @@ mod tests {
     }
 
     #[test]
+    fn timeout_directives_are_read_and_bad_ones_refused_with_their_line() {
+        let up = "-- flotilla:lock-timeout 2s\n-- flotilla:statement-timeout 10m\n-- flotilla:lock-retries 4\nALTER TABLE a ADD b int;";
+        let d = dir(&[("1_a.up.sql", up), ("1_a.down.sql", "ALTER TABLE a DROP b;")]);
+        let set = read(&d).unwrap();
+        let t = set.migrations[0].up.timeouts;
+        assert_eq!(t.lock, Some(std::time::Duration::from_secs(2)));
+        assert_eq!(t.statement, Some(std::time::Duration::from_secs(600)));
+        assert_eq!(t.lock_retries, Some(4));
+        assert_eq!(set.migrations[0].down.as_ref().map(|s| s.timeouts), Some(Default::default()), "per script");
+        for (bad, expected) in [
+            ("-- flotilla:lock-timeout 3x", "units: ms, s, m, h"),
+            ("-- flotilla:lock-timeout", "takes one value"),
+            ("-- flotilla:lock-retries many", "whole number from 0 to 100"),
+            ("-- flotilla:statement-timeout 0s", "more than 0"),
+        ] {
+            let d = dir(&[("1_a.up.sql", &format!("-- why\n{bad}\nSELECT 1;")), ("1_a.down.sql", "x")]);
+            let err = read(&d).expect_err(bad);
+            assert!(err.to_string().contains(expected), "{bad}: {err}");
+            assert_eq!(err.line, Some(2), "{bad}");
+        }
+    }
+
+    #[test]
     fn directive_error_has_line() {
         let d = dir(&[("1_a.up.sql", "-- why: because\n-- flotilla:phase sideways\nSELECT 1;"), ("1_a.down.sql", "x")]);
         assert_eq!(read(&d).unwrap_err().line, Some(2));

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::conventions::{Combined, Parts};
 use super::{Files, Format, ReadError, ReadOptions};
-use crate::migration::{Backfill, Checksum, Migration, MigrationOptions, Phase, Script, ScriptKind};
+use crate::migration::{Backfill, Checksum, Migration, MigrationOptions, Phase, Script, ScriptKind, Timeouts};
 use crate::version::Version;
 
 pub(super) fn build(
@@ -25,6 +25,7 @@ pub(super) fn build(
             first_line: 1,
             no_transaction: parts.no_transaction,
             backfill: None,
+            timeouts: Timeouts::default(),
         })
     };
     let (up, down) = if let Some(combined) = parts.combined {
@@ -94,6 +95,7 @@ pub(super) fn repeatables(files: &Files) -> Result<Vec<crate::migration::Repeata
             first_line: 1,
             no_transaction: false,
             backfill: None,
+            timeouts: Timeouts::default(),
         };
         let (script, _) = apply_directives(script)?;
         let checksum = Checksum::of(&script.text, None);
@@ -136,6 +138,7 @@ fn dbmate_sections(path: &Path, text: &str) -> Result<(Script, Option<Script>), 
         text: text[start..up_end].to_string(),
         no_transaction,
         backfill: None,
+        timeouts: Timeouts::default(),
     };
     let down = down.map(|(start, first_line, no_transaction)| Script {
         path: path.to_path_buf(),
@@ -143,6 +146,7 @@ fn dbmate_sections(path: &Path, text: &str) -> Result<(Script, Option<Script>), 
         text: text[start..].to_string(),
         no_transaction,
         backfill: None,
+        timeouts: Timeouts::default(),
     });
     Ok((up, down))
 }
@@ -177,6 +181,23 @@ fn apply_directives(mut script: Script) -> Result<(Script, MigrationOptions), Re
             (Some("phase"), Some("expand"), None) => options.phase = Some(Phase::Expand),
             (Some("phase"), Some("contract"), None) => options.phase = Some(Phase::Contract),
             (Some("phase"), _, _) => return Err(ReadError::at(&script.path, line_no, "phase must be `expand` or `contract`")),
+            (Some(which @ ("lock-timeout" | "statement-timeout")), Some(value), None) => {
+                let d = crate::migration::parse_duration(value).map_err(|e| ReadError::at(&script.path, line_no, format!("{which}: {e}")))?;
+                if which == "lock-timeout" {
+                    script.timeouts.lock = Some(d);
+                } else {
+                    script.timeouts.statement = Some(d);
+                }
+            }
+            (Some("lock-retries"), Some(value), None) => {
+                let n = value.parse::<u32>().ok().filter(|n| *n <= 100).ok_or_else(|| {
+                    ReadError::at(&script.path, line_no, format!("lock-retries `{value}` must be a whole number from 0 to 100"))
+                })?;
+                script.timeouts.lock_retries = Some(n);
+            }
+            (Some("lock-timeout" | "statement-timeout" | "lock-retries"), _, _) => {
+                return Err(ReadError::at(&script.path, line_no, "a timeout directive takes one value, e.g. `-- flotilla:lock-timeout 3s`"))
+            }
             // Lint rule switches, read by `flotilla lint`.
             (Some("allow" | "deny"), Some(_), _) => {}
             (Some("backfill"), _, _) => {
@@ -195,7 +216,7 @@ fn apply_directives(mut script: Script) -> Result<(Script, MigrationOptions), Re
                 return Err(ReadError::at(
                     &script.path,
                     line_no,
-                    format!("unknown directive `flotilla:{directive}` (known: no-transaction, phase expand|contract, backfill table=… key=… batch=…, allow RULE, deny RULE)"),
+                    format!("unknown directive `flotilla:{directive}` (known: no-transaction, phase expand|contract, backfill table=… key=… batch=…, lock-timeout 3s, statement-timeout 10m, lock-retries N, allow RULE, deny RULE)"),
                 ))
             }
         }

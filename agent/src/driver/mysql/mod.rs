@@ -58,6 +58,20 @@ pub(super) const DIALECT: Dialect = Dialect {
     bigint: "SIGNED",
 };
 
+/// `lock_wait_timeout` (whole seconds, at least 1: what metadata locks, the ones DDL waits for, obey) and MariaDB's
+/// `max_statement_time` (seconds) for the session; `None` back to the server's default.
+pub(super) fn timeouts(lock: Option<Duration>, statement: Option<Duration>) -> Vec<String> {
+    let lock = match lock {
+        Some(d) => format!("SET SESSION lock_wait_timeout = {}", d.as_millis().div_ceil(1000).max(1)),
+        None => "SET SESSION lock_wait_timeout = DEFAULT".to_string(),
+    };
+    let statement = match statement {
+        Some(d) => format!("SET SESSION max_statement_time = {:.3}", d.as_secs_f64()),
+        None => "SET SESSION max_statement_time = DEFAULT".to_string(),
+    };
+    vec![lock, statement]
+}
+
 pub(super) async fn lock(conn: &mut AnyConnection, timeout: Duration) -> Result<(), DriverError> {
     let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(CONCAT('flotilla:', DATABASE()), ?)")
         .bind(timeout.as_secs_f64())

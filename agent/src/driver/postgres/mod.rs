@@ -78,6 +78,15 @@ pub(super) async fn reset_session(conn: &mut AnyConnection) -> Result<(), Driver
     .map(drop)
 }
 
+/// `lock_timeout` and `statement_timeout` for the session, in milliseconds; `None` back to the server's default.
+pub(super) fn timeouts(lock: Option<Duration>, statement: Option<Duration>) -> Vec<String> {
+    let set = |name: &str, d: Option<Duration>| match d {
+        Some(d) => format!("SET {name} = {}", d.as_millis().max(1)),
+        None => format!("RESET {name}"),
+    };
+    vec![set("lock_timeout", lock), set("statement_timeout", statement)]
+}
+
 pub(super) async fn lock(conn: &mut AnyConnection, timeout: Duration) -> Result<(), DriverError> {
     // The common case, a free lock, in one round trip.
     let rows = fetch_unprepared(conn, &format!("SELECT pg_try_advisory_lock({PG_LOCK_KEY})")).await?;
