@@ -56,6 +56,9 @@ install_packages() {
   command -v faketime >/dev/null || missing+=(faketime)  # clock skew in the fault suite
   # The real sqitch, to cross-check Flotilla's reading of a sqitch project against it.
   command -v sqitch >/dev/null || missing+=(sqitch libdbd-pg-perl)
+  # A real Prometheus (and promtool) scrapes a coordinator and an agent in the operations tests.
+  command -v prometheus >/dev/null || missing+=(prometheus)
+  command -v curl >/dev/null || missing+=(curl)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} (apt)"
     export DEBIAN_FRONTEND=noninteractive

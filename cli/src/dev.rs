@@ -176,6 +176,7 @@ async fn demo(out: Output, dbs: &[String], count: usize, workdir: &Path) -> Resu
             cert: certs.join("coordinator.pem"),
             key: certs.join("coordinator.key"),
         }),
+        metrics_listen: None,
         service: flotilla_coordinator::service::Config { tick: Duration::from_millis(100), ..Default::default() },
     };
     let coordinator = tokio::spawn(flotilla_coordinator::run(listener, config, shutdown.clone()));
@@ -190,6 +191,7 @@ async fn demo(out: Output, dbs: &[String], count: usize, workdir: &Path) -> Resu
         insecure_dev: false,
         heartbeat_secs: 1,
         connections: Default::default(),
+        metrics_listen: None,
         targets: targets
             .iter()
             .map(|t| TargetConfig {

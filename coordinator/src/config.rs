@@ -21,6 +21,8 @@ pub struct Config {
     pub etcd_prefix: String,
     /// `None` only with `--insecure-dev`.
     pub tls: Option<TlsFiles>,
+    /// Where to serve Prometheus metrics (`/metrics`, plain HTTP); `None`: not served.
+    pub metrics_listen: Option<String>,
     pub service: service::Config,
 }
 
@@ -53,6 +55,8 @@ pub struct File {
     pub etcd: Vec<String>,
     pub etcd_prefix: Option<String>,
     pub tls: Option<TlsFiles>,
+    /// Address for `/metrics` (plain HTTP, e.g. 127.0.0.1:9464).
+    pub metrics_listen: Option<String>,
     #[serde(default)]
     pub insecure_dev: bool,
     pub lease_ttl_secs: Option<u64>,
@@ -103,6 +107,7 @@ impl File {
             etcd: self.etcd,
             etcd_prefix,
             tls,
+            metrics_listen: self.metrics_listen,
             service,
         })
     }

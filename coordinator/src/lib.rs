@@ -7,6 +7,7 @@ pub mod etcd;
 pub mod grpc;
 pub mod identity;
 pub mod lock;
+pub mod metrics;
 pub mod scheduler;
 pub mod service;
 pub mod store;
@@ -39,6 +40,8 @@ pub enum RunError {
     Tls(String),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("cannot serve metrics on {addr}: {error}")]
+    Metrics { addr: String, error: std::io::Error },
 }
 
 /// How long shutdown waits for in-flight requests before it stops anyway.
@@ -56,6 +59,17 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     let coordinator = Coordinator::new(store, lock, config.service.clone());
     let tasks = shutdown.child_token();
     let scheduler = tokio::spawn(scheduler::run(coordinator.clone(), tasks.clone()));
+    if let Some(addr) = &config.metrics_listen {
+        let listener =
+            TcpListener::bind(addr).await.map_err(|error| RunError::Metrics { addr: addr.clone(), error })?;
+        info!(addr = ?listener.local_addr().ok(), "serving metrics at /metrics");
+        let (registry, stop) = (coordinator.registry(), tasks.clone());
+        tokio::spawn(async move {
+            if let Err(e) = flotilla_proto::metrics::serve(listener, registry, stop).await {
+                warn!(error = %e, "the metrics endpoint stopped");
+            }
+        });
+    }
 
     let mut server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(5)))

@@ -39,6 +39,9 @@ struct Args {
     /// Seconds a target's lock outlives its last renewal.
     #[arg(long)]
     lease_ttl_secs: Option<u64>,
+    /// Address to serve Prometheus metrics on (`/metrics`, plain HTTP), e.g. 127.0.0.1:9464.
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 #[tokio::main]
@@ -65,6 +68,9 @@ async fn main() -> anyhow::Result<()> {
         file.tls = Some(TlsFiles { ca, cert, key });
     }
     file.insecure_dev |= args.insecure_dev;
+    if args.metrics_listen.is_some() {
+        file.metrics_listen = args.metrics_listen;
+    }
     if args.lease_ttl_secs.is_some() {
         file.lease_ttl_secs = args.lease_ttl_secs;
     }

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use flotilla_core::fleet::{EventKind, Goal, OnFailure, Plan, PlanState, Step, StepState};
 use serde_json::json;
@@ -13,6 +14,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::decision::{decide, Counts, Decision};
 use crate::lock::{Lease, LockError};
+use crate::metrics::{Outcome, PlanState as PlanStateLabels};
 use crate::service::{Assignment, Coordinator, ServiceError, Work};
 use crate::store::{Assigning, StoreError};
 use flotilla_proto::telemetry;
@@ -69,7 +71,10 @@ impl Coordinator {
     pub async fn tick(&self) -> Result<()> {
         let targets = self.owners();
         self.renew_leases(&targets).await?;
+        self.refresh_gauges();
+        let started = Instant::now();
         let live = self.store.live_plans().await?;
+        self.metrics.store_call("live_plans", started.elapsed());
         self.retain_checks(&live.iter().map(|p| p.id.clone()).collect::<Vec<_>>());
         for plan in live {
             let id = plan.id.clone();
@@ -117,12 +122,17 @@ impl Coordinator {
         }
         // Every lock due, in one go.
         let leases: Vec<_> = due.iter().map(|(_, lease)| lease.clone()).collect();
+        let started = Instant::now();
         let renewed = self.lock.renew_many(&leases).await;
+        if !leases.is_empty() {
+            self.metrics.lock_call("renew", started.elapsed());
+        }
         for ((plan_id, lease), renewed) in due.iter().zip(renewed) {
             let target = &lease.target;
             match renewed {
                 Ok(()) => self.renewed(plan_id, target),
                 Err(LockError::Lost { .. }) => {
+                    self.metrics.lock_losses.inc();
                     self.reconcile(plan_id, target, "the step's lock was lost").await?;
                     self.forget(plan_id, target);
                 }
@@ -172,11 +182,11 @@ impl Coordinator {
         // Counts, never every step: a pass over a plan of thousands of targets reads a few rows. Steps in flight
         // are read only when the store has more than this coordinator holds locks for (after a restart, or when
         // another coordinator died): those are adopted.
-        let mut counts = Counts(self.store.step_counts(&plan.id).await?);
+        let mut counts = self.counts(&plan.id).await?;
         if counts.in_flight() > self.held_count(&plan.id) {
             let in_flight = self.in_flight(&plan.id).await?;
             if self.adopt_orphans(&plan, &in_flight).await? {
-                counts = Counts(self.store.step_counts(&plan.id).await?);
+                counts = self.counts(&plan.id).await?;
             }
         }
         if plan.state != PlanState::Running {
@@ -261,6 +271,18 @@ impl Coordinator {
         Ok(self.checks_outstanding(&plan.id))
     }
 
+    /// The plan's step counts; they set its steps-by-state gauges too.
+    async fn counts(&self, plan_id: &str) -> Result<Counts> {
+        let started = Instant::now();
+        let counts = Counts(self.store.step_counts(plan_id).await?);
+        self.metrics.store_call("counts", started.elapsed());
+        for &state in StepState::ALL {
+            let labels = PlanStateLabels { plan: plan_id.to_string(), state: state.as_str().to_string() };
+            self.metrics.steps.get_or_create(&labels).set(i64::try_from(counts.total(state)).unwrap_or(i64::MAX));
+        }
+        Ok(counts)
+    }
+
     /// The plan's steps in flight (assigned or running).
     async fn in_flight(&self, plan_id: &str) -> Result<Vec<Step>> {
         let mut steps = Vec::new();
@@ -317,10 +339,20 @@ impl Coordinator {
         }
         let wanted: Vec<String> =
             candidates.iter().filter(|c| !self.held(&plan.id, &c.target)).map(|c| c.target.clone()).collect();
-        for lease in
-            self.lock.acquire_many(&wanted, &self.config.holder, self.config.lease_ttl).await?.into_iter().flatten()
-        {
-            self.hold(&plan.id, &lease.target.clone(), lease);
+        if !wanted.is_empty() {
+            let started = Instant::now();
+            let leases = self.lock.acquire_many(&wanted, &self.config.holder, self.config.lease_ttl).await?;
+            self.metrics.lock_call("acquire", started.elapsed());
+            let taken = leases.iter().flatten().count() as u64;
+            let outcome = |result: &str| Outcome { result: result.to_string() };
+            self.metrics.lock_acquisitions.get_or_create(&outcome("taken")).inc_by(taken);
+            self.metrics
+                .lock_acquisitions
+                .get_or_create(&outcome("held_elsewhere"))
+                .inc_by(leases.len() as u64 - taken);
+            for lease in leases.into_iter().flatten() {
+                self.hold(&plan.id, &lease.target.clone(), lease);
+            }
         }
         let mut left = Vec::new();
         let mut ready = Vec::new();
@@ -348,7 +380,9 @@ impl Coordinator {
                 Assigning { target: c.target.clone(), token: lease.token, detail }
             })
             .collect();
+        let started = Instant::now();
         let moved: HashSet<String> = self.store.assign_steps(&plan.id, &assigning).await?.into_iter().collect();
+        self.metrics.store_call("assign", started.elapsed());
         if !moved.is_empty() {
             self.events_committed();
         }

@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod errors;
+pub mod metrics;
 pub mod process;
 pub mod telemetry;
 

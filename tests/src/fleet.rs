@@ -64,9 +64,13 @@ pub struct Fleet {
     pub env: Vec<(String, String)>,
     /// TOML tables added to every agent's config from now on (e.g. `[connections]`).
     pub agent_config: String,
+    /// Top-level TOML keys added to every agent's config from now on (e.g. `metrics_listen = "…"`).
+    pub agent_settings: String,
+    /// Flags added to the coordinator's command line from its next start on.
+    pub coordinator_args: Vec<String>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
@@ -133,6 +137,8 @@ impl Fleet {
             agents: BTreeMap::new(),
             env,
             agent_config: String::new(),
+            agent_settings: String::new(),
+            coordinator_args: Vec::new(),
         };
         fleet.start_coordinator().await;
         fleet
@@ -187,6 +193,7 @@ impl Fleet {
             // Tests run side by side on one etcd, often with the same target names: each fleet has its own locks.
             cmd.arg("--etcd").arg(etcd).arg("--etcd-prefix").arg(&self.etcd_prefix);
         }
+        cmd.args(&self.coordinator_args);
         let child = cmd
             .env("RUST_LOG", "info,sqlx=warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -233,8 +240,9 @@ impl Fleet {
     pub async fn start_agent_via(&mut self, name: &str, targets: &[FleetTarget], port: u16) {
         let certs = self.certs();
         let mut config = format!(
-            "name = \"{name}\"\ncoordinator = \"https://127.0.0.1:{}\"\nheartbeat_secs = 1\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            "name = \"{name}\"\ncoordinator = \"https://127.0.0.1:{}\"\nheartbeat_secs = 1\n{}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
             port,
+            self.agent_settings,
             certs.join("ca.pem").display(),
             certs.join(format!("{name}.pem")).display(),
             certs.join(format!("{name}.key")).display()

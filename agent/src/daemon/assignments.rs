@@ -146,7 +146,7 @@ pub(super) async fn execute(
         agent_id: state.config.name.clone(),
         ..Default::default()
     };
-    let sink = progress_sink(base.clone(), progress.clone());
+    let sink = progress_sink(state, target, base.clone(), progress.clone());
     let make = |driver| {
         Executor::new(driver, format!("flotilla-agent:{}", state.config.name))
             .with_plan_id(Some(a.plan_id.clone()))
@@ -193,8 +193,17 @@ pub(super) async fn execute(
 }
 
 /// Turns the executor's progress into progress events on the stream to the coordinator.
-fn progress_sink(base: pb::ProgressEvent, progress: mpsc::UnboundedSender<pb::ProgressEvent>) -> ProgressSink {
+/// The agent's metrics count each event too.
+fn progress_sink(
+    state: &State,
+    target: &Target,
+    base: pb::ProgressEvent,
+    progress: mpsc::UnboundedSender<pb::ProgressEvent>,
+) -> ProgressSink {
+    let metrics = state.metrics.clone();
+    let engine = target.engine.as_str();
     Arc::new(move |p: &Progress| {
+        metrics.observe(engine, p);
         let mut e = base.clone();
         e.version = p.version.to_string();
         e.direction = pb::Direction::from(p.direction) as i32;

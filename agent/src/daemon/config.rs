@@ -27,6 +27,8 @@ pub struct AgentConfig {
     /// Warm connections kept between steps and checks.
     #[serde(default)]
     pub connections: ConnectionsConfig,
+    /// Address for Prometheus metrics (`/metrics`, plain HTTP), e.g. 127.0.0.1:9465; none by default.
+    pub metrics_listen: Option<String>,
     pub targets: Vec<TargetConfig>,
 }
 

@@ -7,6 +7,7 @@ mod checks;
 pub mod config;
 mod fencing;
 mod histories;
+mod metrics;
 mod pool;
 mod results;
 mod session;
@@ -66,6 +67,7 @@ struct State {
     unacked: Mutex<HashMap<StepKey, pb::StepResult>>,
     /// Warm database connections, one per target at most.
     connections: pool::Connections,
+    metrics: Arc<metrics::Metrics>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,8 +81,22 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let endpoint = endpoint(&config)?;
     let connections =
         pool::Connections::new(config.connections.max_idle, Duration::from_secs(config.connections.idle_secs));
+    let (metrics, registry) = metrics::Metrics::new();
+    if let Some(addr) = &config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| AgentError::Config(format!("cannot serve metrics on {addr}: {e}")))?;
+        info!(addr = ?listener.local_addr().ok(), "serving metrics at /metrics");
+        let (registry, stop) = (Arc::new(registry), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = flotilla_proto::metrics::serve(listener, registry, stop).await {
+                warn!(error = %e, "the metrics endpoint stopped");
+            }
+        });
+    }
     let state = Arc::new(State {
         connections,
+        metrics: Arc::new(metrics),
         running: targets.iter().map(|t| (t.name.clone(), Arc::default())).collect(),
         targets: targets.into_iter().map(|t| (t.name.clone(), t)).collect(),
         config,

@@ -39,6 +39,8 @@ pub(super) async fn session(
         .register(pb::RegisterRequest { agent_version: env!("CARGO_PKG_VERSION").into(), targets, name: name.clone() })
         .await?;
     info!(agent = %name, targets = state.targets.len(), "registered with the coordinator");
+    state.metrics.connected.set(1);
+    let _disconnected = Disconnected(state.clone());
     resend_results(state, &mut client).await;
     client.heartbeat(heartbeat(state)).await?;
 
@@ -112,6 +114,15 @@ fn spawn_progress(
     progress_tx
 }
 
+/// Sets the connected gauge back to 0 when a session ends, however it ends.
+struct Disconnected(Arc<State>);
+
+impl Drop for Disconnected {
+    fn drop(&mut self) {
+        self.0.metrics.connected.set(0);
+    }
+}
+
 pub(super) fn heartbeat(state: &State) -> pb::HeartbeatRequest {
     let running = locked(&state.inflight)
         .iter()
@@ -135,5 +146,10 @@ pub(super) fn heartbeat(state: &State) -> pb::HeartbeatRequest {
             }
         }
     }
+    let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    state.metrics.steps_running.set(gauge(req.running.len()));
+    state.metrics.targets.set(gauge(state.targets.len()));
+    state.metrics.targets_dirty.set(gauge(req.dirty_targets.len()));
+    state.metrics.targets_unreachable.set(gauge(req.unreachable.len()));
     req
 }

@@ -24,6 +24,12 @@ use crate::service::ServiceError;
 /// ([`ErrorCode`]), so a caller can tell a store that is down from a coordinator it cannot reach. Errors of the
 /// coordinator's own systems are logged here.
 pub fn status(e: ServiceError) -> Status {
+    let (code, message) = classify(e);
+    crate::metrics::RPC_ERRORS.get_or_create(&crate::metrics::Code { code: code.as_str().to_string() }).inc();
+    code.status(message)
+}
+
+fn classify(e: ServiceError) -> (ErrorCode, String) {
     let message = e.to_string();
     let code = match e {
         ServiceError::BadInput(_) => ErrorCode::InvalidInput,
@@ -37,14 +43,14 @@ pub fn status(e: ServiceError) -> Status {
         ServiceError::Store(e) => {
             error!(error = %e, "request failed: store");
             let code = if e.is_retryable() { ErrorCode::StoreUnavailable } else { ErrorCode::StoreCorrupt };
-            return code.status(format!("the coordinator's store: {e}"));
+            return (code, format!("the coordinator's store: {e}"));
         }
         ServiceError::Lock(e) => {
             error!(error = %e, "request failed: lock service");
-            return ErrorCode::LockUnavailable.status(format!("the coordinator's lock service: {e}"));
+            return (ErrorCode::LockUnavailable, format!("the coordinator's lock service: {e}"));
         }
     };
-    code.status(message)
+    (code, message)
 }
 
 /// A request whose values do not convert: the caller must fix it.

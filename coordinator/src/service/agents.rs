@@ -63,6 +63,7 @@ impl Coordinator {
         }
         let mut inner = self.inner();
         for t in &targets {
+            inner.engines.insert(t.name.clone(), t.engine);
             inner.owners.insert(t.name.clone(), name.to_string());
         }
         let entry = inner.agents.entry(name.to_string()).or_insert_with(|| AgentEntry {
@@ -167,6 +168,29 @@ impl Coordinator {
     /// Which agent serves each registered target (agents that have not registered since a restart are absent).
     pub(crate) fn owners(&self) -> HashMap<String, String> {
         self.inner().owners.clone()
+    }
+
+    /// Sets the gauges of agents and targets from what this coordinator knows: agents connected, targets by the
+    /// version their agents last reported.
+    pub(crate) fn refresh_gauges(&self) {
+        let agents: Vec<String> = self.inner().agents.keys().cloned().collect();
+        let connected = agents.iter().filter(|a| self.is_connected(a)).count();
+        self.metrics.agents_connected.set(i64::try_from(connected).unwrap_or(i64::MAX));
+        let mut by_version: HashMap<(String, bool), i64> = HashMap::new();
+        for live in self.inner().live.values() {
+            let version = live.applied.map_or_else(|| "unknown".to_string(), |v| v.to_string());
+            *by_version.entry((version, live.dirty)).or_default() += 1;
+        }
+        self.metrics.targets.clear();
+        for ((version, dirty), n) in by_version {
+            let labels = crate::metrics::TargetVersion { version, dirty: dirty.to_string() };
+            self.metrics.targets.get_or_create(&labels).set(n);
+        }
+    }
+
+    /// A target's engine as registered (`unknown` before its agent registered with this coordinator).
+    pub(crate) fn engine_of(&self, target: &str) -> String {
+        self.inner().engines.get(target).map_or_else(|| "unknown".to_string(), |e| e.as_str().to_string())
     }
 
     pub(crate) fn is_connected(&self, agent: &str) -> bool {

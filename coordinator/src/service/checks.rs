@@ -193,7 +193,17 @@ impl Coordinator {
             }
         }
         if !finish.is_empty() {
+            let started = Instant::now();
             let done = self.store.finish_unchanged(plan_id, &finish).await?;
+            self.metrics.store_call("finish_unchanged", started.elapsed());
+            for step in &done {
+                let labels = crate::metrics::StepOutcome {
+                    engine: self.engine_of(&step.target),
+                    direction: "up".into(),
+                    result: "at_goal".into(),
+                };
+                self.metrics.steps_finished.get_or_create(&labels).inc();
+            }
             self.events_committed();
             let now = Instant::now();
             let mut inner = self.inner();

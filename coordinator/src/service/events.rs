@@ -18,7 +18,11 @@ pub(super) type Queued = (Vec<Fact>, tokio::sync::oneshot::Sender<Result<Vec<boo
 
 /// The writer: one store transaction for everything queued while the previous one was written. It ends when the
 /// coordinator (the only sender) is dropped.
-pub(super) async fn write_events(store: Arc<dyn Store>, mut queue: mpsc::UnboundedReceiver<Queued>) {
+pub(super) async fn write_events(
+    store: Arc<dyn Store>,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+    metrics: Arc<Metrics>,
+) {
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
         while batch.len() < 256 {
@@ -28,7 +32,9 @@ pub(super) async fn write_events(store: Arc<dyn Store>, mut queue: mpsc::Unbound
             }
         }
         let facts: Vec<Fact> = batch.iter().flat_map(|(facts, _)| facts.iter().cloned()).collect();
+        let started = std::time::Instant::now();
         let result = store.record(&facts).await.map_err(|e| e.to_string());
+        metrics.store_call("record", started.elapsed());
         let mut at = 0;
         for (facts, done) in batch {
             let answer = result.as_ref().map(|w| w.get(at..at + facts.len()).unwrap_or_default().to_vec());

@@ -9,6 +9,7 @@ use tracing::{info, warn};
 
 use super::*;
 use crate::identity::Identity;
+use crate::metrics::{EngineDirection, StepOutcome};
 use crate::store::{Fact, NewEvent, Starting, StepFinish};
 
 impl Coordinator {
@@ -45,6 +46,8 @@ impl Coordinator {
     pub async fn progress(&self, who: &Identity, name: &str, batch: Vec<Progress>) -> Result<()> {
         self.check_agent(who, name)?;
         let mut fast = Vec::with_capacity(batch.len());
+        let retries = batch.iter().filter(|p| p.kind == EventKind::LockRetry).count();
+        self.metrics.lock_retries.inc_by(retries as u64);
         for p in batch {
             if self.current(name, &p.plan_id, &p.target, p.token) {
                 // The compare-and-set (assigned, under this token) is the only check a start needs here; a late or
@@ -71,6 +74,20 @@ impl Coordinator {
             self.commit(fast).await?;
         }
         Ok(())
+    }
+
+    /// A step's result in the metrics: finished by engine, direction and result, and its time since assignment.
+    fn count_finished(&self, o: &Outcome) {
+        let engine = self.engine_of(&o.target);
+        let down = matches!((o.version_before, o.applied_version), (Some(before), Some(after)) if after < before);
+        let direction = if down { "down" } else { "up" }.to_string();
+        let result = if o.error.is_some() { "failed" } else { "succeeded" }.to_string();
+        let labels = StepOutcome { engine: engine.clone(), direction: direction.clone(), result };
+        self.metrics.steps_finished.get_or_create(&labels).inc();
+        if let Some(at) = self.assigned_at(&o.plan_id, &o.target) {
+            let labels = EngineDirection { engine, direction };
+            self.metrics.step_duration.get_or_create(&labels).observe(at.elapsed().as_secs_f64());
+        }
     }
 
     /// The common case, checked in memory: the step's lock is held here under this token, for this agent.
@@ -135,6 +152,7 @@ impl Coordinator {
                 TargetLive { applied: Some(applied), dirty: o.dirty, reported: Instant::now() },
             );
         }
+        self.count_finished(&o);
         self.release(&o.plan_id, &o.target).await;
         if o.error.is_some() {
             let plan = self.store.plan(&o.plan_id).await?;

@@ -12,6 +12,11 @@ impl Coordinator {
         self.held_lease(plan_id, target).is_some()
     }
 
+    /// When the step held under this lock was assigned.
+    pub(crate) fn assigned_at(&self, plan_id: &str, target: &str) -> Option<Instant> {
+        self.inner().held.get(&(plan_id.to_string(), target.to_string())).map(|h| h.since)
+    }
+
     /// How many locks this coordinator holds for the plan's steps.
     pub(crate) fn held_count(&self, plan_id: &str) -> usize {
         self.inner().held.keys().filter(|(plan, _)| plan == plan_id).count()
@@ -49,7 +54,10 @@ impl Coordinator {
     pub(crate) async fn release(&self, plan_id: &str, target: &str) {
         let held = self.inner().held.remove(&(plan_id.to_string(), target.to_string()));
         if let Some(h) = held {
-            if let Err(e) = self.lock.release(&h.lease).await {
+            let started = Instant::now();
+            let released = self.lock.release(&h.lease).await;
+            self.metrics.lock_call("release", started.elapsed());
+            if let Err(e) = released {
                 warn!(plan_id, target, error = %e, "could not release a lock; it will expire");
             }
         }

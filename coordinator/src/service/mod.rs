@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::identity::Identity;
 use crate::lock::{Lease, Lock, LockError};
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use events::{write_events, Queued};
 
@@ -271,6 +272,8 @@ struct Inner {
     versions: HashMap<String, BTreeMap<String, Vec<Version>>>,
     /// Plan id → the checks of its current wave.
     checks: HashMap<String, checks::PlanChecks>,
+    /// Target → its engine, as registered.
+    engines: HashMap<String, flotilla_core::Engine>,
 }
 
 pub struct Coordinator {
@@ -284,15 +287,21 @@ pub struct Coordinator {
     pub(crate) wake: tokio::sync::Notify,
     /// Events and agents' facts go through one writer that commits whatever is queued together (group commit).
     writer: mpsc::UnboundedSender<Queued>,
+    pub(crate) metrics: Arc<Metrics>,
+    registry: Arc<prometheus_client::registry::Registry>,
 }
 
 impl Coordinator {
     /// Must be called inside the Tokio runtime (it starts the event writer).
     pub fn new(store: Arc<dyn Store>, lock: Arc<dyn Lock>, config: Config) -> Arc<Coordinator> {
         let (writer, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_events(store.clone(), queue));
+        let (metrics, registry) = Metrics::new();
+        let metrics = Arc::new(metrics);
+        tokio::spawn(write_events(store.clone(), queue, metrics.clone()));
         Arc::new(Coordinator {
             writer,
+            metrics,
+            registry: Arc::new(registry),
             store,
             lock,
             config,
@@ -300,6 +309,11 @@ impl Coordinator {
             events: watch::channel(0).0,
             wake: tokio::sync::Notify::new(),
         })
+    }
+
+    /// The metrics, for `/metrics`.
+    pub fn registry(&self) -> Arc<prometheus_client::registry::Registry> {
+        self.registry.clone()
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {

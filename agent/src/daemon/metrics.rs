@@ -1,0 +1,113 @@
+//! The agent's Prometheus metrics (served at `/metrics` on `metrics_listen`): what its migrations did, by engine.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::executor::{Progress, ProgressKind};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MigrationOutcome {
+    pub engine: String,
+    pub direction: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EngineDirection {
+    pub engine: String,
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EngineLabel {
+    pub engine: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn durations() -> Histogram {
+    Histogram::new(flotilla_proto::metrics::duration_buckets())
+}
+
+pub struct Metrics {
+    pub migrations: Family<MigrationOutcome, Counter>,
+    pub migration_duration: Histograms<EngineDirection>,
+    pub backfill_rows: Family<EngineLabel, Counter>,
+    pub backfill_batches: Family<EngineLabel, Counter>,
+    /// Throttle events: migrations rolled back on a lock timeout and retried.
+    pub lock_retries: Family<EngineLabel, Counter>,
+    pub steps_running: Gauge,
+    /// 1 while the agent has a session with the coordinator.
+    pub connected: Gauge,
+    pub targets: Gauge,
+    pub targets_dirty: Gauge,
+    pub targets_unreachable: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> (Metrics, Registry) {
+        let m = Metrics {
+            migrations: Family::default(),
+            migration_duration: Family::new_with_constructor(durations),
+            backfill_rows: Family::default(),
+            backfill_batches: Family::default(),
+            lock_retries: Family::default(),
+            steps_running: Gauge::default(),
+            connected: Gauge::default(),
+            targets: Gauge::default(),
+            targets_dirty: Gauge::default(),
+            targets_unreachable: Gauge::default(),
+        };
+        let mut r = Registry::with_prefix("flotilla_agent");
+        r.register("migrations", "Migrations run, by engine, direction and result", m.migrations.clone());
+        r.register_with_unit(
+            "migration_duration",
+            "Time one migration took, by engine and direction",
+            Unit::Seconds,
+            m.migration_duration.clone(),
+        );
+        r.register("backfill_rows", "Rows updated by backfill batches", m.backfill_rows.clone());
+        r.register("backfill_batches", "Backfill batches committed", m.backfill_batches.clone());
+        r.register("lock_retries", "Migrations rolled back on a lock timeout and retried", m.lock_retries.clone());
+        r.register("steps_running", "Steps this agent is running", m.steps_running.clone());
+        r.register("connected", "1 while the agent has a session with its coordinator", m.connected.clone());
+        r.register("targets", "Targets this agent serves", m.targets.clone());
+        r.register("targets_dirty", "Targets whose history has a dirty record", m.targets_dirty.clone());
+        r.register("targets_unreachable", "Targets whose history could not be read", m.targets_unreachable.clone());
+        (m, r)
+    }
+
+    /// Counts what one progress event of a migration on `engine` says.
+    pub fn observe(&self, engine: &str, p: &Progress) {
+        let engine = engine.to_string();
+        let direction = p.direction.as_str().to_string();
+        let outcome = |result: &str| MigrationOutcome {
+            engine: engine.clone(),
+            direction: direction.clone(),
+            result: result.into(),
+        };
+        match &p.kind {
+            ProgressKind::Finished { elapsed_ms } => {
+                self.migrations.get_or_create(&outcome("succeeded")).inc();
+                let labels = EngineDirection { engine: engine.clone(), direction: direction.clone() };
+                self.migration_duration.get_or_create(&labels).observe(*elapsed_ms as f64 / 1000.0);
+            }
+            ProgressKind::Failed { .. } => {
+                self.migrations.get_or_create(&outcome("failed")).inc();
+            }
+            ProgressKind::Batch { rows_affected, .. } => {
+                let labels = EngineLabel { engine: engine.clone() };
+                self.backfill_batches.get_or_create(&labels).inc();
+                self.backfill_rows.get_or_create(&labels).inc_by(*rows_affected);
+            }
+            ProgressKind::LockRetry { .. } => {
+                self.lock_retries.get_or_create(&EngineLabel { engine: engine.clone() }).inc();
+            }
+            ProgressKind::Started { .. } | ProgressKind::Statement { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! What SREs watch: a real Prometheus (Debian's package, started here) scrapes a coordinator and an agent during a
+//! rollout, and is queried through its HTTP API; `promtool check metrics` lints what both expose.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use flotilla_core::Engine::Postgres;
+use flotilla_tests::fleet::{free_port, Fleet, FleetTarget};
+use flotilla_tests::*;
+
+fn curl(url: &str) -> String {
+    let out = std::process::Command::new("curl").args(["-sf", "--max-time", "5", url]).output().expect("curl");
+    assert!(out.status.success(), "GET {url}: {out:?}");
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// One instant query; the value of each series, with its labels.
+fn query(prometheus: &str, promql: &str) -> Vec<(serde_json::Value, f64)> {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "--max-time", "5", &format!("{prometheus}/api/v1/query"), "--data-urlencode"])
+        .arg(format!("query={promql}"))
+        .output()
+        .expect("curl");
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    body["data"]["result"]
+        .as_array()
+        .map(|series| {
+            series
+                .iter()
+                .map(|s| {
+                    let value = s["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+                    (s["metric"].clone(), value)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn sum(prometheus: &str, promql: &str) -> f64 {
+    query(prometheus, &format!("sum({promql})")).first().map(|(_, v)| *v).unwrap_or(0.0)
+}
+
+/// `promtool check metrics` on one scrape: what it says, and whether it passed.
+fn promtool(scrape: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (tests/servers.sh installs Debian's prometheus package)");
+    child.stdin.take().expect("stdin").write_all(scrape.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("promtool");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scrapes_the_coordinator_and_an_agent_during_a_rollout() {
+    let dbs = [TestDb::new(Postgres).await, TestDb::new(Postgres).await];
+    let (coordinator_port, agent_port, prometheus_port) = (free_port(), free_port(), free_port());
+    let mut fleet = Fleet::start(&[("agent-1", "*")], Some(etcd_url()), 10).await;
+    fleet.coordinator_args = vec!["--metrics-listen".into(), format!("127.0.0.1:{coordinator_port}")];
+    fleet.kill_coordinator().await;
+    fleet.start_coordinator().await;
+    fleet.agent_settings = format!("metrics_listen = \"127.0.0.1:{agent_port}\"");
+    let targets: Vec<FleetTarget> = dbs
+        .iter()
+        .enumerate()
+        .map(|(i, db)| FleetTarget::new(&format!("pg-{i}"), &db.url, &[("env", "metrics")]))
+        .collect();
+    fleet.start_agent("agent-1", &targets).await;
+    fleet.wait_targets(2).await;
+
+    let data = tempfile::tempdir().expect("dir");
+    let config = data.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nscrape_configs:\n\
+             - job_name: coordinator\n  static_configs: [{{ targets: ['127.0.0.1:{coordinator_port}'] }}]\n\
+             - job_name: agent\n  static_configs: [{{ targets: ['127.0.0.1:{agent_port}'] }}]\n"
+        ),
+    )
+    .expect("config");
+    let _prometheus = tokio::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", data.path().join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
+        .stdout(std::fs::File::create(data.path().join("prometheus.log")).expect("log"))
+        .stderr(std::fs::File::create(data.path().join("prometheus.err")).expect("log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus (tests/servers.sh installs Debian's package)");
+    let prometheus = format!("http://127.0.0.1:{prometheus_port}");
+
+    let dir = Dir::new();
+    dir.migration(Postgres, 1, "accounts", "CREATE TABLE accounts (id int PRIMARY KEY);", "DROP TABLE accounts;");
+    dir.migration(
+        Postgres,
+        2,
+        "note",
+        "ALTER TABLE accounts ADD COLUMN note text;",
+        "ALTER TABLE accounts DROP COLUMN note;",
+    );
+    let plan = fleet.create(dir.path(), &["--select", "env=metrics"]).await;
+    let done = fleet.wait_plan(&plan, "over", |p| p["state"] != "running" && p["state"] != "pending").await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+
+    // Prometheus has scraped both after the rollout once both targets' steps are counted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sum(&prometheus, "flotilla_steps_finished_total{result=\"succeeded\"}") < 2.0
+        || sum(&prometheus, "flotilla_agent_migrations_total{result=\"succeeded\"}") < 4.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw the rollout: {:?}\n{}",
+            query(&prometheus, "up"),
+            std::fs::read_to_string(data.path().join("prometheus.err")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let up = query(&prometheus, "up");
+    assert_eq!(up.len(), 2, "{up:?}");
+    assert!(up.iter().all(|(_, v)| *v == 1.0), "both targets up: {up:?}");
+    assert_eq!(
+        sum(&prometheus, "flotilla_agent_migrations_total{engine=\"postgres\",direction=\"up\",result=\"succeeded\"}"),
+        4.0
+    );
+    assert_eq!(sum(&prometheus, "flotilla_steps_finished_total{engine=\"postgres\",result=\"failed\"}"), 0.0);
+    assert_eq!(sum(&prometheus, &format!("flotilla_plan_steps{{plan=\"{plan}\",state=\"succeeded\"}}")), 2.0);
+    assert_eq!(sum(&prometheus, "flotilla_agents_connected"), 1.0);
+    assert_eq!(sum(&prometheus, "flotilla_agent_connected"), 1.0);
+    assert!(sum(&prometheus, "flotilla_lock_acquisitions_total{result=\"taken\"}") >= 2.0);
+    assert!(sum(&prometheus, "flotilla_step_duration_seconds_count{engine=\"postgres\"}") >= 2.0);
+    assert!(sum(&prometheus, "flotilla_agent_migration_duration_seconds_count") >= 4.0);
+    assert!(sum(&prometheus, "flotilla_store_operation_duration_seconds_count{operation=\"record\"}") >= 1.0);
+    assert!(sum(&prometheus, "flotilla_lock_operation_duration_seconds_count{operation=\"acquire\"}") >= 1.0);
+
+    // What a scrape says, linted by promtool, and listed for the record.
+    for (name, port) in [("coordinator", coordinator_port), ("agent", agent_port)] {
+        let scrape = curl(&format!("http://127.0.0.1:{port}/metrics"));
+        let (passed, said) = promtool(&scrape);
+        assert!(passed, "promtool check metrics on the {name}: {said}\n{scrape}");
+        println!("--- {name} /metrics (samples) ---");
+        for line in scrape.lines().filter(|l| !l.starts_with('#') && !l.contains("_bucket{")) {
+            println!("{line}");
+        }
+    }
+}
