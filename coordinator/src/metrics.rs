@@ -15,6 +15,7 @@ use prometheus_client::registry::{Registry, Unit};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PlanState {
     pub plan: String,
+    pub wave: String,
     pub state: String,
 }
 
@@ -63,7 +64,7 @@ fn durations() -> Histogram {
 pub(crate) static RPC_ERRORS: LazyLock<Family<Code, Counter>> = LazyLock::new(Family::default);
 
 pub struct Metrics {
-    /// Steps of each live plan by state, set on every scheduler pass.
+    /// Steps of each live plan by wave and state, set on every scheduler pass.
     pub steps: Family<PlanState, Gauge>,
     /// Steps finished, by engine, direction and result (`succeeded`, `failed`, `at_goal`).
     pub steps_finished: Family<StepOutcome, Counter>,
@@ -100,7 +101,7 @@ impl Metrics {
             lock_retries: Counter::default(),
         };
         let mut r = Registry::with_prefix("flotilla");
-        r.register("plan_steps", "Steps of each live plan, by state", m.steps.clone());
+        r.register("plan_steps", "Steps of each live plan, by wave and state", m.steps.clone());
         r.register("steps_finished", "Steps finished, by engine, direction and result", m.steps_finished.clone());
         r.register_with_unit(
             "step_duration",
@@ -125,6 +126,10 @@ impl Metrics {
         r.register("agents_connected", "Agents with an open assignment stream", m.agents_connected.clone());
         r.register("targets", "Targets by applied version and dirty, as their agents last reported", m.targets.clone());
         r.register("lock_retries", "Migrations rolled back on a lock timeout and retried", m.lock_retries.clone());
+        // Every code from the start, at 0: a rate over a counter that appears only with its first error misses it.
+        for code in flotilla_proto::errors::ErrorCode::ALL {
+            let _ = RPC_ERRORS.get_or_create(&Code { code: code.as_str().to_string() });
+        }
         r.register("rpc_errors", "Errors returned to gRPC callers, by code", RPC_ERRORS.clone());
         (m, r)
     }

@@ -276,9 +276,13 @@ impl Coordinator {
         let started = Instant::now();
         let counts = Counts(self.store.step_counts(plan_id).await?);
         self.metrics.store_call("counts", started.elapsed());
-        for &state in StepState::ALL {
-            let labels = PlanStateLabels { plan: plan_id.to_string(), state: state.as_str().to_string() };
-            self.metrics.steps.get_or_create(&labels).set(i64::try_from(counts.total(state)).unwrap_or(i64::MAX));
+        for wave in counts.waves() {
+            for &state in StepState::ALL {
+                let labels =
+                    PlanStateLabels { plan: plan_id.to_string(), wave: wave.to_string(), state: state.as_str().into() };
+                let n = i64::try_from(counts.of(wave, state)).unwrap_or(i64::MAX);
+                self.metrics.steps.get_or_create(&labels).set(n);
+            }
         }
         Ok(counts)
     }

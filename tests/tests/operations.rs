@@ -1,5 +1,6 @@
 //! What SREs watch: a real Prometheus (Debian's package, started here) scrapes a coordinator and an agent during a
-//! rollout, and is queried through its HTTP API; `promtool check metrics` lints what both expose.
+//! rollout, evaluates deploy/'s rules, and is queried through its HTTP API; `promtool check metrics` lints what both
+//! expose, `promtool check rules` the rules, and every metric the dashboard and the rules use exists in the scrape.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -77,9 +78,10 @@ async fn prometheus_scrapes_the_coordinator_and_an_agent_during_a_rollout() {
     std::fs::write(
         &config,
         format!(
-            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nscrape_configs:\n\
-             - job_name: coordinator\n  static_configs: [{{ targets: ['127.0.0.1:{coordinator_port}'] }}]\n\
-             - job_name: agent\n  static_configs: [{{ targets: ['127.0.0.1:{agent_port}'] }}]\n"
+            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nrule_files: ['{}']\nscrape_configs:\n\
+             - job_name: flotilla-coordinator\n  static_configs: [{{ targets: ['127.0.0.1:{coordinator_port}'] }}]\n\
+             - job_name: flotilla-agent\n  static_configs: [{{ targets: ['127.0.0.1:{agent_port}'] }}]\n",
+            rules_file().display()
         ),
     )
     .expect("config");
@@ -137,7 +139,30 @@ async fn prometheus_scrapes_the_coordinator_and_an_agent_during_a_rollout() {
     assert!(sum(&prometheus, "flotilla_store_operation_duration_seconds_count{operation=\"record\"}") >= 1.0);
     assert!(sum(&prometheus, "flotilla_lock_operation_duration_seconds_count{operation=\"acquire\"}") >= 1.0);
 
-    // What a scrape says, linted by promtool, and listed for the record.
+    // deploy/'s rules, evaluated by this Prometheus: every one healthy, and the plan's progress recorded as done.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while query(&prometheus, &format!("flotilla:plan_progress:ratio{{plan=\"{plan}\"}}")).first().map(|(_, v)| *v)
+        != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "the recording rule never showed the plan done");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let rules: serde_json::Value = serde_json::from_str(&curl(&format!("{prometheus}/api/v1/rules"))).expect("rules");
+    let loaded: Vec<&serde_json::Value> = rules["data"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .collect();
+    assert_eq!(loaded.len(), 14, "every rule of deploy/prometheus/flotilla.rules.yml is loaded");
+    for rule in &loaded {
+        assert_eq!(rule["health"], "ok", "{rule:#}");
+    }
+    let firing: Vec<_> = loaded.iter().filter(|r| r["state"] == "firing").map(|r| r["name"].clone()).collect();
+    assert!(firing.is_empty(), "no alert fires after a clean rollout: {firing:?}");
+
+    // What a scrape says, linted by promtool, and listed for the record; the names it declares.
+    let mut declared = std::collections::BTreeSet::new();
     for (name, port) in [("coordinator", coordinator_port), ("agent", agent_port)] {
         let scrape = curl(&format!("http://127.0.0.1:{port}/metrics"));
         let (passed, said) = promtool(&scrape);
@@ -146,5 +171,61 @@ async fn prometheus_scrapes_the_coordinator_and_an_agent_during_a_rollout() {
         for line in scrape.lines().filter(|l| !l.starts_with('#') && !l.contains("_bucket{")) {
             println!("{line}");
         }
+        for (family, kind) in scrape.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' ')) {
+            declared.insert(family.to_string());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    declared.insert(format!("{family}{suffix}"));
+                }
+            }
+        }
     }
+    let (passed, said) = promtool_rules();
+    assert!(passed, "promtool check rules: {said}");
+    let dashboard =
+        std::fs::read_to_string(manifest_dir().join("../deploy/grafana/flotilla-dashboard.json")).expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect();
+    assert!(exprs.len() >= 15, "the dashboard has its panels: {}", exprs.len());
+    let rules_text = std::fs::read_to_string(rules_file()).expect("rules");
+    let used = metric_names(&exprs.join("\n")).into_iter().chain(metric_names(&rules_text));
+    let missing: Vec<String> = used.filter(|n| !declared.contains(n)).collect();
+    assert!(missing.is_empty(), "used by the dashboard or the rules but not exposed: {missing:?}\n{declared:?}");
+}
+
+fn rules_file() -> std::path::PathBuf {
+    manifest_dir().join("../deploy/prometheus/flotilla.rules.yml")
+}
+
+fn promtool_rules() -> (bool, String) {
+    let out =
+        std::process::Command::new("promtool").args(["check", "rules"]).arg(rules_file()).output().expect("promtool");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The `flotilla_…` metric names in PromQL text (recording rules' `flotilla:…` names are not metrics).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("flotilla_") {
+        let start = i + at;
+        let mut end = start;
+        while end < bytes.len()
+            && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_' || bytes[end].is_ascii_digit())
+        {
+            end += 1;
+        }
+        if start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b':') {
+            names.insert(text[start..end].to_string());
+        }
+        i = end;
+    }
+    names
 }

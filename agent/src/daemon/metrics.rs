@@ -81,6 +81,16 @@ impl Metrics {
         (m, r)
     }
 
+    /// Creates the per-engine counters at 0 for the engines served, so rates over them see their first increase.
+    pub fn engines(&self, engines: impl IntoIterator<Item = flotilla_core::Engine>) {
+        for engine in engines {
+            let labels = EngineLabel { engine: engine.as_str().to_string() };
+            let _ = self.lock_retries.get_or_create(&labels);
+            let _ = self.backfill_rows.get_or_create(&labels);
+            let _ = self.backfill_batches.get_or_create(&labels);
+        }
+    }
+
     /// Counts what one progress event of a migration on `engine` says.
     pub fn observe(&self, engine: &str, p: &Progress) {
         let engine = engine.to_string();

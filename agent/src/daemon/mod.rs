@@ -82,6 +82,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let connections =
         pool::Connections::new(config.connections.max_idle, Duration::from_secs(config.connections.idle_secs));
     let (metrics, registry) = metrics::Metrics::new();
+    metrics.engines(targets.iter().map(|t| t.engine));
     if let Some(addr) = &config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
