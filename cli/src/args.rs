@@ -171,6 +171,13 @@ pub enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Shell completions on stdout: `source <(flotilla completions bash)`, or save them where your shell looks
+    /// (e.g. ~/.local/share/bash-completion/completions/flotilla, a directory on zsh's $fpath as _flotilla,
+    /// ~/.config/fish/completions/flotilla.fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]

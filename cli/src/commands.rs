@@ -49,6 +49,14 @@ pub async fn run(cli: Cli) -> Code {
             let written = crate::certs::init(&dir, &hosts, &operators, &agents);
             print_written(out, written.map(|files| (files, "wrote")))
         }
+        Command::Completions { shell } => {
+            let mut command = <crate::args::Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "flotilla", &mut script);
+            // A reader that stops early (`| head`) is not an error.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            Code::Ok
+        }
         Command::Schema { command } => crate::schema::run(out, command).await,
         Command::Import { command } => crate::import::run(out, command).await,
         Command::Lint { dir, engine } => crate::lint::run(out, &dir, engine),

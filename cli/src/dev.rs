@@ -192,6 +192,7 @@ async fn demo(out: Output, dbs: &[String], count: usize, workdir: &Path) -> Resu
         heartbeat_secs: 1,
         connections: Default::default(),
         metrics_listen: None,
+        log_format: Default::default(),
         targets: targets
             .iter()
             .map(|t| TargetConfig {

@@ -57,6 +57,8 @@ pub struct File {
     pub tls: Option<TlsFiles>,
     /// Address for `/metrics` (plain HTTP, e.g. 127.0.0.1:9464).
     pub metrics_listen: Option<String>,
+    /// `text` (default) or `json`.
+    pub log_format: Option<flotilla_proto::telemetry::LogFormat>,
     #[serde(default)]
     pub insecure_dev: bool,
     pub lease_ttl_secs: Option<u64>,

@@ -39,6 +39,9 @@ struct Args {
     /// Seconds a target's lock outlives its last renewal.
     #[arg(long)]
     lease_ttl_secs: Option<u64>,
+    /// Logs as `text` (default) or `json` (one object per line).
+    #[arg(long)]
+    log_format: Option<flotilla_proto::telemetry::LogFormat>,
     /// Address to serve Prometheus metrics on (`/metrics`, plain HTTP), e.g. 127.0.0.1:9464.
     #[arg(long)]
     metrics_listen: Option<String>,
@@ -46,12 +49,13 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let telemetry = flotilla_proto::telemetry::init("flotilla-coordinator", "info,sqlx=warn");
     let args = Args::parse();
     let mut file = match &args.config {
         Some(path) => File::read(path).map_err(anyhow::Error::msg)?,
         None => File::default(),
     };
+    let format = args.log_format.or(file.log_format).unwrap_or_default();
+    let telemetry = flotilla_proto::telemetry::init("flotilla-coordinator", "info,sqlx=warn", format);
     if let Some(listen) = args.listen {
         file.listen = Some(listen);
     }

@@ -38,11 +38,44 @@ impl Telemetry {
     }
 }
 
-/// Installs the global subscriber: `RUST_LOG` (or `default_filter`) for stderr logs, plus OTLP export when
+/// How the processes write their logs (`log_format` in their configs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("log format `{other}` is neither `text` nor `json`")),
+        }
+    }
+}
+
+/// Installs the global subscriber: `RUST_LOG` (or `default_filter`) for stderr logs (as text or JSON), plus OTLP export when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Call once, inside the Tokio runtime.
-pub fn init(service: &'static str, default_filter: &str) -> Telemetry {
+pub fn init(service: &'static str, default_filter: &str, format: LogFormat) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let text = (format == LogFormat::Text)
+        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false));
+    // One JSON object per line: timestamp, level, message and fields, and the spans it is in (plan_id, target).
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+    });
+    let logs = tracing_subscriber::Layer::and_then(text, json);
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty());
     let provider = endpoint.and_then(|endpoint| {
         let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint.clone()).build();

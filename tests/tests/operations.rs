@@ -105,9 +105,15 @@ async fn prometheus_scrapes_the_coordinator_and_an_agent_during_a_rollout() {
         "ALTER TABLE accounts ADD COLUMN note text;",
         "ALTER TABLE accounts DROP COLUMN note;",
     );
-    let plan = fleet.create(dir.path(), &["--select", "env=metrics"]).await;
+    let plan = fleet.create(dir.path(), &["--select", "env=metrics", "--waves", "100%"]).await;
     let done = fleet.wait_plan(&plan, "over", |p| p["state"] != "running" && p["state"] != "pending").await;
     assert_eq!(done["state"], "succeeded", "{done:#}");
+
+    // `plan watch` replays the rollout with each wave's progress and, while steps were left, its ETA.
+    let watched = fleet.cli(&["plan", "watch", &plan]).await;
+    watched.ok();
+    assert!(watched.stdout.contains("/2, ETA "), "{}", watched.stdout);
+    assert!(watched.stdout.contains(": 2/2]"), "{}", watched.stdout);
 
     // Prometheus has scraped both after the rollout once both targets' steps are counted.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -228,4 +234,82 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
         i = end;
     }
     names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shell_completions_and_json_logs() {
+    // Completions: bash completes a subcommand; zsh and fish get theirs; an unknown shell is refused.
+    let script = flotilla(&["completions", "bash"]).await;
+    script.ok();
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("flotilla.bash");
+    std::fs::write(&path, &script.stdout).expect("write");
+    let bash = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(flotilla pl); COMP_CWORD=1; _flotilla flotilla pl flotilla; echo \"${{COMPREPLY[@]}}\"",
+            path.display()
+        ))
+        .output()
+        .expect("bash");
+    assert_eq!(String::from_utf8_lossy(&bash.stdout).trim(), "plan", "{bash:?}");
+    assert!(flotilla(&["completions", "zsh"]).await.ok().stdout.starts_with("#compdef flotilla"));
+    assert!(flotilla(&["completions", "fish"]).await.ok().stdout.contains("complete -c flotilla"));
+    flotilla(&["completions", "tcsh"]).await.fails(2, "invalid value 'tcsh'");
+
+    // JSON logs: every line the coordinator and an agent write is one JSON object with a level and a message.
+    let port = free_port();
+    let store = format!("sqlite://{}", dir.path().join("store.db").display());
+    let listen = format!("127.0.0.1:{port}");
+    let coordinator = tokio::process::Command::new(binary("flotilla-coordinator"))
+        .args(["--insecure-dev", "--log-format", "json", "--listen", &listen, "--store", &store])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(dir.path().join("coordinator.log")).expect("log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("coordinator");
+    let agent_config = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "name = \"agent-1\"\ncoordinator = \"http://{listen}\"\ninsecure_dev = true\nlog_format = \"json\"\n\
+             [[targets]]\nname = \"t1\"\nurl = \"sqlite://{}\"\n",
+            dir.path().join("t1.db").display()
+        ),
+    )
+    .expect("agent config");
+    let agent = tokio::process::Command::new(binary("flotilla-agent"))
+        .arg("--config")
+        .arg(&agent_config)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(dir.path().join("agent.log")).expect("log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("agent");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    while !read("agent.log").contains("registered with the coordinator") {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never registered:\n{}\n{}",
+            read("agent.log"),
+            read("coordinator.log")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop((coordinator, agent));
+    for name in ["coordinator.log", "agent.log"] {
+        let log = read(name);
+        assert!(log.lines().count() >= 2, "{name}: {log}");
+        for line in log.lines() {
+            let entry: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {line}"));
+            assert!(entry["level"].is_string() && entry["timestamp"].is_string(), "{name}: {line}");
+            assert!(entry["message"].is_string(), "{name}: {line}");
+        }
+    }
+    let coordinator_log = read("coordinator.log");
+    let listening = coordinator_log.lines().find(|l| l.contains("coordinator listening")).expect("listening line");
+    let listening: serde_json::Value = serde_json::from_str(listening).expect("JSON");
+    assert_eq!(listening["etcd"], false, "fields are keys of their own: {listening}");
 }

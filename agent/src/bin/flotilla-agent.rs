@@ -18,9 +18,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let telemetry = flotilla_proto::telemetry::init("flotilla-agent", "info,sqlx=warn");
     let args = Args::parse();
     let config = AgentConfig::read(&args.config).map_err(anyhow::Error::msg)?;
+    let telemetry = flotilla_proto::telemetry::init("flotilla-agent", "info,sqlx=warn", config.log_format);
     if config.insecure_dev {
         tracing::warn!("insecure_dev: plaintext gRPC without certificates; for local trials only");
     }

@@ -29,6 +29,9 @@ pub struct AgentConfig {
     pub connections: ConnectionsConfig,
     /// Address for Prometheus metrics (`/metrics`, plain HTTP), e.g. 127.0.0.1:9465; none by default.
     pub metrics_listen: Option<String>,
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub log_format: flotilla_proto::telemetry::LogFormat,
     pub targets: Vec<TargetConfig>,
 }
 

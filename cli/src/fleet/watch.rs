@@ -27,11 +27,13 @@ pub async fn follow(out: Option<Output>, client: &mut Client, id: &str, after: u
     let wave_of: HashMap<String, u32> = detail.steps.iter().map(|s| (s.target.clone(), s.wave)).collect();
     let mut stream = client.watch_plan(pb::WatchPlanRequest { id: id.to_string(), after }).await?.into_inner();
     let bars = (!quiet && !out.json && std::io::stderr().is_terminal()).then(|| Bars::new(&detail));
+    let mut clocks = WaveClocks::new(&detail);
     while let Some(event) = stream.message().await? {
         if quiet {
             continue;
         }
         let kind = Kind::of(&event);
+        let eta = clocks.event(&event, kind, wave_of.get(&event.target).copied());
         if out.json {
             let detail: serde_json::Value = serde_json::from_str(&event.detail).unwrap_or(json!(event.detail));
             println!(
@@ -41,7 +43,7 @@ pub async fn follow(out: Option<Output>, client: &mut Client, id: &str, after: u
         } else if let Some(bars) = &bars {
             bars.event(&event, kind, wave_of.get(&event.target).copied());
         } else if out.verbose > 0 || !kind.is_detail() {
-            println!("{}", event_line(&event, kind));
+            println!("{}{}", event_line(&event, kind), eta.unwrap_or_default());
         }
     }
     if let Some(bars) = bars {
@@ -129,6 +131,77 @@ fn event_line(e: &pb::PlanEvent, kind: Kind) -> String {
     format!("[{}] {kind}{target}{extra}", e.seq)
 }
 
+/// Per wave: when its first step was assigned, and how many of its steps are over, by the events' own times (so a
+/// replayed watch computes what a live one did).
+struct WaveClocks {
+    waves: HashMap<u32, WaveClock>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct WaveClock {
+    total: u64,
+    done: u64,
+    first: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl WaveClock {
+    /// The time left at `now`, at the pace so far: `None` before a step is over or once all are.
+    fn eta(&self, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+        let elapsed = (now - self.first?).to_std().ok()?;
+        if self.done == 0 || self.done >= self.total {
+            return None;
+        }
+        Some(elapsed.mul_f64((self.total - self.done) as f64 / self.done as f64))
+    }
+}
+
+impl WaveClocks {
+    fn new(d: &pb::PlanDetail) -> WaveClocks {
+        let mut waves: HashMap<u32, WaveClock> = HashMap::new();
+        for s in &d.steps {
+            waves.entry(s.wave).or_default().total += 1;
+        }
+        WaveClocks { waves }
+    }
+
+    /// Takes the event in; on a step's end, the wave's progress and ETA as a suffix for its line.
+    fn event(&mut self, e: &pb::PlanEvent, kind: Kind, wave: Option<u32>) -> Option<String> {
+        let at = chrono::DateTime::parse_from_rfc3339(&e.at).ok()?.with_timezone(&chrono::Utc);
+        let clock = self.waves.get_mut(&wave?)?;
+        match kind {
+            Kind::Known(EventKind::Assigned | EventKind::Succeeded) if clock.first.is_none() => clock.first = Some(at),
+            _ => {}
+        }
+        if !matches!(kind, Kind::Known(EventKind::Succeeded | EventKind::Failed)) {
+            return None;
+        }
+        clock.done += 1;
+        let eta = clock.eta(at).map(|d| format!(", ETA {}", human(d))).unwrap_or_default();
+        Some(format!(" [wave {}: {}/{}{eta}]", wave?, clock.done, clock.total))
+    }
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn a_wave_eta_is_the_time_left_at_the_pace_so_far() {
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z").unwrap().with_timezone(&chrono::Utc);
+    let clock = WaveClock { total: 10, done: 4, first: Some(t0) };
+    assert_eq!(clock.eta(t0 + chrono::Duration::seconds(20)), Some(Duration::from_secs(30)), "4 in 20 s, 6 left");
+    assert_eq!(WaveClock { done: 10, ..clock }.eta(t0), None, "a wave that is over has none");
+    assert_eq!(WaveClock { done: 0, ..clock }.eta(t0), None, "no pace before a step is over");
+    assert_eq!(human(Duration::from_secs(75)), "1m15s");
+    assert_eq!(human(Duration::from_secs(7300)), "2h01m");
+}
+
 /// A bar per wave and one overall.
 struct Bars {
     _multi: MultiProgress,
@@ -143,6 +216,9 @@ impl Bars {
         let style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
+        let eta_style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} ETA {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
         let overall =
             multi.add(ProgressBar::new(d.steps.len() as u64).with_style(style.clone()).with_prefix("overall"));
         let mut waves = HashMap::new();
@@ -151,7 +227,7 @@ impl Bars {
         numbers.dedup();
         for w in numbers {
             let len = d.steps.iter().filter(|s| s.wave == w).count() as u64;
-            let bar = multi.add(ProgressBar::new(len).with_style(style.clone()).with_prefix(format!("wave {w}")));
+            let bar = multi.add(ProgressBar::new(len).with_style(eta_style.clone()).with_prefix(format!("wave {w}")));
             waves.insert(w, bar);
         }
         let log = multi.add(ProgressBar::new_spinner());
