@@ -285,6 +285,7 @@ async fn rollout(
             max_failures_per_wave: 0,
             approve_waves: false,
             on_failure: pb::strategy::OnFailure::Halt as i32,
+            ..Default::default()
         }),
         ..Default::default()
     };

@@ -178,3 +178,36 @@ mod tests {
         }
     }
 }
+
+/// Which candidates (their hosts, in dispatch order) may start now with at most `max` steps in flight per host:
+/// `busy` counts the steps in flight per host and is updated with those taken. A candidate with no known host is
+/// never held back.
+pub fn within_host_limit(
+    hosts: &[Option<&str>],
+    busy: &mut std::collections::HashMap<String, u32>,
+    max: u32,
+) -> Vec<bool> {
+    hosts
+        .iter()
+        .map(|host| match host {
+            None => true,
+            Some(host) => {
+                let n = busy.entry(host.to_string()).or_default();
+                let fits = *n < max;
+                if fits {
+                    *n += 1;
+                }
+                fits
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[test]
+fn at_most_max_per_host_counting_what_is_in_flight() {
+    let mut busy = std::collections::HashMap::from([("db1".to_string(), 1)]);
+    let hosts = [Some("db1"), Some("db2"), Some("db2"), Some("db2"), None, Some("db1"), Some("db3")];
+    assert_eq!(within_host_limit(&hosts, &mut busy, 2), [true, true, true, false, true, false, true]);
+    assert_eq!((busy["db1"], busy["db2"], busy["db3"]), (2, 2, 1));
+}

@@ -210,7 +210,10 @@ impl Coordinator {
         }
         // Pending steps of the current wave by target name, a page at a time: one page when every agent is here.
         let mut after: Option<String> = None;
-        while slots > 0 {
+        // Under a per-host limit most of a page may have to wait; a pass looks a bounded way ahead for other hosts.
+        let mut pages = if plan.strategy.max_per_host.is_some() { HOST_LIMITED_PAGES } else { usize::MAX };
+        while slots > 0 && pages > 0 {
+            pages -= 1;
             let page = u32::try_from(slots).unwrap_or(u32::MAX).max(PAGE);
             let pending =
                 self.store.steps_in_state(&plan.id, StepState::Pending, Some(current), after.as_deref(), page).await?;
@@ -341,6 +344,7 @@ impl Coordinator {
         if candidates.is_empty() {
             return Ok(candidates);
         }
+        let (candidates, mut left) = self.within_host_limit(plan, candidates);
         let wanted: Vec<String> =
             candidates.iter().filter(|c| !self.held(&plan.id, &c.target)).map(|c| c.target.clone()).collect();
         if !wanted.is_empty() {
@@ -358,7 +362,6 @@ impl Coordinator {
                 self.hold(&plan.id, &lease.target.clone(), lease);
             }
         }
-        let mut left = Vec::new();
         let mut ready = Vec::new();
         for c in candidates {
             match (self.held_lease(&plan.id, &c.target), self.sender(&c.agent)) {
@@ -405,6 +408,15 @@ impl Coordinator {
         Ok(left)
     }
 
+    /// Splits candidates into those that may start under the plan's `max_per_host` and those that must wait.
+    fn within_host_limit(&self, plan: &Plan, candidates: Vec<Candidate>) -> (Vec<Candidate>, Vec<Candidate>) {
+        let Some(max) = plan.strategy.max_per_host else { return (candidates, Vec::new()) };
+        let names: Vec<&str> = candidates.iter().map(|c| c.target.as_str()).collect();
+        let fits = self.fit_hosts(&names, max);
+        let (fit, over): (Vec<_>, Vec<_>) = candidates.into_iter().zip(fits).partition(|(_, fits)| *fits);
+        (fit.into_iter().map(|(c, _)| c).collect(), over.into_iter().map(|(c, _)| c).collect())
+    }
+
     /// Sends an assigned step to its agent. Never waits on an agent: a full stream (an agent not reading) or a
     /// closed one gives the step back (`false`) for a later pass, and every other agent and plan goes on.
     async fn send(
@@ -435,6 +447,7 @@ impl Coordinator {
             wave: c.wave,
             phase: plan.phase,
             validate: validates(plan, c.wave),
+            timeouts: plan.strategy.timeouts,
             traceparent: Some(telemetry::traceparent(&span, &plan.id, &c.target)),
         };
         span.in_scope(|| info!("assign"));
@@ -486,6 +499,9 @@ struct Candidate {
     goal: Goal,
     agent: String,
 }
+
+/// Pages of pending steps one pass reads at most under `max_per_host`.
+const HOST_LIMITED_PAGES: usize = 16;
 
 /// How many dispatch candidates one store read fetches at least.
 const PAGE: u32 = 64;

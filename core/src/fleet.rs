@@ -216,6 +216,12 @@ pub struct Strategy {
     /// Wait for `approve` before each wave after the first.
     pub approve_waves: bool,
     pub on_failure: OnFailure,
+    /// Steps running at once on one database server (a target's `host` label), across plans; `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_host: Option<u32>,
+    /// Lock and statement timeouts, and lock-timeout retries, for migrations that set none of their own.
+    #[serde(default)]
+    pub timeouts: crate::migration::Timeouts,
 }
 
 impl Default for Strategy {
@@ -226,6 +232,8 @@ impl Default for Strategy {
             max_failures: 0,
             approve_waves: false,
             on_failure: OnFailure::Halt,
+            max_per_host: None,
+            timeouts: crate::migration::Timeouts::default(),
         }
     }
 }

@@ -35,6 +35,9 @@ mod tests {
             trace: None,
             phase: super::v1::Phase::Expand as i32,
             validate: false,
+            lock_timeout_ms: 3000,
+            statement_timeout_ms: 0,
+            lock_retries: Some(0),
         };
         let bytes = sent.encode_to_vec();
         assert_eq!(Assignment::decode(bytes.as_slice()).unwrap(), sent);

@@ -233,3 +233,30 @@ async fn a_migration_blocked_by_a_lock_retries_without_queueing_the_application_
 async fn versions_of(db: &TestDb) -> Vec<u128> {
     db.history().await.into_iter().map(|(v, _, _)| v).collect()
 }
+
+/// On MariaDB a statement that gives up waiting for a metadata lock did nothing (its DDL is atomic): the migration,
+/// run statement by statement, retries that statement and goes on once the lock is free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mariadb_migration_blocked_by_a_metadata_lock_retries_the_statement() {
+    use std::time::Duration;
+    let db = TestDb::new(Mysql).await;
+    db.exec("CREATE TABLE accounts (id int PRIMARY KEY)").await;
+    let dir = Dir::new();
+    let up = "-- flotilla:lock-timeout 1s\n-- flotilla:lock-retries 6\nCREATE TABLE notes (id int);\n\
+              ALTER TABLE accounts ADD COLUMN note text;";
+    dir.migration(Mysql, 1, "note", up, "ALTER TABLE accounts DROP COLUMN note;\nDROP TABLE notes;");
+    let mut holder = db.sql().await;
+    sqlx::Executor::execute(&mut holder, "START TRANSACTION").await.expect("begin");
+    sqlx::Executor::execute(&mut holder, "SELECT count(*) FROM accounts").await.expect("read");
+    let child = spawn(&["up", "--db", &db.url, "--dir", dir.path().to_str().expect("utf-8")]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sqlx::Executor::execute(&mut holder, "COMMIT").await.expect("commit");
+    let run = finish(child).await;
+    run.ok();
+    let retries = run.stderr.matches("; rolled back, retry").count();
+    println!("the ALTER retried {retries} times");
+    assert!(retries >= 1, "{}", run.stderr);
+    assert!(run.stderr.contains("statement 2 gave up waiting for a lock"), "{}", run.stderr);
+    assert_eq!(versions_of(&db).await, vec![1]);
+    assert!(db.has_table("notes").await, "the first statement ran once, before the wait");
+}

@@ -364,3 +364,115 @@ async fn a_rollback_left_undone_by_a_previous_coordinator_is_created_at_start() 
     let goals: Vec<_> = rb_steps.iter().map(|s| (s.target.as_str(), s.goal)).collect();
     assert_eq!(goals, vec![("a", Some(Goal::Down { to: v(3) })), ("b", Some(Goal::Down { to: v(0) }))]);
 }
+
+/// The step-started and end times of each target's step, from `plan watch --json`.
+async fn step_times(fleet: &Fleet, id: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    let watched = fleet.cli(&["--json", "plan", "watch", id]).await;
+    let mut times: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    for line in watched.stdout.lines() {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (target, at) = (e["target"].as_str().unwrap_or("").to_string(), e["at"].as_str().unwrap_or("").to_string());
+        match e["kind"].as_str() {
+            Some("step_started") => times.entry(target).or_default().0 = at,
+            Some("succeeded" | "failed") => times.entry(target).or_default().1 = at,
+            _ => {}
+        }
+    }
+    times
+}
+
+/// Three targets share one database server (`host` label `db-a`), one is alone on another: with `--parallel 4
+/// --max-per-host 1`, the three run one after another while the fourth runs beside them.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_per_host_limits_steps_on_one_server_across_the_parallelism() {
+    use flotilla_core::Engine::Postgres;
+    let dbs = futures_util::future::join_all((0..4).map(|_| TestDb::new(Postgres))).await;
+    let host = |i: usize| if i < 3 { "db-a" } else { "db-b" };
+    let targets: Vec<FleetTarget> = dbs
+        .iter()
+        .enumerate()
+        .map(|(i, db)| FleetTarget::new(&format!("pg-{i}"), &db.url, &[("env", "hosts"), ("host", host(i))]))
+        .collect();
+    let mut fleet = Fleet::start(&[("agent-1", "pg-*")], None, 5).await;
+    fleet.start_agent("agent-1", &targets).await;
+    fleet.wait_targets(4).await;
+    let dir = Dir::new();
+    dir.migration(Postgres, 1, "slow", "SELECT pg_sleep(0.6); CREATE TABLE a (id int);", "DROP TABLE a;");
+    let id = fleet
+        .create(dir.path(), &["--select", "env=hosts", "--waves", "100%", "--parallel", "4", "--max-per-host", "1"])
+        .await;
+    fleet.wait_state(&id, "succeeded").await;
+    let times = step_times(&fleet, &id).await;
+    let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).expect("time");
+    let span = |target: &str| {
+        let (started, ended) = &times[target];
+        (at(started), at(ended))
+    };
+    let overlaps = |a: &str, b: &str| {
+        let ((s1, e1), (s2, e2)) = (span(a), span(b));
+        s1 < e2 && s2 < e1
+    };
+    for (a, b) in [("pg-0", "pg-1"), ("pg-0", "pg-2"), ("pg-1", "pg-2")] {
+        assert!(!overlaps(a, b), "{a} and {b} share host db-a and ran at once: {times:?}");
+    }
+    assert!(
+        ["pg-0", "pg-1", "pg-2"].iter().any(|a| overlaps(a, "pg-3")),
+        "pg-3 on db-b runs beside db-a's steps: {times:?}"
+    );
+    for db in &dbs {
+        assert_eq!(versions(&db.history().await), vec![1]);
+    }
+}
+
+/// A plan's own lock timeout and retries reach the agents: a target whose table a long transaction holds retries
+/// once after 300 ms and fails; the other target, not blocked, succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plans_lock_timeout_and_retries_reach_its_agents() {
+    use flotilla_core::Engine::Postgres;
+    let dbs = [TestDb::new(Postgres).await, TestDb::new(Postgres).await];
+    for db in &dbs {
+        db.exec("CREATE TABLE accounts (id int PRIMARY KEY)").await;
+    }
+    let targets: Vec<FleetTarget> = dbs
+        .iter()
+        .enumerate()
+        .map(|(i, db)| FleetTarget::new(&format!("pg-{i}"), &db.url, &[("env", "locks")]))
+        .collect();
+    let mut fleet = Fleet::start(&[("agent-1", "pg-*")], None, 5).await;
+    fleet.start_agent("agent-1", &targets).await;
+    fleet.wait_targets(2).await;
+    let mut holder = dbs[1].sql().await;
+    sqlx::Executor::execute(&mut holder, "BEGIN").await.expect("begin");
+    sqlx::Executor::execute(&mut holder, "LOCK TABLE accounts IN ACCESS SHARE MODE").await.expect("lock");
+    let dir = Dir::new();
+    dir.migration(
+        Postgres,
+        1,
+        "note",
+        "ALTER TABLE accounts ADD COLUMN note text;",
+        "ALTER TABLE accounts DROP COLUMN note;",
+    );
+    let args = [
+        "--select",
+        "env=locks",
+        "--waves",
+        "100%",
+        "--max-failures",
+        "1",
+        "--statement-lock-timeout",
+        "300ms",
+        "--lock-retries",
+        "1",
+    ];
+    let id = fleet.create(dir.path(), &args).await;
+    let plan = fleet.wait_plan(&id, "over", |p| p["state"] != "running" && p["state"] != "pending").await;
+    sqlx::Executor::execute(&mut holder, "COMMIT").await.expect("commit");
+    let s = steps(&plan);
+    assert_eq!(s["pg-0"]["state"], "succeeded", "{plan:#}");
+    assert_eq!(s["pg-1"]["state"], "failed", "{plan:#}");
+    let error = s["pg-1"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("gave up waiting for a lock") && error.contains("after 1 retries"), "{error}");
+    let watched = fleet.cli(&["plan", "watch", &id]).await;
+    assert_eq!(watched.stdout.matches("lock_retry pg-1").count(), 1, "{}", watched.stdout);
+    assert!(dbs[1].history().await.is_empty(), "nothing recorded on the blocked target");
+}

@@ -147,11 +147,17 @@ pub(super) async fn execute(
         ..Default::default()
     };
     let sink = progress_sink(state, target, base.clone(), progress.clone());
+    let timeouts = flotilla_core::Timeouts {
+        lock: (a.lock_timeout_ms > 0).then(|| Duration::from_millis(a.lock_timeout_ms)),
+        statement: (a.statement_timeout_ms > 0).then(|| Duration::from_millis(a.statement_timeout_ms)),
+        lock_retries: a.lock_retries,
+    };
     let make = |driver| {
         Executor::new(driver, format!("flotilla-agent:{}", state.config.name))
             .with_plan_id(Some(a.plan_id.clone()))
             .with_fencing_token(Some(a.fencing_token))
             .with_plan_options(PlanOptions { phase, ..PlanOptions::default() })
+            .with_timeouts(timeouts)
             .with_progress(sink.clone())
     };
     let options = ConnectOptions::default();

@@ -78,6 +78,56 @@ pub struct Target {
     pub url: String,
 }
 
+impl Target {
+    /// The database server the target lives on, for `--max-per-host`: its `host` label, else its URL's host and
+    /// port (the first host of a MongoDB seed list; the engine's default port when the URL has none), else (SQLite)
+    /// its file.
+    pub fn host(&self) -> String {
+        if let Some(host) = self.labels.get("host") {
+            return host.clone();
+        }
+        if self.engine == Engine::Sqlite {
+            return self.url.split('?').next().unwrap_or(&self.url).to_string();
+        }
+        let rest = self.url.split_once("://").map_or(self.url.as_str(), |(_, rest)| rest);
+        let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+        let hosts = authority.rsplit_once('@').map_or(authority, |(_, hosts)| hosts);
+        let first = hosts.split(',').next().unwrap_or(hosts);
+        let has_port =
+            first.rsplit_once(':').is_some_and(|(_, p)| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+        if has_port {
+            return first.to_string();
+        }
+        let port = match self.engine {
+            Engine::Postgres => 5432,
+            Engine::Mysql => 3306,
+            Engine::Mongodb => 27017,
+            Engine::Sqlite => 0,
+        };
+        format!("{first}:{port}")
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn a_targets_host_is_its_label_else_its_servers_address() {
+    let t = |engine, url: &str, host: Option<&str>| Target {
+        name: "t".into(),
+        engine,
+        labels: host.map(|h| [("host".to_string(), h.to_string())].into()).unwrap_or_default(),
+        url: url.into(),
+    };
+    assert_eq!(
+        t(Engine::Postgres, "postgres://u:p@db1.internal:6432/shop?sslmode=require", None).host(),
+        "db1.internal:6432"
+    );
+    assert_eq!(t(Engine::Postgres, "postgres://u:p@db1.internal/shop", None).host(), "db1.internal:5432");
+    assert_eq!(t(Engine::Mysql, "mysql://root@[::1]:3307/x", None).host(), "[::1]:3307");
+    assert_eq!(t(Engine::Mongodb, "mongodb://a:1,b:2/db?replicaSet=rs", None).host(), "a:1");
+    assert_eq!(t(Engine::Sqlite, "sqlite:///var/db/t.db?mode=rwc", None).host(), "sqlite:///var/db/t.db");
+    assert_eq!(t(Engine::Postgres, "postgres://db1/x", Some("rack-7")).host(), "rack-7");
+}
+
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Target")

@@ -29,10 +29,11 @@ pub(super) async fn session(
     let targets = state
         .targets
         .values()
-        .map(|t| pb::TargetInfo {
-            name: t.name.clone(),
-            engine: pb::Engine::from(t.engine) as i32,
-            labels: t.labels.clone().into_iter().collect(),
+        .map(|t| {
+            // Every target has a host (the server it lives on), so the coordinator can limit steps per server.
+            let mut labels: std::collections::HashMap<String, String> = t.labels.clone().into_iter().collect();
+            labels.entry("host".into()).or_insert_with(|| t.host());
+            pb::TargetInfo { name: t.name.clone(), engine: pb::Engine::from(t.engine) as i32, labels }
         })
         .collect();
     client

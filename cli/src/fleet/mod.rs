@@ -44,7 +44,7 @@ pub struct Conn {
 #[derive(Debug, Subcommand)]
 pub enum PlanCommand {
     /// Submit a plan: migrate the selected targets in waves.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List plans.
     List,
     /// Show a plan and each target's step.
@@ -91,6 +91,20 @@ pub struct CreateArgs {
     /// Failed targets a wave tolerates; one more halts the plan.
     #[arg(long, default_value_t = 0)]
     pub max_failures: u32,
+    /// Steps running at once on one database server (a target's `host` label; by default its URL's host and port),
+    /// counted across plans, on top of --parallel.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_per_host: Option<u32>,
+    /// How long a migration's statement may wait for a table lock before it is rolled back and retried (e.g. 3s);
+    /// default: the agent's (5 s). A migration's `-- flotilla:lock-timeout` overrides it.
+    #[arg(long, value_name = "DURATION", value_parser = flotilla_core::parse_duration)]
+    pub statement_lock_timeout: Option<std::time::Duration>,
+    /// How many times a migration rolled back on a lock timeout runs again; default: the agent's (3).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub lock_retries: Option<u32>,
+    /// How long one statement may run (e.g. 10m); default: no limit.
+    #[arg(long, value_name = "DURATION", value_parser = flotilla_core::parse_duration)]
+    pub statement_timeout: Option<std::time::Duration>,
     /// Apply up to this version (default: all).
     #[arg(long, conflicts_with = "down_to")]
     pub to: Option<Version>,

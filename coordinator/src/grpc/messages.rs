@@ -29,6 +29,12 @@ pub(super) fn strategy(s: Option<pb::Strategy>) -> Result<Strategy, Status> {
         max_failures: s.max_failures_per_wave,
         approve_waves: s.approve_waves,
         on_failure: convert::on_failure(s.on_failure).map_err(invalid)?,
+        max_per_host: (s.max_per_host > 0).then_some(s.max_per_host),
+        timeouts: flotilla_core::Timeouts {
+            lock: (s.lock_timeout_ms > 0).then(|| std::time::Duration::from_millis(s.lock_timeout_ms)),
+            statement: (s.statement_timeout_ms > 0).then(|| std::time::Duration::from_millis(s.statement_timeout_ms)),
+            lock_retries: s.lock_retries,
+        },
     })
 }
 
@@ -143,7 +149,14 @@ fn assignment(a: Assignment) -> pb::Assignment {
         trace: a.traceparent.map(|traceparent| pb::TraceContext { traceparent, tracestate: String::new() }),
         phase: convert::phase_to_proto(a.phase) as i32,
         validate: a.validate,
+        lock_timeout_ms: a.timeouts.lock.map_or(0, millis),
+        statement_timeout_ms: a.timeouts.statement.map_or(0, millis),
+        lock_retries: a.timeouts.lock_retries,
     }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 pub(super) fn event(e: Event) -> pb::PlanEvent {

@@ -64,6 +64,9 @@ impl Coordinator {
         let mut inner = self.inner();
         for t in &targets {
             inner.engines.insert(t.name.clone(), t.engine);
+            if let Some(host) = t.labels.get("host") {
+                inner.hosts.insert(t.name.clone(), host.clone());
+            }
             inner.owners.insert(t.name.clone(), name.to_string());
         }
         let entry = inner.agents.entry(name.to_string()).or_insert_with(|| AgentEntry {

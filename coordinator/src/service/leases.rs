@@ -1,5 +1,6 @@
 //! The target locks this coordinator holds for its steps in flight.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use tracing::warn;
@@ -15,6 +16,20 @@ impl Coordinator {
     /// When the step held under this lock was assigned.
     pub(crate) fn assigned_at(&self, plan_id: &str, target: &str) -> Option<Instant> {
         self.inner().held.get(&(plan_id.to_string(), target.to_string())).map(|h| h.since)
+    }
+
+    /// Of `targets`, in order, which fit under `max` steps in flight per host (counting every step whose lock this
+    /// coordinator holds, in any plan).
+    pub(crate) fn fit_hosts(&self, targets: &[&str], max: u32) -> Vec<bool> {
+        let inner = self.inner();
+        let mut busy: HashMap<String, u32> = HashMap::new();
+        for (_, target) in inner.held.keys() {
+            if let Some(host) = inner.hosts.get(target) {
+                *busy.entry(host.clone()).or_default() += 1;
+            }
+        }
+        let hosts: Vec<Option<&str>> = targets.iter().map(|t| inner.hosts.get(*t).map(String::as_str)).collect();
+        crate::decision::within_host_limit(&hosts, &mut busy, max)
     }
 
     /// How many locks this coordinator holds for the plan's steps.

@@ -153,6 +153,8 @@ pub struct Assignment {
     pub wave: u32,
     pub phase: Option<Phase>,
     pub validate: bool,
+    /// The plan's timeouts for migrations that set none.
+    pub timeouts: flotilla_core::Timeouts,
     /// W3C traceparent of the plan's span, so the agent's spans join the rollout's trace.
     pub traceparent: Option<String>,
 }
@@ -274,6 +276,8 @@ struct Inner {
     checks: HashMap<String, checks::PlanChecks>,
     /// Target → its engine, as registered.
     engines: HashMap<String, flotilla_core::Engine>,
+    /// Target → the database server it lives on (its `host` label).
+    hosts: HashMap<String, String>,
 }
 
 pub struct Coordinator {

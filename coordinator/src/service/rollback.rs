@@ -103,6 +103,9 @@ impl Coordinator {
                 max_failures: u32::MAX,
                 approve_waves: false,
                 on_failure: OnFailure::Halt,
+                // A rollback takes the same care of the servers and the applications as the rollout did.
+                max_per_host: original.strategy.max_per_host,
+                timeouts: original.strategy.timeouts,
             },
             phase: None,
             rollback_of: Some(original.id.clone()),
