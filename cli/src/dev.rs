@@ -193,6 +193,7 @@ async fn demo(out: Output, dbs: &[String], count: usize, workdir: &Path) -> Resu
         connections: Default::default(),
         metrics_listen: None,
         log_format: Default::default(),
+        refresh_secs: 60,
         targets: targets
             .iter()
             .map(|t| TargetConfig {

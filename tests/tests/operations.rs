@@ -313,3 +313,64 @@ async fn shell_completions_and_json_logs() {
     let listening: serde_json::Value = serde_json::from_str(listening).expect("JSON");
     assert_eq!(listening["etcd"], false, "fields are keys of their own: {listening}");
 }
+
+/// The census: after a rollout, one target's schema is changed by hand. `fleet status` groups targets by (version,
+/// schema), names the one behind and the one that drifted; `fleet drift` shows what differs.
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_status_names_the_drifted_target_and_fleet_drift_shows_the_difference() {
+    let dbs = futures_util::future::join_all((0..4).map(|_| TestDb::new(Postgres))).await;
+    let mut fleet = Fleet::start(&[("agent-1", "*")], None, 10).await;
+    fleet.agent_settings = "refresh_secs = 1".into();
+    let targets: Vec<FleetTarget> = dbs
+        .iter()
+        .enumerate()
+        .map(|(i, db)| {
+            FleetTarget::new(&format!("pg-{i}"), &db.url, &[("env", if i < 3 { "census" } else { "later" })])
+        })
+        .collect();
+    fleet.start_agent("agent-1", &targets).await;
+    fleet.wait_targets(4).await;
+    let dir = Dir::new();
+    dir.migration(Postgres, 1, "accounts", "CREATE TABLE accounts (id int PRIMARY KEY);", "DROP TABLE accounts;");
+    let plan = fleet.create(dir.path(), &["--select", "env=census", "--waves", "100%"]).await;
+    fleet.wait_state(&plan, "succeeded").await;
+    dbs[2].exec("ALTER TABLE accounts ADD COLUMN extra int").await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let rows = fleet.cli(&["--json", "fleet", "status"]).await.json();
+        let drifted = rows.as_array().into_iter().flatten().any(|r| r["target"] == "pg-2" && r["schema_drift"] == true);
+        if drifted {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "the census never saw pg-2 drift: {rows:#}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let row = |name: &str| rows.as_array().into_iter().flatten().find(|r| r["target"] == name).cloned().expect("row");
+    assert_eq!(row("pg-0")["fingerprint"], row("pg-1")["fingerprint"], "same migrations, same schema");
+    assert_ne!(row("pg-0")["fingerprint"], row("pg-2")["fingerprint"]);
+    assert_eq!((row("pg-0")["schema_drift"].clone(), row("pg-3")["behind"].clone()), (false.into(), true.into()));
+    assert!(
+        row("pg-2")["drift"].as_str().is_some_and(|d| d.contains("2 of 3 postgres targets at version 1")),
+        "{rows:#}"
+    );
+
+    let status = fleet.cli(&["fleet", "status"]).await;
+    status.fails(1, "Drifted (schema differs from the majority at their version): pg-2");
+    assert!(status.stdout.contains("Behind version 1: pg-3 (0)"), "{}", status.stdout);
+    assert!(status.stdout.contains("postgres version 1, schema "), "{}", status.stdout);
+    assert!(status.stdout.contains(": 2 target(s): pg-0, pg-1"), "{}", status.stdout);
+    println!("{}", status.stdout);
+
+    let drift = fleet.cli(&["fleet", "drift", "pg-2"]).await;
+    drift.fails(
+        1,
+        "pg-2 at version 1 differs from the schema 2 of 3 targets of its engine at that version have (as pg-0 has)",
+    );
+    assert!(drift.stdout.contains("extra"), "{}", drift.stdout);
+    println!("{}", drift.stdout);
+    let same = fleet.cli(&["fleet", "drift", "pg-1"]).await;
+    same.ok();
+    assert!(same.stdout.contains("has the schema 2 of 3 targets of its engine"), "{}", same.stdout);
+    fleet.cli(&["fleet", "drift", "nope"]).await.fails(4, "target `nope`");
+}

@@ -32,11 +32,18 @@ pub struct AgentConfig {
     /// `text` (default) or `json`.
     #[serde(default)]
     pub log_format: flotilla_proto::telemetry::LogFormat,
+    /// Seconds between re-reads of every target's history and schema (the census), besides after each step.
+    #[serde(default = "default_refresh")]
+    pub refresh_secs: u64,
     pub targets: Vec<TargetConfig>,
 }
 
 fn default_heartbeat() -> u64 {
     3
+}
+
+fn default_refresh() -> u64 {
+    60
 }
 
 /// `[connections]`: how many idle database connections the agent keeps (one per target at most), and for how

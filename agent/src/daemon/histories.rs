@@ -4,21 +4,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_core::{AppliedMigration, Version};
+use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::driver::ConnectOptions;
 use crate::executor::Executor;
 
-/// How often idle targets' history tables are read again.
-pub(super) const REREAD: Duration = Duration::from_secs(60);
-
 /// How many targets' histories are read at once when all are re-read.
 pub(super) const REFRESH_PARALLEL: usize = 16;
 
-/// Re-reads every target's history at start and then every `REREAD`, so the coordinator sees applied versions and
-/// changes made outside Flotilla (drift).
-pub(super) async fn refresh_loop(state: Arc<State>, shutdown: CancellationToken) {
+/// Re-reads every target's history and schema at start and then every `every` (`refresh_secs`), so the coordinator
+/// sees applied versions and changes made outside Flotilla (drift).
+pub(super) async fn refresh_loop(state: Arc<State>, every: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -26,7 +24,7 @@ pub(super) async fn refresh_loop(state: Arc<State>, shutdown: CancellationToken)
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(REREAD) => {}
+            _ = tokio::time::sleep(every.max(Duration::from_secs(1))) => {}
         }
     }
 }
@@ -49,12 +47,32 @@ pub fn version_before_plan(history: &[AppliedMigration], plan_id: &str) -> Versi
         .unwrap_or_default()
 }
 
-/// Applied version and dirtiness, read on the target's warm connection (or a new one, kept afterwards).
+/// Applied version and dirtiness, read on the target's warm connection (or a new one, kept afterwards); and on the
+/// same connection the schema, for the census.
 pub(super) async fn read_versions(state: &State, target: &Target) -> Versions {
     let options = ConnectOptions { create: false, ..ConnectOptions::default() };
     let make = |driver| Executor::new(driver, "flotilla-agent");
-    let (ex, history) = state.connections.open(target, &options, make, |ex| Box::pin(ex.history())).await?;
+    let (mut ex, history) = state.connections.open(target, &options, make, |ex| Box::pin(ex.history())).await?;
+    let schema = ex.schema().await;
     state.connections.put(&target.name, ex.into_driver(), &options, false).await;
+    let mut census = locked(&state.census);
+    match schema {
+        Ok(schema) => {
+            let dump = schema.to_json();
+            let fingerprint = hex::encode(sha2::Sha256::digest(dump.as_bytes()));
+            census.schemas.insert(fingerprint.clone(), dump);
+            census.fingerprints.insert(target.name.clone(), fingerprint);
+            let used: HashSet<&String> = census.fingerprints.values().collect();
+            let unused: Vec<String> = census.schemas.keys().filter(|f| !used.contains(f)).cloned().collect();
+            for f in unused {
+                census.schemas.remove(&f);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(target = %target.name, error = %e, "cannot read the schema for the census");
+            census.fingerprints.remove(&target.name);
+        }
+    }
     Ok(summarize(&history))
 }
 

@@ -67,7 +67,17 @@ struct State {
     unacked: Mutex<HashMap<StepKey, pb::StepResult>>,
     /// Warm database connections, one per target at most.
     connections: pool::Connections,
+    /// The census: each target's schema fingerprint as last read, the schema of each fingerprint, and the
+    /// fingerprints whose schema was sent in this session.
+    census: Mutex<Census>,
     metrics: Arc<metrics::Metrics>,
+}
+
+#[derive(Default)]
+struct Census {
+    fingerprints: HashMap<String, String>,
+    schemas: HashMap<String, String>,
+    sent: HashSet<String>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -106,10 +116,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         sets: Mutex::default(),
         inflight: Mutex::default(),
         unacked: Mutex::default(),
+        census: Mutex::default(),
     });
     let steps = tokio_util::task::TaskTracker::new();
     // History re-reads on a task of their own: a slow or unreachable database never delays a heartbeat.
-    tokio::spawn(refresh_loop(state.clone(), shutdown.clone()));
+    tokio::spawn(refresh_loop(state.clone(), Duration::from_secs(state.config.refresh_secs), shutdown.clone()));
     let sweeper = tokio::spawn(pool::sweep_loop(state.clone(), shutdown.clone()));
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {

@@ -40,6 +40,8 @@ pub(super) async fn session(
         .register(pb::RegisterRequest { agent_version: env!("CARGO_PKG_VERSION").into(), targets, name: name.clone() })
         .await?;
     info!(agent = %name, targets = state.targets.len(), "registered with the coordinator");
+    // A new coordinator (or one restarted) has none of the census's schemas yet.
+    locked(&state.census).sent.clear();
     state.metrics.connected.set(1);
     let _disconnected = Disconnected(state.clone());
     resend_results(state, &mut client).await;
@@ -144,6 +146,16 @@ pub(super) fn heartbeat(state: &State) -> pb::HeartbeatRequest {
             }
             Err(e) => {
                 req.unreachable.insert(target.clone(), e.clone());
+            }
+        }
+    }
+    let mut census = locked(&state.census);
+    let census = &mut *census;
+    req.fingerprints = census.fingerprints.clone().into_iter().collect();
+    for fingerprint in census.fingerprints.values() {
+        if census.sent.insert(fingerprint.clone()) {
+            if let Some(schema) = census.schemas.get(fingerprint) {
+                req.schemas.insert(fingerprint.clone(), schema.clone());
             }
         }
     }

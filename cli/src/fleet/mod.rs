@@ -4,9 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use flotilla_core::fleet::Selector;
 use flotilla_core::Version;
-use flotilla_proto::convert::{self, ConvertError};
+use flotilla_proto::convert::ConvertError;
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::operator_service_client::OperatorServiceClient;
 use serde_json::json;
@@ -16,9 +15,11 @@ use tonic::Code as GrpcCode;
 use crate::exit::Code;
 use crate::output::Output;
 
+mod census;
 mod plans;
 mod watch;
 
+pub use census::fleet;
 pub use plans::plan;
 use plans::Summary;
 pub use watch::follow;
@@ -133,10 +134,17 @@ pub struct CreateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum FleetCommand {
-    /// Each target's applied version, pending migrations, dirty state and drift from what the plans say.
+    /// Each target's applied version, pending migrations, dirty state and schema; then the census: targets grouped
+    /// by (version, schema), those behind the newest version, and those whose schema differs from the majority's at
+    /// their version (drift).
     Status {
         #[arg(long = "select", default_value = "")]
         selector: String,
+    },
+    /// How a target's schema differs from the one most targets at its version have.
+    Drift {
+        /// The target's name.
+        target: String,
     },
 }
 
@@ -242,53 +250,6 @@ pub async fn rollback(out: Output, conn: &Conn, plan: String, follow: bool) -> C
             return watch(out, &mut client, &s.id, 0).await;
         }
         Ok(Code::Ok)
-    }
-    .await;
-    finish(out, result)
-}
-
-pub async fn fleet(out: Output, conn: &Conn, command: FleetCommand) -> Code {
-    let FleetCommand::Status { selector } = command;
-    let result = async {
-        selector.parse::<Selector>().map_err(|e| Fail(Code::BadInput, format!("--select: {e}")))?;
-        let mut client = connect(conn).await?;
-        let rows = client.fleet_status(pb::FleetStatusRequest { selector }).await?.into_inner().targets;
-        if out.json {
-            let mut json_rows = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let pending =
-                    r.pending.iter().map(|v| convert::version("pending", v)).collect::<Result<Vec<_>, _>>()?;
-                json_rows.push(json!({
-                    "target": r.target, "agent": r.agent,
-                    "applied_version": convert::optional_version("applied_version", r.applied_version.as_deref())?,
-                    "pending": pending, "dirty": r.dirty, "stale": r.stale,
-                    "drift": if r.drift.is_empty() { None } else { Some(&r.drift) },
-                }));
-            }
-            out.print_json(&json_rows);
-        } else {
-            println!("{:<24} {:<12} {:>8} {:<16} {:<6} DRIFT", "TARGET", "AGENT", "APPLIED", "PENDING", "DIRTY");
-            for r in &rows {
-                let applied = r.applied_version.clone().unwrap_or_else(|| "?".to_string());
-                let pending = match r.pending.as_slice() {
-                    [] => String::new(),
-                    [one] => one.to_string(),
-                    [first, rest @ ..] => format!("{first} +{}", rest.len()),
-                };
-                let stale = if r.stale { " (stale)" } else { "" };
-                println!(
-                    "{:<24} {:<12} {:>8} {:<16} {:<6} {}{stale}",
-                    r.target,
-                    r.agent,
-                    applied,
-                    pending,
-                    if r.dirty { "yes" } else { "no" },
-                    r.drift
-                );
-            }
-        }
-        let drifted = rows.iter().any(|r| !r.drift.is_empty() || r.dirty);
-        Ok(if drifted { Code::Failed } else { Code::Ok })
     }
     .await;
     finish(out, result)

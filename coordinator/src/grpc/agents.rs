@@ -60,6 +60,8 @@ impl pb::agent_service_server::AgentService for AgentApi {
             dirty: req.dirty_targets,
             unreachable: req.unreachable.into_iter().collect(),
             running: req.running.into_iter().map(|s| (s.plan_id, s.target, s.fencing_token)).collect(),
+            fingerprints: req.fingerprints.into_iter().collect(),
+            schemas: req.schemas.into_iter().collect(),
         };
         self.coordinator.heartbeat(&who, &name, report).await.map_err(status)?;
         Ok(Response::new(pb::HeartbeatResponse {}))

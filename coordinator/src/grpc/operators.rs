@@ -147,8 +147,29 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                 agent: r.target.agent,
                 engine: pb::Engine::from(r.target.engine) as i32,
                 stale: r.stale,
+                fingerprint: r.fingerprint.unwrap_or_default(),
+                schema_drift: r.schema_drift,
             })
             .collect();
         Ok(Response::new(pb::FleetStatusResponse { targets }))
+    }
+
+    async fn fleet_drift(
+        &self,
+        request: Request<pb::FleetDriftRequest>,
+    ) -> Result<Response<pb::FleetDriftResponse>, Status> {
+        let who = self.auth.identify(&request)?;
+        let d = self.coordinator.fleet_drift(&who, &request.get_ref().target).await.map_err(status)?;
+        Ok(Response::new(pb::FleetDriftResponse {
+            target: d.target,
+            applied_version: d.applied.to_string(),
+            fingerprint: d.fingerprint,
+            schema: d.schema.to_string(),
+            majority_fingerprint: d.majority_fingerprint,
+            majority_schema: d.majority_schema.to_string(),
+            majority_targets: u32::try_from(d.majority_targets).unwrap_or(u32::MAX),
+            version_targets: u32::try_from(d.version_targets).unwrap_or(u32::MAX),
+            majority_example: d.majority_example,
+        }))
     }
 }

@@ -1,6 +1,7 @@
 //! Agents: who may serve what, registration, heartbeats (and the steps they say are running), assignment streams.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -117,10 +118,16 @@ impl Coordinator {
             if report.unreachable.contains_key(&target) {
                 continue;
             }
+            if let Some(fingerprint) = report.fingerprints.get(&target) {
+                inner.fingerprints.insert(target.clone(), fingerprint.clone());
+            }
             if let Some(&applied) = report.applied.get(&target) {
                 let dirty = report.dirty.contains(&target);
                 inner.live.insert(target, TargetLive { applied: Some(applied), dirty, reported: now });
             }
+        }
+        for (fingerprint, schema) in &report.schemas {
+            inner.schemas.insert(fingerprint.clone(), Arc::new(schema.clone()));
         }
         let mut missing = Vec::new();
         for ((plan_id, target), held) in inner.held.iter_mut() {

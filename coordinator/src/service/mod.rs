@@ -193,6 +193,10 @@ pub struct TargetReport {
     pub unreachable: BTreeMap<String, String>,
     /// (plan, target, fencing token) of every step the agent process is running or holds a result for.
     pub running: std::collections::HashSet<(String, String, u64)>,
+    /// Target → its schema's fingerprint.
+    pub fingerprints: BTreeMap<String, String>,
+    /// Fingerprint → schema, for fingerprints not sent before in this agent's session.
+    pub schemas: BTreeMap<String, String>,
 }
 
 /// A plan submission.
@@ -236,6 +240,23 @@ pub struct TargetStatus {
     pub dirty: bool,
     pub drift: Option<String>,
     pub stale: bool,
+    pub fingerprint: Option<String>,
+    /// Its schema differs from the one most targets at its version have.
+    pub schema_drift: bool,
+}
+
+/// A target's schema beside the one most targets at its version have.
+#[derive(Debug, Clone)]
+pub struct Drift {
+    pub target: String,
+    pub applied: Version,
+    pub fingerprint: String,
+    pub schema: Arc<String>,
+    pub majority_fingerprint: String,
+    pub majority_schema: Arc<String>,
+    pub majority_targets: usize,
+    pub version_targets: usize,
+    pub majority_example: String,
 }
 
 struct AgentEntry {
@@ -278,6 +299,10 @@ struct Inner {
     engines: HashMap<String, flotilla_core::Engine>,
     /// Target → the database server it lives on (its `host` label).
     hosts: HashMap<String, String>,
+    /// The census: target → its schema's fingerprint, as its agent last reported it.
+    fingerprints: HashMap<String, String>,
+    /// Fingerprint → the schema (normalized dump, JSON): one copy per distinct schema.
+    schemas: HashMap<String, Arc<String>>,
 }
 
 pub struct Coordinator {
