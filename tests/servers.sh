@@ -10,7 +10,7 @@
 #   tests/servers.sh env     print the URLs as shell exports
 #
 # Everything lives under $FLOTILLA_SERVERS_DIR (default: tests/.servers in the repository).
-# Ports: PostgreSQL 55432, MariaDB 53306, MongoDB 57017, etcd 52379 (peer 52380); override with FLOTILLA_*_PORT.
+# Ports: PostgreSQL 55432 (its streaming replica 55434), MariaDB 53306, MongoDB 57017, etcd 52379 (peer 52380); override with FLOTILLA_*_PORT.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,6 +18,7 @@ root="${FLOTILLA_SERVERS_DIR:-$here/.servers}"
 pg_port="${FLOTILLA_PG_PORT:-55432}"
 my_port="${FLOTILLA_MYSQL_PORT:-53306}"
 pg_durable_port="${FLOTILLA_PG_DURABLE_PORT:-55433}"
+pg_replica_port="${FLOTILLA_PG_REPLICA_PORT:-55434}"
 my_durable_port="${FLOTILLA_MYSQL_DURABLE_PORT:-53307}"
 mongo_port="${FLOTILLA_MONGO_PORT:-57017}"
 etcd_port="${FLOTILLA_ETCD_PORT:-52379}"
@@ -130,6 +131,36 @@ CONF
   log "PostgreSQL${1:+ ($1)} on 127.0.0.1:$port"
 }
 
+# start_pg_replica: a streaming replica of the test server (pg_basebackup -R), for the throttling tests, which pause
+# its replay to make replication lag.
+start_pg_replica() {
+  local dir="$root/postgres-replica" port="$pg_replica_port"
+  if alive "$dir/postmaster.pid.flotilla"; then return; fi
+  port_free PG "$port"
+  local attempt
+  for attempt in 1 2; do
+    if [ ! -f "$dir/data/PG_VERSION" ]; then
+      mkdir -p "$dir"; rm -rf "$dir/data"; chown postgres "$dir"
+      su -s /bin/sh postgres -c "$pg_bin/pg_basebackup -h 127.0.0.1 -p $pg_port -U postgres -D '$dir/data' -R -X stream -c fast" \
+        >"$dir/basebackup.log" 2>&1 || die "pg_basebackup failed: see $dir/basebackup.log"
+      cat >>"$dir/data/postgresql.conf" <<CONF
+port = $port
+unix_socket_directories = '$dir'
+hot_standby = on
+CONF
+    fi
+    # A standby needs at least the primary's max_connections.
+    if su -s /bin/sh postgres -c "$pg_bin/pg_ctl -D '$dir/data' -l '$dir/server.log' -o '-c max_connections=1200' -w -t 60 start" >/dev/null; then
+      head -1 "$dir/data/postmaster.pid" >"$dir/postmaster.pid.flotilla"
+      log "PostgreSQL replica of 127.0.0.1:$pg_port on 127.0.0.1:$port"
+      return
+    fi
+    # A replica of a primary that was set up again since cannot follow it: take a new base backup.
+    rm -rf "$dir/data"
+  done
+  die "the PostgreSQL replica did not start: see $dir/server.log"
+}
+
 # start_mariadb [durable]: the test server (commits flushed once a second), or the benchmarks' durable one.
 start_mariadb() {
   local dir="$root/mariadb" port="$my_port" flush=0
@@ -229,6 +260,7 @@ PY
 print_env() {
   cat <<ENV
 export FLOTILLA_TEST_PG_URL=postgres://postgres@127.0.0.1:$pg_port/postgres
+export FLOTILLA_TEST_PG_REPLICA_URL=postgres://postgres@127.0.0.1:$pg_replica_port/postgres
 export FLOTILLA_TEST_MYSQL_URL=mysql://root@127.0.0.1:$my_port/mysql
 export FLOTILLA_TEST_MONGO_URL=mongodb://127.0.0.1:$mongo_port/?directConnection=true
 export FLOTILLA_TEST_ETCD_URL=http://127.0.0.1:$etcd_port
@@ -260,6 +292,7 @@ case "${1:-}" in
     mkdir -p "$root"
     install_packages
     start_postgres
+    start_pg_replica
     start_mariadb
     start_mongo
     init_mongo_replica_set
@@ -272,6 +305,7 @@ case "${1:-}" in
     print_env >"$root/env"
     ;;
   stop)
+    stop_one "PostgreSQL replica" "$root/postgres-replica/postmaster.pid.flotilla"
     stop_one PostgreSQL "$root/postgres/postmaster.pid.flotilla"
     stop_one "PostgreSQL (durable)" "$root/postgres-durable/postmaster.pid.flotilla"
     stop_one MariaDB "$root/mariadb/pid"

@@ -203,6 +203,7 @@ async fn demo(out: Output, dbs: &[String], count: usize, workdir: &Path) -> Resu
                 url: Some(t.url.clone()),
                 url_file: None,
                 url_env: None,
+                throttle: None,
             })
             .collect(),
     };

@@ -52,6 +52,9 @@ impl Output {
                     "    statement {} gave up waiting for a lock ({error}); rolled back, retry {attempt}/{retries} in {pause_ms} ms",
                     statement.map_or("?".to_string(), |s| s.to_string())
                 )),
+                ProgressKind::Throttled { reason, waited_ms } => {
+                    Some(format!("    held by a health check after {waited_ms} ms: {reason}"))
+                }
                 ProgressKind::Finished { elapsed_ms } => Some(format!("  done in {elapsed_ms} ms")),
                 ProgressKind::Failed { .. } => None,
             };

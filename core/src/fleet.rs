@@ -344,10 +344,12 @@ pub enum EventKind {
     MigrationFailed,
     /// A statement gave up waiting for a lock; the migration was rolled back and runs again after a pause.
     LockRetry,
+    /// A health check (replication lag, a query over its limit) holds the migration.
+    Throttled,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::Submitted,
         EventKind::Started,
         EventKind::AwaitingApproval,
@@ -370,6 +372,7 @@ impl EventKind {
         EventKind::MigrationFinished,
         EventKind::MigrationFailed,
         EventKind::LockRetry,
+        EventKind::Throttled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -397,6 +400,7 @@ impl EventKind {
             MigrationFinished => "migration_finished",
             MigrationFailed => "migration_failed",
             LockRetry => "lock_retry",
+            Throttled => "throttled",
         }
     }
 
@@ -410,7 +414,14 @@ impl EventKind {
         use EventKind::*;
         matches!(
             self,
-            StepStarted | MigrationStarted | Statement | Batch | MigrationFinished | MigrationFailed | LockRetry
+            StepStarted
+                | MigrationStarted
+                | Statement
+                | Batch
+                | MigrationFinished
+                | MigrationFailed
+                | LockRetry
+                | Throttled
         )
     }
 

@@ -87,6 +87,7 @@ one_for_one!(event_kind, EventKind, pb::EventKind, "event kind", {
     MigrationFinished <=> MigrationFinished,
     MigrationFailed <=> MigrationFailed,
     LockRetry <=> LockRetry,
+    Throttled <=> Throttled,
 });
 
 /// A phase, where unspecified means every migration, whatever its phase.

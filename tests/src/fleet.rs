@@ -34,6 +34,8 @@ pub struct FleetTarget {
     pub name: String,
     pub url: String,
     pub labels: Vec<(String, String)>,
+    /// The body of the target's `[targets.throttle]` table.
+    pub throttle: Option<String>,
 }
 
 impl FleetTarget {
@@ -42,6 +44,7 @@ impl FleetTarget {
             name: name.into(),
             url: url.into(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            throttle: None,
         }
     }
 }
@@ -256,6 +259,9 @@ impl Fleet {
                 t.url,
                 labels.join(", ")
             ));
+            if let Some(throttle) = &t.throttle {
+                config.push_str(&format!("[targets.throttle]\n{throttle}\n"));
+            }
         }
         let path = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, config).expect("agent config");

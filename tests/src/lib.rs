@@ -51,6 +51,11 @@ pub fn durable_server_url(engine: Engine) -> Option<String> {
 }
 
 /// The etcd endpoint `tests/servers.sh` runs.
+/// The streaming replica of the test PostgreSQL server (tests/servers.sh).
+pub fn pg_replica_url() -> String {
+    std::env::var("FLOTILLA_TEST_PG_REPLICA_URL").expect("FLOTILLA_TEST_PG_REPLICA_URL: run tests/servers.sh start")
+}
+
 pub fn etcd_url() -> String {
     env_url("FLOTILLA_TEST_ETCD_URL")
 }

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use flotilla_core::Engine::Postgres;
-use flotilla_tests::fleet::{free_port, Fleet, FleetTarget};
+use flotilla_tests::fleet::{free_port, steps, Fleet, FleetTarget};
 use flotilla_tests::*;
 
 fn curl(url: &str) -> String {
@@ -373,4 +373,90 @@ async fn fleet_status_names_the_drifted_target_and_fleet_drift_shows_the_differe
     same.ok();
     assert!(same.stdout.contains("has the schema 2 of 3 targets of its engine"), "{}", same.stdout);
     fleet.cli(&["fleet", "drift", "nope"]).await.fails(4, "target `nope`");
+}
+
+/// Throttling on a real streaming replica whose replay is paused: the migration is held (`throttled` events) while
+/// the replica lags, runs once it has caught up; a second plan held past its limit fails having changed nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lagging_replica_holds_the_migration_until_it_catches_up() {
+    let dbs = [TestDb::new(Postgres).await, TestDb::new(Postgres).await];
+    let replica = TestDb::on(Postgres, &pg_replica_url());
+    let primary = TestDb::on(Postgres, &std::env::var("FLOTILLA_TEST_PG_URL").expect("primary"));
+    // Other tests write to the same primary: the limit sits well above their WAL, well below what this test makes.
+    let throttle = |wait: u64| format!("max_replica_lag_bytes = 16000000\nmax_wait_secs = {wait}\npoll_ms = 200");
+    let mut fleet = Fleet::start(&[("agent-1", "*")], None, 10).await;
+    let mut targets = vec![
+        FleetTarget::new("pg-held", &dbs[0].url, &[("env", "lag")]),
+        FleetTarget::new("pg-limit", &dbs[1].url, &[("env", "lag-limit")]),
+    ];
+    targets[0].throttle = Some(throttle(120));
+    targets[1].throttle = Some(throttle(2));
+    fleet.start_agent("agent-1", &targets).await;
+    fleet.wait_targets(2).await;
+
+    replica.exec("SELECT pg_wal_replay_pause()").await;
+    let _resume = Resume(replica.url.clone());
+    primary.exec("CREATE TABLE IF NOT EXISTS lag_filler (id int, pad text)").await;
+    primary.exec("INSERT INTO lag_filler SELECT g, repeat('x', 1000) FROM generate_series(1, 40000) g").await;
+    let lag = || async {
+        let mut conn = primary.sql().await;
+        sqlx::query_scalar::<_, f64>("SELECT COALESCE(MAX(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0)::float8 FROM pg_stat_replication")
+            .fetch_one(&mut conn)
+            .await
+            .expect("lag")
+    };
+    assert!(lag().await > 16e6, "the paused replica lags");
+
+    let dir = Dir::new();
+    dir.migration(Postgres, 1, "accounts", "CREATE TABLE accounts (id int PRIMARY KEY);", "DROP TABLE accounts;");
+    let held = fleet.create(dir.path(), &["--select", "env=lag"]).await;
+    let limited = fleet.create(dir.path(), &["--select", "env=lag-limit"]).await;
+    let over = fleet.wait_plan(&limited, "over", |p| p["state"] != "running" && p["state"] != "pending").await;
+    let error = steps(&over)["pg-limit"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("held 2 s by its health checks") && error.contains("replica lag"), "{over:#}");
+    assert!(dbs[1].history().await.is_empty(), "the held-too-long target was not touched");
+
+    // The held plan's events, as they come: a `throttled` one names the lag.
+    let mut client =
+        flotilla_proto::v1::operator_service_client::OperatorServiceClient::new(fleet.channel_as("admin").await);
+    let mut events = client
+        .watch_plan(flotilla_proto::v1::WatchPlanRequest { id: held.clone(), after: 0 })
+        .await
+        .expect("watch")
+        .into_inner();
+    let throttled = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(e) = events.message().await.expect("event") {
+            if e.kind == flotilla_proto::v1::EventKind::Throttled as i32 {
+                return e;
+            }
+        }
+        panic!("the plan ended without a throttled event");
+    })
+    .await
+    .expect("a throttled event within 20 s");
+    assert_eq!(throttled.target, "pg-held");
+    assert!(throttled.detail.contains("replica lag (bytes) is"), "{}", throttled.detail);
+    println!("throttled: {}", throttled.detail);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(dbs[0].history().await.is_empty(), "held while the replica lags");
+    assert_eq!(fleet.plan(&held).await["state"], "running");
+
+    replica.exec("SELECT pg_wal_replay_resume()").await;
+    let done = fleet.wait_state(&held, "succeeded").await;
+    assert_eq!(versions(&dbs[0].history().await), vec![1], "{done:#}");
+    println!("replica lag after resume: {} bytes", lag().await);
+    primary.exec("DROP TABLE IF EXISTS lag_filler").await;
+}
+
+fn versions(history: &[(u128, String, i64)]) -> Vec<u128> {
+    history.iter().map(|(v, _, _)| *v).collect()
+}
+
+/// Resumes the replica's replay however the test ends: other tests share it.
+struct Resume(String);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql").args([&self.0, "-qc", "SELECT pg_wal_replay_resume()"]).output();
+    }
 }

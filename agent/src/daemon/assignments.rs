@@ -158,6 +158,7 @@ pub(super) async fn execute(
             .with_fencing_token(Some(a.fencing_token))
             .with_plan_options(PlanOptions { phase, ..PlanOptions::default() })
             .with_timeouts(timeouts)
+            .with_throttle(target.throttle.clone())
             .with_progress(sink.clone())
     };
     let options = ConnectOptions::default();
@@ -242,6 +243,11 @@ fn progress_sink(
                 e.retries = *retries;
                 e.pause_ms = *pause_ms;
                 e.error = error.clone();
+            }
+            ProgressKind::Throttled { reason, waited_ms } => {
+                e.kind = pb::EventKind::from(EventKind::Throttled) as i32;
+                e.error = reason.clone();
+                e.elapsed_ms = *waited_ms;
             }
             ProgressKind::Failed { statement, error } => {
                 e.kind = pb::EventKind::from(EventKind::MigrationFailed) as i32;

@@ -74,6 +74,35 @@ pub struct TargetConfig {
     pub url: Option<String>,
     pub url_file: Option<PathBuf>,
     pub url_env: Option<String>,
+    /// Health checks that hold each migration and backfill batch on this target while one fails.
+    pub throttle: Option<ThrottleConfig>,
+}
+
+/// `[targets.throttle]`: hold each migration and each backfill batch while the target is unhealthy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleConfig {
+    /// PostgreSQL: while any replica of this primary has more than this many bytes of WAL still to replay
+    /// (`pg_stat_replication`).
+    pub max_replica_lag_bytes: Option<u64>,
+    /// Any SQL engine: a query returning one number, held while it is above `max` (e.g. MySQL's replica lag read
+    /// through a federated view, a queue depth, active sessions).
+    pub query: Option<String>,
+    pub max: Option<f64>,
+    /// Longest a step is held before it fails (seconds, default 600).
+    #[serde(default = "default_max_wait")]
+    pub max_wait_secs: u64,
+    /// How often the checks are asked again while they fail (milliseconds, default 1000).
+    #[serde(default = "default_poll")]
+    pub poll_ms: u64,
+}
+
+fn default_max_wait() -> u64 {
+    600
+}
+
+fn default_poll() -> u64 {
+    1000
 }
 
 /// A target ready to serve: its URL resolved.
@@ -83,6 +112,7 @@ pub struct Target {
     pub engine: Engine,
     pub labels: BTreeMap<String, String>,
     pub url: String,
+    pub throttle: Option<crate::executor::Throttle>,
 }
 
 impl Target {
@@ -123,6 +153,7 @@ fn a_targets_host_is_its_label_else_its_servers_address() {
         engine,
         labels: host.map(|h| [("host".to_string(), h.to_string())].into()).unwrap_or_default(),
         url: url.into(),
+        throttle: None,
     };
     assert_eq!(
         t(Engine::Postgres, "postgres://u:p@db1.internal:6432/shop?sslmode=require", None).host(),
@@ -220,12 +251,70 @@ fn resolve_target(t: &TargetConfig) -> Result<Target, String> {
             return Err(format!("target `{}` says engine {engine} but its URL is {from_url}", t.name));
         }
     }
-    Ok(Target { name: t.name.clone(), engine: from_url, labels: t.labels.clone(), url })
+    let throttle = t.throttle.as_ref().map(|c| throttle(&t.name, from_url, c)).transpose()?;
+    Ok(Target { name: t.name.clone(), engine: from_url, labels: t.labels.clone(), url, throttle })
+}
+
+fn throttle(target: &str, engine: Engine, c: &ThrottleConfig) -> Result<crate::executor::Throttle, String> {
+    use crate::executor::HealthCheck;
+    let bad = |why: &str| Err(format!("target `{target}`: [targets.throttle] {why}"));
+    let mut checks = Vec::new();
+    if let Some(max) = c.max_replica_lag_bytes {
+        if engine != Engine::Postgres {
+            return bad("max_replica_lag_bytes reads pg_stat_replication: PostgreSQL targets only (use query and max)");
+        }
+        checks.push(HealthCheck::postgres_replica_lag_bytes(max));
+    }
+    match (&c.query, c.max) {
+        (Some(_), _) | (_, Some(_)) if engine == Engine::Mongodb => return bad("query runs on SQL engines only"),
+        (Some(sql), Some(max)) => checks.push(HealthCheck { name: format!("`{sql}`"), sql: sql.clone(), max }),
+        (Some(_), None) => return bad("query needs max"),
+        (None, Some(_)) => return bad("max needs query"),
+        (None, None) => {}
+    }
+    if checks.is_empty() {
+        return bad("sets no check: give max_replica_lag_bytes, or query and max");
+    }
+    if c.poll_ms == 0 {
+        return bad("poll_ms must be at least 1");
+    }
+    Ok(crate::executor::Throttle {
+        checks,
+        max_wait: std::time::Duration::from_secs(c.max_wait_secs),
+        poll: std::time::Duration::from_millis(c.poll_ms),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttle_names_what_is_wrong_with_it() {
+        let with = |engine: &str, url: &str, throttle: &str| {
+            let text = format!(
+                "name = \"a\"\ncoordinator = \"http://c:1\"\ninsecure_dev = true\n[[targets]]\nname = \"t\"\nurl = \"{url}\"\n{engine}\n[targets.throttle]\n{throttle}\n"
+            );
+            parse(&text).and_then(|c| c.resolve())
+        };
+        let pg = "postgres://db/x";
+        let ok = with("", pg, "max_replica_lag_bytes = 1000\nquery = \"SELECT 1\"\nmax = 2").expect("valid");
+        let throttle = ok[0].throttle.as_ref().expect("throttle");
+        assert_eq!(throttle.checks.len(), 2);
+        assert_eq!((throttle.max_wait.as_secs(), throttle.poll.as_millis()), (600, 1000), "defaults");
+        for (url, body, expected) in [
+            ("mysql://db/x", "max_replica_lag_bytes = 1", "PostgreSQL targets only"),
+            (pg, "query = \"SELECT 1\"", "query needs max"),
+            (pg, "max = 3", "max needs query"),
+            (pg, "max_wait_secs = 3", "sets no check"),
+            ("mongodb://db/x", "query = \"x\"\nmax = 1", "SQL engines only"),
+            (pg, "max_replica_lag_bytes = 1\npoll_ms = 0", "poll_ms"),
+        ] {
+            let e = with("", url, body).err().unwrap_or_default();
+            assert!(e.contains(expected) && e.contains("target `t`"), "{body}: {e}");
+        }
+        assert!(with("", pg, "max_lag = 1").err().unwrap_or_default().contains("unknown field"));
+    }
 
     fn parse(text: &str) -> Result<AgentConfig, String> {
         let c: AgentConfig = toml::from_str(text).map_err(|e| e.to_string())?;

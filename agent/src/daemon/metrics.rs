@@ -38,8 +38,10 @@ pub struct Metrics {
     pub migration_duration: Histograms<EngineDirection>,
     pub backfill_rows: Family<EngineLabel, Counter>,
     pub backfill_batches: Family<EngineLabel, Counter>,
-    /// Throttle events: migrations rolled back on a lock timeout and retried.
+    /// Migrations rolled back on a lock timeout and retried.
     pub lock_retries: Family<EngineLabel, Counter>,
+    /// Throttle events: a health check held a migration (reported when it starts holding, then every 5 s).
+    pub throttled: Family<EngineLabel, Counter>,
     pub steps_running: Gauge,
     /// 1 while the agent has a session with the coordinator.
     pub connected: Gauge,
@@ -56,6 +58,7 @@ impl Metrics {
             backfill_rows: Family::default(),
             backfill_batches: Family::default(),
             lock_retries: Family::default(),
+            throttled: Family::default(),
             steps_running: Gauge::default(),
             connected: Gauge::default(),
             targets: Gauge::default(),
@@ -73,6 +76,7 @@ impl Metrics {
         r.register("backfill_rows", "Rows updated by backfill batches", m.backfill_rows.clone());
         r.register("backfill_batches", "Backfill batches committed", m.backfill_batches.clone());
         r.register("lock_retries", "Migrations rolled back on a lock timeout and retried", m.lock_retries.clone());
+        r.register("throttle_events", "Times a health check held a migration", m.throttled.clone());
         r.register("steps_running", "Steps this agent is running", m.steps_running.clone());
         r.register("connected", "1 while the agent has a session with its coordinator", m.connected.clone());
         r.register("targets", "Targets this agent serves", m.targets.clone());
@@ -88,6 +92,7 @@ impl Metrics {
             let _ = self.lock_retries.get_or_create(&labels);
             let _ = self.backfill_rows.get_or_create(&labels);
             let _ = self.backfill_batches.get_or_create(&labels);
+            let _ = self.throttled.get_or_create(&labels);
         }
     }
 
@@ -116,6 +121,9 @@ impl Metrics {
             }
             ProgressKind::LockRetry { .. } => {
                 self.lock_retries.get_or_create(&EngineLabel { engine: engine.clone() }).inc();
+            }
+            ProgressKind::Throttled { .. } => {
+                self.throttled.get_or_create(&EngineLabel { engine: engine.clone() }).inc();
             }
             ProgressKind::Started { .. } | ProgressKind::Statement { .. } => {}
         }

@@ -169,6 +169,11 @@ pub trait Driver: Send {
         Ok(())
     }
 
+    /// Runs a read-only query returning one number (a health check); `None` when it returns no row or no number.
+    async fn query_number(&mut self, _sql: &str) -> Result<Option<f64>, DriverError> {
+        Err(DriverError::Database("health-check queries run on SQL engines only".into()))
+    }
+
     /// Makes a connection on which migrations ran fit to be used again as if new: the session's settings, roles,
     /// temporary objects, cursors and locks back to their defaults. `false` if this engine cannot, and the
     /// connection must be closed instead (a migration's `SET` must never leak into the next one's session).

@@ -459,6 +459,17 @@ impl Driver for SqlDriver {
         Ok(())
     }
 
+    async fn query_number(&mut self, sql: &str) -> Result<Option<f64>, DriverError> {
+        let rows = fetch_unprepared(&mut self.conn, sql).await?;
+        let Some(row) = rows.first() else { return Ok(None) };
+        let number = row
+            .try_get::<f64, _>(0)
+            .ok()
+            .or_else(|| row.try_get::<i64, _>(0).ok().map(|n| n as f64))
+            .or_else(|| row.try_get::<String, _>(0).ok().and_then(|s| s.trim().parse().ok()));
+        Ok(number)
+    }
+
     async fn reset_session(&mut self) -> Result<bool, DriverError> {
         match self.engine {
             Engine::Postgres => postgres::reset_session(&mut self.conn).await.map(|()| true),

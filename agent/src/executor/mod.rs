@@ -25,10 +25,12 @@ mod error;
 mod progress;
 mod repair;
 mod run;
+mod throttle;
 
 pub use error::ExecError;
 pub use progress::{Progress, ProgressKind, ProgressSink, RepeatableStatus, RunReport, StepReport};
 pub use repair::RepairAction;
+pub use throttle::{verdict, HealthCheck, Throttle};
 
 /// What a migration gets when neither it nor the run says otherwise: a statement waits at most 5 s for a lock
 /// (so the application's queries queue behind it at most that long), and a migration rolled back on a lock timeout
@@ -61,6 +63,8 @@ pub struct Executor {
     lock_timeout: Duration,
     /// Statement timeouts and lock-timeout retries for migrations that set none of their own.
     timeouts: Timeouts,
+    /// Health checks asked before each migration and each backfill batch.
+    throttle: Option<Throttle>,
     plan_options: PlanOptions,
     progress: Option<ProgressSink>,
 }
@@ -76,6 +80,7 @@ impl Executor {
             fencing_token: None,
             lock_timeout: Duration::from_secs(300),
             timeouts: DEFAULT_TIMEOUTS,
+            throttle: None,
             plan_options: PlanOptions::default(),
             progress: None,
         }
@@ -90,6 +95,12 @@ impl Executor {
     /// not set here falls back to [`DEFAULT_TIMEOUTS`]).
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts.or(DEFAULT_TIMEOUTS);
+        self
+    }
+
+    /// Health checks that hold each migration and each backfill batch while one fails (see [`Throttle`]).
+    pub fn with_throttle(mut self, throttle: Option<Throttle>) -> Self {
+        self.throttle = throttle.filter(|t| !t.checks.is_empty());
         self
     }
 

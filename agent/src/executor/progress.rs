@@ -46,6 +46,11 @@ pub enum ProgressKind {
         pause_ms: u64,
         error: String,
     },
+    /// A health check holds the migration (before it starts, or before a backfill batch).
+    Throttled {
+        reason: String,
+        waited_ms: u64,
+    },
     Finished {
         elapsed_ms: u64,
     },

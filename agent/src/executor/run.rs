@@ -19,6 +19,7 @@ impl Executor {
                 step,
                 ProgressKind::Started { statements: step.statements.len(), atomic: step.atomic, resume_from },
             );
+            self.wait_until_healthy(step).await?;
             let script = step.migration.script(step.direction);
             let timeouts = script.map(|s| s.timeouts).unwrap_or_default().or(self.timeouts);
             self.driver.set_timeouts(timeouts.lock, timeouts.statement).await?;
@@ -134,6 +135,7 @@ impl Executor {
         let mut cursor = self.backfill_cursor(m, direction).await?;
         let resumed_rows = cursor.rows;
         loop {
+            self.wait_until_healthy(step).await?;
             self.driver.check_lock().await?;
             let Some(hi) = self.driver.next_batch_end(backfill, cursor.last_key).await? else { break };
             let statement = Statement::Sql { text: Backfill::bind(template, cursor.last_key, hi), line: *line };

@@ -121,6 +121,12 @@ fn event_line(e: &pb::PlanEvent, kind: Kind) -> String {
             detail["retries"],
             detail["pause_ms"]
         ),
+        Some(Throttled) => format!(
+            " {} held {} ms: {}",
+            detail["version"],
+            detail["elapsed_ms"],
+            detail["error"].as_str().unwrap_or_default()
+        ),
         Some(Assigned) => format!(" to {} (token {})", detail["agent"].as_str().unwrap_or(""), detail["fencing_token"]),
         Some(Halted | Reconcile) => reason(),
         Some(Paused | Resumed | Aborted | Approved) => format!("{}{}", by(), reason()),
@@ -256,7 +262,9 @@ impl Bars {
         // What an operator must not miss stays on the screen above the bars.
         if matches!(
             kind,
-            None | Some(Failed | Halted | Reconcile | AwaitingApproval | Paused | Resumed | Aborted | LockRetry)
+            None | Some(
+                Failed | Halted | Reconcile | AwaitingApproval | Paused | Resumed | Aborted | LockRetry | Throttled
+            )
         ) {
             self.log.println(event_line(e, seen));
         }
