@@ -10,7 +10,7 @@
 #   tests/servers.sh env     print the URLs as shell exports
 #
 # Everything lives under $FLOTILLA_SERVERS_DIR (default: tests/.servers in the repository).
-# Ports: PostgreSQL 55432 (its streaming replica 55434), MariaDB 53306, MongoDB 57017, etcd 52379 (peer 52380); override with FLOTILLA_*_PORT.
+# Ports: PostgreSQL 55432 (its streaming replica 55434), MariaDB 53306 (a source and replica pair 53310, 53311), MongoDB 57017, etcd 52379 (peer 52380); override with FLOTILLA_*_PORT.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,6 +20,8 @@ my_port="${FLOTILLA_MYSQL_PORT:-53306}"
 pg_durable_port="${FLOTILLA_PG_DURABLE_PORT:-55433}"
 pg_replica_port="${FLOTILLA_PG_REPLICA_PORT:-55434}"
 my_durable_port="${FLOTILLA_MYSQL_DURABLE_PORT:-53307}"
+my_source_port="${FLOTILLA_MYSQL_SOURCE_PORT:-53310}"
+my_replica_port="${FLOTILLA_MYSQL_REPLICA_PORT:-53311}"
 mongo_port="${FLOTILLA_MONGO_PORT:-57017}"
 etcd_port="${FLOTILLA_ETCD_PORT:-52379}"
 etcd_peer_port=$((etcd_port + 1))
@@ -161,6 +163,36 @@ CONF
   die "the PostgreSQL replica did not start: see $dir/server.log"
 }
 
+# start_mariadb_pair: a MariaDB source (binlog on) and its replica, for the throttling tests, which stop the
+# replica's SQL thread to make it fall behind. Apart from the test server, whose tests need no binlog.
+start_mariadb_pair() {
+  local name port id dir
+  for name in source replica; do
+    dir="$root/mariadb-$name"
+    if [ "$name" = source ]; then port="$my_source_port"; id=1; else port="$my_replica_port"; id=2; fi
+    if alive "$dir/pid"; then continue; fi
+    port_free MYSQL "$port"
+    mkdir -p "$dir"; chown mysql "$dir"
+    if [ ! -d "$dir/data/mysql" ]; then
+      rm -rf "$dir/data"
+      mariadb-install-db --no-defaults --user=mysql --datadir="$dir/data" --auth-root-authentication-method=normal \
+        --skip-test-db >"$dir/install.log" 2>&1 || die "mariadb-install-db failed: see $dir/install.log"
+    fi
+    mariadbd --no-defaults --user=mysql --datadir="$dir/data" --socket="$dir/sock" --port="$port" \
+      --bind-address=127.0.0.1 --pid-file="$dir/pid" --server-id=$id --log-bin=binlog --binlog-format=ROW \
+      --innodb-flush-log-at-trx-commit=0 --log-error="$dir/server.log" &
+    wait_for 60 "MariaDB $name" mariadb-admin --no-defaults --protocol=tcp -h127.0.0.1 -P"$port" -uroot ping
+    alive "$dir/pid" || die "MariaDB ($name) did not write its pid file: see $dir/server.log"
+  done
+  local sql=(mariadb --no-defaults --protocol=tcp -h127.0.0.1 -P"$my_replica_port" -uroot -N -e)
+  if [ -z "$("${sql[@]}" "SHOW SLAVE STATUS")" ]; then
+    "${sql[@]}" "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=$my_source_port, MASTER_USER='root',
+      MASTER_USE_GTID=slave_pos; START SLAVE" || die "the MariaDB replica could not start replicating"
+  fi
+  "${sql[@]}" "START SLAVE" >/dev/null 2>&1 || true
+  log "MariaDB source on 127.0.0.1:$my_source_port, its replica on 127.0.0.1:$my_replica_port"
+}
+
 # start_mariadb [durable]: the test server (commits flushed once a second), or the benchmarks' durable one.
 start_mariadb() {
   local dir="$root/mariadb" port="$my_port" flush=0
@@ -262,6 +294,8 @@ print_env() {
 export FLOTILLA_TEST_PG_URL=postgres://postgres@127.0.0.1:$pg_port/postgres
 export FLOTILLA_TEST_PG_REPLICA_URL=postgres://postgres@127.0.0.1:$pg_replica_port/postgres
 export FLOTILLA_TEST_MYSQL_URL=mysql://root@127.0.0.1:$my_port/mysql
+export FLOTILLA_TEST_MYSQL_SOURCE_URL=mysql://root@127.0.0.1:$my_source_port/mysql
+export FLOTILLA_TEST_MYSQL_REPLICA_URL=mysql://root@127.0.0.1:$my_replica_port/mysql
 export FLOTILLA_TEST_MONGO_URL=mongodb://127.0.0.1:$mongo_port/?directConnection=true
 export FLOTILLA_TEST_ETCD_URL=http://127.0.0.1:$etcd_port
 export FLOTILLA_TEST_KNEX=$tools/node/node_modules/knex/bin/cli.js
@@ -294,6 +328,7 @@ case "${1:-}" in
     start_postgres
     start_pg_replica
     start_mariadb
+    start_mariadb_pair
     start_mongo
     init_mongo_replica_set
     start_etcd
@@ -309,6 +344,8 @@ case "${1:-}" in
     stop_one PostgreSQL "$root/postgres/postmaster.pid.flotilla"
     stop_one "PostgreSQL (durable)" "$root/postgres-durable/postmaster.pid.flotilla"
     stop_one MariaDB "$root/mariadb/pid"
+    stop_one "MariaDB replica" "$root/mariadb-replica/pid"
+    stop_one "MariaDB source" "$root/mariadb-source/pid"
     stop_one "MariaDB (durable)" "$root/mariadb-durable/pid"
     stop_one MongoDB "$root/mongo/pid"
     stop_one etcd "$root/etcd/pid"

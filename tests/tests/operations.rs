@@ -417,23 +417,7 @@ async fn a_lagging_replica_holds_the_migration_until_it_catches_up() {
     assert!(dbs[1].history().await.is_empty(), "the held-too-long target was not touched");
 
     // The held plan's events, as they come: a `throttled` one names the lag.
-    let mut client =
-        flotilla_proto::v1::operator_service_client::OperatorServiceClient::new(fleet.channel_as("admin").await);
-    let mut events = client
-        .watch_plan(flotilla_proto::v1::WatchPlanRequest { id: held.clone(), after: 0 })
-        .await
-        .expect("watch")
-        .into_inner();
-    let throttled = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(e) = events.message().await.expect("event") {
-            if e.kind == flotilla_proto::v1::EventKind::Throttled as i32 {
-                return e;
-            }
-        }
-        panic!("the plan ended without a throttled event");
-    })
-    .await
-    .expect("a throttled event within 20 s");
+    let throttled = throttled_event(&fleet, &held).await;
     assert_eq!(throttled.target, "pg-held");
     assert!(throttled.detail.contains("replica lag (bytes) is"), "{}", throttled.detail);
     println!("throttled: {}", throttled.detail);
@@ -446,6 +430,85 @@ async fn a_lagging_replica_holds_the_migration_until_it_catches_up() {
     assert_eq!(versions(&dbs[0].history().await), vec![1], "{done:#}");
     println!("replica lag after resume: {} bytes", lag().await);
     primary.exec("DROP TABLE IF EXISTS lag_filler").await;
+}
+
+/// Throttling on a real MariaDB replica whose SQL thread is stopped: the migration on its source is held until the
+/// replica applies again, then runs once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_mariadb_replica_holds_the_migration_on_its_source() {
+    use flotilla_core::Engine::Mysql;
+    let source =
+        std::env::var("FLOTILLA_TEST_MYSQL_SOURCE_URL").expect("FLOTILLA_TEST_MYSQL_SOURCE_URL: tests/servers.sh");
+    let replica_url = std::env::var("FLOTILLA_TEST_MYSQL_REPLICA_URL").expect("FLOTILLA_TEST_MYSQL_REPLICA_URL");
+    let db = TestDb::new_on(Mysql, &source).await;
+    let replica = TestDb::on(Mysql, &replica_url);
+    let mut fleet = Fleet::start(&[("agent-1", "*")], None, 10).await;
+    let mut target = FleetTarget::new("my-held", &db.url, &[("env", "mylag")]);
+    target.throttle =
+        Some(format!("max_replica_lag_secs = 5\nreplica_url = \"{replica_url}\"\nmax_wait_secs = 60\npoll_ms = 200"));
+    fleet.start_agent("agent-1", &[target]).await;
+    fleet.wait_targets(1).await;
+
+    replica.exec("STOP SLAVE SQL_THREAD").await;
+    let _resume = ResumeMariadb(replica_url.clone());
+    let dir = Dir::new();
+    dir.migration(Mysql, 1, "accounts", "CREATE TABLE accounts (id int PRIMARY KEY);", "DROP TABLE accounts;");
+    let held = fleet.create(dir.path(), &["--select", "env=mylag"]).await;
+    let throttled = throttled_event(&fleet, &held).await;
+    assert_eq!(throttled.target, "my-held");
+    assert!(
+        throttled.detail.contains("Seconds_Behind_Master") && throttled.detail.contains("SQL thread is stopped"),
+        "{}",
+        throttled.detail
+    );
+    println!("throttled: {}", throttled.detail);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(db.history().await.is_empty(), "held while the replica does not apply");
+
+    replica.exec("START SLAVE SQL_THREAD").await;
+    fleet.wait_state(&held, "succeeded").await;
+    assert_eq!(versions(&db.history().await), vec![1]);
+}
+
+/// The first `throttled` event of a plan, as it comes.
+async fn throttled_event(fleet: &Fleet, plan: &str) -> flotilla_proto::v1::PlanEvent {
+    let mut client =
+        flotilla_proto::v1::operator_service_client::OperatorServiceClient::new(fleet.channel_as("admin").await);
+    let mut events = client
+        .watch_plan(flotilla_proto::v1::WatchPlanRequest { id: plan.to_string(), after: 0 })
+        .await
+        .expect("watch")
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(e) = events.message().await.expect("event") {
+            if e.kind == flotilla_proto::v1::EventKind::Throttled as i32 {
+                return e;
+            }
+        }
+        panic!("the plan ended without a throttled event");
+    })
+    .await
+    .expect("a throttled event within 20 s")
+}
+
+/// Starts the replica's SQL thread again however the test ends.
+struct ResumeMariadb(String);
+
+impl Drop for ResumeMariadb {
+    fn drop(&mut self) {
+        let port = self.0.rsplit(':').next().and_then(|p| p.split('/').next()).unwrap_or("53311").to_string();
+        let _ = std::process::Command::new("mariadb")
+            .args([
+                "--no-defaults",
+                "--protocol=tcp",
+                "-h127.0.0.1",
+                &format!("-P{port}"),
+                "-uroot",
+                "-e",
+                "START SLAVE SQL_THREAD",
+            ])
+            .output();
+    }
 }
 
 fn versions(history: &[(u128, String, i64)]) -> Vec<u128> {

@@ -85,6 +85,10 @@ pub struct ThrottleConfig {
     /// PostgreSQL: while any replica of this primary has more than this many bytes of WAL still to replay
     /// (`pg_stat_replication`).
     pub max_replica_lag_bytes: Option<u64>,
+    /// MySQL and MariaDB: while the replica at `replica_url` is more than this many seconds behind (its
+    /// `SHOW SLAVE STATUS`), or its SQL thread is stopped.
+    pub max_replica_lag_secs: Option<u64>,
+    pub replica_url: Option<String>,
     /// Any SQL engine: a query returning one number, held while it is above `max` (e.g. MySQL's replica lag read
     /// through a federated view, a queue depth, active sessions).
     pub query: Option<String>,
@@ -265,9 +269,20 @@ fn throttle(target: &str, engine: Engine, c: &ThrottleConfig) -> Result<crate::e
         }
         checks.push(HealthCheck::postgres_replica_lag_bytes(max));
     }
+    match (c.max_replica_lag_secs, &c.replica_url) {
+        (Some(_), _) if engine != Engine::Mysql => {
+            return bad("max_replica_lag_secs reads SHOW SLAVE STATUS: MySQL and MariaDB targets only (PostgreSQL: max_replica_lag_bytes)")
+        }
+        (Some(max), Some(url)) => checks.push(HealthCheck::mysql_replica_lag_secs(url, max)),
+        (Some(_), None) => return bad("max_replica_lag_secs needs replica_url, the replica to ask"),
+        (None, Some(_)) => return bad("replica_url is only for max_replica_lag_secs"),
+        (None, None) => {}
+    }
     match (&c.query, c.max) {
         (Some(_), _) | (_, Some(_)) if engine == Engine::Mongodb => return bad("query runs on SQL engines only"),
-        (Some(sql), Some(max)) => checks.push(HealthCheck { name: format!("`{sql}`"), sql: sql.clone(), max }),
+        (Some(sql), Some(max)) => {
+            checks.push(HealthCheck { name: format!("`{sql}`"), sql: sql.clone(), column: None, on: None, max })
+        }
         (Some(_), None) => return bad("query needs max"),
         (None, Some(_)) => return bad("max needs query"),
         (None, None) => {}
@@ -309,6 +324,9 @@ mod tests {
             (pg, "max_wait_secs = 3", "sets no check"),
             ("mongodb://db/x", "query = \"x\"\nmax = 1", "SQL engines only"),
             (pg, "max_replica_lag_bytes = 1\npoll_ms = 0", "poll_ms"),
+            (pg, "max_replica_lag_secs = 3\nreplica_url = \"postgres://r/x\"", "MySQL and MariaDB targets only"),
+            ("mysql://db/x", "max_replica_lag_secs = 3", "needs replica_url"),
+            ("mysql://db/x", "replica_url = \"mysql://r/x\"\nmax_replica_lag_bytes = 1", "PostgreSQL targets only"),
         ] {
             let e = with("", url, body).err().unwrap_or_default();
             assert!(e.contains(expected) && e.contains("target `t`"), "{body}: {e}");

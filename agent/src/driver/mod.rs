@@ -169,8 +169,9 @@ pub trait Driver: Send {
         Ok(())
     }
 
-    /// Runs a read-only query returning one number (a health check); `None` when it returns no row or no number.
-    async fn query_number(&mut self, _sql: &str) -> Result<Option<f64>, DriverError> {
+    /// Runs a read-only query (a health check) and reads one number: `column` of its first row, or its first column;
+    /// `None` when it returns no row, or no number (NULL).
+    async fn query_number(&mut self, _sql: &str, _column: Option<&str>) -> Result<Option<f64>, DriverError> {
         Err(DriverError::Database("health-check queries run on SQL engines only".into()))
     }
 

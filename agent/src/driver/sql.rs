@@ -459,14 +459,21 @@ impl Driver for SqlDriver {
         Ok(())
     }
 
-    async fn query_number(&mut self, sql: &str) -> Result<Option<f64>, DriverError> {
+    async fn query_number(&mut self, sql: &str, column: Option<&str>) -> Result<Option<f64>, DriverError> {
         let rows = fetch_unprepared(&mut self.conn, sql).await?;
         let Some(row) = rows.first() else { return Ok(None) };
+        let index = match column {
+            None => 0,
+            Some(name) => row.columns().iter().position(|c| sqlx::Column::name(c) == name).ok_or_else(|| {
+                DriverError::Database(format!("the health check's query returned no column `{name}`"))
+            })?,
+        };
         let number = row
-            .try_get::<f64, _>(0)
+            .try_get::<Option<f64>, _>(index)
             .ok()
-            .or_else(|| row.try_get::<i64, _>(0).ok().map(|n| n as f64))
-            .or_else(|| row.try_get::<String, _>(0).ok().and_then(|s| s.trim().parse().ok()));
+            .flatten()
+            .or_else(|| row.try_get::<Option<i64>, _>(index).ok().flatten().map(|n| n as f64))
+            .or_else(|| row.try_get::<Option<String>, _>(index).ok().flatten().and_then(|s| s.trim().parse().ok()));
         Ok(number)
     }
 
