@@ -77,6 +77,8 @@ async fn report(
         _ => read_versions(state, target).await,
     };
     locked(&state.versions).insert(target.name.clone(), versions.clone());
+    // The step changed the schema: its fingerprint is unknown until the next census read.
+    locked(&state.census).fingerprints.remove(&target.name);
     let (applied, dirty) = match &versions {
         Ok((applied, dirty)) => (Some(*applied), *dirty),
         Err(_) => (None, false),

@@ -32,7 +32,7 @@ pub struct AgentConfig {
     /// `text` (default) or `json`.
     #[serde(default)]
     pub log_format: flotilla_proto::telemetry::LogFormat,
-    /// Seconds between re-reads of every target's history and schema (the census), besides after each step.
+    /// Seconds between re-reads of every target's history and schema (the census).
     #[serde(default = "default_refresh")]
     pub refresh_secs: u64,
     pub targets: Vec<TargetConfig>,

@@ -48,21 +48,22 @@ pub fn version_before_plan(history: &[AppliedMigration], plan_id: &str) -> Versi
 }
 
 /// Applied version and dirtiness, read on the target's warm connection (or a new one, kept afterwards); and on the
-/// same connection the schema, for the census.
+/// same connection the schema, for the census, recorded with the version it was read at.
 pub(super) async fn read_versions(state: &State, target: &Target) -> Versions {
     let options = ConnectOptions { create: false, ..ConnectOptions::default() };
     let make = |driver| Executor::new(driver, "flotilla-agent");
     let (mut ex, history) = state.connections.open(target, &options, make, |ex| Box::pin(ex.history())).await?;
     let schema = ex.schema().await;
     state.connections.put(&target.name, ex.into_driver(), &options, false).await;
+    let versions = summarize(&history);
     let mut census = locked(&state.census);
     match schema {
         Ok(schema) => {
             let dump = schema.to_json();
             let fingerprint = hex::encode(sha2::Sha256::digest(dump.as_bytes()));
             census.schemas.insert(fingerprint.clone(), dump);
-            census.fingerprints.insert(target.name.clone(), fingerprint);
-            let used: HashSet<&String> = census.fingerprints.values().collect();
+            census.fingerprints.insert(target.name.clone(), (versions.0, fingerprint));
+            let used: HashSet<&String> = census.fingerprints.values().map(|(_, f)| f).collect();
             let unused: Vec<String> = census.schemas.keys().filter(|f| !used.contains(f)).cloned().collect();
             for f in unused {
                 census.schemas.remove(&f);
@@ -73,7 +74,7 @@ pub(super) async fn read_versions(state: &State, target: &Target) -> Versions {
             census.fingerprints.remove(&target.name);
         }
     }
-    Ok(summarize(&history))
+    Ok(versions)
 }
 
 /// Reads every target's history, a bounded number at a time: an agent serving thousands of databases must not open

@@ -75,7 +75,8 @@ struct State {
 
 #[derive(Default)]
 struct Census {
-    fingerprints: HashMap<String, String>,
+    /// Target → the applied version and the schema fingerprint read together.
+    fingerprints: HashMap<String, (Version, String)>,
     schemas: HashMap<String, String>,
     sent: HashSet<String>,
 }

@@ -149,10 +149,18 @@ pub(super) fn heartbeat(state: &State) -> pb::HeartbeatRequest {
             }
         }
     }
+    // A fingerprint counts only with the version it was read at: one from before the target's last change is not
+    // sent.
     let mut census = locked(&state.census);
     let census = &mut *census;
-    req.fingerprints = census.fingerprints.clone().into_iter().collect();
-    for fingerprint in census.fingerprints.values() {
+    let current: Vec<(&String, &String)> = census
+        .fingerprints
+        .iter()
+        .filter(|(t, (v, _))| req.applied_versions.get(*t) == Some(&v.to_string()))
+        .map(|(t, (_, f))| (t, f))
+        .collect();
+    req.fingerprints = current.iter().map(|(t, f)| (t.to_string(), f.to_string())).collect();
+    for (_, fingerprint) in current {
         if census.sent.insert(fingerprint.clone()) {
             if let Some(schema) = census.schemas.get(fingerprint) {
                 req.schemas.insert(fingerprint.clone(), schema.clone());

@@ -118,9 +118,12 @@ impl Coordinator {
             if report.unreachable.contains_key(&target) {
                 continue;
             }
-            if let Some(fingerprint) = report.fingerprints.get(&target) {
-                inner.fingerprints.insert(target.clone(), fingerprint.clone());
-            }
+            // The agent sends every fingerprint it has, each with the version it goes with: one it no longer sends
+            // (its target changed since) is no longer known.
+            match report.fingerprints.get(&target) {
+                Some(fingerprint) => inner.fingerprints.insert(target.clone(), fingerprint.clone()),
+                None => inner.fingerprints.remove(&target),
+            };
             if let Some(&applied) = report.applied.get(&target) {
                 let dirty = report.dirty.contains(&target);
                 inner.live.insert(target, TargetLive { applied: Some(applied), dirty, reported: now });
