@@ -166,37 +166,23 @@ CONF
 # start_mariadb_pair: a MariaDB source (binlog on) and its replica, for the throttling tests, which stop the
 # replica's SQL thread to make it fall behind. Apart from the test server, whose tests need no binlog.
 start_mariadb_pair() {
-  local name port id dir
-  for name in source replica; do
-    dir="$root/mariadb-$name"
-    if [ "$name" = source ]; then port="$my_source_port"; id=1; else port="$my_replica_port"; id=2; fi
-    if alive "$dir/pid"; then continue; fi
-    port_free MYSQL "$port"
-    mkdir -p "$dir"; chown mysql "$dir"
-    if [ ! -d "$dir/data/mysql" ]; then
-      rm -rf "$dir/data"
-      mariadb-install-db --no-defaults --user=mysql --datadir="$dir/data" --auth-root-authentication-method=normal \
-        --skip-test-db >"$dir/install.log" 2>&1 || die "mariadb-install-db failed: see $dir/install.log"
-    fi
-    mariadbd --no-defaults --user=mysql --datadir="$dir/data" --socket="$dir/sock" --port="$port" \
-      --bind-address=127.0.0.1 --pid-file="$dir/pid" --server-id=$id --log-bin=binlog --binlog-format=ROW \
-      --innodb-flush-log-at-trx-commit=0 --log-error="$dir/server.log" &
-    wait_for 60 "MariaDB $name" mariadb-admin --no-defaults --protocol=tcp -h127.0.0.1 -P"$port" -uroot ping
-    alive "$dir/pid" || die "MariaDB ($name) did not write its pid file: see $dir/server.log"
-  done
+  launch_mariadb "MariaDB source" "$root/mariadb-source" "$my_source_port" --server-id=1 --log-bin=binlog \
+    --binlog-format=ROW --innodb-flush-log-at-trx-commit=0
+  launch_mariadb "MariaDB replica" "$root/mariadb-replica" "$my_replica_port" --server-id=2 --log-bin=binlog \
+    --binlog-format=ROW --innodb-flush-log-at-trx-commit=0
   local sql=(mariadb --no-defaults --protocol=tcp -h127.0.0.1 -P"$my_replica_port" -uroot -N -e)
   if [ -z "$("${sql[@]}" "SHOW SLAVE STATUS")" ]; then
     "${sql[@]}" "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=$my_source_port, MASTER_USER='root',
       MASTER_USE_GTID=slave_pos; START SLAVE" || die "the MariaDB replica could not start replicating"
   fi
   "${sql[@]}" "START SLAVE" >/dev/null 2>&1 || true
-  log "MariaDB source on 127.0.0.1:$my_source_port, its replica on 127.0.0.1:$my_replica_port"
+  log "MariaDB replica of 127.0.0.1:$my_source_port replicating"
 }
 
-# start_mariadb [durable]: the test server (commits flushed once a second), or the benchmarks' durable one.
-start_mariadb() {
-  local dir="$root/mariadb" port="$my_port" flush=0
-  if [ "${1:-}" = durable ]; then dir="$root/mariadb-durable"; port="$my_durable_port"; flush=1; fi
+# launch_mariadb DESCRIPTION DIR PORT [MARIADBD-ARGS...]: installs (once) and starts a MariaDB server in DIR on PORT,
+# unless it runs already.
+launch_mariadb() {
+  local what=$1 dir=$2 port=$3; shift 3
   if alive "$dir/pid"; then return; fi
   port_free MYSQL "$port"
   mkdir -p "$dir"; chown mysql "$dir"
@@ -206,11 +192,18 @@ start_mariadb() {
       --skip-test-db >"$dir/install.log" 2>&1 || die "mariadb-install-db failed: see $dir/install.log"
   fi
   mariadbd --no-defaults --user=mysql --datadir="$dir/data" --socket="$dir/sock" --port="$port" \
-    --bind-address=127.0.0.1 --pid-file="$dir/pid" --max-connections=1200 --innodb-flush-log-at-trx-commit=$flush \
-    --skip-log-bin --log-error="$dir/server.log" &
-  wait_for 60 MariaDB mariadb-admin --no-defaults --protocol=tcp -h127.0.0.1 -P"$port" -uroot ping
-  alive "$dir/pid" || die "MariaDB did not write its pid file: see $dir/server.log"
-  log "MariaDB${1:+ ($1)} on 127.0.0.1:$port"
+    --bind-address=127.0.0.1 --pid-file="$dir/pid" --log-error="$dir/server.log" "$@" &
+  wait_for 60 "$what" mariadb-admin --no-defaults --protocol=tcp -h127.0.0.1 -P"$port" -uroot ping
+  alive "$dir/pid" || die "$what did not write its pid file: see $dir/server.log"
+  log "$what on 127.0.0.1:$port"
+}
+
+# start_mariadb [durable]: the test server (commits flushed once a second), or the benchmarks' durable one.
+start_mariadb() {
+  local dir="$root/mariadb" port="$my_port" flush=0
+  if [ "${1:-}" = durable ]; then dir="$root/mariadb-durable"; port="$my_durable_port"; flush=1; fi
+  launch_mariadb "MariaDB${1:+ ($1)}" "$dir" "$port" --max-connections=1200 \
+    --innodb-flush-log-at-trx-commit=$flush --skip-log-bin
 }
 
 start_mongo() {

@@ -9,8 +9,10 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+
+pub use flotilla_proto::metrics::EngineDirection;
+use flotilla_proto::metrics::{durations, Histograms};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PlanState {
@@ -24,12 +26,6 @@ pub struct StepOutcome {
     pub engine: String,
     pub direction: String,
     pub result: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EngineDirection {
-    pub engine: String,
-    pub direction: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,12 +47,6 @@ pub struct Code {
 pub struct TargetVersion {
     pub version: String,
     pub dirty: String,
-}
-
-type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn durations() -> Histogram {
-    Histogram::new(flotilla_proto::metrics::duration_buckets())
 }
 
 /// Errors returned to gRPC callers, by the code `grpc::status` chose: counted where every error is mapped, so

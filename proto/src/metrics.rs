@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -68,7 +69,17 @@ fn counters_are_named_by_their_samples_in_the_classic_format() {
     );
 }
 
-/// Buckets for durations in seconds, from 5 ms to about 20 minutes.
-pub fn duration_buckets() -> impl Iterator<Item = f64> {
-    prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.5, 14)
+/// Histograms by label set, every one with [`durations`]'s buckets.
+pub type Histograms<L> = prometheus_client::metrics::family::Family<L, Histogram, fn() -> Histogram>;
+
+/// A histogram of durations in seconds, from 5 ms to about 20 minutes.
+pub fn durations() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.5, 14))
+}
+
+/// The labels of what both processes time per migration or step.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct EngineDirection {
+    pub engine: String,
+    pub direction: String,
 }

@@ -4,8 +4,10 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+
+pub use flotilla_proto::metrics::EngineDirection;
+use flotilla_proto::metrics::{durations, Histograms};
 
 use crate::executor::{Progress, ProgressKind};
 
@@ -17,20 +19,8 @@ pub struct MigrationOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EngineDirection {
-    pub engine: String,
-    pub direction: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EngineLabel {
     pub engine: String,
-}
-
-type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn durations() -> Histogram {
-    Histogram::new(flotilla_proto::metrics::duration_buckets())
 }
 
 pub struct Metrics {
