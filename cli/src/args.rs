@@ -83,9 +83,12 @@ pub enum Command {
         /// Migrations directory; a `flotilla-lint.toml` in it may say `allow = [...]` and `deny = [...]`.
         #[arg(long, env = "FLOTILLA_DIR", default_value = "migrations")]
         dir: PathBuf,
-        /// SQL dialect to parse with (default: from FLOTILLA_DB_URL, else postgres).
+        /// SQL dialect to parse with (default: from FLOTILLA_DB_URL, else postgres; a MongoDB set is found by itself).
         #[arg(long)]
         engine: Option<flotilla_core::Engine>,
+        /// List every rule instead: its source (squawk or Flotilla), engines and default severity.
+        #[arg(long)]
+        rules: bool,
     },
     /// Write a new migration (UP and DOWN templates) in the directory's convention.
     New {

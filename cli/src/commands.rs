@@ -59,7 +59,7 @@ pub async fn run(cli: Cli) -> Code {
         }
         Command::Schema { command } => crate::schema::run(out, command).await,
         Command::Import { command } => crate::import::run(out, command).await,
-        Command::Lint { dir, engine } => crate::lint::run(out, &dir, engine),
+        Command::Lint { dir, engine, rules } => crate::lint::run(out, &dir, engine, rules),
         Command::New { description, dir, engine, style, destructive } => {
             let written = new_migration(&description, &dir, engine, style.as_deref(), destructive);
             print_written(out, written.map(|files| (files, "created")))

@@ -334,6 +334,7 @@ async fn scheduler_pass(n: usize, agents: usize, parallel: usize) {
         phase: None,
         validate_on: None,
         dry_run: false,
+        allow_lint: true,
     };
     let plan = c.submit(&who, submission).await.expect("submit").plan;
     let mut passes = Vec::new();

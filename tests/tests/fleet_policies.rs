@@ -143,7 +143,7 @@ async fn contract_waits_until_expand_finished_on_every_target() {
         Sqlite,
         2,
         "drop_mail",
-        "-- flotilla:phase contract\nALTER TABLE users DROP COLUMN mail;",
+        "-- flotilla:phase contract\n-- mail was copied to email by the expand phase.\n-- flotilla:allow destructive-without-backup\nALTER TABLE users DROP COLUMN mail;",
         "ALTER TABLE users ADD COLUMN mail TEXT;",
     );
     for db in &dbs {
@@ -225,6 +225,7 @@ async fn two_coordinators_never_hold_one_target_at_once() {
         phase: None,
         validate_on: None,
         dry_run: false,
+        allow_lint: false,
     };
     let plan = a.submit(&who, submission).await.expect("submit").plan;
     a.tick().await.expect("tick a");
@@ -475,4 +476,42 @@ async fn a_plans_lock_timeout_and_retries_reach_its_agents() {
     let watched = fleet.cli(&["plan", "watch", &id]).await;
     assert_eq!(watched.stdout.matches("lock_retry pg-1").count(), 1, "{}", watched.stdout);
     assert!(dbs[1].history().await.is_empty(), "nothing recorded on the blocked target");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_create_lints_first_and_refuses_errors_unless_allowed() {
+    let (fleet, _dbs) = sqlite_fleet(&FOUR[..2]).await;
+    let dir = two_tables();
+    // A NOT NULL column without a default on an existing table: existing rows fail it (an error).
+    dir.migration(
+        Sqlite,
+        3,
+        "owner",
+        "-- Why: every row gets an owner.\nALTER TABLE a ADD COLUMN owner TEXT NOT NULL;",
+        "ALTER TABLE a DROP COLUMN owner;",
+    );
+    let d = dir.path().to_str().expect("utf-8");
+    fleet
+        .cli(&["plan", "create", "--dir", d])
+        .await
+        .fails(2, "lint found 1 error(s)")
+        .fails(2, "3 owner line 2: flotilla/not-null-without-default");
+    assert_eq!(fleet.cli(&["--json", "plan", "list"]).await.ok().json().as_array().map(Vec::len), Some(0));
+
+    let id = fleet.create(dir.path(), &["--allow-lint"]).await;
+    fleet.wait_plan(&id, "finished", |p| p["state"] != "running" && p["state"] != "pending").await;
+    let watched = fleet.cli(&["--json", "plan", "watch", &id]).await;
+    let submitted = watched
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["kind"] == "submitted")
+        .expect("a submitted event");
+    let lint = &submitted["detail"]["lint"];
+    assert_eq!(lint["errors"], 1, "{submitted}");
+    assert_eq!(lint["allowed"], true);
+    let rules: Vec<&str> =
+        lint["findings"].as_array().expect("findings").iter().filter_map(|f| f["rule"].as_str()).collect();
+    assert!(rules.contains(&"not-null-without-default"), "{rules:?}");
+    assert!(lint["findings"][0]["source"].is_string() && lint["findings"][0]["engine"] == "sqlite");
 }

@@ -127,6 +127,10 @@ pub struct CreateArgs {
     /// Show the waves; store nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Submit even when lint finds errors in the migrations (the plan records them). Without it, `plan create`
+    /// lints the migrations for every engine the selected targets run and refuses on an error.
+    #[arg(long)]
+    pub allow_lint: bool,
     /// Follow the plan after creating it.
     #[arg(long)]
     pub watch: bool,

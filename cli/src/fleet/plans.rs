@@ -154,6 +154,7 @@ fn create_request(args: &CreateArgs) -> Result<pb::SubmitPlanRequest, Fail> {
             lock_retries: args.lock_retries,
         }),
         dry_run: args.dry_run,
+        allow_lint: args.allow_lint,
         validate_on: args.validate_on.clone().unwrap_or_default(),
         phase: convert::phase_to_proto(phase) as i32,
     })

@@ -102,6 +102,14 @@ fn event_line(e: &pb::PlanEvent, kind: Kind) -> String {
         Kind::Known(kind) => Some(kind),
     };
     let extra = match extra {
+        Some(Submitted) if detail["lint"].is_object() => format!(
+            " ({} targets; lint: {} error(s){}, {} warning(s), {} note(s))",
+            detail["targets"],
+            detail["lint"]["errors"],
+            if detail["lint"]["allowed"] == true { " allowed" } else { "" },
+            detail["lint"]["warnings"],
+            detail["lint"]["notes"]
+        ),
         Some(Statement) => {
             format!(" {} statement {}/{}", detail["version"], detail["statement"], detail["statements"])
         }

@@ -45,6 +45,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
             phase: convert::phase(req.phase).map_err(invalid)?,
             validate_on: if req.validate_on.is_empty() { None } else { Some(messages::selector(&req.validate_on)?) },
             dry_run: req.dry_run,
+            allow_lint: req.allow_lint,
         };
         let view = self.coordinator.submit(&who, submission).await.map_err(status)?;
         Ok(Response::new(self.detail(&view).await?))

@@ -6,6 +6,7 @@ mod checks;
 mod events;
 mod intake;
 mod leases;
+mod lint;
 mod plans;
 mod rollback;
 mod status;
@@ -209,6 +210,8 @@ pub struct Submission {
     pub phase: Option<Phase>,
     pub validate_on: Option<Selector>,
     pub dry_run: bool,
+    /// Submit even when lint finds errors (they are recorded with the plan).
+    pub allow_lint: bool,
 }
 
 /// A plan with its step counts by wave and state, for lists.

@@ -8,6 +8,7 @@ use flotilla_core::fleet::{assign_waves, EventKind, Goal, Plan, PlanState, Step,
 use flotilla_core::{Phase, ReadOptions};
 use serde_json::json;
 
+use super::lint;
 use super::*;
 use crate::identity::Identity;
 
@@ -36,6 +37,7 @@ impl Coordinator {
             return Err(ServiceError::SelectorMatchesNothing { what: "selector", selector: s.selector.to_string() });
         }
         check_sets(&bundle, &sets, selected.iter().chain(&validate), s.goal)?;
+        let lint = lint::lint_plan(&bundle, &sets, selected.iter().chain(&validate), &s.strategy, s.allow_lint)?;
         if s.phase == Some(Phase::Contract) {
             self.check_expand_done(&bundle, &sets, &selected)?;
         }
@@ -64,7 +66,13 @@ impl Coordinator {
         self.store.create_plan(&plan, &steps).await?;
         self.audit(who, "submit", Some(&plan.id), format!("selector {}, {} targets", plan.selector, steps.len()))
             .await?;
-        self.event(&plan.id, None, EventKind::Submitted, json!({ "targets": steps.len(), "by": who.actor() })).await?;
+        self.event(
+            &plan.id,
+            None,
+            EventKind::Submitted,
+            json!({ "targets": steps.len(), "by": who.actor(), "lint": lint }),
+        )
+        .await?;
         self.wake.notify_one();
         Ok(PlanView { plan, steps })
     }

@@ -1,31 +1,48 @@
-//! The rules for one migration: its statements one by one, the UP as a whole, and the DOWN against the UP.
+//! One migration: read by its engine's parser, the engine's rules (squawk, MySQL, MongoDB), then Flotilla's own rules
+//! on the statements: each one, the UP as a whole, and the DOWN against the UP.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sqlparser::ast::{
-    AlterTableAlgorithm, AlterTableOperation, ColumnDef, ColumnOption, Statement as Ast, TableConstraint,
-};
-
-use super::effects::{
-    backs_up, classify, describe, effects, is_reason_comment, norm, parse, undone_by, unquote, Effect, Parsed,
-};
-use super::{finish, Class, Finding, MigrationLint, RuleSet, Severity, RULES};
+use super::catalogue::flotilla_severity;
+use super::model::{classify, describe, is_reason_comment, undone_by, Effect, Stmt};
+use super::mysql::Columns;
+use super::{directives, finish, mongo, mysql, postgres, sql, Context, Finding, MigrationLint, Source};
 use crate::migration::{Migration, Script};
 use crate::Engine;
 
-pub(super) fn lint_one(m: &Migration, engine: Engine, rules: &RuleSet) -> MigrationLint {
-    let up = match parse(&m.up, engine) {
-        Ok(p) => p,
-        Err(e) => {
-            let mut findings = Findings::default();
-            findings.add("unparsed", None, e);
-            return finish(m, Class::Additive, findings.0, rules);
+pub(super) fn lint_one(m: &Migration, engine: Engine, context: &Context, columns: &mut Columns) -> MigrationLint {
+    let mut findings = Findings::default();
+    let up = match engine {
+        Engine::Postgres => {
+            let read = postgres::read(&m.up);
+            let (_, deny) = directives(&m.up);
+            findings.0.extend(postgres::findings(&m.up, &read, context, &deny));
+            read.stmts
+        }
+        Engine::Mysql | Engine::Sqlite => match sql::parse(&m.up, engine) {
+            Ok(parsed) => {
+                let mut kept = BTreeSet::new();
+                if engine == Engine::Mysql {
+                    findings.0.extend(mysql::check(&parsed, context.rules.mysql_server, columns, &mut kept));
+                }
+                let mut stmts: Vec<Stmt> = parsed.into_iter().map(|p| p.stmt).collect();
+                for s in &mut stmts {
+                    s.effects
+                        .retain(|e| !matches!(e, Effect::TypeChange(t, c) if kept.contains(&(t.clone(), c.clone()))));
+                }
+                stmts
+            }
+            Err(e) => vec![Stmt::unparsed(m.up.first_line, e)],
+        },
+        Engine::Mongodb => {
+            let (stmts, commands) = mongo::read(&m.up);
+            findings.0.extend(mongo::check(&m.up, &commands));
+            stmts
         }
     };
     let check = Check::new(engine, up);
-    let mut findings = Findings::default();
-    for p in &check.up {
-        check.statement(p, &mut findings);
+    for s in &check.up {
+        check.statement(s, &mut findings);
     }
     check.whole_up(&m.up, &mut findings);
     match &m.down {
@@ -38,7 +55,21 @@ pub(super) fn lint_one(m: &Migration, engine: Engine, rules: &RuleSet) -> Migrat
         Some(down) => check.down(down, &mut findings),
     }
     let class = classify(&check.up_effects, &check.created, &check.added_columns);
-    finish(m, class, findings.0, rules)
+    let mut findings = findings.0;
+    findings.sort_by_key(|f| f.line);
+    finish(m, class, findings, &context.rules)
+}
+
+/// A script's statements, by its engine's parser.
+fn statements(script: &Script, engine: Engine) -> Vec<Stmt> {
+    match engine {
+        Engine::Postgres => postgres::read(script).stmts,
+        Engine::Mysql | Engine::Sqlite => match sql::parse(script, engine) {
+            Ok(parsed) => parsed.into_iter().map(|p| p.stmt).collect(),
+            Err(e) => vec![Stmt::unparsed(script.first_line, e)],
+        },
+        Engine::Mongodb => mongo::read(script).0,
+    }
 }
 
 #[derive(Default)]
@@ -46,15 +77,15 @@ struct Findings(Vec<Finding>);
 
 impl Findings {
     fn add(&mut self, rule: &'static str, line: Option<usize>, message: String) {
-        let severity = RULES.iter().find(|(id, _, _)| *id == rule).map_or(Severity::Warning, |r| r.1);
-        self.0.push(Finding { rule, severity, line, message });
+        let severity = flotilla_severity(rule);
+        self.0.push(Finding { source: Source::Flotilla, rule: rule.to_string(), severity, line, message, help: None });
     }
 }
 
 /// What the UP does, read once.
 struct Check {
     engine: Engine,
-    up: Vec<Parsed>,
+    up: Vec<Stmt>,
     up_effects: Vec<(usize, Effect)>,
     /// Tables this migration creates: changes to them touch no existing rows.
     created: BTreeSet<String>,
@@ -63,132 +94,53 @@ struct Check {
 }
 
 impl Check {
-    fn new(engine: Engine, up: Vec<Parsed>) -> Check {
-        let up_effects: Vec<(usize, Effect)> = up
-            .iter()
-            .filter_map(|p| p.ast.as_ref().map(|a| (p.line, a)))
-            .flat_map(|(l, a)| effects(a).into_iter().map(move |e| (l, e)))
-            .collect();
+    fn new(engine: Engine, up: Vec<Stmt>) -> Check {
+        let up_effects: Vec<(usize, Effect)> =
+            up.iter().flat_map(|s| s.effects.iter().map(move |e| (s.line, e.clone()))).collect();
         let created = up_effects
             .iter()
             .filter_map(|(_, e)| if let Effect::CreateTable(t) = e { Some(t.clone()) } else { None })
             .collect();
-        let added_columns = up
-            .iter()
-            .filter_map(|p| p.ast.as_ref())
-            .flat_map(|a| match a {
-                Ast::AlterTable { name, operations, .. } => operations
-                    .iter()
-                    .filter_map(|op| match op {
-                        AlterTableOperation::AddColumn { column_def, .. } => Some((
-                            (norm(name), unquote(&column_def.name.to_string())),
-                            column_def.data_type.to_string().to_lowercase(),
-                        )),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>(),
-                _ => vec![],
-            })
-            .collect();
+        let added_columns =
+            up.iter().flat_map(|s| &s.added).map(|a| ((a.table.clone(), a.column.clone()), a.ty.clone())).collect();
         Check { engine, up, up_effects, created, added_columns }
     }
 
-    fn statement(&self, p: &Parsed, findings: &mut Findings) {
-        let Some(ast) = &p.ast else {
-            let why = p.error.as_deref().unwrap_or("unknown statement");
-            findings.add("unparsed", Some(p.line), format!("not checked: {why}"));
+    fn statement(&self, s: &Stmt, findings: &mut Findings) {
+        if let Some(why) = &s.unparsed {
+            findings.add("unparsed", Some(s.line), format!("not checked: {why}"));
             return;
-        };
-        let line = Some(p.line);
-        match ast {
-            Ast::CreateTable(ct) if !ct.if_not_exists => findings.add(
-                "create-without-if-not-exists",
-                line,
-                format!("CREATE TABLE {} without IF NOT EXISTS: a re-run fails", ct.name),
-            ),
-            Ast::CreateIndex(ci) => {
-                let table = norm(&ci.table_name);
-                if !ci.if_not_exists && self.engine != Engine::Mysql {
-                    let message = "CREATE INDEX without IF NOT EXISTS: a re-run fails".into();
-                    findings.add("create-without-if-not-exists", line, message);
-                }
-                if self.engine == Engine::Postgres && !ci.concurrently && !self.created.contains(&table) {
+        }
+        // On PostgreSQL squawk's rules say these (adding-required-field, prefer-robust-stmts, renaming-*).
+        if self.engine != Engine::Postgres && self.engine != Engine::Mongodb {
+            if let Some(what) = &s.create_without_if_not_exists {
+                if !(self.engine == Engine::Mysql && what.starts_with("CREATE INDEX")) {
                     findings.add(
-                        "index-not-concurrent",
-                        line,
-                        format!("CREATE INDEX on existing table {table} blocks its writes; use CONCURRENTLY (with -- flotilla:no-transaction)"),
+                        "create-without-if-not-exists",
+                        Some(s.line),
+                        format!("{what} without IF NOT EXISTS: a re-run fails"),
                     );
                 }
             }
-            Ast::AlterTable { name, operations, .. } => self.alter_table(&norm(name), operations, line, findings),
-            _ => {}
-        }
-        for e in effects(ast) {
-            self.effect(&e, p.line, findings);
-        }
-    }
-
-    fn alter_table(
-        &self,
-        table: &str,
-        operations: &[AlterTableOperation],
-        line: Option<usize>,
-        findings: &mut Findings,
-    ) {
-        let online = operations.iter().any(|op| {
-            matches!(
-                op,
-                AlterTableOperation::Algorithm {
-                    algorithm: AlterTableAlgorithm::Instant | AlterTableAlgorithm::Inplace,
-                    ..
-                }
-            )
-        });
-        for op in operations {
-            if let AlterTableOperation::AddColumn { column_def, .. } = op {
-                self.added_column(table, column_def, line, findings);
-            }
-            if self.engine == Engine::Mysql && !online && self.copies_table(table, op) {
+            for a in s.added.iter().filter(|a| a.not_null && !a.default && !self.created.contains(&a.table)) {
                 findings.add(
-                    "mysql-not-online",
-                    line,
-                    format!("this ALTER TABLE {table} copies the table under lock; say ALGORITHM=INPLACE (or INSTANT) to make MySQL refuse rather than copy"),
+                    "not-null-without-default",
+                    Some(s.line),
+                    format!(
+                        "{}.{} is added NOT NULL without a default: existing rows fail it. Add it nullable, backfill, then set NOT NULL",
+                        a.table, a.column
+                    ),
                 );
             }
         }
-    }
-
-    fn added_column(&self, table: &str, column: &ColumnDef, line: Option<usize>, findings: &mut Findings) {
-        let not_null = column.options.iter().any(|o| matches!(o.option, ColumnOption::NotNull));
-        let default = column.options.iter().any(|o| matches!(o.option, ColumnOption::Default(_)));
-        if not_null && !default && !self.created.contains(table) {
-            findings.add(
-                "not-null-without-default",
-                line,
-                format!(
-                    "{table}.{} is added NOT NULL without a default: existing rows fail it. Add it nullable, backfill, then set NOT NULL",
-                    column.name
-                ),
-            );
-        }
-    }
-
-    /// Whether MySQL rebuilds the table for `op` unless told to work in place.
-    fn copies_table(&self, table: &str, op: &AlterTableOperation) -> bool {
-        match op {
-            AlterTableOperation::ModifyColumn { col_name, data_type, .. } => {
-                self.added_columns.get(&(table.to_string(), unquote(&col_name.to_string())))
-                    != Some(&data_type.to_string().to_lowercase())
-            }
-            AlterTableOperation::ChangeColumn { .. } | AlterTableOperation::DropPrimaryKey { .. } => true,
-            AlterTableOperation::AddConstraint { constraint: TableConstraint::PrimaryKey { .. }, .. } => true,
-            _ => false,
+        for e in &s.effects {
+            self.effect(e, s.line, findings);
         }
     }
 
     fn effect(&self, e: &Effect, line: usize, findings: &mut Findings) {
         match e {
-            Effect::RenameTable(..) | Effect::RenameColumn(..) => findings.add(
+            Effect::RenameTable(..) | Effect::RenameColumn(..) if self.engine != Engine::Postgres => findings.add(
                 "rename",
                 Some(line),
                 format!("{}: running code still uses the old name. Expand (add the new name), migrate the application, then contract", describe(e)),
@@ -199,8 +151,7 @@ impl Check {
                         return; // a column this migration added: only its nullability or default changes
                     }
                 }
-                let earlier = self.up.iter().filter(|q| q.line < line).filter_map(|q| q.ast.as_ref());
-                if !earlier.into_iter().any(|a| backs_up(a, t)) {
+                if !self.up.iter().filter(|q| q.line < line).any(|q| q.backs_up(t)) {
                     findings.add(
                         "destructive-without-backup",
                         Some(line),
@@ -214,11 +165,14 @@ impl Check {
 
     /// Rules about the UP as a whole: its reason, its transaction.
     fn whole_up(&self, up: &Script, findings: &mut Findings) {
+        if self.engine == Engine::Mongodb {
+            return; // a JSON command list has no comments
+        }
         if !up.text.lines().any(is_reason_comment) {
             let message = "say why in a comment: the next reader needs the business reason".into();
             findings.add("no-reason-comment", Some(up.first_line), message);
         }
-        let explicit = self.up.iter().any(|p| matches!(p.ast, Some(Ast::StartTransaction { .. })));
+        let explicit = self.up.iter().any(|s| s.begins_transaction);
         if matches!(self.engine, Engine::Postgres | Engine::Sqlite)
             && !up.no_transaction
             && up.backfill.is_none()
@@ -232,14 +186,14 @@ impl Check {
 
     /// The DOWN must undo everything the UP did, and create nothing the UP did not remove.
     fn down(&self, down: &Script, findings: &mut Findings) {
-        let parsed = parse(down, self.engine).unwrap_or_default();
-        if let Some(p) = parsed.iter().find(|p| p.ast.is_none()) {
+        let parsed = statements(down, self.engine);
+        if let Some(s) = parsed.iter().find(|s| s.unparsed.is_some()) {
             // Claiming the DOWN is not a reverse on half the information would mislead.
-            let why = p.error.as_deref().unwrap_or("unknown statement");
-            findings.add("unparsed", Some(p.line), format!("DOWN not checked against the UP: {why}"));
+            let why = s.unparsed.as_deref().unwrap_or_default();
+            findings.add("unparsed", Some(s.line), format!("DOWN not checked against the UP: {why}"));
             return;
         }
-        let down_effects: Vec<Effect> = parsed.iter().filter_map(|p| p.ast.as_ref()).flat_map(effects).collect();
+        let down_effects: Vec<Effect> = parsed.into_iter().flat_map(|s| s.effects).collect();
         let mut missing: Vec<String> = Vec::new();
         for (line, e) in &self.up_effects {
             // A type change of a column this migration adds is undone by dropping the column.

@@ -1,19 +1,33 @@
-//! `flotilla lint`: parses migration SQL (sqlparser, with the engine's dialect), classifies each migration as
-//! additive, destructive or a data migration, and reports rule findings with severity and line.
+//! `flotilla lint`: classifies each migration as additive, destructive or a data migration, and reports rule findings
+//! with their source, severity and line.
 //!
-//! Each statement becomes [`Effect`]s (create/drop table, add/drop column, index, rename, type change, data). The
-//! classification and the "DOWN reverses UP" check are computed from effects, the other rules from the statements.
+//! Where the rules come from ([`catalogue`] lists them all):
+//! - **PostgreSQL**: squawk's parser and every squawk rule (`postgres.rs`), through the `squawk-linter` crate.
+//! - **MySQL / MariaDB**: sqlparser's MySQL dialect, and Flotilla's rules for InnoDB's online DDL (`mysql.rs`).
+//! - **SQLite**: sqlparser's SQLite dialect.
+//! - **MongoDB**: the command list (`mongo.rs`).
+//! - **Flotilla's own rules, on every engine** (`checks.rs`): the DOWN reverses the UP, a destructive change keeps a
+//!   backup for its DOWN, a DOWN exists, a reason is given, the classification. They are computed from each
+//!   statement's [`model::Effect`]s, whichever parser read it.
 
+mod catalogue;
 mod checks;
-mod effects;
+mod model;
+mod mongo;
+mod mysql;
+mod postgres;
+mod sql;
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::Serialize;
 
-use crate::migration::{Migration, Script, ScriptKind};
+use crate::migration::{Migration, Script};
 use crate::Engine;
+
+pub use catalogue::{catalogue, rule_exists, RuleInfo};
+pub use mysql::Server as MysqlServer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -33,36 +47,33 @@ impl fmt::Display for Severity {
     }
 }
 
-/// Every rule: id, default severity, what it checks.
-pub const RULES: &[(&str, Severity, &str)] = &[
-    ("not-null-without-default", Severity::Error, "NOT NULL column added to an existing table without a default"),
-    ("create-without-if-not-exists", Severity::Warning, "CREATE TABLE or INDEX without IF NOT EXISTS"),
-    ("no-explicit-transaction", Severity::Info, "no BEGIN … COMMIT where the engine runs DDL in transactions"),
-    ("index-not-concurrent", Severity::Warning, "PostgreSQL CREATE INDEX on an existing table without CONCURRENTLY"),
-    (
-        "destructive-without-backup",
-        Severity::Error,
-        "DROP TABLE/COLUMN or a type change with nothing kept for the DOWN",
-    ),
-    ("missing-down", Severity::Error, "no DOWN migration"),
-    ("empty-down", Severity::Info, "an empty DOWN: rolling back this migration does nothing"),
-    ("down-not-reverse", Severity::Warning, "the DOWN does not structurally reverse the UP"),
-    ("rename", Severity::Warning, "renaming a table or column breaks running code: expand, migrate, contract"),
-    ("no-reason-comment", Severity::Warning, "no comment giving the reason for the change"),
-    ("mysql-not-online", Severity::Warning, "MySQL DDL that cannot run with ALGORITHM=INSTANT or INPLACE"),
-    ("unparsed", Severity::Info, "a statement the parser does not understand was not checked"),
-];
+/// Who wrote a rule: squawk (PostgreSQL) or Flotilla.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Flotilla,
+    Squawk,
+}
 
-pub fn rule_exists(rule: &str) -> bool {
-    RULES.iter().any(|(id, _, _)| *id == rule)
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Source::Flotilla => "flotilla",
+            Source::Squawk => "squawk",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
-    pub rule: &'static str,
+    pub source: Source,
+    pub rule: String,
     pub severity: Severity,
+    /// Line in the migration's file.
     pub line: Option<usize>,
     pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub help: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -81,23 +92,43 @@ pub struct MigrationLint {
     pub findings: Vec<Finding>,
 }
 
-/// Project-wide switches: rules turned off, and rules raised to errors.
+/// Project-wide settings, from a `flotilla-lint.toml`: rules turned off (`allow`), rules raised to errors and opt-in
+/// rules turned on (`deny`), and the server versions the rules judge for.
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     pub allow: BTreeSet<String>,
     pub deny: BTreeSet<String>,
+    /// `postgres_version = "15"`: what squawk's version-dependent rules assume (default 15).
+    pub postgres_version: Option<String>,
+    /// `mysql_server = "mariadb 10.11"` or `"mysql 8.0.32"`: which online DDL the MySQL rules count on.
+    pub mysql_server: MysqlServer,
 }
 
+/// The name of the settings file in a migrations directory.
+pub const CONFIG_FILE: &str = "flotilla-lint.toml";
+
 impl RuleSet {
-    /// Reads `allow = [...]` / `deny = [...]` from a `flotilla-lint.toml`.
+    /// Reads a `flotilla-lint.toml`.
     pub fn from_toml(text: &str) -> Result<RuleSet, String> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.message().to_string())?;
         let mut rules = RuleSet::default();
         for (key, value) in &table {
+            let text_value = || value.as_str().ok_or(format!("`{key}` must be a string"));
             let target = match key.as_str() {
                 "allow" => &mut rules.allow,
                 "deny" => &mut rules.deny,
-                other => return Err(format!("unknown key `{other}` (allow, deny)")),
+                "postgres_version" => {
+                    let v = text_value()?;
+                    v.parse::<squawk_linter::Version>()
+                        .map_err(|_| format!("postgres_version `{v}` is not a version such as \"15\" or \"16.2\""))?;
+                    rules.postgres_version = Some(v.to_string());
+                    continue;
+                }
+                "mysql_server" => {
+                    rules.mysql_server = text_value()?.parse()?;
+                    continue;
+                }
+                other => return Err(format!("unknown key `{other}` (allow, deny, postgres_version, mysql_server)")),
             };
             let list = value.as_array().ok_or(format!("`{key}` must be a list of rule names"))?;
             for item in list {
@@ -105,25 +136,39 @@ impl RuleSet {
                 if !rule_exists(rule) {
                     return Err(format!("unknown rule `{rule}`"));
                 }
-                target.insert(rule.to_string());
+                target.extend(catalogue::canonical(rule));
             }
         }
         Ok(rules)
     }
 }
 
-/// Lints every SQL migration of a set for `engine`.
-pub fn lint(migrations: &[Migration], engine: Engine, rules: &RuleSet) -> Vec<MigrationLint> {
-    migrations.iter().filter(|m| m.kind == ScriptKind::Sql).map(|m| checks::lint_one(m, engine, rules)).collect()
+/// What lint knows of the run beyond the files.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub rules: RuleSet,
+    /// The run gives every statement a timeout (`--statement-timeout`), which meets `require-statement-timeout`.
+    pub statement_timeout: bool,
 }
 
+/// Lints every migration of a set for `engine`, in order (a MySQL rule may need a column's earlier definition).
+pub fn lint(migrations: &[Migration], engine: Engine, context: &Context) -> Vec<MigrationLint> {
+    let mut columns = mysql::Columns::default();
+    migrations
+        .iter()
+        .filter(|m| m.runs_on(engine))
+        .map(|m| checks::lint_one(m, engine, context, &mut columns))
+        .collect()
+}
+
+/// Per-migration switches over the project's, then severities: a denied rule is an error.
 pub(super) fn finish(m: &Migration, class: Class, findings: Vec<Finding>, rules: &RuleSet) -> MigrationLint {
     let (allow, deny) = directives(&m.up);
     let findings = findings
         .into_iter()
-        .filter(|f| !(allow.contains(f.rule) || rules.allow.contains(f.rule)) || deny.contains(f.rule))
+        .filter(|f| !(allow.contains(&f.rule) || rules.allow.contains(&f.rule)) || deny.contains(&f.rule))
         .map(|mut f| {
-            if deny.contains(f.rule) || rules.deny.contains(f.rule) {
+            if deny.contains(&f.rule) || rules.deny.contains(&f.rule) {
                 f.severity = Severity::Error;
             }
             f
@@ -133,17 +178,13 @@ pub(super) fn finish(m: &Migration, class: Class, findings: Vec<Finding>, rules:
 }
 
 /// `-- flotilla:allow RULE` and `-- flotilla:deny RULE` in a script's header.
-fn directives(script: &Script) -> (BTreeSet<String>, BTreeSet<String>) {
+pub(super) fn directives(script: &Script) -> (BTreeSet<String>, BTreeSet<String>) {
     let (mut allow, mut deny) = (BTreeSet::new(), BTreeSet::new());
     for line in script.text.lines() {
         let mut words = line.trim().trim_start_matches("--").split_whitespace();
         match (words.next(), words.next()) {
-            (Some("flotilla:allow"), Some(rule)) => {
-                allow.insert(rule.to_string());
-            }
-            (Some("flotilla:deny"), Some(rule)) => {
-                deny.insert(rule.to_string());
-            }
+            (Some("flotilla:allow"), Some(rule)) => allow.extend(catalogue::canonical(rule)),
+            (Some("flotilla:deny"), Some(rule)) => deny.extend(catalogue::canonical(rule)),
             _ => {}
         }
     }
@@ -169,4 +210,10 @@ pub fn check_directives(migrations: &[Migration]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Counts by severity, for summaries: (errors, warnings, notes).
+pub fn counts(report: &[MigrationLint]) -> (usize, usize, usize) {
+    let count = |s| report.iter().flat_map(|m| &m.findings).filter(|f| f.severity == s).count();
+    (count(Severity::Error), count(Severity::Warning), count(Severity::Info))
 }
