@@ -25,6 +25,7 @@ on_every_store!(
     counts_and_pages_of_steps,
     a_batch_of_assignments_is_one_transaction_of_compare_and_sets,
     facts_from_agents_are_recorded_in_order_each_by_its_compare_and_set,
+    a_result_under_the_steps_token_is_recorded_after_it_was_taken_back,
     lists_and_fleet_status_in_one_query_each,
     the_schema_is_versioned_old_stores_are_adopted_and_newer_ones_refused
 );
@@ -412,6 +413,45 @@ async fn facts_from_agents_are_recorded_in_order_each_by_its_compare_and_set(eng
     }
     assert!(matches!(store.record(&[event("b", 2), bad]).await, Err(StoreError::IllegalTransition { .. })));
     assert_eq!(store.events_after("p1", 0).await.expect("events").len(), 3);
+}
+
+/// A step taken back keeps its token: the agent's result under it still ends the step, even after the plan halted
+/// and skipped it ("skipped" while the migration ran would be a record that lies). A new assignment's token fences
+/// the old result out.
+async fn a_result_under_the_steps_token_is_recorded_after_it_was_taken_back(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = SqlStore::open(&db.url).await.expect("open");
+    store.create_plan(&plan("p1"), &[step("p1", "a", 1), step("p1", "b", 1)]).await.expect("create");
+    assert!(store.set_plan_state("p1", PlanState::Pending, PlanState::Running).await.expect("run"));
+    for (target, token) in [("a", 5), ("b", 6)] {
+        let moved = store.set_step_state("p1", target, StepState::Pending, StepState::Assigned, Some(token), None);
+        assert!(moved.await.expect("assign"));
+        // Taken back, as the scheduler's reconcile does: pending again, the token kept.
+        let back = store.set_step_state("p1", target, StepState::Assigned, StepState::Pending, Some(token), None);
+        assert!(back.await.expect("take back"));
+    }
+    let finish = |target: &str, token| StepFinish {
+        plan_id: "p1".into(),
+        target: target.into(),
+        token,
+        state: StepState::Succeeded,
+        error: None,
+        before: Some(v(0)),
+        after: Some(v(3)),
+        detail: serde_json::json!({}),
+    };
+    // b is assigned anew (token 9) before its old result comes: the old token writes nothing.
+    let anew = Assigning { target: "b".into(), token: 9, detail: serde_json::json!({ "fencing_token": 9 }) };
+    assert_eq!(store.assign_steps("p1", &[anew]).await.expect("assign b"), ["b"]);
+    assert!(store.finish_step(&finish("b", 6)).await.expect("finish b").is_none(), "a stale token is refused");
+    let b = store.step("p1", "b").await.expect("b").map(|s| (s.state, s.token));
+    assert_eq!(b, Some((StepState::Assigned, Some(9))));
+    // The plan halts: a, pending, is skipped; then a's result under its token comes, and ends it.
+    assert!(store.set_plan_state("p1", PlanState::Running, PlanState::Halted).await.expect("halt"));
+    assert_eq!(store.step("p1", "a").await.expect("a").map(|s| s.state), Some(StepState::Skipped));
+    let a = store.finish_step(&finish("a", 5)).await.expect("finish a").expect("recorded");
+    assert_eq!((a.state, a.before, a.after), (StepState::Succeeded, Some(v(0)), Some(v(3))));
+    assert!(store.finish_step(&finish("a", 5)).await.expect("again").is_none(), "a repeat writes nothing");
 }
 
 /// What plan lists and fleet status read instead of every step of every plan: counts for all plans in one query, and

@@ -131,6 +131,10 @@ impl SqlStore {
     }
 
     /// A step in flight under the token ends, with its event (the step's wave added to the detail).
+    /// A result under the step's token ends it. A step taken back (pending again, or skipped since, when its plan
+    /// halted) keeps its token until it is assigned anew, so a result under that token is still the truth: the agent
+    /// ran it after all (an assignment it took in after two heartbeats had missed it, under load). Once assigned
+    /// anew the token differs, and the old result writes nothing.
     async fn finish_in(
         &self,
         conn: &mut AnyConnection,
@@ -140,7 +144,8 @@ impl SqlStore {
         let update = self.sql(&format!(
             "UPDATE steps SET state = ?, error = ?, version_before = COALESCE(version_before, ?),
              version_after = COALESCE(?, version_after), updated_at = ?
-             WHERE plan_id = ? AND target = ? AND token = ? AND state IN ('assigned', 'running') RETURNING {STEP_COLUMNS}"
+             WHERE plan_id = ? AND target = ? AND token = ? AND state IN ('assigned', 'running', 'pending', 'skipped')
+             RETURNING {STEP_COLUMNS}"
         ));
         let row = sqlx::query(&update)
             .bind(r.state.as_str())
