@@ -203,3 +203,138 @@ async fn mongodb_commands_know_index_builds_and_validators() {
         .collect();
     assert!(missing.is_empty(), "MongoDB rules with no case: {missing:?}");
 }
+
+/// How lint judges an ALTER, by the rules it gives: no finding (INSTANT, or in place without a rebuild), a rebuild
+/// in place, or a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Instant,
+    InPlace,
+    Rebuild,
+    Copy,
+}
+
+fn verdict(rules: &BTreeSet<String>) -> Option<Verdict> {
+    const COPY: &[&str] = &[
+        "mysql-table-copy",
+        "mysql-column-type-change",
+        "mysql-charset-conversion",
+        "mysql-enum-change",
+        "mysql-foreign-key",
+    ];
+    if rules.iter().any(|r| COPY.contains(&r.as_str())) {
+        Some(Verdict::Copy)
+    } else if rules.contains("mysql-table-rebuild") {
+        Some(Verdict::Rebuild)
+    } else {
+        None
+    }
+}
+
+/// The algorithm table of the MySQL rules, asked of the real MariaDB: each ALTER is linted in the set's order, and
+/// the server is asked to run it with the algorithm lint says is the best it can have. INSTANT must be accepted
+/// where lint says instant; a rebuild must refuse INSTANT and accept INPLACE; a copy must refuse INPLACE.
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_verdicts_are_what_mariadb_does() {
+    use Verdict::*;
+    let setup = [
+        "CREATE TABLE customers (id BIGINT AUTO_INCREMENT PRIMARY KEY, email VARCHAR(190) NOT NULL) ENGINE=InnoDB",
+        "CREATE TABLE orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer_id BIGINT NOT NULL, status ENUM('new', 'paid', 'shipped') NOT NULL DEFAULT 'new', note VARCHAR(40), total DECIMAL(12, 2) NOT NULL DEFAULT 0, weight INT) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        "CREATE TABLE backup (id BIGINT NOT NULL, x INT NOT NULL, PRIMARY KEY (id)) ENGINE=InnoDB",
+        "CREATE TABLE plain (code VARCHAR(8) NOT NULL PRIMARY KEY) ENGINE=InnoDB",
+    ];
+    let alters: &[(&str, Verdict)] = &[
+        ("ALTER TABLE orders ADD COLUMN coupon VARCHAR(32) NULL", Instant),
+        ("ALTER TABLE orders ADD COLUMN channel VARCHAR(16) NULL AFTER status", Instant),
+        (
+            "ALTER TABLE orders MODIFY COLUMN status ENUM('new', 'paid', 'shipped', 'refunded') NOT NULL DEFAULT 'new'",
+            Instant,
+        ),
+        ("ALTER TABLE orders ALTER COLUMN note SET DEFAULT 'none'", Instant),
+        ("ALTER TABLE orders DROP COLUMN coupon", Instant),
+        ("ALTER TABLE orders RENAME COLUMN channel TO sales_channel", Instant),
+        ("ALTER TABLE orders MODIFY COLUMN note VARCHAR(60)", InPlace),
+        ("ALTER TABLE orders ADD INDEX orders_customer (customer_id)", InPlace),
+        ("ALTER TABLE orders MODIFY COLUMN weight INT NOT NULL", Rebuild),
+        ("ALTER TABLE orders MODIFY COLUMN weight INT NULL", Rebuild),
+        ("ALTER TABLE orders ADD FULLTEXT INDEX orders_note_text (note)", Rebuild),
+        ("ALTER TABLE backup DROP PRIMARY KEY, ADD PRIMARY KEY (id, x)", Rebuild),
+        ("ALTER TABLE orders MODIFY COLUMN total DECIMAL(14, 2) NOT NULL DEFAULT 0", Copy),
+        ("ALTER TABLE orders MODIFY COLUMN note VARCHAR(20)", Copy),
+        (
+            "ALTER TABLE orders MODIFY COLUMN status ENUM('paid', 'new', 'shipped', 'refunded') NOT NULL DEFAULT 'new'",
+            Copy,
+        ),
+        ("ALTER TABLE orders MODIFY COLUMN sales_channel VARCHAR(16) CHARACTER SET latin1", Copy),
+        ("ALTER TABLE orders ADD COLUMN total_cents BIGINT AS (total * 100) STORED", Copy),
+        (
+            "ALTER TABLE orders ADD CONSTRAINT orders_customer_fk FOREIGN KEY (customer_id) REFERENCES customers (id)",
+            Copy,
+        ),
+        ("ALTER TABLE backup DROP PRIMARY KEY", Copy),
+        ("ALTER TABLE plain ADD COLUMN seq BIGINT AUTO_INCREMENT UNIQUE", Rebuild),
+    ];
+    // Lint's verdicts, in order, for MariaDB 10.11.
+    let dir = Dir::new();
+    dir.file("flotilla-lint.toml", "mysql_server = \"mariadb 10.11\"\n");
+    dir.migration(Mysql, 1, "setup", &format!("-- Why: tables.\n{};", setup.join(";\n")), "");
+    for (i, (alter, _)) in alters.iter().enumerate() {
+        dir.migration(Mysql, i as i64 + 2, &format!("alter_{i}"), &format!("-- Why: case {i}.\n{alter};"), "");
+    }
+    let run = flotilla(&["lint", "--dir", dir.path().to_str().expect("utf-8"), "--engine", "mysql", "--json"]).await;
+    let report = run.json();
+    let db = TestDb::new(Mysql).await;
+    for s in setup {
+        db.exec(s).await;
+    }
+    let mut wrong = Vec::new();
+    for (i, (alter, truth)) in alters.iter().enumerate() {
+        let rules: BTreeSet<String> = report["migrations"][i + 1]["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .filter_map(|f| f["rule"].as_str().map(String::from))
+            .collect();
+        let linted = verdict(&rules);
+        let expected = match truth {
+            Instant | InPlace => None,
+            other => Some(*other),
+        };
+        if linted != expected {
+            wrong.push(format!("lint: {alter}: {rules:?}, the server does it as {truth:?}"));
+        }
+        let server = server_agrees(&db, alter, *truth).await;
+        if let Err(e) = server {
+            wrong.push(format!("server: {alter} as {truth:?}: {e}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Runs `alter` with the algorithms that tell `truth` apart: INSTANT accepted; INSTANT refused (for a rebuild) and
+/// INPLACE accepted; INPLACE refused and COPY accepted.
+async fn server_agrees(db: &TestDb, alter: &str, truth: Verdict) -> Result<(), String> {
+    use Verdict::*;
+    let try_with = |algorithm: &str| {
+        let statement = format!("{alter}, ALGORITHM={algorithm}");
+        async move {
+            let mut conn = db.sql().await;
+            let done =
+                sqlx::Executor::execute(&mut conn, statement.as_str()).await.map(|_| ()).map_err(|e| e.to_string());
+            let _ = sqlx::Connection::close(conn).await;
+            done
+        }
+    };
+    match truth {
+        Instant => try_with("INSTANT").await,
+        InPlace => try_with("INPLACE").await,
+        Rebuild => match try_with("INSTANT").await {
+            Ok(()) => Err("INSTANT was accepted".into()),
+            Err(_) => try_with("INPLACE").await,
+        },
+        Copy => match try_with("INPLACE").await {
+            Ok(()) => Err("INPLACE was accepted".into()),
+            Err(_) => try_with("COPY").await,
+        },
+    }
+}

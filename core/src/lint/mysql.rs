@@ -341,7 +341,9 @@ fn need(
             if is_stored_generated(&column_def.options) {
                 Need::new(Algo::Copy, "mysql-table-copy", format!("adding stored generated column {c}"))
             } else if is_auto_increment(&column_def.options) {
-                Need::new(Algo::Copy, "mysql-table-copy", format!("adding AUTO_INCREMENT column {c}"))
+                // In place, but without concurrent writes (checked on MariaDB 10.11: INPLACE is accepted).
+                let what = format!("adding AUTO_INCREMENT column {c} (writes are blocked while it fills)");
+                Need::new(Algo::Rebuild, "mysql-table-rebuild", what)
             } else if server.instant_add_column(column_position.is_some()) {
                 Need::new(Algo::Instant, "", "")
             } else {
