@@ -169,6 +169,20 @@ pub enum Command {
         #[command(flatten)]
         conn: crate::fleet::Conn,
     },
+    /// The coordinator's audit log, oldest first: who submitted, paused, approved or was refused what.
+    Audit {
+        #[command(flatten)]
+        conn: crate::fleet::Conn,
+        /// Only this plan's entries.
+        #[arg(long)]
+        plan: Option<String>,
+        /// Only entries from this time on: RFC 3339 (2026-12-01T09:00:00Z) or a duration back from now (1h, 30m, 7d).
+        #[arg(long, value_parser = crate::fleet::parse_since)]
+        since: Option<String>,
+        /// At most this many entries (read a page of up to 1,000 at a time).
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
     /// Certificates for mTLS.
     Certs {
         #[command(subcommand)]
@@ -185,7 +199,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
-    /// Make a development CA, a coordinator certificate, and operator and agent certificates (never overwrites).
+    /// Make a CA (ca.pem, ca.key), a coordinator certificate, and operator and agent certificates (never
+    /// overwrites). Keys are written 0600.
     Init {
         /// Directory to write into.
         #[arg(long, default_value = "certs")]
@@ -193,13 +208,51 @@ pub enum CertsCommand {
         /// Host names and IP addresses the coordinator is reached at.
         #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
         hosts: Vec<String>,
-        /// Operator certificate names (NAME.pem, NAME.key).
-        #[arg(long = "operator", default_values_t = ["admin".to_string()])]
+        /// Operator certificates: NAME or NAME:ROLE,ROLE (viewer, operator, approver, admin; without roles: admin,
+        /// the one who sets the fleet up), repeatable.
+        #[arg(long = "operator", default_values_t = ["admin".to_string()], value_parser = parse_operator_text)]
         operators: Vec<String>,
         /// Agent certificates: NAME or NAME:GLOB,GLOB (the targets it may serve), repeatable.
         #[arg(long = "agent", value_parser = crate::certs::parse_agent)]
         agents: Vec<(String, Vec<String>)>,
+        /// Days the certificates are valid (the CA: five years).
+        #[arg(long, default_value_t = crate::certs::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
     },
+    /// One more certificate from the CA in DIR (ca.pem, ca.key): NAME.pem and NAME.key, never overwriting.
+    Issue {
+        /// The directory with the CA, written into.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// An operator: NAME or NAME:ROLE,ROLE (without roles: a viewer).
+        #[arg(long, value_parser = crate::certs::parse_operator, conflicts_with_all = ["agent", "coordinator"], required_unless_present_any = ["agent", "coordinator"])]
+        operator: Option<(String, Vec<String>)>,
+        /// An agent: NAME or NAME:GLOB,GLOB.
+        #[arg(long, value_parser = crate::certs::parse_agent, conflicts_with = "coordinator")]
+        agent: Option<(String, Vec<String>)>,
+        /// The coordinator's certificate (coordinator.pem), for the hosts given.
+        #[arg(long)]
+        coordinator: bool,
+        #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        hosts: Vec<String>,
+        #[arg(long, default_value_t = crate::certs::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+    },
+    /// Issue certificates again with the same identity and a new key, swapping NAME.pem and NAME.key in place: a
+    /// running coordinator or agent picks them up without a restart.
+    Renew {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Certificate names (NAME.pem in DIR), e.g. coordinator, admin, agent-1.
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long, default_value_t = crate::certs::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+    },
+}
+
+fn parse_operator_text(text: &str) -> Result<String, String> {
+    crate::certs::parse_operator(text).map(|_| text.to_string())
 }
 
 /// Which database and which migrations.

@@ -45,10 +45,8 @@ pub async fn run(cli: Cli) -> Code {
         Command::Rollback { conn, plan, watch } => crate::fleet::rollback(out, &conn, plan, watch).await,
         Command::Fleet { conn, command } => crate::fleet::fleet(out, &conn, command).await,
         Command::Agents { conn } => crate::fleet::agents(out, &conn).await,
-        Command::Certs { command: CertsCommand::Init { out: dir, hosts, operators, agents } } => {
-            let written = crate::certs::init(&dir, &hosts, &operators, &agents);
-            print_written(out, written.map(|files| (files, "wrote")))
-        }
+        Command::Audit { conn, plan, since, limit } => crate::fleet::audit(out, &conn, plan, since, limit).await,
+        Command::Certs { command } => certs(out, command),
         Command::Completions { shell } => {
             let mut command = <crate::args::Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();
@@ -66,6 +64,26 @@ pub async fn run(cli: Cli) -> Code {
         }
         Command::Validate { target, test_cmd } => validate_target(out, &target, test_cmd.as_deref()).await,
     }
+}
+
+fn certs(out: Output, command: CertsCommand) -> Code {
+    use crate::certs::{self, Issue};
+    let written = match command {
+        CertsCommand::Init { out: dir, hosts, operators, agents, days } => {
+            let operators: Result<Vec<_>, String> = operators.iter().map(|o| certs::parse_operator(o)).collect();
+            operators.and_then(|operators| certs::init(&dir, &hosts, &operators, &agents, days)).map(|f| (f, "wrote"))
+        }
+        CertsCommand::Issue { dir, operator, agent, coordinator: _, hosts, days } => {
+            let what = match (operator, agent) {
+                (Some((name, roles)), _) => Issue::Operator { name, roles },
+                (None, Some((name, targets))) => Issue::Agent { name, targets },
+                (None, None) => Issue::Coordinator { hosts },
+            };
+            certs::issue(&dir, &what, days).map(|f| (f, "wrote"))
+        }
+        CertsCommand::Renew { dir, names, days } => certs::renew(&dir, &names, days).map(|f| (f, "renewed")),
+    };
+    print_written(out, written)
 }
 
 async fn status(out: Output, target: &Target) -> Code {

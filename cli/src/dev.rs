@@ -108,11 +108,12 @@ fn write_samples(targets: &[DevTarget], dir: &Path) -> Result<(), Fail> {
 
 fn write_certs(dir: &Path) -> Result<(), Fail> {
     let fail = |e: String| Fail(Code::Failed, e);
-    let ca = Ca::new("Flotilla dev CA").map_err(fail)?;
+    let days = crate::certs::DEFAULT_DAYS;
+    let ca = Ca::new("Flotilla dev CA", days).map_err(fail)?;
     let hosts = ["localhost".to_string(), "127.0.0.1".to_string()];
-    let coordinator = ca.issue(Role::Coordinator { hosts: &hosts }).map_err(fail)?;
-    let operator = ca.issue(Role::Operator { name: "dev" }).map_err(fail)?;
-    let agent = ca.issue(Role::Agent { name: "dev-agent", targets: &["*".to_string()] }).map_err(fail)?;
+    let coordinator = ca.issue(Role::Coordinator { hosts: &hosts }, days).map_err(fail)?;
+    let operator = ca.issue(Role::Operator { name: "dev", roles: &["admin".to_string()] }, days).map_err(fail)?;
+    let agent = ca.issue(Role::Agent { name: "dev-agent", targets: &["*".to_string()] }, days).map_err(fail)?;
     std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
     for (name, text) in [
         ("ca.pem", ca.cert_pem()),
@@ -123,7 +124,9 @@ fn write_certs(dir: &Path) -> Result<(), Fail> {
         ("dev-agent.pem", agent.cert),
         ("dev-agent.key", agent.key),
     ] {
-        std::fs::write(dir.join(name), text).map_err(|e| fail(format!("cannot write {name}: {e}")))?;
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        crate::certs::write_file(&path, &text).map_err(fail)?;
     }
     Ok(())
 }
@@ -168,6 +171,7 @@ async fn demo(out: Output, dbs: &[String], count: usize, workdir: &Path) -> Resu
         .map_err(|e| Fail(Code::Failed, format!("cannot listen on loopback: {e}")))?;
     let addr = listener.local_addr().map_err(|e| Fail(Code::Failed, e.to_string()))?;
     let config = flotilla_coordinator::Config {
+        file: None,
         store: format!("sqlite://{}", workdir.join("coordinator.db").display()),
         etcd: Vec::new(),
         etcd_prefix: flotilla_coordinator::config::DEFAULT_ETCD_PREFIX.into(),

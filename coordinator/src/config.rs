@@ -24,6 +24,8 @@ pub struct Config {
     /// Where to serve Prometheus metrics (`/metrics`, plain HTTP); `None`: not served.
     pub metrics_listen: Option<String>,
     pub service: service::Config,
+    /// The config file, read again for its access rules (roles, deny-list, allow-lists) whenever it changes.
+    pub file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -66,6 +68,21 @@ pub struct File {
     /// Agent name → target globs it may serve (on top of its certificate).
     #[serde(default)]
     pub agents: BTreeMap<String, AgentEntry>,
+    /// Operator name → roles (on top of its certificate's).
+    #[serde(default)]
+    pub operators: BTreeMap<String, OperatorEntry>,
+    /// Agents and operators refused whatever their certificate says: `agent:NAME`, `operator:NAME`.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// The operator who submitted a plan may not approve its waves.
+    #[serde(default)]
+    pub approver_must_differ: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorEntry {
+    pub roles: Vec<crate::identity::Role>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,8 +97,26 @@ impl File {
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// Who may do what, as the file says: the part a running coordinator takes again when the file changes.
+    pub fn access(&self) -> Result<service::Access, String> {
+        for who in &self.deny {
+            let valid =
+                who.strip_prefix("agent:").or_else(|| who.strip_prefix("operator:")).is_some_and(|n| !n.is_empty());
+            if !valid {
+                return Err(format!("deny entry `{who}` is not `agent:NAME` or `operator:NAME`"));
+            }
+        }
+        Ok(service::Access {
+            operator_roles: self.operators.iter().map(|(k, v)| (k.clone(), v.roles.clone())).collect(),
+            agent_targets: self.agents.iter().map(|(k, v)| (k.clone(), v.targets.clone())).collect(),
+            deny: self.deny.iter().cloned().collect(),
+            approver_must_differ: self.approver_must_differ,
+        })
+    }
+
     /// The config this file describes; `tls` must be set unless `insecure_dev`.
     pub fn into_config(self) -> Result<Config, String> {
+        let access = self.access()?;
         let tls = match (self.tls, self.insecure_dev) {
             (Some(_), true) => return Err("give either [tls] or insecure_dev, not both".into()),
             (None, false) => {
@@ -99,7 +134,7 @@ impl File {
         if let Some(t) = self.heartbeat_timeout_secs {
             service.heartbeat_timeout = Duration::from_secs(t.max(1));
         }
-        service.agent_targets = self.agents.into_iter().map(|(k, v)| (k, v.targets)).collect();
+        service.access = access;
         let etcd_prefix = self.etcd_prefix.unwrap_or_else(|| DEFAULT_ETCD_PREFIX.into());
         if !(etcd_prefix.starts_with('/') && etcd_prefix.ends_with('/') && etcd_prefix.len() > 1) {
             return Err(format!("etcd_prefix `{etcd_prefix}` must start and end with `/`, e.g. /flotilla/locks/"));
@@ -111,6 +146,7 @@ impl File {
             tls,
             metrics_listen: self.metrics_listen,
             service,
+            file: None,
         })
     }
 }
@@ -124,7 +160,7 @@ mod tests {
         let file: File = toml::from_str(include_str!("../../deploy/coordinator.toml")).unwrap();
         let config = file.into_config().unwrap();
         assert_eq!(config.etcd.len(), 3);
-        assert_eq!(config.service.agent_targets["agent-eu-1"], vec!["shop-eu-*".to_string()]);
+        assert_eq!(config.service.access.agent_targets["agent-eu-1"], vec!["shop-eu-*".to_string()]);
         assert_eq!(config.store_display(), "postgres://flotilla@pg.internal/flotilla");
         let bare: File = toml::from_str("store = \"sqlite://x.db\"").unwrap();
         assert!(bare.into_config().unwrap_err().contains("TLS is required"));

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod scheduler;
 pub mod service;
 pub mod store;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,14 +22,16 @@ use flotilla_proto::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tracing::{info, warn};
 
 pub use config::{Config, TlsFiles};
 pub use etcd::EtcdLock;
 pub use lock::{Holder, InProcessLock, Lease, Lock, LockError};
 pub use service::Coordinator;
-pub use store::{Assigning, Fact, NewEvent, SqlStore, Starting, StepCount, StepFinish, Store, StoreError};
+pub use store::{
+    Assigning, AuditQuery, AuditRecord, Fact, NewEvent, SqlStore, Starting, StepCount, StepFinish, Store, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -58,6 +61,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     };
     let coordinator = Coordinator::new(store, lock, config.service.clone());
     let tasks = shutdown.child_token();
+    if let Some(file) = &config.file {
+        tokio::spawn(reload_access(coordinator.clone(), file.clone(), tasks.clone()));
+    }
     let scheduler = tokio::spawn(scheduler::run(coordinator.clone(), tasks.clone()));
     if let Some(addr) = &config.metrics_listen {
         let listener =
@@ -71,17 +77,22 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         });
     }
 
-    let mut server = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(5)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
-    match &config.tls {
-        Some(files) => server = server.tls_config(server_tls(files)?)?,
+    let tls = config.tls.as_ref().map(tls::Reloading::load).transpose().map_err(RunError::Tls)?;
+    match &tls {
+        Some(tls) => {
+            coordinator.metrics.certificate_expires("coordinator", tls.expiry());
+            let metrics = coordinator.metrics.clone();
+            let on_change = move |expiry| metrics.certificate_expires("coordinator", expiry);
+            tokio::spawn(tls.clone().watch(on_change, tasks.clone()));
+        }
         None => warn!("--insecure-dev: plaintext gRPC and no client certificates; every caller may do everything"),
     }
-    let auth = grpc::Auth::new(config.tls.is_none());
+    let auth = grpc::Auth::new(tls.is_none());
     let agents = grpc::AgentApi { coordinator: coordinator.clone(), auth: auth.clone(), shutdown: tasks.clone() };
     let operators = grpc::OperatorApi { coordinator: coordinator.clone(), auth, shutdown: tasks.clone() };
-    let router = server
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(
             AgentServiceServer::new(agents)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -93,14 +104,20 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         );
     info!(addr = ?listener.local_addr().ok(), store = %config.store_display(), etcd = !config.etcd.is_empty(), "coordinator listening");
-    // Accepted sockets need TCP_NODELAY like the clients' (tonic sets it only on listeners it binds itself):
-    // without it, Nagle's algorithm and delayed ACKs hold small responses back for about 40 ms.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let stopping = tasks.clone();
-    let serve = router.serve_with_incoming_shutdown(incoming, async move {
+    let stopped = async move {
         shutdown.cancelled().await;
         stopping.cancel();
-    });
+    };
+    let serve: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match tls {
+            Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener, tasks.clone()), stopped)),
+            // Accepted sockets need TCP_NODELAY like the clients' (tonic sets it only on listeners it binds
+            // itself): without it, Nagle's algorithm and delayed ACKs hold small responses back for about 40 ms.
+            None => Box::pin(
+                router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stopped),
+            ),
+        };
     tokio::pin!(serve);
     let served = tokio::select! {
         result = &mut serve => result,
@@ -117,17 +134,27 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     Ok(served?)
 }
 
-fn server_tls(files: &TlsFiles) -> Result<ServerTlsConfig, RunError> {
-    let read = |what: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| RunError::Tls(format!("cannot read the {what} {}: {e}", path.display())))
-    };
-    let cert = read("certificate", &files.cert)?;
-    let key = read("private key", &files.key)?;
-    let ca = read("CA certificate", &files.ca)?;
-    // A presented certificate must chain to the CA, or the handshake fails. A caller with none gets through TLS and
-    // is then refused with `Unauthenticated` by every handler, which tells it plainly what is missing.
-    Ok(ServerTlsConfig::new()
-        .identity(TlsIdentity::from_pem(cert, key))
-        .client_ca_root(Certificate::from_pem(ca))
-        .client_auth_optional(true))
+/// How often the config file is looked at for changed access rules.
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+
+/// Takes the config file's access rules again whenever the file changes. A file that no longer reads keeps the
+/// rules in force, with a warning.
+async fn reload_access(coordinator: Arc<Coordinator>, file: std::path::PathBuf, stop: CancellationToken) {
+    let stamp = |f: &std::path::Path| std::fs::metadata(f).and_then(|m| Ok((m.modified()?, m.len()))).ok();
+    let mut seen = stamp(&file);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RELOAD_EVERY) => {}
+        }
+        let now = stamp(&file);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match config::File::read(&file).and_then(|f| f.access()) {
+            Ok(access) => coordinator.set_access(access),
+            Err(e) => warn!(error = %e, "the config file changed but does not read; the access rules in force stay"),
+        }
+    }
 }

@@ -79,7 +79,14 @@ async fn main() -> anyhow::Result<()> {
         file.lease_ttl_secs = args.lease_ttl_secs;
     }
     let listen = file.listen.clone().unwrap_or_else(|| "127.0.0.1:7443".into());
-    let config = file.into_config().map_err(anyhow::Error::msg)?;
+    if file.insecure_dev && !flotilla_proto::process::is_loopback(&listen) {
+        anyhow::bail!(
+            "--insecure-dev listens only on a loopback address (127.0.0.1, ::1, localhost), not {listen}: without TLS \
+             any caller that reaches it may run DDL on every database of the fleet"
+        );
+    }
+    let mut config = file.into_config().map_err(anyhow::Error::msg)?;
+    config.file = args.config.clone();
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let shutdown = flotilla_proto::process::shutdown_on_signal();

@@ -44,6 +44,12 @@ pub struct Code {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Holder {
+    /// `coordinator`, or `agent:NAME`.
+    pub holder: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetVersion {
     pub version: String,
     pub dirty: String,
@@ -73,6 +79,8 @@ pub struct Metrics {
     pub targets: Family<TargetVersion, Gauge>,
     /// Migrations that gave up waiting for a table lock and were retried (agents' `lock_retry` events).
     pub lock_retries: Counter,
+    /// When certificates expire: the coordinator's own, and each agent's as it presented it.
+    pub certificate_expiry: Family<Holder, Gauge>,
 }
 
 impl Metrics {
@@ -89,6 +97,7 @@ impl Metrics {
             agents_connected: Gauge::default(),
             targets: Family::default(),
             lock_retries: Counter::default(),
+            certificate_expiry: Family::default(),
         };
         let mut r = Registry::with_prefix("flotilla");
         r.register("plan_steps", "Steps of each live plan, by wave and state", m.steps.clone());
@@ -116,12 +125,22 @@ impl Metrics {
         r.register("agents_connected", "Agents with an open assignment stream", m.agents_connected.clone());
         r.register("targets", "Targets by applied version and dirty, as their agents last reported", m.targets.clone());
         r.register("lock_retries", "Migrations rolled back on a lock timeout and retried", m.lock_retries.clone());
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "When a certificate expires (Unix time): the coordinator's, and each agent's as last presented",
+            m.certificate_expiry.clone(),
+        );
         // Every code from the start, at 0: a rate over a counter that appears only with its first error misses it.
         for code in flotilla_proto::errors::ErrorCode::ALL {
             let _ = RPC_ERRORS.get_or_create(&Code { code: code.as_str().to_string() });
         }
         r.register("rpc_errors", "Errors returned to gRPC callers, by code", RPC_ERRORS.clone());
         (m, r)
+    }
+
+    pub fn certificate_expires(&self, holder: &str, at: Option<i64>) {
+        let gauge = self.certificate_expiry.get_or_create(&Holder { holder: holder.to_string() });
+        gauge.set(at.unwrap_or(0));
     }
 
     pub fn store_call(&self, operation: &str, took: Duration) {

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use flotilla_coordinator::{Assigning, Fact, NewEvent, SqlStore, Starting, StepCount, StepFinish, Store, StoreError};
+use flotilla_coordinator::{
+    Assigning, AuditQuery, Fact, NewEvent, SqlStore, Starting, StepCount, StepFinish, Store, StoreError,
+};
 use flotilla_core::fleet::{AuditEntry, EventKind, Goal, Plan, PlanState, Step, StepState, Strategy, Target};
 use flotilla_core::Engine;
 use flotilla_tests::*;
@@ -171,8 +173,19 @@ async fn events_and_audit(engine: Engine) {
         };
         store.audit(&entry).await.expect("audit");
     }
-    let log = store.audit_log().await.expect("log");
-    assert_eq!(log.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["pause", "resume"]);
+    let all = AuditQuery { limit: 10, ..Default::default() };
+    let log = store.audit_log(&all).await.expect("log");
+    assert_eq!(log.iter().map(|r| r.entry.action.as_str()).collect::<Vec<_>>(), ["pause", "resume"]);
+    // Pages: after the first entry, one at a time; one plan; from a time on.
+    let page = AuditQuery { after: Some(log[0].id.clone()), limit: 1, ..Default::default() };
+    assert_eq!(store.audit_log(&page).await.expect("page"), log[1..]);
+    let other = AuditQuery { plan_id: Some("p2".into()), limit: 10, ..Default::default() };
+    assert!(store.audit_log(&other).await.expect("other plan").is_empty());
+    let later = AuditQuery { since: Some(Utc::now() + chrono::Duration::seconds(60)), limit: 10, ..Default::default() };
+    assert!(store.audit_log(&later).await.expect("later").is_empty());
+    let earlier =
+        AuditQuery { since: Some(Utc::now() - chrono::Duration::seconds(60)), limit: 10, ..Default::default() };
+    assert_eq!(store.audit_log(&earlier).await.expect("earlier").len(), 2);
 }
 
 async fn restart_loses_nothing(engine: Engine) {

@@ -212,6 +212,16 @@ impl AgentConfig {
                 if self.insecure_dev { "http:// (insecure_dev)" } else { "https://" }
             ));
         }
+        if self.insecure_dev {
+            let authority = self.coordinator.trim_start_matches("http://").split('/').next().unwrap_or_default();
+            if !flotilla_proto::process::is_loopback(authority) {
+                return Err(format!(
+                    "insecure_dev talks plaintext only to a coordinator on this machine (127.0.0.1, ::1, localhost), \
+                     not {}: use [tls] for a coordinator elsewhere",
+                    self.coordinator
+                ));
+            }
+        }
         if self.targets.is_empty() {
             return Err("no [[targets]]".into());
         }
@@ -308,7 +318,7 @@ mod tests {
     fn a_throttle_names_what_is_wrong_with_it() {
         let with = |engine: &str, url: &str, throttle: &str| {
             let text = format!(
-                "name = \"a\"\ncoordinator = \"http://c:1\"\ninsecure_dev = true\n[[targets]]\nname = \"t\"\nurl = \"{url}\"\n{engine}\n[targets.throttle]\n{throttle}\n"
+                "name = \"a\"\ncoordinator = \"http://127.0.0.1:1\"\ninsecure_dev = true\n[[targets]]\nname = \"t\"\nurl = \"{url}\"\n{engine}\n[targets.throttle]\n{throttle}\n"
             );
             parse(&text).and_then(|c| c.resolve())
         };
@@ -363,5 +373,7 @@ mod tests {
         assert!(parse(&ok.replace("insecure_dev = true", "")).unwrap_err().contains("TLS is required"));
         assert!(parse(&ok.replace("url_env", "url = \"sqlite://x\"\nurl_env")).unwrap_err().contains("exactly one"));
         assert!(parse(&ok.replace("labels", "lables")).is_err(), "unknown keys are refused");
+        let remote = parse(&ok.replace("127.0.0.1", "10.1.2.3")).unwrap_err();
+        assert!(remote.contains("only to a coordinator on this machine"), "{remote}");
     }
 }

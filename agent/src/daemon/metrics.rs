@@ -38,6 +38,8 @@ pub struct Metrics {
     pub targets: Gauge,
     pub targets_dirty: Gauge,
     pub targets_unreachable: Gauge,
+    /// When the agent's certificate expires (Unix time; 0 without TLS).
+    pub certificate_expiry: Gauge,
 }
 
 impl Metrics {
@@ -54,6 +56,7 @@ impl Metrics {
             targets: Gauge::default(),
             targets_dirty: Gauge::default(),
             targets_unreachable: Gauge::default(),
+            certificate_expiry: Gauge::default(),
         };
         let mut r = Registry::with_prefix("flotilla_agent");
         r.register("migrations", "Migrations run, by engine, direction and result", m.migrations.clone());
@@ -72,6 +75,11 @@ impl Metrics {
         r.register("targets", "Targets this agent serves", m.targets.clone());
         r.register("targets_dirty", "Targets whose history has a dirty record", m.targets_dirty.clone());
         r.register("targets_unreachable", "Targets whose history could not be read", m.targets_unreachable.clone());
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the agent's client certificate expires (Unix time)",
+            m.certificate_expiry.clone(),
+        );
         (m, r)
     }
 

@@ -89,7 +89,8 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     config.check().map_err(AgentError::Config)?;
     let targets = config.resolve().map_err(AgentError::Config)?;
-    let endpoint = endpoint(&config)?;
+    // Bad TLS files are a configuration error at start; later, a change that does not load keeps the ones in use.
+    let mut endpoint = endpoint(&config)?;
     let connections =
         pool::Connections::new(config.connections.max_idle, Duration::from_secs(config.connections.idle_secs));
     let (metrics, registry) = metrics::Metrics::new();
@@ -124,9 +125,29 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     tokio::spawn(refresh_loop(state.clone(), Duration::from_secs(state.config.refresh_secs), shutdown.clone()));
     let sweeper = tokio::spawn(pool::sweep_loop(state.clone(), shutdown.clone()));
     let mut backoff = Duration::from_millis(200);
+    let mut tls_seen = tls_stamp(&state.config);
+    state.metrics.certificate_expiry.set(certificate_expiry(&state.config).unwrap_or(0));
     while !shutdown.is_cancelled() {
         let started = std::time::Instant::now();
-        match session(&state, &endpoint, &shutdown, &steps).await {
+        // Changed certificate files end the session, and the next one presents them: held results are sent again,
+        // running steps go on.
+        let rotate = CancellationToken::new();
+        let watcher = tokio::spawn(watch_tls(state.clone(), tls_seen.clone(), rotate.clone()));
+        let ended = session(&state, &endpoint, &shutdown, &rotate, &steps).await;
+        watcher.abort();
+        if rotate.is_cancelled() && !shutdown.is_cancelled() {
+            tls_seen = tls_stamp(&state.config);
+            match self::endpoint(&state.config) {
+                Ok(e) => {
+                    endpoint = e;
+                    state.metrics.certificate_expiry.set(certificate_expiry(&state.config).unwrap_or(0));
+                    info!(agent = %state.config.name, "certificate files changed: reconnecting with them");
+                }
+                Err(e) => warn!(error = %e, "certificate files changed but do not load; keeping the ones in use"),
+            }
+            continue;
+        }
+        match ended {
             Ok(()) => {}
             Err(e) => {
                 warn!(agent = %state.config.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "coordinator connection lost")
@@ -162,6 +183,36 @@ async fn drain(steps: &tokio_util::task::TaskTracker) {
     }
 }
 
+/// How often the TLS files are looked at.
+const TLS_WATCH: Duration = Duration::from_secs(1);
+
+fn tls_stamp(config: &AgentConfig) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    match &config.tls {
+        Some(t) => flotilla_proto::process::stamp(&[t.cert.as_path(), t.key.as_path(), t.ca.as_path()]),
+        None => Vec::new(),
+    }
+}
+
+fn certificate_expiry(config: &AgentConfig) -> Option<i64> {
+    let tls = config.tls.as_ref()?;
+    flotilla_proto::process::certificate_expiry(&std::fs::read(&tls.cert).ok()?)
+}
+
+/// Cancels `rotate` once the TLS files differ from `seen` and load (a certificate written before its key does not
+/// yet).
+async fn watch_tls(state: Arc<State>, seen: Vec<Option<(std::time::SystemTime, u64)>>, rotate: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = rotate.cancelled() => return,
+            _ = tokio::time::sleep(TLS_WATCH) => {}
+        }
+        if tls_stamp(&state.config) != seen && endpoint(&state.config).is_ok() {
+            rotate.cancel();
+            return;
+        }
+    }
+}
+
 fn endpoint(config: &AgentConfig) -> Result<Endpoint, AgentError> {
     let mut endpoint = Endpoint::from_shared(config.coordinator.clone())
         .map_err(|e| AgentError::Config(format!("coordinator `{}`: {e}", config.coordinator)))?
@@ -185,7 +236,10 @@ pub fn client_tls(
     let read = |what: &str, path: &std::path::Path| {
         std::fs::read(path).map_err(|e| AgentError::Tls(format!("cannot read the {what} {}: {e}", path.display())))
     };
-    Ok(ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("CA certificate", ca)?))
-        .identity(Identity::from_pem(read("certificate", cert)?, read("private key", key)?)))
+    Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("CA certificate", ca)?)).identity(
+        Identity::from_pem(
+            read("certificate", cert)?,
+            flotilla_proto::process::read_private_key(key).map_err(AgentError::Tls)?,
+        ),
+    ))
 }

@@ -18,6 +18,7 @@ pub(super) async fn session(
     state: &Arc<State>,
     endpoint: &Endpoint,
     shutdown: &CancellationToken,
+    rotate: &CancellationToken,
     steps: &tokio_util::task::TaskTracker,
 ) -> Result<(), tonic::Status> {
     let channel: Channel =
@@ -62,6 +63,8 @@ pub(super) async fn session(
                 return Ok(());
             }
             _ = session.cancelled() => return Err(tonic::Status::unavailable("the progress stream ended")),
+            // New certificate files: this session ends, the next presents them.
+            _ = rotate.cancelled() => return Ok(()),
             next = assignments.message() => next?,
         };
         let Some(work) = next else {

@@ -221,7 +221,10 @@ pub async fn connect(conn: &Conn) -> Result<Client, Fail> {
             std::fs::read(&path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))
         };
         let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("ca.pem".into())?)).identity(
-            Identity::from_pem(read(format!("{}.pem", conn.operator))?, read(format!("{}.key", conn.operator))?),
+            Identity::from_pem(
+                read(format!("{}.pem", conn.operator))?,
+                flotilla_proto::process::read_private_key(&dir.join(format!("{}.key", conn.operator))).map_err(bad)?,
+            ),
         );
         endpoint = endpoint.tls_config(tls).map_err(|e| bad(format!("TLS: {e}")))?;
     }
@@ -266,13 +269,67 @@ pub async fn agents(out: Output, conn: &Conn) -> Code {
         if out.json {
             let rows: Vec<_> = agents
                 .iter()
-                .map(|a| json!({ "agent": a.id, "connected": a.connected, "last_heartbeat": a.last_heartbeat, "targets": a.targets }))
+                .map(|a| json!({ "agent": a.id, "connected": a.connected, "last_heartbeat": a.last_heartbeat, "targets": a.targets, "certificate_expires": a.certificate_expires }))
                 .collect();
             out.print_json(&rows);
         } else {
-            println!("{:<20} {:<10} {:>7}  LAST HEARTBEAT", "AGENT", "CONNECTED", "TARGETS");
+            println!("{:<20} {:<10} {:>7}  {:<33} CERTIFICATE EXPIRES", "AGENT", "CONNECTED", "TARGETS", "LAST HEARTBEAT");
             for a in &agents {
-                println!("{:<20} {:<10} {:>7}  {}", a.id, if a.connected { "yes" } else { "no" }, a.targets.len(), a.last_heartbeat);
+                let connected = if a.connected { "yes" } else { "no" };
+                println!("{:<20} {:<10} {:>7}  {:<33} {}", a.id, connected, a.targets.len(), a.last_heartbeat, a.certificate_expires);
+            }
+        }
+        Ok(Code::Ok)
+    }
+    .await;
+    finish(out, result)
+}
+
+/// `--since`: an RFC 3339 time, or a duration back from now (`1h`), as RFC 3339.
+pub fn parse_since(text: &str) -> Result<String, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc).to_rfc3339());
+    }
+    let days = text.strip_suffix('d').and_then(|n| n.parse::<u64>().ok());
+    let back = match days {
+        Some(d) => std::time::Duration::from_secs(d * 86_400),
+        None => flotilla_core::parse_duration(text)
+            .map_err(|_| format!("`{text}` is neither an RFC 3339 time nor a duration such as 1h, 30m or 7d"))?,
+    };
+    let back = chrono::Duration::from_std(back).map_err(|e| e.to_string())?;
+    Ok((chrono::Utc::now() - back).to_rfc3339())
+}
+
+/// `flotilla audit`: pages through the audit log.
+pub async fn audit(out: Output, conn: &Conn, plan: Option<String>, since: Option<String>, limit: u32) -> Code {
+    let result = async {
+        let mut client = connect(conn).await?;
+        let mut entries = Vec::new();
+        let mut after = String::new();
+        while (entries.len() as u32) < limit {
+            let request = pb::ListAuditRequest {
+                plan_id: plan.clone().unwrap_or_default(),
+                since: since.clone().unwrap_or_default(),
+                after: after.clone(),
+                limit: (limit - entries.len() as u32).min(1000),
+            };
+            let page = client.list_audit(request).await?.into_inner();
+            entries.extend(page.entries);
+            if page.next.is_empty() {
+                break;
+            }
+            after = page.next;
+        }
+        if out.json {
+            let rows: Vec<_> = entries
+                .iter()
+                .map(|e| json!({ "at": e.at, "actor": e.actor, "action": e.action, "plan": e.plan_id, "detail": e.detail }))
+                .collect();
+            out.print_json(&rows);
+        } else {
+            println!("{:<32} {:<24} {:<10} {:<26} DETAIL", "AT", "ACTOR", "ACTION", "PLAN");
+            for e in &entries {
+                println!("{:<32} {:<24} {:<10} {:<26} {}", e.at, e.actor, e.action, e.plan_id, e.detail);
             }
         }
         Ok(Code::Ok)

@@ -38,9 +38,13 @@ impl Drop for Connected {
 impl pb::agent_service_server::AgentService for AgentApi {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let (who, name) = self.auth.agent(&request, &request.get_ref().name)?;
+        let expiry = request
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(|c| flotilla_proto::process::certificate_expiry_der(c)));
         let req = request.into_inner();
         let targets = req.targets.into_iter().map(|t| messages::target(t, &name)).collect::<Result<Vec<_>, _>>()?;
         self.coordinator.register(&who, &name, targets).await.map_err(status)?;
+        self.coordinator.agent_certificate(&name, expiry);
         Ok(Response::new(pb::RegisterResponse { agent_id: name, refused_targets: Default::default() }))
     }
 
@@ -111,7 +115,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
             let name = match &who {
                 Identity::Agent { name, .. } => name.clone(),
                 Identity::Insecure => burst[0].agent_id.clone(),
-                Identity::Operator(name) => {
+                Identity::Operator { name, .. } => {
                     return Err(Status::permission_denied(format!("operator `{name}` cannot report progress")))
                 }
             };

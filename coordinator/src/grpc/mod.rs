@@ -88,7 +88,7 @@ impl Auth {
             Identity::Agent { name, .. } => name.clone(),
             Identity::Insecure if !claimed.is_empty() => claimed.to_string(),
             Identity::Insecure => return Err(Status::invalid_argument("agent_id is required")),
-            Identity::Operator(name) => {
+            Identity::Operator { name, .. } => {
                 return Err(Status::permission_denied(format!(
                     "operator `{name}` called an agent method: agent calls need an agent certificate"
                 )))

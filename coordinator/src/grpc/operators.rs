@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use flotilla_proto::convert;
+use flotilla_proto::errors::ErrorCode;
 use flotilla_proto::v1 as pb;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -125,9 +126,44 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                 targets: a.targets,
                 last_heartbeat: a.last_seen.map(|t| t.to_rfc3339()).unwrap_or_default(),
                 connected: a.connected,
+                certificate_expires: a.certificate_expires.map(|t| t.to_rfc3339()).unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let who = self.auth.identify(&request)?;
+        let req = request.into_inner();
+        let since = match req.since.as_str() {
+            "" => None,
+            t => Some(
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map_err(|e| ErrorCode::InvalidInput.status(format!("since `{t}` is not an RFC 3339 time: {e}")))?
+                    .with_timezone(&chrono::Utc),
+            ),
+        };
+        let query = crate::store::AuditQuery {
+            plan_id: (!req.plan_id.is_empty()).then_some(req.plan_id),
+            since,
+            after: (!req.after.is_empty()).then_some(req.after),
+            limit: req.limit,
+        };
+        let (page, next) = self.coordinator.audit_log(&who, query).await.map_err(status)?;
+        let entries = page
+            .into_iter()
+            .map(|r| pb::AuditEntry {
+                at: r.entry.at.to_rfc3339(),
+                actor: r.entry.actor,
+                action: r.entry.action,
+                plan_id: r.entry.plan_id.unwrap_or_default(),
+                detail: r.entry.detail,
+            })
+            .collect();
+        Ok(Response::new(pb::ListAuditResponse { entries, next: next.unwrap_or_default() }))
     }
 
     async fn fleet_status(

@@ -25,9 +25,9 @@ impl Coordinator {
     pub(super) fn allowed(&self, who: &Identity, name: &str) -> Option<Vec<String>> {
         match who {
             Identity::Insecure => Some(vec!["*".to_string()]),
-            Identity::Agent { name: n, targets } if n == name => {
+            Identity::Agent { name: n, targets } if n == name && !self.denied(who) => {
                 let mut globs = targets.clone();
-                globs.extend(self.config.agent_targets.get(name).cloned().unwrap_or_default());
+                globs.extend(self.access().agent_targets.get(name).cloned().unwrap_or_default());
                 Some(globs)
             }
             _ => None,
@@ -36,9 +36,10 @@ impl Coordinator {
 
     /// Registers an agent's targets. Every target must be allowed, or nothing is registered.
     pub async fn register(&self, who: &Identity, name: &str, targets: Vec<Target>) -> Result<()> {
-        let globs = self
-            .allowed(who, name)
-            .ok_or_else(|| ServiceError::NotAllowed(format!("{} may not register as agent `{name}`", who.actor())))?;
+        let Some(globs) = self.allowed(who, name) else {
+            let why = if self.denied(who) { " (it is on the coordinator's deny-list)" } else { "" };
+            return self.refuse(who, None, format!("{} may not register as agent `{name}`{why}", who.actor())).await;
+        };
         let refused: Vec<&str> =
             targets.iter().filter(|t| !identity::allows(&globs, &t.name)).map(|t| t.name.as_str()).collect();
         if !refused.is_empty() {
@@ -75,11 +76,20 @@ impl Coordinator {
             sender: None,
             stream: 0,
             last_seen: None,
+            certificate_expiry: None,
         });
         entry.targets = targets.iter().map(|t| t.name.clone()).collect();
         entry.last_seen = Some((Instant::now(), Utc::now()));
         info!(agent = name, targets = targets.len(), "agent registered");
         Ok(())
+    }
+
+    /// Records when the certificate an agent registered with expires, for `flotilla agents` and the metrics.
+    pub fn agent_certificate(&self, name: &str, expiry: Option<i64>) {
+        if let Some(entry) = self.inner().agents.get_mut(name) {
+            entry.certificate_expiry = expiry;
+        }
+        self.metrics.certificate_expires(&format!("agent:{name}"), expiry);
     }
 
     pub(super) fn check_agent(&self, who: &Identity, name: &str) -> Result<()> {
@@ -219,7 +229,7 @@ impl Coordinator {
     }
 
     pub async fn agents(&self, who: &Identity) -> Result<Vec<AgentView>> {
-        Self::operator(who)?;
+        self.allow(who, crate::identity::Permission::Read, "list agents", None).await?;
         let mut names: Vec<String> = self.inner().agents.keys().cloned().collect();
         for t in self.store.targets().await? {
             if !names.contains(&t.agent) {
@@ -231,8 +241,12 @@ impl Coordinator {
         Ok(names
             .into_iter()
             .map(|name| {
-                let last_seen = self.inner().agents.get(&name).and_then(|e| e.last_seen.map(|(_, at)| at));
+                let (last_seen, expiry) = match self.inner().agents.get(&name) {
+                    Some(e) => (e.last_seen.map(|(_, at)| at), e.certificate_expiry),
+                    None => (None, None),
+                };
                 AgentView {
+                    certificate_expires: expiry.and_then(|t| DateTime::from_timestamp(t, 0)),
                     targets: targets.iter().filter(|t| t.agent == name).map(|t| t.name.clone()).collect(),
                     connected: self.is_connected(&name),
                     last_seen,

@@ -103,7 +103,7 @@ impl Coordinator {
         after: u64,
         shutdown: CancellationToken,
     ) -> Result<mpsc::Receiver<Result<Event>>> {
-        Self::operator(who)?;
+        self.allow(who, crate::identity::Permission::Read, "watch a plan", Some(id)).await?;
         self.view(id).await?;
         let mut changes = self.events.subscribe();
         let (tx, rx) = mpsc::channel(256);

@@ -1,6 +1,7 @@
 //! The coordinator's domain service: what every RPC does, in domain types. The gRPC layer (`grpc`) only checks who
 //! calls, converts, and calls these methods; the scheduler (`scheduler`) drives plans with them.
 
+mod access;
 mod agents;
 mod checks;
 mod events;
@@ -25,6 +26,7 @@ use crate::identity::Identity;
 use crate::lock::{Lease, Lock, LockError};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+pub use access::Access;
 use events::{write_events, Queued};
 
 /// What went wrong, with what it concerns, classed by what the caller should do: fix its input
@@ -95,8 +97,8 @@ pub struct Config {
     pub tick: Duration,
     /// An agent silent this long is treated as gone: its leases are left to expire.
     pub heartbeat_timeout: Duration,
-    /// Agent name → target globs it may serve, on top of what its certificate allows.
-    pub agent_targets: BTreeMap<String, Vec<String>>,
+    /// Who may do what (roles, deny-list, agents' extra allow-lists), replaceable at run time.
+    pub access: Access,
 }
 
 impl Default for Config {
@@ -106,7 +108,7 @@ impl Default for Config {
             lease_ttl: Duration::from_secs(10),
             tick: Duration::from_millis(250),
             heartbeat_timeout: Duration::from_secs(15),
-            agent_targets: BTreeMap::new(),
+            access: Access::default(),
         }
     }
 }
@@ -233,6 +235,8 @@ pub struct AgentView {
     pub targets: Vec<String>,
     pub last_seen: Option<DateTime<Utc>>,
     pub connected: bool,
+    /// When the certificate it last registered with expires.
+    pub certificate_expires: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -268,6 +272,8 @@ struct AgentEntry {
     /// Bumped on each new assignment stream, so an old stream's end does not disconnect a new one.
     stream: u64,
     last_seen: Option<(Instant, DateTime<Utc>)>,
+    /// When the certificate it registered with expires (Unix time).
+    certificate_expiry: Option<i64>,
 }
 
 #[derive(Clone)]
@@ -312,6 +318,7 @@ pub struct Coordinator {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) lock: Arc<dyn Lock>,
     pub(crate) config: Config,
+    access: std::sync::RwLock<Access>,
     inner: Mutex<Inner>,
     /// Bumped on every stored event: wakes plan watchers.
     events: watch::Sender<u64>,
@@ -336,6 +343,7 @@ impl Coordinator {
             registry: Arc::new(registry),
             store,
             lock,
+            access: std::sync::RwLock::new(config.access.clone()),
             config,
             inner: Mutex::new(Inner::default()),
             events: watch::channel(0).0,
@@ -351,15 +359,6 @@ impl Coordinator {
     fn inner(&self) -> MutexGuard<'_, Inner> {
         // Plain maps; a panic elsewhere must not poison every later call.
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn operator(who: &Identity) -> Result<()> {
-        match who {
-            Identity::Operator(_) | Identity::Insecure => Ok(()),
-            Identity::Agent { name, .. } => Err(ServiceError::NotAllowed(format!(
-                "agent `{name}` called an operator method: operator calls need an operator certificate"
-            ))),
-        }
     }
 }
 

@@ -9,7 +9,7 @@ use crate::identity::Identity;
 impl Coordinator {
     /// Every plan with its step counts: two queries, however many plans and steps.
     pub async fn plans(&self, who: &Identity) -> Result<Vec<PlanOverview>> {
-        Self::operator(who)?;
+        self.allow(who, crate::identity::Permission::Read, "list plans", None).await?;
         let mut counts = self.store.all_step_counts().await?;
         Ok(self
             .store
@@ -21,7 +21,7 @@ impl Coordinator {
     }
 
     pub async fn plan(&self, who: &Identity, id: &str) -> Result<PlanView> {
-        Self::operator(who)?;
+        self.allow(who, crate::identity::Permission::Read, "show a plan", Some(id)).await?;
         self.view(id).await
     }
 
@@ -33,7 +33,15 @@ impl Coordinator {
 
     /// Pause, resume, abort or approve.
     pub async fn act(&self, who: &Identity, id: &str, action: Action, reason: &str) -> Result<PlanView> {
-        Self::operator(who)?;
+        let permission = if action == Action::Approve {
+            crate::identity::Permission::Approve
+        } else {
+            crate::identity::Permission::Change
+        };
+        self.allow(who, permission, &format!("{} a plan", action.as_str()), Some(id)).await?;
+        if action == Action::Approve {
+            self.check_approver(who, id).await?;
+        }
         let view = self.view(id).await?;
         let from = view.plan.state;
         let cannot = || ServiceError::IllegalTransition { id: id.to_string(), from, action };

@@ -10,7 +10,7 @@ use crate::identity::Identity;
 impl Coordinator {
     /// `rollback PLAN`: a plan taking every target `id` touched back to the version it had, in reverse wave order.
     pub async fn rollback(&self, who: &Identity, id: &str) -> Result<PlanView> {
-        Self::operator(who)?;
+        self.allow(who, crate::identity::Permission::Change, "roll back a plan", Some(id)).await?;
         let view = self.view(id).await?;
         if view.steps.iter().any(|s| matches!(s.state, StepState::Assigned | StepState::Running)) {
             return Err(ServiceError::Refused(format!(

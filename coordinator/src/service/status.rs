@@ -13,13 +13,13 @@ use crate::store::StoreError;
 
 impl Coordinator {
     pub async fn targets(&self, who: &Identity, selector: &Selector) -> Result<Vec<Target>> {
-        Self::operator(who)?;
+        self.allow(who, crate::identity::Permission::Read, "list targets", None).await?;
         Ok(self.store.targets().await?.into_iter().filter(|t| selector.matches(t)).collect())
     }
 
     /// Each target's applied version as its agent last read it, what is pending, and drift from what plans left.
     pub async fn fleet_status(&self, who: &Identity, selector: &Selector) -> Result<Vec<TargetStatus>> {
-        Self::operator(who)?;
+        self.allow(who, crate::identity::Permission::Read, "read the fleet's status", None).await?;
         let targets: Vec<Target> = self.store.targets().await?.into_iter().filter(|t| selector.matches(t)).collect();
         // The newest succeeded step per target says where plans left it: one query, however many plans.
         let last: HashMap<String, (String, Step)> = self
@@ -84,7 +84,7 @@ impl Coordinator {
     /// A target's schema beside the one most targets at its version have (among every target this coordinator
     /// knows).
     pub async fn fleet_drift(&self, who: &Identity, target: &str) -> Result<Drift> {
-        Self::operator(who)?;
+        self.allow(who, crate::identity::Permission::Read, "read a target's drift", None).await?;
         let not_yet = |what: &str| ServiceError::Refused(format!("target `{target}`: {what}"));
         let inner = self.inner();
         let applied = inner.live.get(target).and_then(|l| l.applied).ok_or_else(|| {

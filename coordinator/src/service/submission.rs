@@ -14,7 +14,7 @@ use crate::identity::Identity;
 
 impl Coordinator {
     pub async fn submit(&self, who: &Identity, s: Submission) -> Result<PlanView> {
-        Self::operator(who)?;
+        self.allow(who, crate::identity::Permission::Change, "create a plan", None).await?;
         let bundle = Bundle::from_json(&s.bundle).map_err(|e| ServiceError::BadInput(e.to_string()))?;
         let sets = bundle
             .check(&ReadOptions { allow_missing_down: true, ..ReadOptions::default() })

@@ -164,7 +164,26 @@ pub trait Store: Send + Sync {
     async fn events_after(&self, plan_id: &str, seq: u64) -> Result<Vec<Event>, StoreError>;
 
     async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
-    async fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError>;
+    /// A page of the audit log, oldest first: entries after `query.after` (an id from an earlier page), of one plan
+    /// and from a time on if asked, at most `query.limit`.
+    async fn audit_log(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+}
+
+/// Which audit entries to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub plan_id: Option<String>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// The id of the last entry of the page before.
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+/// An audit entry with its id (ordered by time), for paging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub id: String,
+    pub entry: AuditEntry,
 }
 
 /// The store's schema, versioned: each migration in `coordinator/migrations` runs once per store, recorded in

@@ -10,7 +10,10 @@ use sha2::{Digest, Sha256};
 use sqlx::AnyPool;
 
 use super::rows::*;
-use super::{db, retried, Assigning, Fact, StepCount, StepFinish, Store, StoreError, Unchanged, LIVE, MIGRATOR};
+use super::{
+    db, retried, Assigning, AuditQuery, AuditRecord, Fact, StepCount, StepFinish, Store, StoreError, Unchanged, LIVE,
+    MIGRATOR,
+};
 
 pub(super) const INSERT_EVENT: &str = "INSERT INTO events (plan_id, seq, at, target, kind, detail)
      SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ? FROM events WHERE plan_id = ? RETURNING seq";
@@ -451,19 +454,35 @@ impl Store for SqlStore {
             .map_err(db)
     }
 
-    async fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query("SELECT at, actor, action, plan_id, detail FROM audit ORDER BY id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
+    async fn audit_log(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        // Ids begin with the time in microseconds (hex, fixed width), so they sort by time; `since` becomes one.
+        let since = q.since.map(|t| format!("{:016x}", t.timestamp_micros().max(0)));
+        let rows = sqlx::query(&self.sql(
+            "SELECT id, at, actor, action, plan_id, detail FROM audit
+             WHERE (? IS NULL OR id > ?) AND (? IS NULL OR id >= ?) AND (? IS NULL OR plan_id = ?)
+             ORDER BY id LIMIT ?",
+        ))
+        .bind(q.after.clone())
+        .bind(q.after.clone())
+        .bind(since.clone())
+        .bind(since)
+        .bind(q.plan_id.clone())
+        .bind(q.plan_id.clone())
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
         rows.iter()
             .map(|r| {
-                Ok(AuditEntry {
-                    at: time(&get::<String>(r, 0)?)?,
-                    actor: get(r, 1)?,
-                    action: get(r, 2)?,
-                    plan_id: get(r, 3)?,
-                    detail: get(r, 4)?,
+                Ok(AuditRecord {
+                    id: get(r, 0)?,
+                    entry: AuditEntry {
+                        at: time(&get::<String>(r, 1)?)?,
+                        actor: get(r, 2)?,
+                        action: get(r, 3)?,
+                        plan_id: get(r, 4)?,
+                        detail: get(r, 5)?,
+                    },
                 })
             })
             .collect()
