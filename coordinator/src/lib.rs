@@ -77,16 +77,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         });
     }
 
-    let tls = config.tls.as_ref().map(tls::Reloading::load).transpose().map_err(RunError::Tls)?;
-    match &tls {
-        Some(tls) => {
-            coordinator.metrics.certificate_expires("coordinator", tls.expiry());
-            let metrics = coordinator.metrics.clone();
-            let on_change = move |expiry| metrics.certificate_expires("coordinator", expiry);
-            tokio::spawn(tls.clone().watch(on_change, tasks.clone()));
-        }
-        None => warn!("--insecure-dev: plaintext gRPC and no client certificates; every caller may do everything"),
-    }
+    let tls = serve_tls(&config, &coordinator, &tasks)?;
     let auth = grpc::Auth::new(tls.is_none());
     let agents = grpc::AgentApi { coordinator: coordinator.clone(), auth: auth.clone(), shutdown: tasks.clone() };
     let operators = grpc::OperatorApi { coordinator: coordinator.clone(), auth, shutdown: tasks.clone() };
@@ -132,6 +123,24 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     }
     info!("coordinator stopped");
     Ok(served?)
+}
+
+/// The TLS files loaded and watched for changes (their expiry in the metrics); `None` in insecure dev mode.
+fn serve_tls(
+    config: &Config,
+    coordinator: &Arc<Coordinator>,
+    tasks: &CancellationToken,
+) -> Result<Option<Arc<tls::Reloading>>, RunError> {
+    let Some(files) = &config.tls else {
+        warn!("--insecure-dev: plaintext gRPC and no client certificates; every caller may do everything");
+        return Ok(None);
+    };
+    let tls = tls::Reloading::load(files).map_err(RunError::Tls)?;
+    coordinator.metrics.certificate_expires("coordinator", tls.expiry());
+    let metrics = coordinator.metrics.clone();
+    let on_change = move |expiry| metrics.certificate_expires("coordinator", expiry);
+    tokio::spawn(tls.clone().watch(on_change, tasks.clone()));
+    Ok(Some(tls))
 }
 
 /// How often the config file is looked at for changed access rules.

@@ -137,7 +137,7 @@ async fn fleet_commands_refuse_bad_input_before_reaching_the_coordinator() {
     let made = flotilla(&["--json", "certs", "init", "--out", out, "--agent", "a1:pg-*"]).await;
     assert_eq!(
         made.ok().json()["files"].as_array().map(Vec::len),
-        Some(7),
+        Some(8),
         "ca, coordinator, admin and a1 (cert and key each)"
     );
     flotilla(&["certs", "init", "--out", out]).await.fails(2, "never overwrites");

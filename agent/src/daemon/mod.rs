@@ -137,13 +137,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         watcher.abort();
         if rotate.is_cancelled() && !shutdown.is_cancelled() {
             tls_seen = tls_stamp(&state.config);
-            match self::endpoint(&state.config) {
-                Ok(e) => {
-                    endpoint = e;
-                    state.metrics.certificate_expiry.set(certificate_expiry(&state.config).unwrap_or(0));
-                    info!(agent = %state.config.name, "certificate files changed: reconnecting with them");
-                }
-                Err(e) => warn!(error = %e, "certificate files changed but do not load; keeping the ones in use"),
+            if let Some(e) = reloaded_endpoint(&state) {
+                endpoint = e;
             }
             continue;
         }
@@ -196,6 +191,21 @@ fn tls_stamp(config: &AgentConfig) -> Vec<Option<(std::time::SystemTime, u64)>> 
 fn certificate_expiry(config: &AgentConfig) -> Option<i64> {
     let tls = config.tls.as_ref()?;
     flotilla_proto::process::certificate_expiry(&std::fs::read(&tls.cert).ok()?)
+}
+
+/// The endpoint with the TLS files as they are now, or `None` (the one in use stays) if they do not load.
+fn reloaded_endpoint(state: &State) -> Option<Endpoint> {
+    match endpoint(&state.config) {
+        Ok(e) => {
+            state.metrics.certificate_expiry.set(certificate_expiry(&state.config).unwrap_or(0));
+            info!(agent = %state.config.name, "certificate files changed: reconnecting with them");
+            Some(e)
+        }
+        Err(e) => {
+            warn!(error = %e, "certificate files changed but do not load; keeping the ones in use");
+            None
+        }
+    }
 }
 
 /// Cancels `rotate` once the TLS files differ from `seen` and load (a certificate written before its key does not
