@@ -92,7 +92,10 @@ pub(crate) fn db_error(e: sqlx::Error) -> DriverError {
 
 /// Rows of a catalog query, every column read as text (NULL as empty).
 pub(crate) async fn rows(conn: &mut AnyConnection, sql: &str) -> Result<Vec<Vec<String>>, DriverError> {
+    // Not kept as a prepared statement: the census reads the catalog on every warm connection, and a thousand
+    // connections each caching a dozen catalog queries (with their column metadata) cost the agent megabytes.
     let rows: Vec<AnyRow> = sqlx::query(sql)
+        .persistent(false)
         .fetch_all(conn)
         .await
         .map_err(|e| DriverError::Database(format!("reading the catalog: {e}")))?;
