@@ -175,6 +175,7 @@ async fn demo(out: Output, dbs: &[String], count: usize, workdir: &Path) -> Resu
         store: format!("sqlite://{}", workdir.join("coordinator.db").display()),
         etcd: Vec::new(),
         etcd_prefix: flotilla_coordinator::config::DEFAULT_ETCD_PREFIX.into(),
+        etcd_auth: Default::default(),
         tls: Some(TlsFiles {
             ca: certs.join("ca.pem"),
             cert: certs.join("coordinator.pem"),

@@ -19,6 +19,8 @@ pub struct Config {
     /// Where in etcd this fleet's locks live: `/…/`. Coordinators of one fleet share it; fleets sharing one etcd
     /// must not.
     pub etcd_prefix: String,
+    /// TLS and/or a user toward etcd.
+    pub etcd_auth: crate::etcd::EtcdAuth,
     /// `None` only with `--insecure-dev`.
     pub tls: Option<TlsFiles>,
     /// Where to serve Prometheus metrics (`/metrics`, plain HTTP); `None`: not served.
@@ -56,6 +58,14 @@ pub struct File {
     #[serde(default)]
     pub etcd: Vec<String>,
     pub etcd_prefix: Option<String>,
+    /// etcd over TLS: its CA, and a client certificate and key for etcd's `--client-cert-auth`.
+    pub etcd_tls: Option<crate::etcd::EtcdTls>,
+    /// An etcd user (etcd's `auth enable`); its password in `etcd_password_file` or `FLOTILLA_ETCD_PASSWORD`.
+    pub etcd_user: Option<String>,
+    pub etcd_password_file: Option<std::path::PathBuf>,
+    /// From `FLOTILLA_ETCD_PASSWORD`, never from the file.
+    #[serde(skip)]
+    pub etcd_password: Option<String>,
     pub tls: Option<TlsFiles>,
     /// Address for `/metrics` (plain HTTP, e.g. 127.0.0.1:9464).
     pub metrics_listen: Option<String>,
@@ -114,9 +124,52 @@ impl File {
         })
     }
 
+    /// How to reach etcd: TLS where the endpoints say `https://` (and only there), a user with its password.
+    fn etcd_auth(&self) -> Result<crate::etcd::EtcdAuth, String> {
+        if self.etcd.is_empty() && (self.etcd_tls.is_some() || self.etcd_user.is_some()) {
+            return Err("etcd_tls and etcd_user need etcd endpoints (`etcd = [\"https://…:2379\"]`)".into());
+        }
+        for endpoint in &self.etcd {
+            match (endpoint.starts_with("https://"), &self.etcd_tls) {
+                (false, Some(_)) => {
+                    return Err(format!("etcd endpoint `{endpoint}` is not https:// but [etcd_tls] is set"))
+                }
+                (true, None) => {
+                    return Err(format!("etcd endpoint `{endpoint}` is https://: give [etcd_tls] ca (etcd's CA)"))
+                }
+                _ => {}
+            }
+        }
+        if let Some(tls) = &self.etcd_tls {
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err("[etcd_tls] cert and key go together (a client certificate and its key)".into());
+            }
+        }
+        let user = match (&self.etcd_user, &self.etcd_password_file, &self.etcd_password) {
+            (None, None, _) => None,
+            (None, Some(_), _) => return Err("etcd_password_file is set but etcd_user is not".into()),
+            (Some(name), Some(path), _) => {
+                let secret = flotilla_proto::process::read_secret(path, "etcd password file")?;
+                let password = String::from_utf8(secret)
+                    .map_err(|_| format!("the etcd password file {} is not UTF-8", path.display()))?;
+                Some(crate::etcd::EtcdUser { name: name.clone(), password: password.trim_end().to_string() })
+            }
+            (Some(name), None, Some(password)) => {
+                Some(crate::etcd::EtcdUser { name: name.clone(), password: password.clone() })
+            }
+            (Some(name), None, None) => {
+                return Err(format!(
+                "etcd_user `{name}` needs a password: etcd_password_file, or FLOTILLA_ETCD_PASSWORD in the environment"
+            ))
+            }
+        };
+        Ok(crate::etcd::EtcdAuth { tls: self.etcd_tls.clone(), user })
+    }
+
     /// The config this file describes; `tls` must be set unless `insecure_dev`.
     pub fn into_config(self) -> Result<Config, String> {
         let access = self.access()?;
+        let etcd_auth = self.etcd_auth()?;
         let tls = match (self.tls, self.insecure_dev) {
             (Some(_), true) => return Err("give either [tls] or insecure_dev, not both".into()),
             (None, false) => {
@@ -143,6 +196,7 @@ impl File {
             store: self.store.unwrap_or_else(|| "sqlite://flotilla-coordinator.db".into()),
             etcd: self.etcd,
             etcd_prefix,
+            etcd_auth,
             tls,
             metrics_listen: self.metrics_listen,
             service,
@@ -166,6 +220,34 @@ mod tests {
         assert!(bare.into_config().unwrap_err().contains("TLS is required"));
         assert!(toml::from_str::<File>("lisen = \"x\"").is_err(), "unknown keys are refused");
         assert_eq!(config.etcd_prefix, DEFAULT_ETCD_PREFIX);
+    }
+
+    #[test]
+    fn etcd_tls_goes_with_https_endpoints_and_a_user_needs_a_password() {
+        let with = |text: &str| toml::from_str::<File>(&format!("insecure_dev = true\n{text}")).unwrap().into_config();
+        let tls = "[etcd_tls]\nca = \"/ca.pem\"";
+        let ok = with(&format!("etcd = [\"https://e:2379\"]\n{tls}")).unwrap();
+        assert!(ok.etcd_auth.tls.is_some() && ok.etcd_auth.user.is_none());
+        assert!(with(&format!("etcd = [\"http://e:2379\"]\n{tls}")).unwrap_err().contains("is not https://"));
+        assert!(with("etcd = [\"https://e:2379\"]").unwrap_err().contains("give [etcd_tls] ca"));
+        assert!(with(tls).unwrap_err().contains("need etcd endpoints"));
+        let half = format!("etcd = [\"https://e:2379\"]\n{tls}\ncert = \"/c.pem\"");
+        assert!(with(&half).unwrap_err().contains("cert and key go together"));
+        let user = "etcd = [\"http://e:2379\"]\netcd_user = \"flotilla\"";
+        assert!(with(user).unwrap_err().contains("needs a password"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("etcd-password");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let from_file = format!("{user}\netcd_password_file = \"{}\"", secret.display());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(with(&from_file).unwrap_err().contains("may be read by group or others (mode 0644)"));
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = with(&from_file).unwrap();
+        let user = config.etcd_auth.user.as_ref().expect("user");
+        assert_eq!((user.name.as_str(), user.password.as_str()), ("flotilla", "s3cret"));
+        assert!(!format!("{:?}", config.etcd_auth).contains("s3cret"), "the password is not in Debug output");
     }
 
     #[test]

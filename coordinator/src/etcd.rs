@@ -45,13 +45,78 @@ fn token_of(revision: i64) -> Result<u64, LockError> {
     u64::try_from(revision).map_err(|_| LockError::Service(format!("etcd returned revision {revision}")))
 }
 
+/// How the coordinator proves itself to etcd and knows it is talking to etcd: TLS (etcd's CA, and a client
+/// certificate for etcd's `--client-cert-auth`) and/or an etcd user. Without either, etcd must be on a network
+/// only the coordinators reach.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdAuth {
+    pub tls: Option<EtcdTls>,
+    pub user: Option<EtcdUser>,
+}
+
+/// etcd's CA, and the client certificate and key the coordinator presents (both or neither).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    pub ca: std::path::PathBuf,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+/// An etcd user and its password; the password never shows in `Debug` output (nor in logs).
+#[derive(Clone)]
+pub struct EtcdUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdUser").field("name", &self.name).field("password", &"***").finish()
+    }
+}
+
+impl EtcdAuth {
+    /// etcd-client's options for this: files read now, a key readable by others refused.
+    fn options(&self) -> Result<etcd_client::ConnectOptions, LockError> {
+        let mut options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(10));
+        if let Some(tls) = &self.tls {
+            let read = |path: &std::path::Path| {
+                std::fs::read(path).map_err(|e| LockError::Service(format!("cannot read {}: {e}", path.display())))
+            };
+            let mut config =
+                etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
+            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+                let key = flotilla_proto::process::read_private_key(key).map_err(LockError::Service)?;
+                config = config.identity(etcd_client::Identity::from_pem(read(cert)?, key));
+            }
+            options = options.with_tls(config);
+        }
+        if let Some(user) = &self.user {
+            // etcd's tokens do not outlive an etcd restart (simple tokens) or their TTL: log in again when refused.
+            options = options.with_user(user.name.clone(), user.password.clone()).with_auto_token_refresh(true);
+        }
+        Ok(options)
+    }
+}
+
 impl EtcdLock {
     /// Connects to etcd at `endpoints` (e.g. `http://10.0.0.5:2379`), keeping locks under `prefix`.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdLock, LockError> {
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(10));
-        let client = Client::connect(endpoints, Some(options)).await.map_err(service)?;
+        EtcdLock::connect_with(endpoints, prefix, &EtcdAuth::default()).await
+    }
+
+    /// `connect`, over TLS and/or as an etcd user (`https://` endpoints with TLS).
+    pub async fn connect_with(endpoints: &[String], prefix: &str, auth: &EtcdAuth) -> Result<EtcdLock, LockError> {
+        let client = Client::connect(endpoints, Some(auth.options()?)).await.map_err(service)?;
+        // One read under the prefix now: a wrong CA, a missing client certificate, a bad password or a user without
+        // access to the prefix stops the start with etcd's reason, not the first rollout.
+        let probe = etcd_client::GetOptions::new().with_prefix().with_count_only();
+        client.kv_client().get(prefix, Some(probe)).await.map_err(|e| {
+            LockError::Service(format!("etcd at {} refused to read {prefix}: {e}", endpoints.join(", ")))
+        })?;
         Ok(EtcdLock { client, prefix: prefix.to_string(), shared: Mutex::default() })
     }
 

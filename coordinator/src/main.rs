@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use flotilla_coordinator::config::{File, TlsFiles};
+use flotilla_coordinator::etcd::EtcdTls;
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +28,19 @@ struct Args {
     /// Where this fleet's locks live in etcd (default /flotilla/locks/); fleets sharing one etcd need their own.
     #[arg(long)]
     etcd_prefix: Option<String>,
+    /// etcd's CA: talk to etcd over TLS (`https://` endpoints).
+    #[arg(long)]
+    etcd_ca: Option<PathBuf>,
+    /// A client certificate and key for etcd's `--client-cert-auth`.
+    #[arg(long, requires_all = ["etcd_ca", "etcd_key"])]
+    etcd_cert: Option<PathBuf>,
+    #[arg(long, requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// An etcd user; its password from --etcd-password-file or FLOTILLA_ETCD_PASSWORD.
+    #[arg(long)]
+    etcd_user: Option<String>,
+    #[arg(long)]
+    etcd_password_file: Option<PathBuf>,
     #[arg(long, requires_all = ["cert", "key"])]
     ca: Option<PathBuf>,
     #[arg(long)]
@@ -68,6 +82,16 @@ async fn main() -> anyhow::Result<()> {
     if args.etcd_prefix.is_some() {
         file.etcd_prefix = args.etcd_prefix;
     }
+    if let Some(ca) = args.etcd_ca {
+        file.etcd_tls = Some(EtcdTls { ca, cert: args.etcd_cert, key: args.etcd_key });
+    }
+    if args.etcd_user.is_some() {
+        file.etcd_user = args.etcd_user;
+    }
+    if args.etcd_password_file.is_some() {
+        file.etcd_password_file = args.etcd_password_file;
+    }
+    file.etcd_password = std::env::var("FLOTILLA_ETCD_PASSWORD").ok().filter(|p| !p.is_empty());
     if let (Some(ca), Some(cert), Some(key)) = (args.ca, args.cert, args.key) {
         file.tls = Some(TlsFiles { ca, cert, key });
     }

@@ -40,17 +40,23 @@ pub fn shutdown_on_signal() -> CancellationToken {
 /// Reads a private key, refusing one that group or others may read: a key anyone on the machine can copy is no
 /// secret. The message names the file, its mode and the fix.
 pub fn read_private_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    read_secret(path, "private key")
+}
+
+/// Reads a file holding a secret (`what`: "private key", "etcd password file"), refusing one that group or others
+/// may read, with a message naming the file, its mode and the fix.
+pub fn read_secret(path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the private key {}: {e}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(format!(
-            "the private key {} may be read by group or others (mode {mode:04o}); run `chmod 600 {}`",
+            "the {what} {} may be read by group or others (mode {mode:04o}); run `chmod 600 {}`",
             path.display(),
             path.display()
         ));
     }
-    std::fs::read(path).map_err(|e| format!("cannot read the private key {}: {e}", path.display()))
+    std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
 }
 
 /// Whether `listen` (`HOST:PORT`) only accepts connections from this machine.

@@ -93,6 +93,20 @@ impl Fleet {
         Fleet::launch(agents, etcd, lease_ttl, env, None).await
     }
 
+    /// `start_with`, the coordinator started with `coordinator_args` too (e.g. `--config FILE`, etcd's TLS flags).
+    pub async fn start_with_args(
+        agents: &[(&str, &str)],
+        etcd: Option<String>,
+        lease_ttl: u64,
+        env: Vec<(String, String)>,
+        coordinator_args: Vec<String>,
+    ) -> Fleet {
+        let mut fleet = Fleet::prepare(agents, etcd, lease_ttl, env, None).await;
+        fleet.coordinator_args = coordinator_args;
+        fleet.start_coordinator().await;
+        fleet
+    }
+
     /// `start` on either store: the SQLite file (the embedded default) or a fresh PostgreSQL database.
     pub async fn start_on(store: Store, agents: &[(&str, &str)], etcd: Option<String>, lease_ttl: u64) -> Fleet {
         match store {
@@ -118,6 +132,19 @@ impl Fleet {
         env: Vec<(String, String)>,
         store: Option<String>,
     ) -> Fleet {
+        let mut fleet = Fleet::prepare(agents, etcd, lease_ttl, env, store).await;
+        fleet.start_coordinator().await;
+        fleet
+    }
+
+    /// Certificates and the fleet's settings; nothing started.
+    async fn prepare(
+        agents: &[(&str, &str)],
+        etcd: Option<String>,
+        lease_ttl: u64,
+        env: Vec<(String, String)>,
+        store: Option<String>,
+    ) -> Fleet {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = dir.path().join("certs");
         let mut args = vec!["certs".to_string(), "init".into(), "--out".into(), certs.display().to_string()];
@@ -127,7 +154,7 @@ impl Fleet {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         crate::flotilla(&args).await.ok();
-        let mut fleet = Fleet {
+        Fleet {
             dir,
             port: free_port(),
             etcd,
@@ -142,9 +169,7 @@ impl Fleet {
             agent_config: String::new(),
             agent_settings: String::new(),
             coordinator_args: Vec::new(),
-        };
-        fleet.start_coordinator().await;
-        fleet
+        }
     }
 
     /// Stops every process with SIGTERM (an ordered shutdown) and waits for each to exit.

@@ -27,7 +27,21 @@ pub struct Server {
     child: Option<Child>,
     /// MongoDB: the replica set was initiated (a restarted node must become primary again before it is used).
     initiated: bool,
+    /// etcd: served over TLS with client certificates required, and users (see `start_etcd_secured`).
+    secured: Option<Secured>,
 }
+
+/// An etcd that takes only TLS clients with a certificate from its CA, and authenticates users.
+struct Secured {
+    /// `flotilla certs init` output: ca.pem, coordinator.pem (etcd's server certificate), admin.pem (a client's).
+    certs: PathBuf,
+    /// Plain-HTTP /health and /metrics, for readiness.
+    metrics_port: u16,
+}
+
+/// The etcd user a coordinator logs in as, allowed read-write under `/flotilla-test/` only.
+pub const ETCD_USER: &str = "flotilla";
+pub const ETCD_PASSWORD: &str = "fl0tilla-etcd-pass";
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -68,7 +82,7 @@ impl Server {
         let dir = tempfile::tempdir().expect("temp dir");
         // The server runs as its own user (PostgreSQL, MariaDB): let it through the temporary directory.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-        let mut server = Server { kind, port: free_port(), dir, child: None, initiated: false };
+        let mut server = Server { kind, port: free_port(), dir, child: None, initiated: false, secured: None };
         server.init();
         server.restart().await;
         if kind == Kind::Mongodb {
@@ -76,6 +90,59 @@ impl Server {
             server.initiated = true;
         }
         server
+    }
+
+    /// An etcd served over TLS that requires client certificates from its own CA (`--client-cert-auth`), with
+    /// authentication on: user `ETCD_USER` may read and write under `/flotilla-test/`, nothing else.
+    pub async fn start_etcd_secured() -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = dir.path().join("certs");
+        crate::flotilla(&["certs", "init", "--out", certs.to_str().expect("utf-8")]).await.ok();
+        let secured = Secured { certs, metrics_port: free_port() };
+        let mut server =
+            Server { kind: Kind::Etcd, port: free_port(), dir, child: None, initiated: false, secured: Some(secured) };
+        server.init();
+        server.restart().await;
+        let role_prefix = "/flotilla-test/";
+        for args in [
+            vec!["user", "add", "root:root-pass"],
+            vec!["user", "grant-role", "root", "root"],
+            vec!["role", "add", ETCD_USER],
+            vec!["role", "grant-permission", ETCD_USER, "--prefix=true", "readwrite", role_prefix],
+            vec!["user", "add", &format!("{ETCD_USER}:{ETCD_PASSWORD}")],
+            vec!["user", "grant-role", ETCD_USER, ETCD_USER],
+            vec!["auth", "enable"],
+        ] {
+            server.etcdctl(&args);
+        }
+        server
+    }
+
+    /// etcdctl against a secured etcd, before `auth enable` (no user needed yet).
+    fn etcdctl(&self, args: &[&str]) {
+        let secured = self.secured.as_ref().expect("a secured etcd");
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=https://127.0.0.1:{}", self.port))
+            .arg(format!("--cacert={}", secured.certs.join("ca.pem").display()))
+            .arg(format!("--cert={}", secured.certs.join("admin.pem").display()))
+            .arg(format!("--key={}", secured.certs.join("admin.key").display()))
+            .args(args)
+            .output()
+            .expect("etcdctl");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "etcdctl {args:?}: {text}");
+    }
+
+    /// What a coordinator needs to use a secured etcd: its flags (CA, client certificate) and environment (the
+    /// etcd user's password).
+    pub fn etcd_client(&self) -> (Vec<String>, Vec<(String, String)>) {
+        let secured = self.secured.as_ref().expect("a secured etcd");
+        let file = |name: &str| secured.certs.join(name).display().to_string();
+        let args = ["--etcd-ca", &file("ca.pem"), "--etcd-cert", &file("admin.pem"), "--etcd-key", &file("admin.key")];
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.extend(["--etcd-user".to_string(), ETCD_USER.to_string()]);
+        (args, vec![("FLOTILLA_ETCD_PASSWORD".into(), ETCD_PASSWORD.into())])
     }
 
     fn data(&self) -> PathBuf {
@@ -160,7 +227,8 @@ impl Server {
             }
             Kind::Etcd => {
                 let peer = free_port();
-                let client = format!("http://127.0.0.1:{}", self.port);
+                let scheme = if self.secured.is_some() { "https" } else { "http" };
+                let client = format!("{scheme}://127.0.0.1:{}", self.port);
                 let peer_url = format!("http://127.0.0.1:{peer}");
                 let mut cmd = Command::new("etcd");
                 cmd.args(["--name", "fault", "--data-dir"])
@@ -168,6 +236,13 @@ impl Server {
                     .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
                     .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
                     .args(["--initial-cluster", &format!("fault={peer_url}")]);
+                if let Some(secured) = &self.secured {
+                    cmd.arg("--client-cert-auth")
+                        .arg(format!("--trusted-ca-file={}", secured.certs.join("ca.pem").display()))
+                        .arg(format!("--cert-file={}", secured.certs.join("coordinator.pem").display()))
+                        .arg(format!("--key-file={}", secured.certs.join("coordinator.key").display()))
+                        .arg(format!("--listen-metrics-urls=http://127.0.0.1:{}", secured.metrics_port));
+                }
                 cmd
             }
         };
@@ -195,6 +270,7 @@ impl Server {
             Kind::Postgres => format!("postgres://postgres@127.0.0.1:{}/postgres", self.port),
             Kind::Mariadb => format!("mysql://root@127.0.0.1:{}/mysql", self.port),
             Kind::Mongodb => format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port),
+            Kind::Etcd if self.secured.is_some() => format!("https://127.0.0.1:{}", self.port),
             Kind::Etcd => format!("http://127.0.0.1:{}", self.port),
         }
     }
@@ -238,8 +314,10 @@ impl Server {
             }
             Kind::Etcd => {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                // etcd's own health endpoint: `{"health":"true"}` once it serves.
-                let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else { return false };
+                // etcd's own health endpoint: `{"health":"true"}` once it serves (plain HTTP on its metrics port
+                // when clients must use TLS).
+                let port = self.secured.as_ref().map_or(self.port, |s| s.metrics_port);
+                let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return false };
                 let mut answer = String::new();
                 s.write_all(b"GET /health HTTP/1.0\r\n\r\n").await.is_ok()
                     && tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut answer)).await.is_ok()

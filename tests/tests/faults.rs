@@ -500,12 +500,17 @@ async fn mongodb_killed_mid_migration_leaves_it_dirty_at_the_command_it_reached(
 }
 
 /// etcd is killed (SIGKILL) mid-step and restarted on its data 2 s later, inside the lease TTL: the lease survives
-/// the restart, the step finishes under its lock and the plan completes; nothing runs twice.
+/// the restart, the step finishes under its lock and the plan completes; nothing runs twice. This etcd is run as in
+/// production: TLS only, client certificates required, and the coordinator logs in as a user that may touch only
+/// the fleet's prefix.
 #[tokio::test(flavor = "multi_thread")]
 async fn etcd_killed_mid_step_and_restarted_the_plan_completes_once() {
-    let mut etcd = Server::start(Kind::Etcd).await;
+    let mut etcd = Server::start_etcd_secured().await;
     let db = TestDb::new(Postgres).await;
-    let fleet = fleet_on("pg-01", &db.url, Some(etcd.url())).await;
+    let (args, env) = etcd.etcd_client();
+    let mut fleet = Fleet::start_with_args(&[("agent-1", "pg-*")], Some(etcd.url()), 3, env, args).await;
+    fleet.start_agent("agent-1", &[FleetTarget::new("pg-01", &db.url, &[("env", "test")])]).await;
+    fleet.wait_targets(1).await;
     let dir = slow_second(3);
     let p0 = fleet.create(dir.path(), &["--to", "1"]).await;
     fleet.wait_state(&p0, "succeeded").await;
