@@ -31,13 +31,14 @@ pub use lock::{Holder, InProcessLock, Lease, Lock, LockError};
 pub use service::Coordinator;
 pub use store::{
     Assigning, AuditQuery, AuditRecord, Fact, NewEvent, SqlStore, Starting, StepCount, StepFinish, Store, StoreError,
+    EVENT_PAGE,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("lock service: {0}")]
+    #[error(transparent)]
     Lock(#[from] LockError),
     #[error("TLS: {0}")]
     Tls(String),
@@ -57,7 +58,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     let lock: Arc<dyn Lock> = if config.etcd.is_empty() {
         Arc::new(InProcessLock::with_token_floor(store.max_token().await?))
     } else {
-        Arc::new(EtcdLock::connect(&config.etcd, &config.etcd_prefix).await?)
+        Arc::new(EtcdLock::connect_with(&config.etcd, &config.etcd_prefix, &config.etcd_auth).await?)
     };
     let coordinator = Coordinator::new(store, lock, config.service.clone());
     let tasks = shutdown.child_token();
@@ -82,11 +83,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     let agents = grpc::AgentApi { coordinator: coordinator.clone(), auth: auth.clone(), shutdown: tasks.clone() };
     let operators = grpc::OperatorApi { coordinator: coordinator.clone(), auth, shutdown: tasks.clone() };
     let router = Server::builder()
+        .layer(tower::util::MapRequestLayer::new(grpc::limits::limit_body))
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(
             AgentServiceServer::new(agents)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(grpc::limits::AGENT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(

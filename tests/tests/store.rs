@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use flotilla_coordinator::{
-    Assigning, AuditQuery, Fact, NewEvent, SqlStore, Starting, StepCount, StepFinish, Store, StoreError,
+    Assigning, AuditQuery, Fact, NewEvent, SqlStore, Starting, StepCount, StepFinish, Store, StoreError, EVENT_PAGE,
 };
 use flotilla_core::fleet::{AuditEntry, EventKind, Goal, Plan, PlanState, Step, StepState, Strategy, Target};
 use flotilla_core::Engine;
@@ -160,8 +160,10 @@ async fn events_and_audit(engine: Engine) {
     }
     seqs.sort();
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "concurrent appends get every number once, without gaps");
-    let after = store.events_after("p1", 15).await.expect("events");
+    let after = store.events_after("p1", 15, EVENT_PAGE).await.expect("events");
     assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [16, 17, 18, 19, 20]);
+    let page = store.events_after("p1", 2, 3).await.expect("events");
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5], "a read returns at most its limit");
 
     for action in ["pause", "resume"] {
         let entry = AuditEntry {
@@ -200,7 +202,7 @@ async fn restart_loses_nothing(engine: Engine) {
     let live = reopened.live_plans().await.expect("live");
     assert_eq!(live.iter().map(|p| (p.id.as_str(), p.state)).collect::<Vec<_>>(), [("p1", PlanState::Running)]);
     assert_eq!(reopened.steps("p1").await.expect("steps").len(), 1);
-    assert_eq!(reopened.events_after("p1", 0).await.expect("events").len(), 1);
+    assert_eq!(reopened.events_after("p1", 0, EVENT_PAGE).await.expect("events").len(), 1);
     assert!(SqlStore::open("redis://nope").await.is_err());
 }
 
@@ -236,11 +238,11 @@ async fn approvals_versions_and_tokens(engine: Engine) {
         before: Some(before),
         detail: Some(serde_json::json!({ "n": token })),
     };
-    let events = store.events_after("p1", 0).await.expect("events").len();
+    let events = store.events_after("p1", 0, EVENT_PAGE).await.expect("events").len();
     assert!(!store.start_step(&start(39, v(1))).await.expect("start"), "an older token starts nothing");
     assert!(store.start_step(&start(40, v(3))).await.expect("start"));
     assert!(!store.start_step(&start(40, v(3))).await.expect("start"), "started once");
-    let written = store.events_after("p1", 0).await.expect("events");
+    let written = store.events_after("p1", 0, EVENT_PAGE).await.expect("events");
     assert_eq!(written.len(), events + 1, "one step_started event, for the start that moved the step");
     let last = written.last().expect("event");
     assert_eq!((last.kind, last.detail["n"].as_u64()), (EventKind::StepStarted, Some(40)));
@@ -260,13 +262,17 @@ async fn approvals_versions_and_tokens(engine: Engine) {
         after,
         detail: serde_json::json!({ "applied_version": after }),
     };
-    let events = store.events_after("p1", 0).await.expect("events").len();
+    let events = store.events_after("p1", 0, EVENT_PAGE).await.expect("events").len();
     assert!(store.finish_step(&finish(40, Some(v(5)), Some(v(9)))).await.expect("finish").is_none(), "stale token");
-    assert_eq!(store.events_after("p1", 0).await.expect("events").len(), events, "a stale result writes nothing");
+    assert_eq!(
+        store.events_after("p1", 0, EVENT_PAGE).await.expect("events").len(),
+        events,
+        "a stale result writes nothing"
+    );
     let done = store.finish_step(&finish(41, Some(v(5)), Some(v(9)))).await.expect("finish").expect("finished");
     assert_eq!((done.state, done.before, done.after), (StepState::Succeeded, Some(v(3)), Some(v(9))));
     assert!(store.finish_step(&finish(41, Some(v(5)), Some(v(9)))).await.expect("finish").is_none(), "repeated");
-    let written = store.events_after("p1", 0).await.expect("events");
+    let written = store.events_after("p1", 0, EVENT_PAGE).await.expect("events");
     assert_eq!(written.len(), events + 1, "the result and its event are one fact");
     let last = written.last().expect("event");
     assert_eq!((last.kind.as_str(), last.target.as_deref()), ("succeeded", Some("db-a")));
@@ -356,13 +362,13 @@ async fn a_batch_of_assignments_is_one_transaction_of_compare_and_sets(engine: E
     assert_eq!(state(store.step("p1", "a").await.expect("a")), Some((StepState::Assigned, Some(7))));
     assert_eq!(state(store.step("p1", "b").await.expect("b")), Some((StepState::Skipped, None)));
     assert_eq!(state(store.step("p1", "c").await.expect("c")), Some((StepState::Assigned, Some(9))));
-    let events = store.events_after("p1", 0).await.expect("events");
+    let events = store.events_after("p1", 0, EVENT_PAGE).await.expect("events");
     let seen: Vec<_> =
         events.iter().map(|e| (e.seq, e.target.as_deref(), e.kind, e.detail["fencing_token"].clone())).collect();
     assert_eq!(seen, [(1, Some("a"), EventKind::Assigned, 7.into()), (2, Some("c"), EventKind::Assigned, 9.into())]);
     // Again: nothing is pending any more, so nothing moves and nothing is written.
     assert!(store.assign_steps("p1", &batch).await.expect("assign again").is_empty());
-    assert_eq!(store.events_after("p1", 0).await.expect("events").len(), 2);
+    assert_eq!(store.events_after("p1", 0, EVENT_PAGE).await.expect("events").len(), 2);
 }
 
 /// The writer's batch: events, starts and results of several steps in one call, each written only if its own
@@ -413,7 +419,7 @@ async fn facts_from_agents_are_recorded_in_order_each_by_its_compare_and_set(eng
     assert_eq!((a.state, a.before, a.after), (StepState::Succeeded, Some(v(0)), Some(v(1))));
     let b = store.step("p1", "b").await.expect("b").expect("b");
     assert_eq!(b.state, StepState::Assigned, "b is untouched");
-    let events = store.events_after("p1", 0).await.expect("events");
+    let events = store.events_after("p1", 0, EVENT_PAGE).await.expect("events");
     let seen: Vec<_> = events.iter().map(|e| (e.target.as_deref(), e.kind)).collect();
     assert_eq!(
         seen,
@@ -425,7 +431,7 @@ async fn facts_from_agents_are_recorded_in_order_each_by_its_compare_and_set(eng
         f.state = StepState::Running;
     }
     assert!(matches!(store.record(&[event("b", 2), bad]).await, Err(StoreError::IllegalTransition { .. })));
-    assert_eq!(store.events_after("p1", 0).await.expect("events").len(), 3);
+    assert_eq!(store.events_after("p1", 0, EVENT_PAGE).await.expect("events").len(), 3);
 }
 
 /// A step taken back keeps its token: the agent's result under it still ends the step, even after the plan halted

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use super::limits::{self, Bounded};
 use super::{invalid, messages, status, Auth, BoxStream};
 use crate::identity::Identity;
 use crate::service::{Coordinator, Outcome, Progress, TargetReport};
@@ -42,6 +43,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
             .peer_certs()
             .and_then(|certs| certs.first().and_then(|c| flotilla_proto::process::certificate_expiry_der(c)));
         let req = request.into_inner();
+        req.check()?;
         let targets = req.targets.into_iter().map(|t| messages::target(t, &name)).collect::<Result<Vec<_>, _>>()?;
         self.coordinator.register(&who, &name, targets).await.map_err(status)?;
         self.coordinator.agent_certificate(&name, expiry);
@@ -139,6 +141,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let traceparent =
             request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let r = request.into_inner();
+        r.check()?;
         let span = tracing::info_span!(
             "record_result",
             plan_id = %r.plan_id,
@@ -152,7 +155,13 @@ impl pb::agent_service_server::AgentService for AgentApi {
             plan_id: r.plan_id,
             target: r.target,
             token: r.fencing_token,
-            error: (!r.succeeded).then(|| if r.error.is_empty() { "failed".to_string() } else { r.error }),
+            error: (!r.succeeded).then(|| {
+                if r.error.is_empty() {
+                    "failed".to_string()
+                } else {
+                    limits::reported(r.error)
+                }
+            }),
             version_before: convert::optional_version("version_before", r.version_before.as_deref())
                 .map_err(invalid)?,
             applied_version: convert::optional_version("applied_version", r.applied_version.as_deref())

@@ -9,6 +9,7 @@ use serde_json::json;
 use tonic::Status;
 
 use super::invalid;
+use super::limits::{self, Bounded};
 use crate::service::{Assignment, CheckOutcome, CheckRequest, PlanOverview, PlanView, Progress, Work};
 use crate::store::StepCount;
 
@@ -133,7 +134,7 @@ pub(super) fn check_outcome(o: pb::CheckOutcome) -> Result<CheckOutcome, Status>
         before: convert::optional_version("version_before", o.version_before.as_deref()).map_err(invalid)?,
         target: o.target,
         at_goal: o.at_goal,
-        detail: o.detail,
+        detail: limits::reported(o.detail),
     })
 }
 
@@ -172,6 +173,7 @@ pub(super) fn event(e: Event) -> pb::PlanEvent {
 
 /// A progress event, its kind checked: an agent reports only what happens inside its step.
 pub(super) fn progress(event: pb::ProgressEvent) -> Result<Progress, Status> {
+    event.check()?;
     let kind = convert::event_kind(event.kind).map_err(invalid)?;
     if !kind.is_progress() {
         return Err(invalid(convert::ConvertError::Invalid {
@@ -199,7 +201,7 @@ pub(super) fn progress(event: pb::ProgressEvent) -> Result<Progress, Status> {
         "elapsed_ms": event.elapsed_ms,
     });
     if !event.error.is_empty() {
-        detail["error"] = json!(event.error);
+        detail["error"] = json!(limits::reported(event.error));
     }
     if let Some(before) = version_before {
         detail["version_before"] = json!(before);

@@ -3,6 +3,7 @@
 //! converts back; domain errors become a `tonic::Status` in [`status`], and only there.
 
 mod agents;
+pub mod limits;
 mod messages;
 mod operators;
 

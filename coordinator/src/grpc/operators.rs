@@ -10,6 +10,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::limits::Bounded;
 use super::{invalid, messages, status, Auth, BoxStream};
 use crate::service::{Action, Coordinator, PlanView, Submission};
 
@@ -28,6 +29,7 @@ impl OperatorApi {
     async fn act(&self, request: Request<pb::PlanAction>, action: Action) -> Result<Response<pb::PlanSummary>, Status> {
         let who = self.auth.identify(&request)?;
         let req = request.into_inner();
+        req.check()?;
         let view = self.coordinator.act(&who, &req.id, action, &req.reason).await.map_err(status)?;
         Ok(Response::new(messages::summary(&view)))
     }
@@ -38,6 +40,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
     async fn submit_plan(&self, request: Request<pb::SubmitPlanRequest>) -> Result<Response<pb::PlanDetail>, Status> {
         let who = self.auth.identify(&request)?;
         let req = request.into_inner();
+        req.check()?;
         let submission = Submission {
             bundle: req.bundle,
             selector: messages::selector(&req.selector)?,

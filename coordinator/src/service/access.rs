@@ -23,12 +23,21 @@ pub struct Access {
 }
 
 impl Coordinator {
-    /// Replaces who may do what; calls already admitted finish as they started.
+    /// Replaces who may do what; calls already admitted finish as they started. The assignment stream of an agent
+    /// now on the deny-list is closed at once: it gets no more work, and its reconnection is refused.
     pub fn set_access(&self, access: Access) {
         let mut current = self.access.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *current != access {
-            info!(deny = access.deny.len(), operators = access.operator_roles.len(), "access rules replaced");
-            *current = access;
+        if *current == access {
+            return;
+        }
+        info!(deny = access.deny.len(), operators = access.operator_roles.len(), "access rules replaced");
+        *current = access;
+        let deny = current.deny.clone();
+        drop(current);
+        for (name, entry) in self.inner().agents.iter_mut() {
+            if deny.contains(&format!("agent:{name}")) && entry.sender.take().is_some() {
+                warn!(agent = %name, "agent is on the deny-list now: its stream is closed");
+            }
         }
     }
 

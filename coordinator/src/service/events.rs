@@ -113,7 +113,7 @@ impl Coordinator {
             let mut ending = false;
             loop {
                 changes.mark_unchanged();
-                let events = match coordinator.store.events_after(&id, after).await {
+                let events = match coordinator.store.events_after(&id, after, crate::store::EVENT_PAGE).await {
                     Ok(events) => events,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
@@ -153,6 +153,6 @@ impl Coordinator {
             },
             Ok(None) | Err(_) => true,
         };
-        done && self.store.events_after(id, after).await.map(|e| e.is_empty()).unwrap_or(true)
+        done && self.store.events_after(id, after, 1).await.map(|e| e.is_empty()).unwrap_or(true)
     }
 }

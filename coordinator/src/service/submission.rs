@@ -12,6 +12,9 @@ use super::lint;
 use super::*;
 use crate::identity::Identity;
 
+/// Most targets in one plan (its steps are one store transaction, its waves one pass each).
+pub const MAX_TARGETS_PER_PLAN: usize = 100_000;
+
 impl Coordinator {
     pub async fn submit(&self, who: &Identity, s: Submission) -> Result<PlanView> {
         self.allow(who, crate::identity::Permission::Change, "create a plan", None).await?;
@@ -35,6 +38,13 @@ impl Coordinator {
             .collect();
         if selected.is_empty() {
             return Err(ServiceError::SelectorMatchesNothing { what: "selector", selector: s.selector.to_string() });
+        }
+        if selected.len() + validate.len() > MAX_TARGETS_PER_PLAN {
+            return Err(ServiceError::BadInput(format!(
+                "the plan would have {} targets; at most {MAX_TARGETS_PER_PLAN} are taken in one plan: narrow --select \
+                 and make several plans",
+                selected.len() + validate.len()
+            )));
         }
         check_sets(&bundle, &sets, selected.iter().chain(&validate), s.goal)?;
         let lint = lint::lint_plan(&bundle, &sets, selected.iter().chain(&validate), &s.strategy, s.allow_lint)?;

@@ -161,7 +161,8 @@ pub trait Store: Send + Sync {
     async fn append_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
         self.record(&events.iter().cloned().map(Fact::Event).collect::<Vec<_>>()).await.map(drop)
     }
-    async fn events_after(&self, plan_id: &str, seq: u64) -> Result<Vec<Event>, StoreError>;
+    /// A plan's events after `seq`, in order: at most `limit` of them (and never more than [`EVENT_PAGE`]).
+    async fn events_after(&self, plan_id: &str, seq: u64, limit: u32) -> Result<Vec<Event>, StoreError>;
 
     async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
     /// A page of the audit log, oldest first: entries after `query.after` (an id from an earlier page), of one plan
@@ -178,6 +179,9 @@ pub struct AuditQuery {
     pub after: Option<String>,
     pub limit: u32,
 }
+
+/// The most events one read returns: a plan of 10,000 targets has hundreds of thousands; readers page.
+pub const EVENT_PAGE: u32 = 1000;
 
 /// An audit entry with its id (ordered by time), for paging.
 #[derive(Debug, Clone, PartialEq, Eq)]

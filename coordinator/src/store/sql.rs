@@ -11,8 +11,8 @@ use sqlx::AnyPool;
 
 use super::rows::*;
 use super::{
-    db, retried, Assigning, AuditQuery, AuditRecord, Fact, StepCount, StepFinish, Store, StoreError, Unchanged, LIVE,
-    MIGRATOR,
+    db, retried, Assigning, AuditQuery, AuditRecord, Fact, StepCount, StepFinish, Store, StoreError, Unchanged,
+    EVENT_PAGE, LIVE, MIGRATOR,
 };
 
 pub(super) const INSERT_EVENT: &str = "INSERT INTO events (plan_id, seq, at, target, kind, detail)
@@ -416,12 +416,14 @@ impl Store for SqlStore {
         u64::try_from(get::<i64>(&row, 0)?).map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
-    async fn events_after(&self, plan_id: &str, seq: u64) -> Result<Vec<Event>, StoreError> {
+    async fn events_after(&self, plan_id: &str, seq: u64, limit: u32) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(&self.sql(
-            "SELECT plan_id, seq, at, target, kind, detail FROM events WHERE plan_id = ? AND seq > ? ORDER BY seq",
+            "SELECT plan_id, seq, at, target, kind, detail FROM events WHERE plan_id = ? AND seq > ? ORDER BY seq \
+             LIMIT ?",
         ))
         .bind(plan_id.to_string())
         .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .bind(i64::from(limit.clamp(1, EVENT_PAGE)))
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
