@@ -233,6 +233,7 @@ async fn mysql_verdicts_are_what_mariadb_does() {
         "CREATE TABLE orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer_id BIGINT NOT NULL, status ENUM('new', 'paid', 'shipped') NOT NULL DEFAULT 'new', note VARCHAR(40), total DECIMAL(12, 2) NOT NULL DEFAULT 0, weight INT) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
         "CREATE TABLE backup (id BIGINT NOT NULL, x INT NOT NULL, PRIMARY KEY (id)) ENGINE=InnoDB",
         "CREATE TABLE plain (code VARCHAR(8) NOT NULL PRIMARY KEY) ENGINE=InnoDB",
+        "CREATE TABLE prefs (id BIGINT PRIMARY KEY, flags SET('a', 'b', 'c', 'd', 'e', 'f', 'g')) ENGINE=InnoDB",
     ];
     let alters: &[(&str, Verdict)] = &[
         ("ALTER TABLE orders ADD COLUMN coupon VARCHAR(32) NULL", Instant),
@@ -264,6 +265,10 @@ async fn mysql_verdicts_are_what_mariadb_does() {
         ),
         ("ALTER TABLE backup DROP PRIMARY KEY", Copy),
         ("ALTER TABLE plain ADD COLUMN seq BIGINT AUTO_INCREMENT UNIQUE", Rebuild),
+        ("ALTER TABLE prefs MODIFY COLUMN flags SET('a', 'b', 'c', 'd', 'e', 'f', 'g', 'h')", Instant),
+        ("ALTER TABLE prefs MODIFY COLUMN flags SET('a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i')", Copy),
+        ("ALTER TABLE prefs ENGINE=InnoDB", Rebuild),
+        ("ALTER TABLE prefs FORCE", Rebuild),
     ];
     // Lint's verdicts, in order, for MariaDB 10.11.
     let dir = Dir::new();

@@ -215,6 +215,9 @@ pub(super) fn check(
                 let session = Session { server, columns, fk_checks_off };
                 alter(&norm(name), operations, &session, line, &mut add, kept);
             }
+            Ast::OptimizeTable { name, .. } if !created.contains(&norm(name)) => {
+                add("mysql-table-rebuild", line, format!("OPTIMIZE TABLE {name} rebuilds it on InnoDB (as ALTER TABLE … FORCE): every row is rewritten, with brief exclusive locks at the start and end and free disk the size of the table"), "run it outside a migration, in a quiet hour, or not at all: InnoDB reuses freed pages by itself");
+            }
             _ => {}
         }
         columns.learn(ast);
@@ -237,6 +240,10 @@ fn unparsed(text: &str, line: usize, add: &mut Add) {
     let t = text.to_lowercase();
     if t.starts_with("create fulltext") || t.starts_with("create spatial") {
         add("mysql-table-rebuild", line, "a FULLTEXT or SPATIAL index blocks writes while it builds (LOCK=SHARED), and the first FULLTEXT index rebuilds the table".into(), "");
+    }
+    let alter_words: Vec<&str> = t.split(|c: char| c.is_whitespace() || c == '=' || c == ',').collect();
+    if t.starts_with("alter table") && alter_words.iter().any(|w| *w == "engine" || *w == "force") {
+        add("mysql-table-rebuild", line, "ALTER TABLE … ENGINE= or FORCE rebuilds the table: every row is rewritten (in place on InnoDB, copied with writes blocked when the engine changes)".into(), "leave rebuilds out of migrations; change an engine with an online schema change tool (gh-ost, pt-online-schema-change)");
     }
     if t.starts_with("alter table") && (t.contains("convert to character set") || t.contains("convert to charset")) {
         add("mysql-charset-conversion", line, "CONVERT TO CHARACTER SET rewrites every text column: the table is copied with writes blocked".into(), "convert a copy of the table with an online schema change tool (gh-ost, pt-online-schema-change) and swap it in");
@@ -466,7 +473,14 @@ fn enum_names(members: &[EnumMember]) -> Vec<String> {
 /// ENUM/SET members: appending (within the storage size) is instant; anything else copies, and removing loses data.
 fn members(column: &str, old: &[String], new: &[String], most: usize) -> Need {
     let appended = new.len() >= old.len() && new[..old.len()] == *old;
-    let storage = |n: usize| if most == 255 { n.div_ceil(256) } else { n.div_ceil(8).next_power_of_two() };
+    // ENUM: 1 byte up to 255 values, else 2. SET: 1, 2, 3, 4 or 8 bytes, a bit per member.
+    let storage = |n: usize| match most {
+        255 => 1 + usize::from(n > 255),
+        _ => match n.div_ceil(8) {
+            b @ 0..=4 => b,
+            _ => 8,
+        },
+    };
     if appended && storage(old.len()) == storage(new.len()) {
         return Need::new(Algo::Instant, "", "");
     }
