@@ -515,3 +515,38 @@ async fn plan_create_lints_first_and_refuses_errors_unless_allowed() {
     assert!(rules.contains(&"not-null-without-default"), "{rules:?}");
     assert!(lint["findings"][0]["source"].is_string() && lint["findings"][0]["engine"] == "sqlite");
 }
+
+/// A plan over more targets than `max_targets_per_plan` is refused with the count and the limit, and nothing is
+/// stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_over_the_target_limit_is_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store =
+        Arc::new(SqlStore::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.expect("store"));
+    let lock = Arc::new(flotilla_coordinator::InProcessLock::with_token_floor(0));
+    let coordinator = Coordinator::new(store.clone(), lock, Config { max_targets_per_plan: 2, ..Config::default() });
+    let who = Identity::Insecure;
+    let target = |name: &str, tier: &str| Target {
+        name: name.into(),
+        engine: Sqlite,
+        labels: [("tier".to_string(), tier.to_string())].into(),
+        agent: "a".into(),
+    };
+    let targets = vec![target("sq-1", "a"), target("sq-2", "a"), target("sq-3", "b")];
+    coordinator.register(&who, "a", targets).await.expect("register");
+    let bundle = flotilla_core::bundle::Bundle::from_dir(two_tables().path()).expect("bundle");
+    let submission = |selector: &str| Submission {
+        bundle: bundle.to_json().into_bytes(),
+        selector: selector.parse::<Selector>().expect("selector"),
+        goal: Goal::Up { to: None },
+        strategy: Strategy::default(),
+        phase: None,
+        validate_on: None,
+        dry_run: false,
+        allow_lint: false,
+    };
+    let refused = coordinator.submit(&who, submission("")).await.expect_err("refused");
+    assert!(refused.to_string().contains("the plan would have 3 targets; at most 2"), "{refused}");
+    assert!(flotilla_coordinator::Store::plans(store.as_ref()).await.expect("plans").is_empty(), "nothing stored");
+    coordinator.submit(&who, submission("tier=a")).await.expect("two targets are within the limit");
+}

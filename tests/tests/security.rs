@@ -160,7 +160,8 @@ async fn the_deny_list_takes_effect_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificates_renewed_under_a_running_agent_and_coordinator_take_effect_and_work_goes_on() {
-    let (fleet, dbs, _config) = fleet_with_config("").await;
+    let metrics = format!("127.0.0.1:{}", flotilla_tests::fleet::free_port());
+    let (fleet, dbs, _config) = fleet_with_config(&format!("metrics_listen = \"{metrics}\"\n")).await;
     let dir = two_tables();
     let id = fleet.create(dir.path(), &["--to", "1"]).await;
     fleet.wait_state(&id, "succeeded").await;
@@ -186,10 +187,27 @@ async fn certificates_renewed_under_a_running_agent_and_coordinator_take_effect_
     for db in &dbs {
         assert_eq!(db.history().await.len(), 2, "the agent worked on across the swap");
     }
+    // The metric says when each certificate in use expires: both become the renewed ones (30 days, not 90).
+    for holder in ["coordinator", "agent:agent-1"] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(29.0..=30.0).contains(&expiry_days(&metrics, holder)) {
+            assert!(Instant::now() < deadline, "{holder}: {} days", expiry_days(&metrics, holder));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     let agent = fleet.log_of("agent-1");
     assert!(agent.contains("certificate files changed: reconnecting with them"), "{agent}");
     let coordinator = fleet.log_of("coordinator");
     assert!(coordinator.contains("TLS certificate files reloaded"), "{coordinator}");
+}
+
+/// In how many days `holder`'s certificate expires, as the coordinator's metrics at `addr` say (-1: not there).
+fn expiry_days(addr: &str, holder: &str) -> f64 {
+    let out = std::process::Command::new("curl").args(["-sf", &format!("http://{addr}/metrics")]).output();
+    let scrape = String::from_utf8(out.expect("curl").stdout).expect("utf-8");
+    let line = format!("flotilla_certificate_expiry_timestamp_seconds{{holder=\"{holder}\"}} ");
+    let value = scrape.lines().find_map(|l| l.strip_prefix(&line)).and_then(|v| v.parse::<f64>().ok());
+    value.map_or(-1.0, |v| (v - chrono::Utc::now().timestamp() as f64) / 86_400.0)
 }
 
 /// When the certificate agent-1 presented expires, as `flotilla agents` shows it.

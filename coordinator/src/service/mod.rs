@@ -99,6 +99,9 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Who may do what (roles, deny-list, agents' extra allow-lists), replaceable at run time.
     pub access: Access,
+    /// Most targets one plan may have: its steps are one store transaction, and a bigger fleet goes in several
+    /// plans.
+    pub max_targets_per_plan: usize,
 }
 
 impl Default for Config {
@@ -109,6 +112,7 @@ impl Default for Config {
             tick: Duration::from_millis(250),
             heartbeat_timeout: Duration::from_secs(15),
             access: Access::default(),
+            max_targets_per_plan: 100_000,
         }
     }
 }

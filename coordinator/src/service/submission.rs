@@ -12,9 +12,6 @@ use super::lint;
 use super::*;
 use crate::identity::Identity;
 
-/// Most targets in one plan (its steps are one store transaction, its waves one pass each).
-pub const MAX_TARGETS_PER_PLAN: usize = 100_000;
-
 impl Coordinator {
     pub async fn submit(&self, who: &Identity, s: Submission) -> Result<PlanView> {
         self.allow(who, crate::identity::Permission::Change, "create a plan", None).await?;
@@ -39,10 +36,11 @@ impl Coordinator {
         if selected.is_empty() {
             return Err(ServiceError::SelectorMatchesNothing { what: "selector", selector: s.selector.to_string() });
         }
-        if selected.len() + validate.len() > MAX_TARGETS_PER_PLAN {
+        let most = self.config.max_targets_per_plan;
+        if selected.len() + validate.len() > most {
             return Err(ServiceError::BadInput(format!(
-                "the plan would have {} targets; at most {MAX_TARGETS_PER_PLAN} are taken in one plan: narrow --select \
-                 and make several plans",
+                "the plan would have {} targets; at most {most} are taken in one plan: narrow --select and make \
+                 several plans",
                 selected.len() + validate.len()
             )));
         }
