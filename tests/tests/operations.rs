@@ -160,7 +160,7 @@ async fn prometheus_scrapes_the_coordinator_and_an_agent_during_a_rollout() {
         .flatten()
         .flat_map(|g| g["rules"].as_array().into_iter().flatten())
         .collect();
-    assert_eq!(loaded.len(), 14, "every rule of deploy/prometheus/flotilla.rules.yml is loaded");
+    assert_eq!(loaded.len(), 15, "every rule of deploy/prometheus/flotilla.rules.yml is loaded");
     for rule in &loaded {
         assert_eq!(rule["health"], "ok", "{rule:#}");
     }
