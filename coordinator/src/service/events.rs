@@ -121,12 +121,17 @@ impl Coordinator {
                     }
                 };
                 let fresh = !events.is_empty();
+                // A full page: more are waiting; read them now, not at the next change.
+                let more = events.len() >= crate::store::EVENT_PAGE as usize;
                 for e in events {
                     after = e.seq;
                     ending |= e.target.is_none() && e.kind.ends_plan();
                     if tx.send(Ok(e)).await.is_err() {
                         return; // the watcher went away
                     }
+                }
+                if more {
+                    continue;
                 }
                 if (ending || !fresh) && coordinator.is_over(&id, after).await {
                     return;
