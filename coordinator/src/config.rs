@@ -75,6 +75,8 @@ pub struct File {
     pub insecure_dev: bool,
     pub lease_ttl_secs: Option<u64>,
     pub heartbeat_timeout_secs: Option<u64>,
+    /// Most targets one plan may have (default 100,000).
+    pub max_targets_per_plan: Option<usize>,
     /// Agent name → target globs it may serve (on top of its certificate).
     #[serde(default)]
     pub agents: BTreeMap<String, AgentEntry>,
@@ -188,6 +190,12 @@ impl File {
             service.heartbeat_timeout = Duration::from_secs(t.max(1));
         }
         service.access = access;
+        if let Some(most) = self.max_targets_per_plan {
+            if most == 0 {
+                return Err("max_targets_per_plan must be at least 1".into());
+            }
+            service.max_targets_per_plan = most;
+        }
         let etcd_prefix = self.etcd_prefix.unwrap_or_else(|| DEFAULT_ETCD_PREFIX.into());
         if !(etcd_prefix.starts_with('/') && etcd_prefix.ends_with('/') && etcd_prefix.len() > 1) {
             return Err(format!("etcd_prefix `{etcd_prefix}` must start and end with `/`, e.g. /flotilla/locks/"));
@@ -220,6 +228,11 @@ mod tests {
         assert!(bare.into_config().unwrap_err().contains("TLS is required"));
         assert!(toml::from_str::<File>("lisen = \"x\"").is_err(), "unknown keys are refused");
         assert_eq!(config.etcd_prefix, DEFAULT_ETCD_PREFIX);
+        assert_eq!(config.service.max_targets_per_plan, 100_000, "the default");
+        let small: File = toml::from_str("insecure_dev = true\nmax_targets_per_plan = 5000").unwrap();
+        assert_eq!(small.into_config().unwrap().service.max_targets_per_plan, 5000);
+        let zero: File = toml::from_str("insecure_dev = true\nmax_targets_per_plan = 0").unwrap();
+        assert!(zero.into_config().unwrap_err().contains("at least 1"));
     }
 
     #[test]
