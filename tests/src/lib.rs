@@ -490,9 +490,28 @@ impl Run {
     }
 }
 
+/// Two SQLite migrations, each creating a table (`a`, then `b`) and dropping it on the way down.
+pub fn two_tables() -> Dir {
+    let dir = Dir::new();
+    dir.migration(Engine::Sqlite, 1, "a", "CREATE TABLE a (id INT);", "DROP TABLE a;").migration(
+        Engine::Sqlite,
+        2,
+        "b",
+        "CREATE TABLE b (id INT);",
+        "DROP TABLE b;",
+    );
+    dir
+}
+
 /// Starts `flotilla` with `args`, not yet awaited.
 pub fn spawn(args: &[&str]) -> tokio::process::Child {
-    tokio::process::Command::new(binary("flotilla"))
+    spawn_program("flotilla", args)
+}
+
+/// Starts one of the workspace's binaries (`flotilla`, `flotilla-coordinator`, `flotilla-agent`) with `args`, its
+/// output captured, not yet awaited.
+pub fn spawn_program(program: &str, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(binary(program))
         .args(args)
         .env_remove("FLOTILLA_DB_URL")
         .stdin(Stdio::null())
@@ -500,7 +519,7 @@ pub fn spawn(args: &[&str]) -> tokio::process::Child {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn flotilla")
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"))
 }
 
 pub async fn finish(child: tokio::process::Child) -> Run {

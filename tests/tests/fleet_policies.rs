@@ -22,16 +22,19 @@ async fn sqlite_fleet(names: &[(&str, &str)]) -> (Fleet, Vec<TestDb>) {
     (fleet, dbs)
 }
 
-fn two_tables() -> Dir {
-    let dir = Dir::new();
-    dir.migration(Sqlite, 1, "a", "CREATE TABLE a (id INT);", "DROP TABLE a;").migration(
-        Sqlite,
-        2,
-        "b",
-        "CREATE TABLE b (id INT);",
-        "DROP TABLE b;",
-    );
-    dir
+/// A submission of `two_tables` all the way up, to the targets `selector` picks, with the default strategy.
+fn up_plan(selector: &str) -> Submission {
+    let bundle = flotilla_core::bundle::Bundle::from_dir(two_tables().path()).expect("bundle");
+    Submission {
+        bundle: bundle.to_json().into_bytes(),
+        selector: selector.parse::<Selector>().expect("selector"),
+        goal: Goal::Up { to: None },
+        strategy: Strategy::default(),
+        phase: None,
+        validate_on: None,
+        dry_run: false,
+        allow_lint: false,
+    }
 }
 
 fn versions(history: &[(u128, String, i64)]) -> Vec<u128> {
@@ -215,19 +218,7 @@ async fn two_coordinators_never_hold_one_target_at_once() {
     let (mut to_a, _) = a.connect(&who, "agent-1").expect("connect a");
     let (mut to_b, _) = b.connect(&who, "agent-1").expect("connect b");
 
-    let dir = two_tables();
-    let bundle = flotilla_core::bundle::Bundle::from_dir(dir.path()).expect("bundle");
-    let submission = Submission {
-        bundle: bundle.to_json().into_bytes(),
-        selector: format!("run={name}").parse::<Selector>().expect("selector"),
-        goal: Goal::Up { to: None },
-        strategy: Strategy::default(),
-        phase: None,
-        validate_on: None,
-        dry_run: false,
-        allow_lint: false,
-    };
-    let plan = a.submit(&who, submission).await.expect("submit").plan;
+    let plan = a.submit(&who, up_plan(&format!("run={name}"))).await.expect("submit").plan;
     a.tick().await.expect("tick a");
     assert!(assignment(&a, &mut to_a).await.is_none(), "a first asks whether the target is at the goal");
     a.tick().await.expect("tick a");
@@ -534,19 +525,8 @@ async fn a_plan_over_the_target_limit_is_refused_and_nothing_is_stored() {
     };
     let targets = vec![target("sq-1", "a"), target("sq-2", "a"), target("sq-3", "b")];
     coordinator.register(&who, "a", targets).await.expect("register");
-    let bundle = flotilla_core::bundle::Bundle::from_dir(two_tables().path()).expect("bundle");
-    let submission = |selector: &str| Submission {
-        bundle: bundle.to_json().into_bytes(),
-        selector: selector.parse::<Selector>().expect("selector"),
-        goal: Goal::Up { to: None },
-        strategy: Strategy::default(),
-        phase: None,
-        validate_on: None,
-        dry_run: false,
-        allow_lint: false,
-    };
-    let refused = coordinator.submit(&who, submission("")).await.expect_err("refused");
+    let refused = coordinator.submit(&who, up_plan("")).await.expect_err("refused");
     assert!(refused.to_string().contains("the plan would have 3 targets; at most 2"), "{refused}");
     assert!(flotilla_coordinator::Store::plans(store.as_ref()).await.expect("plans").is_empty(), "nothing stored");
-    coordinator.submit(&who, submission("tier=a")).await.expect("two targets are within the limit");
+    coordinator.submit(&who, up_plan("tier=a")).await.expect("two targets are within the limit");
 }

@@ -12,18 +12,6 @@ use flotilla_tests::fleet::{count, Fleet, FleetTarget};
 use flotilla_tests::servers::Server;
 use flotilla_tests::*;
 
-fn two_tables() -> Dir {
-    let dir = Dir::new();
-    dir.migration(Sqlite, 1, "a", "CREATE TABLE a (id INT);", "DROP TABLE a;").migration(
-        Sqlite,
-        2,
-        "b",
-        "CREATE TABLE b (id INT);",
-        "DROP TABLE b;",
-    );
-    dir
-}
-
 /// `flotilla certs issue --operator SPEC` into the fleet's certificate directory.
 async fn issue_operator(fleet: &Fleet, spec: &str) {
     let certs = fleet.certs();
@@ -217,23 +205,11 @@ async fn agent_certificate_expiry(fleet: &Fleet) -> String {
 }
 
 /// Runs `program args` until it exits (at most 20 s); its exit code and all it printed.
-async fn exits(program: &str, args: &[&str]) -> (Option<i32>, String) {
-    let child = tokio::process::Command::new(binary(program))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("FLOTILLA_DB_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+async fn exits(program: &str, args: &[&str]) -> (i32, String) {
+    let run = tokio::time::timeout(Duration::from_secs(20), finish(spawn_program(program, args)))
         .await
-        .unwrap_or_else(|_| panic!("{program} {args:?} did not exit"))
-        .expect("wait");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code(), text)
+        .unwrap_or_else(|_| panic!("{program} {args:?} did not exit"));
+    (run.code, run.stdout + &run.stderr)
 }
 
 fn chmod(path: &Path, mode: u32) {
@@ -273,7 +249,7 @@ async fn keys_that_others_may_read_are_refused_at_start_by_coordinator_agent_and
 
     chmod(&certs.join("coordinator.key"), 0o644);
     let (code, text) = coordinator(listen.clone()).await;
-    assert_ne!(code, Some(0));
+    assert_ne!(code, 0);
     assert!(text.contains("may be read by group or others (mode 0644)") && text.contains("chmod 600"), "{text}");
 
     let agent_config = dir.path().join("agent.toml");
@@ -287,7 +263,7 @@ async fn keys_that_others_may_read_are_refused_at_start_by_coordinator_agent_and
     std::fs::write(&agent_config, config).expect("agent config");
     chmod(&certs.join("agent-1.key"), 0o640);
     let (code, text) = exits("flotilla-agent", &["--config", agent_config.to_str().expect("utf-8")]).await;
-    assert_ne!(code, Some(0));
+    assert_ne!(code, 0);
     assert!(text.contains("agent-1.key may be read by group or others (mode 0640)"), "{text}");
 
     chmod(&certs.join("admin.key"), 0o604);
@@ -310,14 +286,14 @@ async fn insecure_dev_is_refused_off_loopback_with_the_reason() {
     for listen in ["0.0.0.0:0", "10.1.2.3:7443", "[::]:0"] {
         let (code, text) =
             exits("flotilla-coordinator", &["--insecure-dev", "--listen", listen, "--store", &store]).await;
-        assert_ne!(code, Some(0), "{listen}");
+        assert_ne!(code, 0, "{listen}");
         assert!(text.contains("--insecure-dev listens only on a loopback address"), "{listen}: {text}");
     }
     assert!(!dir.path().join("store.db").exists(), "nothing was created");
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, "name = \"a\"\ncoordinator = \"http://10.1.2.3:7443\"\ninsecure_dev = true\n[[targets]]\nname = \"sq\"\nurl = \"sqlite://x.db\"\n").unwrap();
     let (code, text) = exits("flotilla-agent", &["--config", config.to_str().expect("utf-8")]).await;
-    assert_ne!(code, Some(0));
+    assert_ne!(code, 0);
     assert!(text.contains("insecure_dev talks plaintext only to a coordinator on this machine"), "{text}");
 }
 
@@ -382,30 +358,30 @@ async fn a_coordinator_without_etcds_client_certificate_or_password_is_refused_a
             let out = tokio::time::timeout(Duration::from_secs(8), cmd.output()).await;
             out.ok()
                 .map(|o| o.expect("coordinator"))
-                .map(|o| (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string()))
+                .map(|o| (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).to_string()))
         }
     };
     let password = env[0].1.as_str();
     // No CA: an https endpoint needs one.
     let (code, text) = run(vec![], Some(password)).await.expect("exits");
-    assert_ne!(code, Some(0));
+    assert_ne!(code, 0);
     assert!(text.contains("give [etcd_tls] ca"), "{text}");
     // The CA but no client certificate: etcd refuses the handshake.
     let (code, text) = run(good[..2].to_vec(), Some(password)).await.expect("exits");
-    assert_ne!(code, Some(0), "{text}");
+    assert_ne!(code, 0, "{text}");
     // Certificate, wrong password: etcd refuses the login.
     let (code, text) = run(good.clone(), Some("wrong")).await.expect("exits");
-    assert_ne!(code, Some(0));
+    assert_ne!(code, 0);
     assert!(text.contains("authentication failed") || text.contains("invalid"), "{text}");
     // A user without a password is refused before anything is tried.
     let (code, text) = run(good.clone(), None).await.expect("exits");
-    assert_ne!(code, Some(0));
+    assert_ne!(code, 0);
     assert!(text.contains("needs a password"), "{text}");
     // A prefix the user may not touch: refused at start, not at the first rollout.
     let mut elsewhere = good.clone();
     elsewhere.extend(["--etcd-prefix".to_string(), "/flotilla/locks/".to_string()]);
     let (code, text) = run(elsewhere, Some(password)).await.expect("exits");
-    assert_ne!(code, Some(0));
+    assert_ne!(code, 0);
     assert!(text.contains("refused to read /flotilla/locks/") && text.contains("permission denied"), "{text}");
     // All of it: it starts and keeps running.
     if let Some(exited) = run(good, Some(password)).await {

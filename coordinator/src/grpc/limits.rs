@@ -30,10 +30,14 @@ pub const MAX_ITEMS: usize = 64;
 pub const AGENT_MESSAGE_BYTES: usize = 16 << 20;
 const KIB: usize = 1 << 10;
 
+/// The method of a request path (`/flotilla.v1.Service/Method`).
+fn method(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or_default()
+}
+
 /// The most bytes a unary request to `path` (`/flotilla.v1.Service/Method`) may carry; `None` for streams.
 pub fn body_limit(path: &str) -> Option<usize> {
-    let method = path.rsplit('/').next().unwrap_or_default();
-    match method {
+    match method(path) {
         "ReportProgress" => None,
         "SubmitPlan" => Some(flotilla_proto::MAX_MESSAGE_BYTES),
         "Heartbeat" => Some(AGENT_MESSAGE_BYTES),
@@ -47,14 +51,12 @@ pub fn body_limit(path: &str) -> Option<usize> {
 /// Cuts a request's body off at its method's limit, with a status naming the method and the limit.
 pub fn limit_body(request: http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> {
     let Some(limit) = body_limit(request.uri().path()) else { return request };
-    let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_string();
+    let method = method(request.uri().path()).to_string();
     request.map(|body| {
         let limited = http_body_util::Limited::new(body, limit).map_err(move |e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                let status = ErrorCode::InvalidInput.status(format!(
-                    "{method} takes at most {} bytes; this request is larger (nothing was done)",
-                    limit
-                ));
+                let status = ErrorCode::InvalidInput
+                    .status(format!("{method} takes at most {limit} bytes; this request is larger (nothing was done)"));
                 Box::new(status) as Box<dyn std::error::Error + Send + Sync>
             } else {
                 e
