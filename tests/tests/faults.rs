@@ -472,8 +472,9 @@ async fn mariadb_killed_mid_migration_leaves_it_dirty_at_the_statement_it_reache
     assert!(!db.has_table("b").await);
 }
 
-/// mongod is killed while a migration's slow command runs. Commands before it stay applied and the history says
-/// how many; the plan halts, and nothing runs twice.
+/// mongod is killed while a migration's slow command runs. This script builds an index on a collection an earlier
+/// migration made, which a transaction may not do, so it runs command by command: commands before the slow one stay
+/// applied and the history says how many; the plan halts, and nothing runs twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn mongodb_killed_mid_migration_leaves_it_dirty_at_the_command_it_reached() {
     let mut server = Server::start(Kind::Mongodb).await;
@@ -481,12 +482,17 @@ async fn mongodb_killed_mid_migration_leaves_it_dirty_at_the_command_it_reached(
     let db = TestDb::on(flotilla_core::Engine::Mongodb, &url);
     let fleet = fleet_on("mo-01", &url, None).await;
     let dir = Dir::new();
-    dir.file(
-        "000001_runs.up.json",
-        r#"[{"create": "runs"}, {"insert": "runs", "documents": [{"_id": 1}]},
-            {"update": "runs", "updates": [{"q": {"$where": "sleep(3000) || true"}, "u": {"$set": {"slow": true}}}]}]"#,
-    )
-    .file("000001_runs.down.json", r#"[{"drop": "runs"}]"#);
+    dir.file("000001_runs.up.json", r#"[{"create": "runs"}]"#)
+        .file("000001_runs.down.json", r#"[{"drop": "runs"}]"#)
+        .file(
+            "000002_slow.up.json",
+            r#"[{"createIndexes": "runs", "indexes": [{"key": {"v": 1}, "name": "runs_v"}]},
+                {"insert": "runs", "documents": [{"_id": 1}]},
+                {"update": "runs", "updates": [{"q": {"$where": "sleep(3000) || true"}, "u": {"$set": {"slow": true}}}]}]"#,
+        )
+        .file("000002_slow.down.json", r#"[{"dropIndexes": "runs", "index": "runs_v"}]"#);
+    let first = fleet.create(dir.path(), &["--to", "1"]).await;
+    fleet.wait_state(&first, "succeeded").await;
     let id = fleet.create(dir.path(), &["--max-failures", "0"]).await;
     fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
     tokio::time::sleep(Duration::from_millis(800)).await; // inside the sleeping update
@@ -495,7 +501,41 @@ async fn mongodb_killed_mid_migration_leaves_it_dirty_at_the_command_it_reached(
     server.restart().await;
     let plan = fleet.wait_state(&id, "halted").await;
     assert_eq!(steps(&plan)["mo-01"]["state"], "failed", "{plan:#}");
-    assert_eq!(db.history().await, vec![(1, "dirty".to_string(), 2)], "2 of 3 commands committed, recorded once");
+    let history = db.history().await;
+    assert_eq!(history, vec![(1, "applied".to_string(), 0), (2, "dirty".to_string(), 2)], "2 of 3 commands committed");
+    assert_eq!(db.count("runs").await, 1, "the insert ran once");
+}
+
+/// mongod is killed while a migration that fits one transaction runs (a new collection, its index, its rows): the
+/// transaction never committed, so nothing of it is there, the history has no record of it, and the next plan
+/// applies it once.
+#[tokio::test(flavor = "multi_thread")]
+async fn mongodb_killed_mid_transaction_keeps_nothing_and_the_next_plan_applies_it_once() {
+    let mut server = Server::start(Kind::Mongodb).await;
+    let url = server.database("shop").await;
+    let db = TestDb::on(flotilla_core::Engine::Mongodb, &url);
+    let fleet = fleet_on("mo-01", &url, None).await;
+    let dir = Dir::new();
+    dir.file(
+        "000001_runs.up.json",
+        r#"[{"create": "runs"}, {"createIndexes": "runs", "indexes": [{"key": {"v": 1}, "name": "runs_v"}]},
+            {"insert": "runs", "documents": [{"_id": 1}]},
+            {"update": "runs", "updates": [{"q": {"$where": "sleep(3000) || true"}, "u": {"$set": {"slow": true}}}]}]"#,
+    )
+    .file("000001_runs.down.json", r#"[{"drop": "runs"}]"#);
+    let id = fleet.create(dir.path(), &["--max-failures", "0"]).await;
+    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await; // inside the sleeping update, in the transaction
+    server.kill().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.restart().await;
+    let plan = fleet.wait_state(&id, "halted").await;
+    assert_eq!(steps(&plan)["mo-01"]["state"], "failed", "{plan:#}");
+    assert_eq!(db.history().await, vec![], "no record: the transaction never committed");
+    assert_eq!(db.count("runs").await, 0, "nothing of the migration is there");
+    let again = fleet.create(dir.path(), &["--max-failures", "0"]).await;
+    fleet.wait_state(&again, "succeeded").await;
+    assert_eq!(db.history().await, vec![(1, "applied".to_string(), 0)]);
     assert_eq!(db.count("runs").await, 1, "the insert ran once");
 }
 

@@ -1,10 +1,8 @@
-//! MongoDB through the official driver. The lock is a lease document that a background task renews; a lease left by
-//! a dead process expires. Commands run with `runCommand`; a script of only inserts, updates and deletes runs in a
-//! transaction together with its history write (the replica set allows it), anything else runs command by command.
+//! MongoDB through the official driver. The lock is a lease document (`lease`). Commands run with `runCommand`; a
+//! script that fits one transaction (row changes, and new collections with their indexes) runs in one together with
+//! its history write (the replica set allows it), anything else runs command by command.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bson::{doc, Bson, Document};
@@ -13,13 +11,14 @@ use flotilla_core::{AppliedMigration, Backfill, Checksum, Direction, Engine, Sta
 use futures_util::TryStreamExt;
 use mongodb::options::ClientOptions;
 use mongodb::{Client, ClientSession, Collection, Database};
-use tokio_util::sync::CancellationToken;
 
 use super::{AtomicError, BackfillCursor, ConnectOptions, Driver, DriverError, HistoryChange};
 
+mod lease;
 mod schema;
 
-const LOCK_ID: &str = "migrate";
+use lease::{extend_lease, HeldLease, LOCK_ID};
+
 /// Server error code for "collection already exists".
 const NAMESPACE_EXISTS: i32 = 48;
 /// Server error code for a duplicate key.
@@ -32,14 +31,11 @@ pub struct MongoDriver {
     locks: Collection<Document>,
     ttl: Duration,
     lease: Option<HeldLease>,
+    /// The one session this runner's transactions use, named in the lease it takes so that a runner taking the lease
+    /// after this one dies can end a transaction it left open. Out only while a transaction runs in it.
+    session: Option<ClientSession>,
     /// The history collection is known to exist: no need to create it again.
     history_known: bool,
-}
-
-struct HeldLease {
-    owner: String,
-    lost: Arc<AtomicBool>,
-    keepalive: CancellationToken,
 }
 
 impl MongoDriver {
@@ -54,6 +50,7 @@ impl MongoDriver {
         let client = Client::with_options(client_options).map_err(|e| DriverError::Connect(e.to_string()))?;
         let db = client.database(&name);
         db.run_command(doc! { "ping": 1 }).await.map_err(|e| DriverError::Connect(e.to_string()))?;
+        let session = client.start_session().await.map_err(|e| DriverError::Connect(e.to_string()))?;
         Ok(MongoDriver {
             history: db.collection(HISTORY_TABLE),
             locks: db.collection(LOCK_TABLE),
@@ -61,8 +58,23 @@ impl MongoDriver {
             client,
             ttl: options.lock_ttl,
             lease: None,
+            session: Some(session),
             history_known: false,
         })
+    }
+
+    /// The runner's session, taken out for a transaction; [`MongoDriver::put_back`] returns it. (Only a transaction
+    /// whose future was dropped midway leaves none: the next one starts a session of its own.)
+    async fn take_session(&mut self) -> Result<ClientSession, DriverError> {
+        match self.session.take() {
+            Some(session) => Ok(session),
+            None => self.client.start_session().await.map_err(mongo_error),
+        }
+    }
+
+    fn put_back<T>(&mut self, session: ClientSession, result: T) -> T {
+        self.session = Some(session);
+        result
     }
 
     /// Turns a script command into the command document to send, and the database to send it to.
@@ -125,10 +137,9 @@ impl MongoDriver {
 
     async fn fence(&self, session: &mut ClientSession) -> Result<(), DriverError> {
         let Some(lease) = &self.lease else { return Err(DriverError::LockLost) };
-        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX / 2);
         let renewed = self
             .locks
-            .update_one(doc! { "_id": LOCK_ID, "owner": &lease.owner }, extend_lease(None, ttl_ms))
+            .update_one(doc! { "_id": LOCK_ID, "owner": &lease.owner }, extend_lease(None, lease::ttl_ms(self.ttl)))
             .session(session)
             .await
             .map_err(mongo_error)?;
@@ -139,9 +150,67 @@ impl MongoDriver {
         }
     }
 
+    /// The script, the fence and the history change in one transaction of `session`.
+    async fn atomic_in(
+        &self,
+        session: &mut ClientSession,
+        statements: &[Statement],
+        change: &(dyn Fn() -> HistoryChange + Send + Sync),
+        on_done: &mut (dyn FnMut(usize, u64) + Send),
+    ) -> Result<(), AtomicError> {
+        let at_commit = |error| AtomicError { statement: None, error };
+        session.start_transaction().await.map_err(|e| at_commit(mongo_error(e)))?;
+        // The fence: extend our lease inside the transaction. If another runner took it, nothing matches and we
+        // abort; if one tries to take it meanwhile, its write waits for (or conflicts with) this transaction, and
+        // ends it if our lease has expired (`lease`).
+        if let Err(error) = self.fence(session).await {
+            let _ = session.abort_transaction().await;
+            return Err(at_commit(error));
+        }
+        for (i, statement) in statements.iter().enumerate() {
+            match self.run(statement, Some(session)).await {
+                Ok(n) => on_done(i, n),
+                Err(error) => {
+                    let _ = session.abort_transaction().await;
+                    return Err(AtomicError { statement: Some(i), error });
+                }
+            }
+        }
+        if let Err(error) = self.apply_change(&change(), session).await {
+            let _ = session.abort_transaction().await;
+            return Err(at_commit(error));
+        }
+        session.commit_transaction().await.map_err(|e| at_commit(mongo_error(e)))
+    }
+
+    /// One command and the history change in one transaction of `session`, without the fence: the lease is the
+    /// stepwise run's, renewed in the background.
+    async fn recorded_in(
+        &self,
+        session: &mut ClientSession,
+        statement: &Statement,
+        change: &HistoryChange,
+    ) -> Result<u64, AtomicError> {
+        let at_commit = |error| AtomicError { statement: None, error };
+        session.start_transaction().await.map_err(|e| at_commit(mongo_error(e)))?;
+        let rows = match self.run(statement, Some(session)).await {
+            Ok(n) => n,
+            Err(error) => {
+                let _ = session.abort_transaction().await;
+                return Err(AtomicError { statement: Some(0), error });
+            }
+        };
+        if let Err(error) = self.apply_change(change, session).await {
+            let _ = session.abort_transaction().await;
+            return Err(at_commit(error));
+        }
+        session.commit_transaction().await.map_err(|e| at_commit(mongo_error(e)))?;
+        Ok(rows)
+    }
+
     fn stop_keepalive(&mut self) -> Option<HeldLease> {
         let lease = self.lease.take()?;
-        lease.keepalive.cancel();
+        lease.stop();
         Some(lease)
     }
 }
@@ -256,17 +325,34 @@ fn parse_doc(d: &Document) -> Result<AppliedMigration, DriverError> {
     })
 }
 
+/// Whether a script can run in one transaction with its history write (MongoDB 4.4 and later): row changes,
+/// creating a plain collection, and creating indexes on a collection the script itself created (a transaction
+/// cannot build an index on a collection that existed before it). Such a script is all or nothing, and its
+/// commands wait for one journal commit instead of one each. Anything else (drops, renames, `collMod`, capped
+/// collections, views, a command with a write concern of its own) runs command by command.
+fn fits_one_transaction(statements: &[Statement]) -> bool {
+    let mut created = std::collections::HashSet::new();
+    statements.iter().all(|s| {
+        let Statement::Command { command: serde_json::Value::Object(map), name, .. } = s else { return false };
+        if map.contains_key("writeConcern") {
+            return false; // a command in a transaction may not carry one
+        }
+        let collection = map.get(name.as_str()).and_then(serde_json::Value::as_str);
+        match name.as_str() {
+            "insert" | "update" | "delete" => true,
+            "create" => {
+                const PLAIN: [&str; 5] = ["create", "validator", "validationLevel", "validationAction", "comment"];
+                map.keys().all(|k| PLAIN.contains(&k.as_str()))
+                    && collection.is_some_and(|c| created.insert(c.to_string()))
+            }
+            "createIndexes" => collection.is_some_and(|c| created.contains(c)),
+            _ => false,
+        }
+    })
+}
+
 /// The lease document's `_id` in `flotilla_lock` holding the highest fencing token seen.
 const FENCE_ID: &str = "fence";
-
-/// An update pipeline that sets the lease's expiry `ttl_ms` after the server's now (and its owner, when taking it).
-fn extend_lease(owner: Option<&str>, ttl_ms: i64) -> Vec<bson::Document> {
-    let mut set = doc! { "expires_at": { "$add": ["$$NOW", ttl_ms] } };
-    if let Some(owner) = owner {
-        set.insert("owner", owner);
-    }
-    vec![doc! { "$set": set }]
-}
 
 #[async_trait]
 impl Driver for MongoDriver {
@@ -275,70 +361,14 @@ impl Driver for MongoDriver {
     }
 
     fn can_run_atomically(&self, statements: &[Statement]) -> bool {
-        statements.iter().all(
-            |s| matches!(s, Statement::Command { name, .. } if matches!(name.as_str(), "insert" | "update" | "delete")),
-        )
+        fits_one_transaction(statements)
     }
 
     async fn lock(&mut self, owner: &str, timeout: Duration) -> Result<(), DriverError> {
-        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX / 2);
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(20);
-        loop {
-            // Expiry is judged by the server's clock ($$NOW), never a client's: a runner whose clock is ahead must
-            // not see a live lease as expired.
-            // (An upsert may not filter with $expr: the document is created, already expired, when missing.)
-            let taken = self
-                .locks
-                .update_one(
-                    doc! { "_id": LOCK_ID, "$or": [ { "$expr": { "$lt": ["$expires_at", "$$NOW"] } }, { "owner": owner } ] },
-                    extend_lease(Some(owner), ttl_ms),
-                )
-                .await
-                .map_err(mongo_error)?;
-            if taken.matched_count == 1 {
-                break;
-            }
-            let expired = doc! { "_id": LOCK_ID, "owner": bson::Bson::Null, "expires_at": bson::DateTime::MIN };
-            match self.locks.insert_one(expired).await {
-                Ok(_) => continue,                                 // there was none: take it now
-                Err(e) if code_of(&e) == Some(DUPLICATE_KEY) => {} // held by another runner
-                Err(e) => return Err(mongo_error(e)),
-            }
-            if started.elapsed() >= timeout {
-                let holder = self
-                    .locks
-                    .find_one(doc! { "_id": LOCK_ID })
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|d| d.get_str("owner").ok().map(str::to_string));
-                return Err(DriverError::LockTimeout { waited: timeout, holder });
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
-        }
-
-        let lost = Arc::new(AtomicBool::new(false));
-        let keepalive = CancellationToken::new();
-        let (locks, owner_name, every, flag, token) =
-            (self.locks.clone(), owner.to_string(), self.ttl / 3, lost.clone(), keepalive.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                let renewed =
-                    locks.update_one(doc! { "_id": LOCK_ID, "owner": &owner_name }, extend_lease(None, ttl_ms)).await;
-                if !matches!(renewed, Ok(r) if r.matched_count == 1) {
-                    tracing::warn!(owner = %owner_name, "MongoDB migration lease could not be renewed");
-                    flag.store(true, Ordering::SeqCst);
-                    return;
-                }
-            }
-        });
-        self.lease = Some(HeldLease { owner: owner.to_string(), lost, keepalive });
+        let session = self.take_session().await?;
+        let admin = self.client.database("admin");
+        let taken = lease::take(&self.locks, &admin, owner, session.id(), self.ttl, timeout).await;
+        self.lease = Some(self.put_back(session, taken)?);
         Ok(())
     }
 
@@ -360,7 +390,7 @@ impl Driver for MongoDriver {
 
     async fn check_lock(&mut self) -> Result<(), DriverError> {
         match &self.lease {
-            Some(lease) if lease.lost.load(Ordering::SeqCst) => Err(DriverError::LockLost),
+            Some(lease) if lease.is_lost() => Err(DriverError::LockLost),
             _ => Ok(()),
         }
     }
@@ -436,50 +466,15 @@ impl Driver for MongoDriver {
         change: &(dyn Fn() -> HistoryChange + Send + Sync),
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError> {
-        let at_commit = |error| AtomicError { statement: None, error };
-        let mut session = self.client.start_session().await.map_err(|e| at_commit(mongo_error(e)))?;
-        session.start_transaction().await.map_err(|e| at_commit(mongo_error(e)))?;
-        // The fence: extend our lease inside the transaction. If another runner took it, nothing matches and we
-        // abort; if one tries to take it meanwhile, its write waits for (or conflicts with) this transaction.
-        if let Err(error) = self.fence(&mut session).await {
-            let _ = session.abort_transaction().await;
-            return Err(at_commit(error));
-        }
-        for (i, statement) in statements.iter().enumerate() {
-            match self.run(statement, Some(&mut session)).await {
-                Ok(n) => on_done(i, n),
-                Err(error) => {
-                    let _ = session.abort_transaction().await;
-                    return Err(AtomicError { statement: Some(i), error });
-                }
-            }
-        }
-        if let Err(error) = self.apply_change(&change(), &mut session).await {
-            let _ = session.abort_transaction().await;
-            return Err(at_commit(error));
-        }
-        session.commit_transaction().await.map_err(|e| at_commit(mongo_error(e)))
+        let mut session = self.take_session().await.map_err(|error| AtomicError { statement: None, error })?;
+        let done = self.atomic_in(&mut session, statements, change, on_done).await;
+        self.put_back(session, done)
     }
 
     async fn execute_recorded(&mut self, statement: &Statement, change: HistoryChange) -> Result<u64, AtomicError> {
-        // Like execute_atomic, without extending the lease inside the transaction: a killed runner's transaction
-        // stays open on the server (up to transactionLifetimeLimitSeconds) and would hold the lease document.
-        let at_commit = |error| AtomicError { statement: None, error };
-        let mut session = self.client.start_session().await.map_err(|e| at_commit(mongo_error(e)))?;
-        session.start_transaction().await.map_err(|e| at_commit(mongo_error(e)))?;
-        let rows = match self.run(statement, Some(&mut session)).await {
-            Ok(n) => n,
-            Err(error) => {
-                let _ = session.abort_transaction().await;
-                return Err(AtomicError { statement: Some(0), error });
-            }
-        };
-        if let Err(error) = self.apply_change(&change, &mut session).await {
-            let _ = session.abort_transaction().await;
-            return Err(at_commit(error));
-        }
-        session.commit_transaction().await.map_err(|e| at_commit(mongo_error(e)))?;
-        Ok(rows)
+        let mut session = self.take_session().await.map_err(|error| AtomicError { statement: None, error })?;
+        let done = self.recorded_in(&mut session, statement, &change).await;
+        self.put_back(session, done)
     }
 
     async fn repeatables(&mut self) -> Result<std::collections::BTreeMap<String, String>, DriverError> {
@@ -510,6 +505,44 @@ impl Driver for MongoDriver {
 
     async fn close(mut self: Box<Self>) {
         self.stop_keepalive();
+        // `shutdown` waits until every session of the client is dropped: ours first.
+        self.session = None;
         self.client.clone().shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script(commands: &str) -> Vec<Statement> {
+        let values: Vec<serde_json::Value> = serde_json::from_str(commands).expect("JSON array");
+        values
+            .into_iter()
+            .map(|command| {
+                let name = command.as_object().and_then(|m| m.keys().next().cloned()).unwrap_or_default();
+                Statement::Command { command, name, line: 1 }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_collection_with_its_indexes_and_rows_fits_one_transaction() {
+        let fits = |commands: &str| fits_one_transaction(&script(commands));
+        assert!(fits(r#"[{"insert": "a", "documents": [{"_id": 1}]}, {"delete": "a", "deletes": []}]"#));
+        assert!(fits(
+            r#"[{"create": "a", "validator": {"$jsonSchema": {}}}, {"createIndexes": "a", "indexes": []},
+                {"insert": "a", "documents": [{"_id": 1}]}]"#
+        ));
+        // An index on a collection that existed before: built outside a transaction.
+        assert!(!fits(r#"[{"createIndexes": "a", "indexes": []}]"#));
+        assert!(!fits(r#"[{"create": "b"}, {"createIndexes": "a", "indexes": []}]"#));
+        // Capped collections, views, the same collection twice, other DDL, an explicit write concern.
+        assert!(!fits(r#"[{"create": "a", "capped": true, "size": 4096}]"#));
+        assert!(!fits(r#"[{"create": "v", "viewOn": "a", "pipeline": []}]"#));
+        assert!(!fits(r#"[{"create": "a"}, {"create": "a"}]"#));
+        assert!(!fits(r#"[{"create": "a"}, {"drop": "a"}]"#));
+        assert!(!fits(r#"[{"collMod": "a"}]"#));
+        assert!(!fits(r#"[{"insert": "a", "documents": [], "writeConcern": {"w": 1}}]"#));
     }
 }
