@@ -29,10 +29,14 @@ pub async fn run(coordinator: Arc<Coordinator>, cancel: CancellationToken) {
     let mut interval = tokio::time::interval(coordinator.config.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let timed = tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = interval.tick() => {}
-            _ = coordinator.wake.notified() => {}
+            _ = interval.tick() => true,
+            _ = coordinator.wake.notified() => false,
+        };
+        // Gauges over every target, on the clock only: a pass after every result need not recount them.
+        if timed {
+            coordinator.refresh_gauges();
         }
         if let Err(e) = coordinator.tick().await {
             warn!(error = %e, "scheduler tick failed; trying again next tick");
@@ -71,7 +75,6 @@ impl Coordinator {
     pub async fn tick(&self) -> Result<()> {
         let targets = self.owners();
         self.renew_leases(&targets).await?;
-        self.refresh_gauges();
         let started = Instant::now();
         let live = self.store.live_plans().await?;
         self.metrics.store_call("live_plans", started.elapsed());

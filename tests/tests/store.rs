@@ -27,6 +27,7 @@ on_every_store!(
     counts_and_pages_of_steps,
     a_batch_of_assignments_is_one_transaction_of_compare_and_sets,
     facts_from_agents_are_recorded_in_order_each_by_its_compare_and_set,
+    a_batch_of_many_events_keeps_each_plans_order_and_numbers,
     a_result_under_the_steps_token_is_recorded_after_it_was_taken_back,
     lists_and_fleet_status_in_one_query_each,
     the_schema_is_versioned_old_stores_are_adopted_and_newer_ones_refused
@@ -432,6 +433,36 @@ async fn facts_from_agents_are_recorded_in_order_each_by_its_compare_and_set(eng
     }
     assert!(matches!(store.record(&[event("b", 2), bad]).await, Err(StoreError::IllegalTransition { .. })));
     assert_eq!(store.events_after("p1", 0, EVENT_PAGE).await.expect("events").len(), 3);
+}
+
+/// Events are appended at the end of their transaction in a few multi-row inserts: a batch of 150 interleaved over
+/// two plans (64 + 16 + 4 + 1 rows per statement, and the remainders) keeps each plan's order, numbered on from its
+/// last event with no gap.
+async fn a_batch_of_many_events_keeps_each_plans_order_and_numbers(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = SqlStore::open(&db.url).await.expect("open");
+    for id in ["p1", "p2"] {
+        store.create_plan(&plan(id), &[step(id, "a", 1)]).await.expect("create");
+    }
+    let event = |plan: &str, n: usize| {
+        Fact::Event(NewEvent {
+            plan_id: plan.into(),
+            target: Some("a".into()),
+            kind: EventKind::Statement,
+            detail: serde_json::json!({ "n": n }),
+        })
+    };
+    store.record(&[event("p1", 0)]).await.expect("first");
+    let batch: Vec<Fact> = (1..=150).map(|n| event(if n % 3 == 0 { "p2" } else { "p1" }, n)).collect();
+    assert!(store.record(&batch).await.expect("record").iter().all(|w| *w));
+    let p1 = std::iter::once(0).chain((1..=150).filter(|n| n % 3 != 0)).collect();
+    for (id, expected) in [("p1", p1), ("p2", (3..=150).step_by(3).collect::<Vec<usize>>())] {
+        let events = store.events_after(id, 0, EVENT_PAGE).await.expect("events");
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=expected.len() as u64).collect::<Vec<_>>(), "{id}: numbered 1, 2, … with no gap");
+        let ns: Vec<usize> = events.iter().map(|e| e.detail["n"].as_u64().expect("n") as usize).collect();
+        assert_eq!(ns, expected, "{id}: in the order recorded");
+    }
 }
 
 /// A step taken back keeps its token: the agent's result under it still ends the step, even after the plan halted

@@ -64,13 +64,15 @@ impl Coordinator {
             self.store.upsert_target(&Target { agent: name.to_string(), ..t.clone() }).await?;
         }
         let mut inner = self.inner();
+        let mut owners = (*inner.owners).clone();
         for t in &targets {
             inner.engines.insert(t.name.clone(), t.engine);
             if let Some(host) = t.labels.get("host") {
                 inner.hosts.insert(t.name.clone(), host.clone());
             }
-            inner.owners.insert(t.name.clone(), name.to_string());
+            owners.insert(t.name.clone(), name.to_string());
         }
+        inner.owners = Arc::new(owners);
         let entry = inner.agents.entry(name.to_string()).or_insert_with(|| AgentEntry {
             targets: Vec::new(),
             sender: None,
@@ -189,7 +191,7 @@ impl Coordinator {
     }
 
     /// Which agent serves each registered target (agents that have not registered since a restart are absent).
-    pub(crate) fn owners(&self) -> HashMap<String, String> {
+    pub(crate) fn owners(&self) -> Arc<HashMap<String, String>> {
         self.inner().owners.clone()
     }
 

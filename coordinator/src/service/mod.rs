@@ -302,8 +302,8 @@ struct Inner {
     live: HashMap<String, TargetLive>,
     /// (plan, target) → the lock held for its step.
     held: HashMap<(String, String), Held>,
-    /// Target → the agent serving it.
-    pub(crate) owners: HashMap<String, String>,
+    /// Target → the agent serving it; shared with every scheduler pass, copied only when an agent registers.
+    pub(crate) owners: Arc<HashMap<String, String>>,
     /// Bundle id → engine key → versions, for fleet status.
     versions: HashMap<String, BTreeMap<String, Vec<Version>>>,
     /// Plan id → the checks of its current wave.

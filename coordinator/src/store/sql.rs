@@ -15,7 +15,7 @@ use super::{
     EVENT_PAGE, LIVE, MIGRATOR,
 };
 
-pub(super) const INSERT_EVENT: &str = "INSERT INTO events (plan_id, seq, at, target, kind, detail)
+const INSERT_EVENT: &str = "INSERT INTO events (plan_id, seq, at, target, kind, detail)
      SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ? FROM events WHERE plan_id = ? RETURNING seq";
 
 /// The `Store` on a SQLite file or PostgreSQL, through one sqlx pool.

@@ -2,13 +2,15 @@
 //! with its event, in one transaction; and a batch of facts in one transaction too (group commit). A batch of
 //! assignments, agents' facts (events, starts, results), a batch of steps a check found at their goal.
 
+use std::collections::HashMap;
+
 use chrono::Utc;
 use flotilla_core::fleet::{EventKind, Step, StepState};
 use serde_json::json;
 use sqlx::AnyConnection;
 
 use super::rows::*;
-use super::sql::{SqlStore, INSERT_EVENT};
+use super::sql::SqlStore;
 use super::{retried, Assigning, Fact, NewEvent, Starting, StepFinish, StoreError, Unchanged};
 
 impl SqlStore {
@@ -22,6 +24,7 @@ impl SqlStore {
             let mut tx = self.pool.begin().await?;
             let now = Utc::now().to_rfc3339();
             let mut moved = Vec::with_capacity(steps.len());
+            let mut events = Vec::with_capacity(steps.len());
             for a in steps {
                 let done = sqlx::query(&update)
                     .bind(token_value(Some(a.token)))
@@ -33,15 +36,15 @@ impl SqlStore {
                 if done.rows_affected() != 1 {
                     continue;
                 }
-                let event = NewEvent {
+                events.push(NewEvent {
                     plan_id: plan_id.to_string(),
                     target: Some(a.target.clone()),
                     kind: EventKind::Assigned,
                     detail: a.detail.clone(),
-                };
-                self.insert_event(&mut tx, &event, &now).await?;
+                });
                 moved.push(a.target.clone());
             }
+            self.insert_events(&mut tx, &events, &now).await?;
             tx.commit().await?;
             Ok(moved)
         })
@@ -59,16 +62,18 @@ impl SqlStore {
             let mut tx = self.pool.begin().await?;
             let now = Utc::now().to_rfc3339();
             let mut written = Vec::with_capacity(facts.len());
+            let mut events = Vec::with_capacity(facts.len());
             for fact in facts {
                 written.push(match fact {
                     Fact::Event(e) => {
-                        self.insert_event(&mut tx, e, &now).await?;
+                        events.push(e.clone());
                         true
                     }
-                    Fact::Start(s) => self.start_in(&mut tx, s, &now).await?,
-                    Fact::Finish(r) => self.finish_in(&mut tx, r, &now).await?.is_some(),
+                    Fact::Start(s) => self.start_in(&mut tx, s, &now, &mut events).await?,
+                    Fact::Finish(r) => self.finish_in(&mut tx, r, &now, &mut events).await?.is_some(),
                 });
             }
+            self.insert_events(&mut tx, &events, &now).await?;
             tx.commit().await?;
             Ok(written)
         })
@@ -80,7 +85,9 @@ impl SqlStore {
         finishable(r)?;
         let step = retried(|| async {
             let mut tx = self.pool.begin().await?;
-            let step = self.finish_in(&mut tx, r, &Utc::now().to_rfc3339()).await?;
+            let (now, mut events) = (Utc::now().to_rfc3339(), Vec::new());
+            let step = self.finish_in(&mut tx, r, &now, &mut events).await?;
+            self.insert_events(&mut tx, &events, &now).await?;
             tx.commit().await?;
             Ok(step)
         })
@@ -88,22 +95,58 @@ impl SqlStore {
         step.transpose()
     }
 
-    /// Appends one event, numbered after the plan's last.
-    async fn insert_event(&self, conn: &mut AnyConnection, e: &NewEvent, at: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(&self.sql(INSERT_EVENT))
-            .bind(e.plan_id.clone())
-            .bind(at.to_string())
-            .bind(e.target.clone())
-            .bind(e.kind.as_str())
-            .bind(e.detail.to_string())
-            .bind(e.plan_id.clone())
-            .fetch_one(conn)
-            .await
-            .map(drop)
+    /// A transaction's events, appended in order at its end, numbered after each plan's last: one read of the
+    /// last number per plan and a few multi-row inserts, rather than a numbering read and an insert per event.
+    /// (Two writers may pick the same numbers; the primary key refuses one, whose transaction runs again.)
+    async fn insert_events(&self, conn: &mut AnyConnection, events: &[NewEvent], at: &str) -> Result<(), sqlx::Error> {
+        let mut next: HashMap<&str, i64> = HashMap::new();
+        let mut numbered = Vec::with_capacity(events.len());
+        for e in events {
+            let seq = match next.get_mut(e.plan_id.as_str()) {
+                Some(seq) => *seq + 1,
+                None => {
+                    let last = sqlx::query(&self.sql("SELECT COALESCE(MAX(seq), 0) FROM events WHERE plan_id = ?"))
+                        .bind(e.plan_id.clone())
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    sqlx::Row::try_get::<i64, _>(&last, 0)? + 1
+                }
+            };
+            next.insert(&e.plan_id, seq);
+            numbered.push((seq, e));
+        }
+        let mut rest = numbered.as_slice();
+        while !rest.is_empty() {
+            // A few statement shapes only, so each stays prepared on the connection.
+            let n = EVENT_ROWS.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
+            let (chunk, tail) = rest.split_at(n);
+            let rows = vec!["(?, ?, ?, ?, ?, ?)"; n].join(", ");
+            let insert =
+                self.sql(&format!("INSERT INTO events (plan_id, seq, at, target, kind, detail) VALUES {rows}"));
+            let mut query = sqlx::query(&insert);
+            for (seq, e) in chunk {
+                query = query
+                    .bind(e.plan_id.clone())
+                    .bind(*seq)
+                    .bind(at.to_string())
+                    .bind(e.target.clone())
+                    .bind(e.kind.as_str())
+                    .bind(e.detail.to_string());
+            }
+            query.execute(&mut *conn).await?;
+            rest = tail;
+        }
+        Ok(())
     }
 
     /// `assigned → running` under the token, the first `before` standing, with its `step_started` event.
-    async fn start_in(&self, conn: &mut AnyConnection, s: &Starting, at: &str) -> Result<bool, sqlx::Error> {
+    async fn start_in(
+        &self,
+        conn: &mut AnyConnection,
+        s: &Starting,
+        at: &str,
+        events: &mut Vec<NewEvent>,
+    ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(&self.sql(
             "UPDATE steps SET state = 'running', version_before = COALESCE(version_before, ?), updated_at = ?
              WHERE plan_id = ? AND target = ? AND state = 'assigned' AND token = ?",
@@ -119,13 +162,12 @@ impl SqlStore {
             return Ok(false);
         }
         if let Some(detail) = &s.detail {
-            let event = NewEvent {
+            events.push(NewEvent {
                 plan_id: s.plan_id.clone(),
                 target: Some(s.target.clone()),
                 kind: EventKind::StepStarted,
                 detail: detail.clone(),
-            };
-            self.insert_event(conn, &event, at).await?;
+            });
         }
         Ok(true)
     }
@@ -140,6 +182,7 @@ impl SqlStore {
         conn: &mut AnyConnection,
         r: &StepFinish,
         at: &str,
+        events: &mut Vec<NewEvent>,
     ) -> Result<Option<Result<Step, StoreError>>, sqlx::Error> {
         let update = self.sql(&format!(
             "UPDATE steps SET state = ?, error = ?, version_before = COALESCE(version_before, ?),
@@ -165,8 +208,7 @@ impl SqlStore {
             map.insert("wave".into(), step.wave.into());
         }
         let kind = if r.state == StepState::Failed { EventKind::Failed } else { EventKind::Succeeded };
-        let event = NewEvent { plan_id: r.plan_id.clone(), target: Some(r.target.clone()), kind, detail };
-        self.insert_event(conn, &event, at).await?;
+        events.push(NewEvent { plan_id: r.plan_id.clone(), target: Some(r.target.clone()), kind, detail });
         Ok(Some(step))
     }
 
@@ -181,6 +223,7 @@ impl SqlStore {
             let mut tx = self.pool.begin().await?;
             let now = Utc::now().to_rfc3339();
             let mut done = Vec::with_capacity(steps.len());
+            let mut events = Vec::with_capacity(steps.len());
             for u in steps {
                 let row = sqlx::query(&update)
                     .bind(u.before.map(|v| v.to_string()))
@@ -192,17 +235,17 @@ impl SqlStore {
                     .await?;
                 let Some(step) = row.as_ref().map(step_from) else { continue };
                 let wave = step.as_ref().map(|s| s.wave).ok();
-                let event = NewEvent {
+                events.push(NewEvent {
                     plan_id: plan_id.to_string(),
                     target: Some(u.target.clone()),
                     kind: EventKind::Succeeded,
                     detail: json!({
                         "at_goal": true, "version_before": u.before, "applied_version": u.applied, "wave": wave,
                     }),
-                };
-                self.insert_event(&mut tx, &event, &now).await?;
+                });
                 done.push(step);
             }
+            self.insert_events(&mut tx, &events, &now).await?;
             tx.commit().await?;
             Ok(done)
         })
@@ -211,6 +254,9 @@ impl SqlStore {
         .collect()
     }
 }
+
+/// Rows per event insert, largest first.
+const EVENT_ROWS: [usize; 4] = [64, 16, 4, 1];
 
 /// A result ends a step as succeeded or failed, nothing else.
 fn finishable(r: &StepFinish) -> Result<(), StoreError> {
