@@ -14,6 +14,7 @@ const NOT_PG_MONGO: &[Engine] = &[Engine::Mysql, Engine::Sqlite, Engine::Mongodb
 const MYSQL: &[Engine] = &[Engine::Mysql];
 const MONGO: &[Engine] = &[Engine::Mongodb];
 const PG_SQLITE: &[Engine] = &[Engine::Postgres, Engine::Sqlite];
+const PG: &[Engine] = &[Engine::Postgres];
 
 /// Flotilla's rules: id, default severity, engines, what it checks.
 pub(super) const FLOTILLA: &[(&str, Severity, &[Engine], &str)] = &[
@@ -32,6 +33,12 @@ pub(super) const FLOTILLA: &[(&str, Severity, &[Engine], &str)] = &[
         Severity::Info,
         PG_SQLITE,
         "no BEGIN … COMMIT where the engine runs DDL in transactions",
+    ),
+    (
+        "backfill-in-ddl-transaction",
+        Severity::Warning,
+        PG,
+        "an UPDATE or DELETE of a table the same transaction altered: the table stays locked for the whole backfill",
     ),
     ("unparsed", Severity::Info, ALL, "a statement no parser reads was not checked"),
     (

@@ -182,6 +182,38 @@ impl Check {
             let message = "wrap the UP in BEGIN … COMMIT to say it is one unit".into();
             findings.add("no-explicit-transaction", Some(up.first_line), message);
         }
+        if self.engine == Engine::Postgres && !up.no_transaction {
+            self.backfill_under_lock(explicit, findings);
+        }
+    }
+
+    /// An UPDATE or DELETE of a table that an earlier statement of the same transaction altered or indexed: the
+    /// DDL's lock is held until the backfill commits, so every query on the table waits for the whole backfill
+    /// (strong_migrations' "backfilling data"). A table this migration creates is nobody else's yet.
+    fn backfill_under_lock(&self, explicit: bool, findings: &mut Findings) {
+        // Without its own BEGIN the script is one transaction; with one, only what stands between BEGIN and COMMIT.
+        let mut in_transaction = !explicit;
+        let mut locked: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in &self.up {
+            if s.begins_transaction {
+                in_transaction = true;
+            }
+            if s.ends_transaction {
+                in_transaction = false;
+                locked.clear();
+            }
+            if let Some(t) = s.locks.as_deref().filter(|t| in_transaction && !self.created.contains(*t)) {
+                locked.entry(t).or_insert(s.line);
+            }
+            if let Some((t, ddl)) = s.rewrites.as_deref().and_then(|t| locked.get_key_value(t)) {
+                let message = format!(
+                    "this backfill of {t} runs in the transaction whose DDL locked {t} at line {ddl}: every query on \
+                     {t} waits until the backfill commits. Commit the DDL first and backfill in a migration of its own \
+                     (`-- flotilla:backfill` runs it in batches)"
+                );
+                findings.add("backfill-in-ddl-transaction", Some(s.line), message);
+            }
+        }
     }
 
     /// The DOWN must undo everything the UP did, and create nothing the UP did not remove.

@@ -41,6 +41,12 @@ pub(super) struct Stmt {
     pub effects: Vec<Effect>,
     /// `BEGIN` or `START TRANSACTION`.
     pub begins_transaction: bool,
+    /// `COMMIT`, `END` or `ROLLBACK`.
+    pub ends_transaction: bool,
+    /// The table a DDL statement locks until its transaction ends (`ALTER TABLE`, a plain `CREATE INDEX`).
+    pub locks: Option<String>,
+    /// The table whose existing rows an `UPDATE` or `DELETE` rewrites: a backfill.
+    pub rewrites: Option<String>,
     /// Words of the data this statement copies (the query of `CREATE TABLE … AS` or `INSERT … SELECT`; the table an
     /// `UPDATE` writes, copying into a backup column): what a backup looks like.
     pub copies: BTreeSet<String>,

@@ -106,6 +106,7 @@ fn stmt(s: &ast::Stmt, line: usize) -> Stmt {
     let mut out = Stmt::at(line);
     match s {
         ast::Stmt::Begin(_) => out.begins_transaction = true,
+        ast::Stmt::Commit(_) | ast::Stmt::Rollback(_) => out.ends_transaction = true,
         ast::Stmt::CreateTable(t) => out.effects.push(Effect::CreateTable(name(t.table_name()))),
         ast::Stmt::CreateTableAs(t) => {
             out.effects.push(Effect::CreateTable(name(t.table_name())));
@@ -115,6 +116,9 @@ fn stmt(s: &ast::Stmt, line: usize) -> Stmt {
         ast::Stmt::AlterTable(t) => alter_table(t, &mut out),
         ast::Stmt::CreateIndex(i) => {
             let table = name(i.table_relation_name().and_then(|r| r.table_name_ref()));
+            if i.concurrently_token().is_none() {
+                out.locks = Some(table.clone());
+            }
             out.effects.push(Effect::CreateIndex(name(i.index()), table));
         }
         ast::Stmt::DropIndex(i) => out.effects.extend(i.index_refs().map(|n| Effect::DropIndex(name(Some(n))))),
@@ -131,10 +135,13 @@ fn stmt(s: &ast::Stmt, line: usize) -> Stmt {
         ast::Stmt::Update(u) => {
             let table = name(u.relation_name().and_then(|r| r.relation_name_ref()));
             out.copies = [table.clone()].into();
+            out.rewrites = Some(table.clone());
             out.effects.push(Effect::Data(table));
         }
         ast::Stmt::Delete(d) => {
-            out.effects.push(Effect::Data(name(d.relation_name().and_then(|r| r.relation_name_ref()))))
+            let table = name(d.relation_name().and_then(|r| r.relation_name_ref()));
+            out.rewrites = Some(table.clone());
+            out.effects.push(Effect::Data(table));
         }
         _ => {}
     }
@@ -143,6 +150,7 @@ fn stmt(s: &ast::Stmt, line: usize) -> Stmt {
 
 fn alter_table(t: &ast::AlterTable, out: &mut Stmt) {
     let table = name(t.table_relation_name().and_then(|r| r.table_name_ref()));
+    out.locks = Some(table.clone());
     for action in t.actions() {
         match action {
             ast::AlterTableAction::AddColumn(a) => {
