@@ -96,6 +96,11 @@ PY
     log "installing alembic, sqlalchemy and psycopg2-binary (PyPI) in $tools/venv"
     "$tools/venv/bin/pip" install -q alembic==1.13.3 sqlalchemy==2.0.36 psycopg2-binary==2.9.10
   fi
+  if [ ! -x "$tools/venv/bin/squawk" ]; then
+    # squawk's own CLI, the release of the squawk crates lint uses, to check lint's squawk findings against.
+    log "installing squawk-cli 2.68.0 (PyPI) in $tools/venv"
+    "$tools/venv/bin/pip" install -q squawk-cli==2.68.0
+  fi
   if [ ! -f "$tools/node/node_modules/knex/bin/cli.js" ] || [ ! -x "$tools/node/node_modules/liquibase/dist/liquibase/liquibase" ]; then
     # The real Knex and Liquibase (npm; Liquibase's jar runs on this machine's Java), to cross-check Flotilla's
     # reading of their migrations against the tools themselves.
@@ -294,6 +299,7 @@ export FLOTILLA_TEST_ETCD_URL=http://127.0.0.1:$etcd_port
 export FLOTILLA_TEST_KNEX=$tools/node/node_modules/knex/bin/cli.js
 export FLOTILLA_TEST_LIQUIBASE=$tools/node/node_modules/liquibase/dist/liquibase/liquibase
 export FLOTILLA_TEST_ALEMBIC=$tools/venv/bin/alembic
+export FLOTILLA_TEST_SQUAWK=$tools/venv/bin/squawk
 ENV
   if alive "$root/postgres-durable/postmaster.pid.flotilla"; then
     echo "export FLOTILLA_BENCH_PG_DURABLE_URL=postgres://postgres@127.0.0.1:$pg_durable_port/postgres"
