@@ -65,9 +65,28 @@ pub fn parse_commands(text: &str) -> Result<Vec<Command>, CommandError> {
         .collect()
 }
 
-/// Whether every command may run inside one multi-document transaction.
-pub fn all_transactional(commands: &[Command]) -> bool {
-    commands.iter().all(|c| SHAPES.iter().any(|s| s.name == c.name && s.transactional))
+/// Whether a script can run in one transaction with its history write (MongoDB 4.4 and later): row changes, creating
+/// a plain collection, and creating indexes on a collection the script itself created (a transaction cannot build an
+/// index on a collection that existed before it). Such a script is all or nothing, and its commands wait for one
+/// journal commit instead of one each. Anything else (drops, renames, `collMod`, capped collections, views, a
+/// command with a write concern of its own) runs command by command. Commands are (name, body).
+pub fn fits_one_transaction<'a>(commands: impl IntoIterator<Item = (&'a str, &'a Value)>) -> bool {
+    const PLAIN_CREATE: [&str; 5] = ["create", "validator", "validationLevel", "validationAction", "comment"];
+    let mut created = std::collections::HashSet::new();
+    commands.into_iter().all(|(name, body)| {
+        let Value::Object(map) = body else { return false };
+        if map.contains_key("writeConcern") {
+            return false; // a command in a transaction may not carry one
+        }
+        let collection = map.get(name).and_then(Value::as_str);
+        match name {
+            "create" => {
+                map.keys().all(|k| PLAIN_CREATE.contains(&k.as_str())) && collection.is_some_and(|c| created.insert(c))
+            }
+            "createIndexes" => collection.is_some_and(|c| created.contains(c)),
+            _ => SHAPES.iter().any(|s| s.name == name && s.transactional),
+        }
+    })
 }
 
 fn check(number: usize, body: &Value) -> Result<String, String> {
@@ -83,6 +102,9 @@ fn check(number: usize, body: &Value) -> Result<String, String> {
     };
     if !matches!(target, Value::String(s) if !s.is_empty()) {
         return Err(format!("command #{number} (`{name}`): the value of `{name}` must be a collection name"));
+    }
+    if let Some(concern) = map.get("writeConcern").filter(|c| !c.is_object()) {
+        return Err(format!("command #{number} (`{name}`): `writeConcern` must be a document, not {concern}"));
     }
     for (field, kind) in shape.required {
         let ok = match (kind, map.get(*field)) {
@@ -113,6 +135,37 @@ fn line_of(text: &str, part: &str) -> usize {
 mod tests {
     use super::*;
 
+    fn script(commands: &str) -> Vec<Command> {
+        parse_commands(commands).expect("valid commands")
+    }
+
+    #[test]
+    fn a_new_collection_with_its_indexes_and_rows_fits_one_transaction() {
+        let fits = |commands: &str| fits_one_transaction(script(commands).iter().map(|c| (c.name.as_str(), &c.body)));
+        assert!(fits(r#"[{"insert": "a", "documents": [{"_id": 1}]}, {"delete": "a", "deletes": [{}]}]"#));
+        assert!(fits(
+            r#"[{"create": "a", "validator": {"$jsonSchema": {}}}, {"createIndexes": "a", "indexes": [{}]},
+                {"insert": "a", "documents": [{"_id": 1}]}]"#
+        ));
+        // An index on a collection that existed before: built outside a transaction.
+        assert!(!fits(r#"[{"createIndexes": "a", "indexes": [{}]}]"#));
+        assert!(!fits(r#"[{"create": "b"}, {"createIndexes": "a", "indexes": [{}]}]"#));
+        // Capped collections, views, the same collection twice, other DDL, an explicit write concern.
+        assert!(!fits(r#"[{"create": "a", "capped": true, "size": 4096}]"#));
+        assert!(!fits(r#"[{"create": "v", "viewOn": "a", "pipeline": []}]"#));
+        assert!(!fits(r#"[{"create": "a"}, {"create": "a"}]"#));
+        assert!(!fits(r#"[{"create": "a"}, {"drop": "a"}]"#));
+        assert!(!fits(r#"[{"collMod": "a"}]"#));
+        assert!(!fits(r#"[{"insert": "a", "documents": [{}], "writeConcern": {"w": 1}}]"#));
+    }
+
+    #[test]
+    fn a_write_concern_that_is_not_a_document_is_refused_with_its_command() {
+        let e =
+            parse_commands(r#"[{"create": "a"}, {"insert": "a", "documents": [{}], "writeConcern": 5}]"#).unwrap_err();
+        assert!(e.message.contains("command #2 (`insert`): `writeConcern` must be a document, not 5"), "{e}");
+    }
+
     #[test]
     fn parses_commands_in_order_with_lines() {
         let text = r#"[
@@ -123,8 +176,10 @@ mod tests {
         let cmds = parse_commands(text).unwrap();
         assert_eq!(cmds.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["create", "createIndexes", "update"]);
         assert_eq!(cmds.iter().map(|c| c.line).collect::<Vec<_>>(), [2, 3, 4]);
-        assert!(!all_transactional(&cmds));
-        assert!(all_transactional(&cmds[2..]));
+        let fits = |cmds: &[Command]| fits_one_transaction(cmds.iter().map(|c| (c.name.as_str(), &c.body)));
+        assert!(fits(&cmds), "a new collection, its index and its rows");
+        assert!(fits(&cmds[2..]));
+        assert!(!fits(&cmds[1..]), "an index on a collection that existed before");
     }
 
     #[test]

@@ -93,6 +93,45 @@ async fn mongo_json_on_mongodb() {
     round_trip("mongo", Mongodb, &[], &expected, "activity").await;
 }
 
+/// A MongoDB script run command by command (an index on an existing collection) whose row changes carry their own
+/// write concern: each row change commits in a transaction with its progress record, which may not carry one, so the
+/// transaction's commit takes it. A write concern that is not a document is refused, naming the command, before
+/// anything runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn mongodb_row_changes_with_their_own_write_concern_apply() {
+    let db = TestDb::new(Mongodb).await;
+    let dir = Dir::new();
+    dir.file("000001_runs.up.json", r#"[{"create": "runs"}]"#)
+        .file("000001_runs.down.json", r#"[{"drop": "runs"}]"#)
+        .file(
+            "000002_rows.up.json",
+            r#"[{"createIndexes": "runs", "indexes": [{"key": {"v": 1}, "name": "runs_v"}]},
+                {"insert": "runs", "documents": [{"_id": 1, "v": 1}], "writeConcern": {"w": "majority", "j": true}},
+                {"update": "runs", "updates": [{"q": {}, "u": {"$set": {"v": 2}}}], "writeConcern": {"w": 1}}]"#,
+        )
+        .file("000002_rows.down.json", r#"[{"delete": "runs", "deletes": [{"q": {}, "limit": 0}]}]"#);
+    cmd("up", &db, dir.path(), &[]).await.ok();
+    assert_eq!(
+        db.history().await.iter().map(|(v, s, _)| (*v, s.as_str())).collect::<Vec<_>>(),
+        [(1, "applied"), (2, "applied")]
+    );
+    assert_eq!(db.count("runs").await, 1);
+
+    let db = TestDb::new(Mongodb).await;
+    let bad = Dir::new();
+    bad.file(
+        "000001_runs.up.json",
+        r#"[{"create": "runs2"}, {"insert": "runs2", "documents": [{"_id": 1}], "writeConcern": 5}]"#,
+    )
+    .file("000001_runs.down.json", r#"[{"drop": "runs2"}]"#);
+    let run = cmd("up", &db, bad.path(), &[]).await;
+    assert!(
+        run.code != 0 && run.stderr.contains("command #2 (`insert`): `writeConcern` must be a document, not 5"),
+        "{run:?}"
+    );
+    assert!(db.history().await.is_empty() && !db.has_table("runs2").await, "nothing ran");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_trigger_and_validator_really_work() {
     // The MySQL trigger split out of its DELIMITER block fires.

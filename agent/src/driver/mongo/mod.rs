@@ -99,12 +99,7 @@ impl MongoDriver {
 
     async fn run(&self, statement: &Statement, session: Option<&mut ClientSession>) -> Result<u64, DriverError> {
         let (command, db) = self.command(statement)?;
-        let reply = match session {
-            Some(s) => db.run_command(command).session(s).await,
-            None => db.run_command(command).await,
-        }
-        .map_err(mongo_error)?;
-        write_outcome(&reply)
+        send(command, &db, session).await
     }
 
     async fn apply_change(&self, change: &HistoryChange, session: &mut ClientSession) -> Result<(), DriverError> {
@@ -184,7 +179,7 @@ impl MongoDriver {
     }
 
     /// One command and the history change in one transaction of `session`, without the fence: the lease is the
-    /// stepwise run's, renewed in the background.
+    /// stepwise run's, renewed in the background. The command's own write concern, if any, is the commit's.
     async fn recorded_in(
         &self,
         session: &mut ClientSession,
@@ -192,8 +187,15 @@ impl MongoDriver {
         change: &HistoryChange,
     ) -> Result<u64, AtomicError> {
         let at_commit = |error| AtomicError { statement: None, error };
-        session.start_transaction().await.map_err(|e| at_commit(mongo_error(e)))?;
-        let rows = match self.run(statement, Some(session)).await {
+        let at_statement = |error| AtomicError { statement: Some(0), error };
+        let (mut command, db) = self.command(statement).map_err(at_statement)?;
+        let concern = take_write_concern(&mut command).map_err(at_statement)?;
+        let started = match concern {
+            Some(concern) => session.start_transaction().write_concern(concern).await,
+            None => session.start_transaction().await,
+        };
+        started.map_err(|e| at_commit(mongo_error(e)))?;
+        let rows = match send(command, &db, Some(session)).await {
             Ok(n) => n,
             Err(error) => {
                 let _ = session.abort_transaction().await;
@@ -218,6 +220,28 @@ impl MongoDriver {
 impl Drop for MongoDriver {
     fn drop(&mut self) {
         self.stop_keepalive();
+    }
+}
+
+/// Sends a command, in `session` (and its transaction) when given; the rows it wrote.
+async fn send(command: Document, db: &Database, session: Option<&mut ClientSession>) -> Result<u64, DriverError> {
+    let reply = match session {
+        Some(s) => db.run_command(command).session(s).await,
+        None => db.run_command(command).await,
+    }
+    .map_err(mongo_error)?;
+    write_outcome(&reply)
+}
+
+/// Takes a command's own `writeConcern` off it: a command in a transaction may not carry one, and the transaction's
+/// commit carries it instead, so the write is as durable as the script asked.
+fn take_write_concern(command: &mut Document) -> Result<Option<mongodb::options::WriteConcern>, DriverError> {
+    match command.remove("writeConcern") {
+        None => Ok(None),
+        Some(Bson::Document(concern)) => {
+            bson::from_document(concern).map(Some).map_err(|e| DriverError::Database(format!("writeConcern: {e}")))
+        }
+        Some(other) => Err(DriverError::Database(format!("writeConcern must be a document, not {other}"))),
     }
 }
 
@@ -325,32 +349,6 @@ fn parse_doc(d: &Document) -> Result<AppliedMigration, DriverError> {
     })
 }
 
-/// Whether a script can run in one transaction with its history write (MongoDB 4.4 and later): row changes,
-/// creating a plain collection, and creating indexes on a collection the script itself created (a transaction
-/// cannot build an index on a collection that existed before it). Such a script is all or nothing, and its
-/// commands wait for one journal commit instead of one each. Anything else (drops, renames, `collMod`, capped
-/// collections, views, a command with a write concern of its own) runs command by command.
-fn fits_one_transaction(statements: &[Statement]) -> bool {
-    let mut created = std::collections::HashSet::new();
-    statements.iter().all(|s| {
-        let Statement::Command { command: serde_json::Value::Object(map), name, .. } = s else { return false };
-        if map.contains_key("writeConcern") {
-            return false; // a command in a transaction may not carry one
-        }
-        let collection = map.get(name.as_str()).and_then(serde_json::Value::as_str);
-        match name.as_str() {
-            "insert" | "update" | "delete" => true,
-            "create" => {
-                const PLAIN: [&str; 5] = ["create", "validator", "validationLevel", "validationAction", "comment"];
-                map.keys().all(|k| PLAIN.contains(&k.as_str()))
-                    && collection.is_some_and(|c| created.insert(c.to_string()))
-            }
-            "createIndexes" => collection.is_some_and(|c| created.contains(c)),
-            _ => false,
-        }
-    })
-}
-
 /// The lease document's `_id` in `flotilla_lock` holding the highest fencing token seen.
 const FENCE_ID: &str = "fence";
 
@@ -361,7 +359,10 @@ impl Driver for MongoDriver {
     }
 
     fn can_run_atomically(&self, statements: &[Statement]) -> bool {
-        fits_one_transaction(statements)
+        flotilla_core::mongo::fits_one_transaction(statements.iter().map(|s| match s {
+            Statement::Command { name, command, .. } => (name.as_str(), command),
+            Statement::Sql { .. } => ("", &serde_json::Value::Null),
+        }))
     }
 
     async fn lock(&mut self, owner: &str, timeout: Duration) -> Result<(), DriverError> {
@@ -508,41 +509,5 @@ impl Driver for MongoDriver {
         // `shutdown` waits until every session of the client is dropped: ours first.
         self.session = None;
         self.client.clone().shutdown().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn script(commands: &str) -> Vec<Statement> {
-        let values: Vec<serde_json::Value> = serde_json::from_str(commands).expect("JSON array");
-        values
-            .into_iter()
-            .map(|command| {
-                let name = command.as_object().and_then(|m| m.keys().next().cloned()).unwrap_or_default();
-                Statement::Command { command, name, line: 1 }
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_new_collection_with_its_indexes_and_rows_fits_one_transaction() {
-        let fits = |commands: &str| fits_one_transaction(&script(commands));
-        assert!(fits(r#"[{"insert": "a", "documents": [{"_id": 1}]}, {"delete": "a", "deletes": []}]"#));
-        assert!(fits(
-            r#"[{"create": "a", "validator": {"$jsonSchema": {}}}, {"createIndexes": "a", "indexes": []},
-                {"insert": "a", "documents": [{"_id": 1}]}]"#
-        ));
-        // An index on a collection that existed before: built outside a transaction.
-        assert!(!fits(r#"[{"createIndexes": "a", "indexes": []}]"#));
-        assert!(!fits(r#"[{"create": "b"}, {"createIndexes": "a", "indexes": []}]"#));
-        // Capped collections, views, the same collection twice, other DDL, an explicit write concern.
-        assert!(!fits(r#"[{"create": "a", "capped": true, "size": 4096}]"#));
-        assert!(!fits(r#"[{"create": "v", "viewOn": "a", "pipeline": []}]"#));
-        assert!(!fits(r#"[{"create": "a"}, {"create": "a"}]"#));
-        assert!(!fits(r#"[{"create": "a"}, {"drop": "a"}]"#));
-        assert!(!fits(r#"[{"collMod": "a"}]"#));
-        assert!(!fits(r#"[{"insert": "a", "documents": [], "writeConcern": {"w": 1}}]"#));
     }
 }
