@@ -18,6 +18,8 @@
 //!     bench/fleet                          (builds the release binaries, starts the servers, runs this)
 //!     BENCH_SCENARIOS=pg-durable:100:1,pg:1000:1 bench/fleet
 //!
+//! The agent keeps every target's connection warm (`max_idle` = N + 16) unless BENCH_MAX_IDLE sets it.
+//!
 //! Scenarios are `SERVER:N:AGENTS`; servers: `pg` and `mysql` (the test servers: fsync off), `pg-durable` and
 //! `mysql-durable` (their normal durability: `tests/servers.sh start durable`), `mongo`.
 
@@ -276,7 +278,10 @@ async fn fleet(s: &Scenario, urls: &[String], dir: &std::path::Path) -> FleetRun
     let agents: Vec<(String, String)> = (1..=s.agents).map(|i| (format!("agent-{i}"), "*".to_string())).collect();
     let globs: Vec<(&str, &str)> = agents.iter().map(|(a, g)| (a.as_str(), g.as_str())).collect();
     let mut fleet = Fleet::start(&globs, Some(etcd_url()), 10).await;
-    fleet.agent_config = format!("[connections]\nmax_idle = {}\nidle_secs = 300\n", s.n + 16);
+    // Every target's connection kept warm for the no-op re-run, unless BENCH_MAX_IDLE says how many (the agent's
+    // default is 64).
+    let max_idle = std::env::var("BENCH_MAX_IDLE").ok().and_then(|v| v.parse().ok()).unwrap_or(s.n + 16);
+    fleet.agent_config = format!("[connections]\nmax_idle = {max_idle}\nidle_secs = 300\n");
     let targets: Vec<FleetTarget> = urls
         .iter()
         .enumerate()
