@@ -5,7 +5,7 @@
 //! and MongoDB: each statement on its own), and (b) by Flotilla's executor (lock, history, checksums, progress).
 //! Each figure is the median of five runs, each on a fresh database. Run with `tests/servers.sh start` first:
 //!
-//!     cargo bench -p flotilla-tests --bench apply        (BENCH_ENGINES=sqlite,postgres to choose)
+//!     cargo bench -p flotilla-tests --bench apply        (BENCH_ENGINES=sqlite,postgres,mysql,mongodb,mongodb-cmd to choose)
 
 use std::time::{Duration, Instant};
 
