@@ -439,6 +439,22 @@ impl Dir {
         self.file(&format!("{version:06}_{name}.up.{ext}"), up);
         self.file(&format!("{version:06}_{name}.down.{ext}"), down)
     }
+
+    /// A MongoDB set whose migration 2 runs command by command: migration 1 creates collection `runs`, and migration
+    /// 2 builds an index on it (which a transaction may not do), then runs `commands` (JSON commands, comma-separated).
+    pub fn mongo_stepwise(commands: &str) -> Dir {
+        let dir = Dir::new();
+        dir.migration(Mongodb, 1, "runs", r#"[{"create": "runs"}]"#, r#"[{"drop": "runs"}]"#).migration(
+            Mongodb,
+            2,
+            "rows",
+            &format!(
+                r#"[{{"createIndexes": "runs", "indexes": [{{"key": {{"v": 1}}, "name": "runs_v"}}]}}, {commands}]"#
+            ),
+            r#"[{"dropIndexes": "runs", "index": "runs_v"}]"#,
+        );
+        dir
+    }
 }
 
 impl Default for Dir {

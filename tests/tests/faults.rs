@@ -481,16 +481,10 @@ async fn mongodb_killed_mid_migration_leaves_it_dirty_at_the_command_it_reached(
     let url = server.database("shop").await;
     let db = TestDb::on(flotilla_core::Engine::Mongodb, &url);
     let fleet = fleet_on("mo-01", &url, None).await;
-    let dir = Dir::new();
-    dir.file("000001_runs.up.json", r#"[{"create": "runs"}]"#)
-        .file("000001_runs.down.json", r#"[{"drop": "runs"}]"#)
-        .file(
-            "000002_slow.up.json",
-            r#"[{"createIndexes": "runs", "indexes": [{"key": {"v": 1}, "name": "runs_v"}]},
-                {"insert": "runs", "documents": [{"_id": 1}]},
-                {"update": "runs", "updates": [{"q": {"$where": "sleep(3000) || true"}, "u": {"$set": {"slow": true}}}]}]"#,
-        )
-        .file("000002_slow.down.json", r#"[{"dropIndexes": "runs", "index": "runs_v"}]"#);
+    let dir = Dir::mongo_stepwise(
+        r#"{"insert": "runs", "documents": [{"_id": 1}]},
+           {"update": "runs", "updates": [{"q": {"$where": "sleep(3000) || true"}, "u": {"$set": {"slow": true}}}]}"#,
+    );
     let first = fleet.create(dir.path(), &["--to", "1"]).await;
     fleet.wait_state(&first, "succeeded").await;
     let id = fleet.create(dir.path(), &["--max-failures", "0"]).await;

@@ -100,16 +100,10 @@ async fn mongo_json_on_mongodb() {
 #[tokio::test(flavor = "multi_thread")]
 async fn mongodb_row_changes_with_their_own_write_concern_apply() {
     let db = TestDb::new(Mongodb).await;
-    let dir = Dir::new();
-    dir.file("000001_runs.up.json", r#"[{"create": "runs"}]"#)
-        .file("000001_runs.down.json", r#"[{"drop": "runs"}]"#)
-        .file(
-            "000002_rows.up.json",
-            r#"[{"createIndexes": "runs", "indexes": [{"key": {"v": 1}, "name": "runs_v"}]},
-                {"insert": "runs", "documents": [{"_id": 1, "v": 1}], "writeConcern": {"w": "majority", "j": true}},
-                {"update": "runs", "updates": [{"q": {}, "u": {"$set": {"v": 2}}}], "writeConcern": {"w": 1}}]"#,
-        )
-        .file("000002_rows.down.json", r#"[{"delete": "runs", "deletes": [{"q": {}, "limit": 0}]}]"#);
+    let dir = Dir::mongo_stepwise(
+        r#"{"insert": "runs", "documents": [{"_id": 1, "v": 1}], "writeConcern": {"w": "majority", "j": true}},
+           {"update": "runs", "updates": [{"q": {}, "u": {"$set": {"v": 2}}}], "writeConcern": {"w": 1}}"#,
+    );
     cmd("up", &db, dir.path(), &[]).await.ok();
     assert_eq!(
         db.history().await.iter().map(|(v, s, _)| (*v, s.as_str())).collect::<Vec<_>>(),
