@@ -82,6 +82,8 @@ pub(super) async fn take(
     // Expiry is judged by the server's clock ($$NOW), never a client's: a runner whose clock is ahead must not see a
     // live lease as expired.
     let expired = doc! { "$expr": { "$lt": ["$expires_at", "$$NOW"] } };
+    // Ending another runner's session is tried until it is refused once (another user's session needs a privilege).
+    let mut may_end = true;
     loop {
         let taken = locks
             .find_one_and_update(
@@ -92,7 +94,9 @@ pub(super) async fn take(
             .await;
         match taken {
             Ok(Some(before)) => {
-                end_abandoned(locks, admin, &before, owner, ttl).await;
+                if may_end {
+                    end_abandoned(locks, admin, &before, owner, ttl).await;
+                }
                 break;
             }
             // None, or held by a live runner. (An upsert may not filter with $expr: the document is created, already
@@ -109,8 +113,8 @@ pub(super) async fn take(
             // gone (a live one renews it).
             Err(e) if code_of(&e) == Some(MAX_TIME_EXPIRED) => {
                 let lapsed = doc! { "_id": LOCK_ID, "$expr": { "$lt": ["$expires_at", "$$NOW"] } };
-                if let Some(before) = locks.find_one(lapsed).await.map_err(mongo_error)? {
-                    end_abandoned(locks, admin, &before, owner, ttl).await;
+                if let Some(before) = locks.find_one(lapsed).await.map_err(mongo_error)?.filter(|_| may_end) {
+                    may_end = end_abandoned(locks, admin, &before, owner, ttl).await;
                 }
             }
             Err(e) => return Err(mongo_error(e)),
@@ -164,24 +168,42 @@ fn keep_alive(locks: Collection<Document>, owner: &str, ttl: Duration) -> HeldLe
 /// Ends the session named in `lease`, an expired lease of another runner whose heartbeat has expired too: a
 /// transaction that runner left open would otherwise hold the lease document and what its migration touched until the
 /// server's transaction time limit. A runner whose heartbeat is fresh is alive, in a long transaction: left alone.
-async fn end_abandoned(locks: &Collection<Document>, admin: &Database, lease: &Document, owner: &str, ttl: Duration) {
-    let (Ok(previous), Ok(session)) = (lease.get_str("owner"), lease.get_document("session")) else { return };
+/// `false` when the server refused to end the session: trying again would only be refused again.
+async fn end_abandoned(
+    locks: &Collection<Document>,
+    admin: &Database,
+    lease: &Document,
+    owner: &str,
+    ttl: Duration,
+) -> bool {
+    let (Ok(previous), Ok(session)) = (lease.get_str("owner"), lease.get_document("session")) else { return true };
     if previous == owner {
-        return;
+        return true;
     }
     let beating = doc! { "_id": ALIVE_ID, "owner": previous, "$expr": { "$gt": ["$expires_at", "$$NOW"] } };
     match locks.find_one(beating).max_time(ttl).await {
         Ok(None) => {}
-        Ok(Some(_)) => return,
+        Ok(Some(_)) => return true,
         Err(e) => {
             tracing::warn!(previous, error = %e, "could not read the heartbeat of the runner whose lease expired");
-            return;
+            return true;
         }
     }
     match admin.run_command(doc! { "killSessions": [session.clone()] }).await {
-        Ok(_) => tracing::info!(previous, "ended the session of the runner whose lease expired"),
+        Ok(_) => {
+            tracing::info!(previous, "ended the session of the runner whose lease expired");
+            true
+        }
         // Another database user's session needs the killAnySession privilege: without it, an abandoned transaction
         // ends only by the server's transaction time limit.
-        Err(e) => tracing::warn!(previous, error = %e, "could not end the session of the runner whose lease expired"),
+        Err(e) => {
+            tracing::warn!(
+                previous,
+                error = %e,
+                "could not end the session of the runner whose lease expired; its open transaction, if any, ends by \
+                 the server's transaction time limit"
+            );
+            false
+        }
     }
 }
