@@ -145,25 +145,38 @@ impl MongoDriver {
         }
     }
 
-    /// The script, the fence and the history change in one transaction of `session`.
-    async fn atomic_in(
+    /// `statements`, then the history change, in one transaction of `session`; with `fence`, the lease is extended
+    /// inside it first: if another runner took it, nothing matches and the transaction aborts, and a runner trying to
+    /// take it meanwhile waits for (or conflicts with) this transaction, ending it only if our lease expired
+    /// (`lease`). A command's own write concern, which a command in a transaction may not carry, is the commit's.
+    async fn in_transaction(
         &self,
         session: &mut ClientSession,
         statements: &[Statement],
+        fence: bool,
         change: &(dyn Fn() -> HistoryChange + Send + Sync),
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError> {
         let at_commit = |error| AtomicError { statement: None, error };
-        session.start_transaction().await.map_err(|e| at_commit(mongo_error(e)))?;
-        // The fence: extend our lease inside the transaction. If another runner took it, nothing matches and we
-        // abort; if one tries to take it meanwhile, its write waits for (or conflicts with) this transaction, and
-        // ends it if our lease has expired (`lease`).
-        if let Err(error) = self.fence(session).await {
+        let (mut commands, mut concern) = (Vec::with_capacity(statements.len()), None);
+        for (i, statement) in statements.iter().enumerate() {
+            let at_statement = |error| AtomicError { statement: Some(i), error };
+            let (mut command, db) = self.command(statement).map_err(at_statement)?;
+            concern = take_write_concern(&mut command).map_err(at_statement)?.or(concern);
+            commands.push((command, db));
+        }
+        let started = match concern {
+            Some(concern) => session.start_transaction().write_concern(concern).await,
+            None => session.start_transaction().await,
+        };
+        started.map_err(|e| at_commit(mongo_error(e)))?;
+        let fenced = if fence { self.fence(session).await } else { Ok(()) };
+        if let Err(error) = fenced {
             let _ = session.abort_transaction().await;
             return Err(at_commit(error));
         }
-        for (i, statement) in statements.iter().enumerate() {
-            match self.run(statement, Some(session)).await {
+        for (i, (command, db)) in commands.into_iter().enumerate() {
+            match send(command, &db, Some(session)).await {
                 Ok(n) => on_done(i, n),
                 Err(error) => {
                     let _ = session.abort_transaction().await;
@@ -176,38 +189,6 @@ impl MongoDriver {
             return Err(at_commit(error));
         }
         session.commit_transaction().await.map_err(|e| at_commit(mongo_error(e)))
-    }
-
-    /// One command and the history change in one transaction of `session`, without the fence: the lease is the
-    /// stepwise run's, renewed in the background. The command's own write concern, if any, is the commit's.
-    async fn recorded_in(
-        &self,
-        session: &mut ClientSession,
-        statement: &Statement,
-        change: &HistoryChange,
-    ) -> Result<u64, AtomicError> {
-        let at_commit = |error| AtomicError { statement: None, error };
-        let at_statement = |error| AtomicError { statement: Some(0), error };
-        let (mut command, db) = self.command(statement).map_err(at_statement)?;
-        let concern = take_write_concern(&mut command).map_err(at_statement)?;
-        let started = match concern {
-            Some(concern) => session.start_transaction().write_concern(concern).await,
-            None => session.start_transaction().await,
-        };
-        started.map_err(|e| at_commit(mongo_error(e)))?;
-        let rows = match send(command, &db, Some(session)).await {
-            Ok(n) => n,
-            Err(error) => {
-                let _ = session.abort_transaction().await;
-                return Err(AtomicError { statement: Some(0), error });
-            }
-        };
-        if let Err(error) = self.apply_change(change, session).await {
-            let _ = session.abort_transaction().await;
-            return Err(at_commit(error));
-        }
-        session.commit_transaction().await.map_err(|e| at_commit(mongo_error(e)))?;
-        Ok(rows)
     }
 
     fn stop_keepalive(&mut self) -> Option<HeldLease> {
@@ -468,13 +449,19 @@ impl Driver for MongoDriver {
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError> {
         let mut session = self.take_session().await.map_err(|error| AtomicError { statement: None, error })?;
-        let done = self.atomic_in(&mut session, statements, change, on_done).await;
+        let done = self.in_transaction(&mut session, statements, true, change, on_done).await;
         self.put_back(session, done)
     }
 
     async fn execute_recorded(&mut self, statement: &Statement, change: HistoryChange) -> Result<u64, AtomicError> {
         let mut session = self.take_session().await.map_err(|error| AtomicError { statement: None, error })?;
-        let done = self.recorded_in(&mut session, statement, &change).await;
+        // Without the fence: the lease is the stepwise run's, renewed in the background.
+        let mut rows = 0;
+        let done = {
+            let (change, mut count) = (|| change.clone(), |_, n| rows = n);
+            self.in_transaction(&mut session, std::slice::from_ref(statement), false, &change, &mut count).await
+        };
+        let done = done.map(|()| rows);
         self.put_back(session, done)
     }
 
