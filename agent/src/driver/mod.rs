@@ -111,7 +111,16 @@ pub trait Driver: Send {
 
     async fn write_record(&mut self, record: &AppliedMigration) -> Result<(), DriverError>;
 
-    /// Records that `done` statements of a dirty migration have committed.
+    /// Writes the dirty record a stepwise run starts with. Only the statements after it make it matter, and the
+    /// servers' logs are ordered: the first statement that commits durably makes this write durable too. So a driver
+    /// may skip waiting for it on its own (MongoDB does: each such wait is a journal flush); by default it is
+    /// [`Driver::write_record`].
+    async fn mark_started(&mut self, record: &AppliedMigration) -> Result<(), DriverError> {
+        self.write_record(record).await
+    }
+
+    /// Records that `done` statements of a dirty migration have committed. Called before the next statement runs,
+    /// never after the last: like [`Driver::mark_started`], it need not be durable before that statement is.
     async fn set_progress(&mut self, version: Version, done: u32) -> Result<(), DriverError>;
 
     async fn delete_record(&mut self, version: Version) -> Result<(), DriverError>;

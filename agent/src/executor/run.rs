@@ -192,7 +192,7 @@ impl Executor {
         let total = step.statements.len();
         let dirty = |done: usize, error: Option<String>| dirty(step, done, error);
         self.driver.check_lock().await?;
-        self.driver.write_record(&self.record(m, dirty(from, None), 0)).await?;
+        self.driver.mark_started(&self.record(m, dirty(from, None), 0)).await?;
         // A script that opens transactions of its own keeps them: its statements run as written.
         let own_transactions =
             step.statements.iter().any(|s| matches!(s, Statement::Sql { text, .. } if is_transaction_control(text)));

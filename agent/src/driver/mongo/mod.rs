@@ -214,6 +214,15 @@ async fn send(command: Document, db: &Database, session: Option<&mut ClientSessi
     write_outcome(&reply)
 }
 
+/// The write concern of a record written ahead of a command (`Driver::mark_started`, `Driver::set_progress`):
+/// acknowledged by the primary, without waiting for the journal or the majority. The oplog is ordered, so the next
+/// command to be majority-committed (the server's default write concern) or the run's final record carries this
+/// write with it. A crash before then may lose it, but then nothing after it was durable either: the record is
+/// never behind a command that survived.
+fn ahead_of_next_command() -> mongodb::options::WriteConcern {
+    mongodb::options::WriteConcern::builder().w(mongodb::options::Acknowledgment::Nodes(1)).journal(false).build()
+}
+
 /// Takes a command's own `writeConcern` off it: a command in a transaction may not carry one, and the transaction's
 /// commit carries it instead, so the write is as durable as the script asked.
 fn take_write_concern(command: &mut Document) -> Result<Option<mongodb::options::WriteConcern>, DriverError> {
@@ -422,9 +431,20 @@ impl Driver for MongoDriver {
             .map_err(mongo_error)
     }
 
+    async fn mark_started(&mut self, record: &AppliedMigration) -> Result<(), DriverError> {
+        self.history
+            .replace_one(doc! { "_id": version_id(record.version) }, record_doc(record))
+            .upsert(true)
+            .write_concern(ahead_of_next_command())
+            .await
+            .map(drop)
+            .map_err(mongo_error)
+    }
+
     async fn set_progress(&mut self, version: Version, done: u32) -> Result<(), DriverError> {
         self.history
             .update_one(doc! { "_id": version_id(version) }, doc! { "$set": { "statements_done": i64::from(done) } })
+            .write_concern(ahead_of_next_command())
             .await
             .map(drop)
             .map_err(mongo_error)
