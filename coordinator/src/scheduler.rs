@@ -103,24 +103,32 @@ impl Coordinator {
     /// its step goes back to pending, to be reconciled from the target's history table when it runs again.
     async fn renew_leases(&self, targets: &HashMap<String, String>) -> Result<()> {
         let ttl = self.config.lease_ttl;
-        let mut due = Vec::new();
+        let mut by_plan: HashMap<String, Vec<Lease>> = HashMap::new();
         for ((plan_id, target), lease, renewed) in self.held_leases() {
             let connected = targets.get(&target).is_some_and(|agent| self.is_connected(agent));
             if connected {
-                if renewed.elapsed() < ttl / 3 {
-                    continue;
+                if renewed.elapsed() >= ttl / 3 {
+                    by_plan.entry(plan_id).or_default().push(lease);
                 }
-                // A lock outliving its step (whatever the race) is given back rather than renewed.
-                if self.store.step(&plan_id, &target).await?.is_none_or(|s| s.state.is_done()) {
-                    self.release(&plan_id, &target).await;
-                    continue;
-                }
-                due.push((plan_id, lease));
             } else if renewed.elapsed() >= ttl {
                 // The store first, then the lock: a step never looks in flight without a lock held for it, which
                 // is what a coordinator that restarted would see.
                 self.reconcile(&plan_id, &target, "its agent went away and the step's lock expired").await?;
                 self.release(&plan_id, &target).await;
+            }
+        }
+        let mut due = Vec::new();
+        for (plan_id, leases) in by_plan {
+            // A lock outliving its step (whatever the race) is given back rather than renewed. One read per plan.
+            let names: Vec<&str> = leases.iter().map(|l| l.target.as_str()).collect();
+            let steps = self.store.steps_of(&plan_id, &names).await?;
+            let live: HashSet<&str> = steps.iter().filter(|s| !s.state.is_done()).map(|s| s.target.as_str()).collect();
+            for lease in leases {
+                if live.contains(lease.target.as_str()) {
+                    due.push((plan_id.clone(), lease));
+                } else {
+                    self.release(&plan_id, &lease.target).await;
+                }
             }
         }
         // Every lock due, in one go.

@@ -25,6 +25,7 @@ on_every_store!(
     restart_loses_nothing,
     approvals_versions_and_tokens,
     counts_and_pages_of_steps,
+    several_targets_steps_in_one_call,
     a_batch_of_assignments_is_one_transaction_of_compare_and_sets,
     facts_from_agents_are_recorded_in_order_each_by_its_compare_and_set,
     a_batch_of_many_events_keeps_each_plans_order_and_numbers,
@@ -341,6 +342,29 @@ async fn counts_and_pages_of_steps(engine: Engine) {
     let running = store.steps_in_state("p1", StepState::Running, None, None, 100).await.expect("running");
     assert_eq!(names(running), ["db-05"]);
     assert!(store.steps_in_state("p1", StepState::Failed, None, None, 100).await.expect("failed").is_empty());
+}
+
+/// Several targets' steps in one call (the scheduler's check of the locks it renews): only that plan's, only those
+/// asked for, over more targets than one query's list holds.
+async fn several_targets_steps_in_one_call(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = SqlStore::open(&db.url).await.expect("open");
+    let names: Vec<String> = (0..1_200).map(|i| format!("db-{i:04}")).collect();
+    let steps: Vec<Step> = names.iter().map(|n| step("p1", n, 1)).collect();
+    store.create_plan(&plan("p1"), &steps).await.expect("create");
+    store.create_plan(&plan("p2"), &[step("p2", "db-0001", 1)]).await.expect("create");
+    assert!(store
+        .set_step_state("p1", "db-0001", StepState::Pending, StepState::Assigned, Some(7), None)
+        .await
+        .expect("cas"));
+
+    let mut got = store.steps_of("p1", &["db-0001", "db-0003", "db-9999"]).await.expect("steps");
+    got.sort_by(|a, b| a.target.cmp(&b.target));
+    let got: Vec<(&str, StepState)> = got.iter().map(|s| (s.target.as_str(), s.state)).collect();
+    assert_eq!(got, [("db-0001", StepState::Assigned), ("db-0003", StepState::Pending)], "p2's db-0001 is not p1's");
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert_eq!(store.steps_of("p1", &all).await.expect("all").len(), 1_200);
+    assert!(store.steps_of("p1", &[]).await.expect("none").is_empty());
 }
 
 /// Steps assigned in a batch: each still pending moves under its own token with its event; one no longer pending is

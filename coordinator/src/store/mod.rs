@@ -92,6 +92,9 @@ pub trait Store: Send + Sync {
 
     async fn steps(&self, plan_id: &str) -> Result<Vec<Step>, StoreError>;
     async fn step(&self, plan_id: &str, target: &str) -> Result<Option<Step>, StoreError>;
+    /// Several targets' steps of one plan, in one query per 500 targets (a target the plan has no step for is left
+    /// out), in no particular order.
+    async fn steps_of(&self, plan_id: &str, targets: &[&str]) -> Result<Vec<Step>, StoreError>;
     /// How many of a plan's steps each wave has in each state: what the scheduler decides on, counted by the database
     /// so a pass over a plan of thousands of targets reads a few rows, not thousands.
     async fn step_counts(&self, plan_id: &str) -> Result<Vec<StepCount>, StoreError>;

@@ -262,6 +262,19 @@ impl Store for SqlStore {
         rows.first().map(step_from).transpose()
     }
 
+    async fn steps_of(&self, plan_id: &str, targets: &[&str]) -> Result<Vec<Step>, StoreError> {
+        let mut steps = Vec::with_capacity(targets.len());
+        for chunk in targets.chunks(500) {
+            let list = vec!["?"; chunk.len()].join(", ");
+            let sql = self.sql(&format!("SELECT {STEP_COLUMNS} FROM steps WHERE plan_id = ? AND target IN ({list})"));
+            let query = chunk.iter().fold(sqlx::query(&sql).bind(plan_id.to_string()), |q, t| q.bind(t.to_string()));
+            for row in query.fetch_all(&self.pool).await.map_err(db)? {
+                steps.push(step_from(&row)?);
+            }
+        }
+        Ok(steps)
+    }
+
     async fn all_step_counts(&self) -> Result<BTreeMap<String, Vec<StepCount>>, StoreError> {
         let rows = sqlx::query(
             "SELECT wave, state, count(*), plan_id FROM steps GROUP BY plan_id, wave, state ORDER BY plan_id, wave, state",
