@@ -18,6 +18,8 @@
 //!     bench/fleet                          (builds the release binaries, starts the servers, runs this)
 //!     BENCH_SCENARIOS=pg-durable:100:1,pg:1000:1 bench/fleet
 //!
+//! BENCH_ONLY=fleet runs the fleet alone (no loops), for a quick look at its time and memory.
+//!
 //! The agent keeps every target's connection warm (`max_idle` = N + 16) unless BENCH_MAX_IDLE sets it.
 //!
 //! Scenarios are `SERVER:N:AGENTS`; servers: `pg` and `mysql` (the test servers: fsync off), `pg-durable` and
@@ -272,6 +274,9 @@ struct FleetRun {
     etcd_noop: u64,
     coordinator_mib: f64,
     agent_mib: f64,
+    /// The largest agent's anonymous (heap, stacks) and file-backed (the binary's pages) RSS after the no-op re-run.
+    agent_anon_mib: f64,
+    agent_file_mib: f64,
 }
 
 async fn fleet(s: &Scenario, urls: &[String], dir: &std::path::Path) -> FleetRun {
@@ -309,6 +314,11 @@ async fn fleet(s: &Scenario, urls: &[String], dir: &std::path::Path) -> FleetRun
     let rss = |name: &str| pids.iter().filter(|(n, _)| n.starts_with(name)).map(|(_, p)| peak_rss_mib(*p)).collect();
     let coordinator: Vec<f64> = rss("coordinator");
     let agents_rss: Vec<f64> = rss("agent");
+    let largest = pids
+        .iter()
+        .filter(|(n, _)| n.starts_with("agent"))
+        .max_by(|a, b| peak_rss_mib(a.1).total_cmp(&peak_rss_mib(b.1)));
+    let (agent_anon_mib, agent_file_mib) = largest.map(|(_, p)| rss_parts_mib(*p)).unwrap_or_default();
     fleet.stop().await;
     FleetRun {
         rollout: rollout_time,
@@ -317,6 +327,8 @@ async fn fleet(s: &Scenario, urls: &[String], dir: &std::path::Path) -> FleetRun
         etcd_noop,
         coordinator_mib: coordinator.iter().copied().fold(0.0, f64::max),
         agent_mib: agents_rss.iter().copied().fold(0.0, f64::max),
+        agent_anon_mib,
+        agent_file_mib,
     }
 }
 
@@ -356,21 +368,22 @@ async fn scenario(s: Scenario, runs: usize) {
     let urls: Vec<String> = dbs.iter().map(|d| d.url.clone()).collect();
     let dir = migrations(s.engine);
     let (mut loops, mut bares, mut executors, mut fleets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let fleet_only = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "fleet");
     for _ in 0..runs {
-        let shell = tokio::task::block_in_place(|| shell_loop(s.engine, &urls));
-        if let Some(d) = shell {
-            loops.push(d);
+        if !fleet_only {
+            let shell = tokio::task::block_in_place(|| shell_loop(s.engine, &urls));
+            if let Some(d) = shell {
+                loops.push(d);
+                reset(s.engine, &urls).await;
+            }
+            bares.push(bare(s.engine, &urls).await);
+            reset(s.engine, &urls).await;
+            executors.push(executor_only(&urls, dir.path()).await);
             reset(s.engine, &urls).await;
         }
-        bares.push(bare(s.engine, &urls).await);
-        reset(s.engine, &urls).await;
-        executors.push(executor_only(&urls, dir.path()).await);
-        reset(s.engine, &urls).await;
         fleets.push(fleet(&s, &urls, dir.path()).await);
         reset(s.engine, &urls).await;
     }
-    let b = median(bares);
-    let e = median(executors);
     let f = median(fleets.iter().map(|r| r.rollout).collect());
     let z = median(fleets.iter().map(|r| r.noop).collect());
     let mid = |v: Vec<f64>| {
@@ -384,9 +397,14 @@ async fn scenario(s: Scenario, runs: usize) {
         println!("  shell loop (one client per database, xargs -P {PARALLEL}): {}", secs(l));
         println!("  fleet / shell loop:                               {:.2}x", f.as_secs_f64() / l.as_secs_f64());
     }
-    println!("  bare loop (the databases' own work):              {}", secs(b));
-    println!("  executor only:                                    {}  ({:+.0}% over bare)", secs(e), pct(e, b));
-    println!("  fleet, submit to finished:                        {}  ({:+.0}% over bare)", secs(f), pct(f, b));
+    if fleet_only {
+        println!("  fleet, submit to finished:                        {}", secs(f));
+    } else {
+        let (b, e) = (median(bares), median(executors));
+        println!("  bare loop (the databases' own work):              {}", secs(b));
+        println!("  executor only:                                    {}  ({:+.0}% over bare)", secs(e), pct(e, b));
+        println!("  fleet, submit to finished:                        {}  ({:+.0}% over bare)", secs(f), pct(f, b));
+    }
     println!(
         "  fleet, no-op re-run:                              {}  ({:.2} ms per target)",
         secs(z),
@@ -398,9 +416,11 @@ async fn scenario(s: Scenario, runs: usize) {
         mid(fleets.iter().map(|r| r.etcd_noop as f64).collect())
     );
     println!(
-        "  peak RSS: coordinator {:.0} MiB, agent {:.0} MiB",
+        "  peak RSS: coordinator {:.0} MiB, agent {:.0} MiB (at the end: {:.0} MiB of heap, {:.0} MiB of mapped files)",
         mid(fleets.iter().map(|r| r.coordinator_mib).collect()),
-        mid(fleets.iter().map(|r| r.agent_mib).collect())
+        mid(fleets.iter().map(|r| r.agent_mib).collect()),
+        mid(fleets.iter().map(|r| r.agent_anon_mib).collect()),
+        mid(fleets.iter().map(|r| r.agent_file_mib).collect()),
     );
     println!();
 }

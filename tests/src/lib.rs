@@ -663,10 +663,19 @@ pub fn v(n: u64) -> flotilla_core::Version {
 
 /// Peak resident set size of a running process (`VmHWM`), in MiB; 0 if it cannot be read.
 pub fn peak_rss_mib(pid: u32) -> f64 {
+    proc_status_mib(pid, "VmHWM:")
+}
+
+/// A process's resident memory now, as (anonymous: heap and stacks, file-backed: its binary's and libraries' pages).
+pub fn rss_parts_mib(pid: u32) -> (f64, f64) {
+    (proc_status_mib(pid, "RssAnon:"), proc_status_mib(pid, "RssFile:"))
+}
+
+fn proc_status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0);
     kib / 1024.0
