@@ -481,3 +481,42 @@ async fn a_re_run_assigns_only_targets_not_at_the_goal() {
     }
     assert_eq!(steps(&plan)["pg-01"]["version_before"], 3, "{plan:#}");
 }
+
+/// An agent's MongoDB targets on one deployment share one client, so a rollout over sixteen tenant databases opens a
+/// handful of connections to the server (its monitor's, and a pool as wide as the work at once), not a monitor and a
+/// pool per database. Counted by the server itself, by the connections' application name.
+#[tokio::test(flavor = "multi_thread")]
+async fn mongodb_targets_on_one_deployment_share_one_client() {
+    let dbs = databases(Mongodb, 16).await;
+    let app = format!("flotilla-share-{:08x}", rand::random::<u32>());
+    let with_app = |url: &str| format!("{url}{}appName={app}", if url.contains('?') { '&' } else { '?' });
+    let targets: Vec<FleetTarget> = dbs
+        .iter()
+        .enumerate()
+        .map(|(i, db)| FleetTarget::new(&format!("mo-{:02}", i + 1), &with_app(&db.url), &[("env", "test")]))
+        .collect();
+    let mut fleet = Fleet::start(&[("agent-1", "mo-*")], Some(etcd_url()), 10).await;
+    fleet.start_agent("agent-1", &targets).await;
+    fleet.wait_targets(16).await;
+    let id = fleet.create(bundle().path(), &["--waves", "100%", "--parallel", "8"]).await;
+    fleet.wait_state(&id, "succeeded").await;
+    for db in &dbs {
+        assert_eq!(versions(&db.history().await), vec![1, 2, 3]);
+    }
+    // The agent keeps its drivers (and so the client) for a while after the plan: count its connections now.
+    let admin = dbs[0].mongo().await.client().database("admin");
+    let ops: Vec<bson::Document> = futures_util::TryStreamExt::try_collect(
+        admin
+            .aggregate([
+                bson::doc! { "$currentOp": { "allUsers": true, "idleConnections": true } },
+                bson::doc! { "$match": { "appName": &app } },
+            ])
+            .await
+            .expect("currentOp"),
+    )
+    .await
+    .expect("ops");
+    // Shared: two monitors' and a pool as wide as the checks at once (16), 12 when measured. A client each held
+    // three per database (its monitors' and one to work on): 48.
+    assert!((1..=18).contains(&ops.len()), "{} connections from the agent's {} targets", ops.len(), dbs.len());
+}

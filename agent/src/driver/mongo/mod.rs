@@ -9,13 +9,15 @@ use bson::{doc, Bson, Document};
 use flotilla_core::history::{HISTORY_TABLE, LOCK_TABLE};
 use flotilla_core::{AppliedMigration, Backfill, Checksum, Direction, Engine, Statement, Version};
 use futures_util::TryStreamExt;
-use mongodb::options::ClientOptions;
 use mongodb::{Client, ClientSession, Collection, Database};
 
 use super::{AtomicError, BackfillCursor, ConnectOptions, Driver, DriverError, HistoryChange};
 
+mod clients;
 mod lease;
 mod schema;
+
+use clients::SharedClient;
 
 use lease::{extend_lease, HeldLease, LOCK_ID};
 
@@ -26,6 +28,8 @@ const DUPLICATE_KEY: i32 = 11000;
 
 pub struct MongoDriver {
     client: Client,
+    /// This driver's use of `client`, which other targets on the same deployment share; given back on close.
+    shared: Option<SharedClient>,
     db: Database,
     history: Collection<Document>,
     locks: Collection<Document>,
@@ -40,14 +44,8 @@ pub struct MongoDriver {
 
 impl MongoDriver {
     pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Self, DriverError> {
-        let mut client_options = ClientOptions::parse(url).await.map_err(|e| DriverError::BadUrl(e.to_string()))?;
-        let name = client_options.default_database.clone().ok_or_else(|| {
-            DriverError::BadUrl("a MongoDB URL must name the database: mongodb://host:port/DATABASE".into())
-        })?;
-        client_options.app_name.get_or_insert_with(|| "flotilla".into());
-        client_options.server_selection_timeout.get_or_insert(options.connect_timeout);
-        client_options.connect_timeout.get_or_insert(options.connect_timeout);
-        let client = Client::with_options(client_options).map_err(|e| DriverError::Connect(e.to_string()))?;
+        let (shared, name) = SharedClient::get(url, options).await?;
+        let client = shared.client().clone();
         let db = client.database(&name);
         db.run_command(doc! { "ping": 1 }).await.map_err(|e| DriverError::Connect(e.to_string()))?;
         let session = client.start_session().await.map_err(|e| DriverError::Connect(e.to_string()))?;
@@ -56,6 +54,7 @@ impl MongoDriver {
             locks: db.collection(LOCK_TABLE),
             db,
             client,
+            shared: Some(shared),
             ttl: options.lock_ttl,
             lease: None,
             session: Some(session),
@@ -513,8 +512,10 @@ impl Driver for MongoDriver {
 
     async fn close(mut self: Box<Self>) {
         self.stop_keepalive();
-        // `shutdown` waits until every session of the client is dropped: ours first.
+        // The last user shuts the shared client down, which waits until every session of it is dropped: ours first.
         self.session = None;
-        self.client.clone().shutdown().await;
+        if let Some(shared) = self.shared.take() {
+            shared.close().await;
+        }
     }
 }
