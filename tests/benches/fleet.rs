@@ -18,7 +18,9 @@
 //!     bench/fleet                          (builds the release binaries, starts the servers, runs this)
 //!     BENCH_SCENARIOS=pg-durable:100:1,pg:1000:1 bench/fleet
 //!
-//! BENCH_ONLY=fleet runs the fleet alone (no loops), for a quick look at its time and memory.
+//! BENCH_ONLY=fleet runs the fleet alone (no loops), for a quick look at its time and memory. BENCH_STORE=postgres
+//! puts the coordinator's store on the test PostgreSQL server and prints the store's transactions and rows written
+//! per step (from PostgreSQL's own statistics); the default is the SQLite file.
 //!
 //! The agent keeps every target's connection warm (`max_idle` = N + 16) unless BENCH_MAX_IDLE sets it.
 //!
@@ -257,6 +259,24 @@ async fn executor_only(urls: &[String], dir: &std::path::Path) -> Duration {
     started.elapsed()
 }
 
+/// The store database's committed transactions (every query outside a transaction is one) and rows written, from
+/// PostgreSQL's own statistics; `None` on the SQLite store. A backend reports its counts when it goes idle, at least
+/// every 10 s: the wait lets the coordinator's connections report theirs.
+async fn store_work(db: Option<&TestDb>) -> Option<(i64, i64)> {
+    let db = db?;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let mut conn = db.sql().await;
+    let row: (i64, i64) = sqlx::query_as(
+        "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted FROM pg_stat_database
+          WHERE datname = current_database()",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("pg_stat_database");
+    let _ = conn.close().await;
+    Some(row)
+}
+
 /// etcd's count of requests it has handled, from its own metrics.
 fn etcd_requests() -> u64 {
     let out = std::process::Command::new("curl").args(["-s", &format!("{}/metrics", etcd_url())]).output();
@@ -272,6 +292,8 @@ struct FleetRun {
     noop: Duration,
     etcd_per_step: f64,
     etcd_noop: u64,
+    /// With BENCH_STORE=postgres: the store's transactions and rows written per step of the rollout.
+    store_per_step: Option<(f64, f64)>,
     coordinator_mib: f64,
     agent_mib: f64,
     /// The largest agent's anonymous (heap, stacks) and file-backed (the binary's pages) RSS after the no-op re-run.
@@ -282,7 +304,15 @@ struct FleetRun {
 async fn fleet(s: &Scenario, urls: &[String], dir: &std::path::Path) -> FleetRun {
     let agents: Vec<(String, String)> = (1..=s.agents).map(|i| (format!("agent-{i}"), "*".to_string())).collect();
     let globs: Vec<(&str, &str)> = agents.iter().map(|(a, g)| (a.as_str(), g.as_str())).collect();
-    let mut fleet = Fleet::start(&globs, Some(etcd_url()), 10).await;
+    // BENCH_STORE=postgres: the coordinator's store on the test PostgreSQL server, which counts its transactions.
+    let store_db = match std::env::var("BENCH_STORE").as_deref() {
+        Ok("postgres") => Some(TestDb::new(Postgres).await),
+        _ => None,
+    };
+    let mut fleet = match &store_db {
+        Some(db) => Fleet::start_on_store(&globs, Some(etcd_url()), 10, &db.url).await,
+        None => Fleet::start(&globs, Some(etcd_url()), 10).await,
+    };
     // Every target's connection kept warm for the no-op re-run, unless BENCH_MAX_IDLE says how many (the agent's
     // default is 64).
     let max_idle = std::env::var("BENCH_MAX_IDLE").ok().and_then(|v| v.parse().ok()).unwrap_or(s.n + 16);
@@ -300,11 +330,16 @@ async fn fleet(s: &Scenario, urls: &[String], dir: &std::path::Path) -> FleetRun
     let mut client = OperatorServiceClient::new(fleet.channel_as("admin").await);
     let bundle = Bundle::from_dir(dir).expect("bundle").to_json().into_bytes();
     rollout(&mut client, &bundle, 1, s.n).await;
+    let store_before = store_work(store_db.as_ref()).await;
     let etcd_before = etcd_requests();
     let started = Instant::now();
     rollout(&mut client, &bundle, 0, s.n).await;
     let rollout_time = started.elapsed();
     let etcd_rollout = etcd_requests() - etcd_before;
+    let store_per_step = store_work(store_db.as_ref())
+        .await
+        .zip(store_before)
+        .map(|(after, before)| ((after.0 - before.0) as f64 / s.n as f64, (after.1 - before.1) as f64 / s.n as f64));
     let etcd_before = etcd_requests();
     let started = Instant::now();
     rollout(&mut client, &bundle, 0, s.n).await;
@@ -324,6 +359,7 @@ async fn fleet(s: &Scenario, urls: &[String], dir: &std::path::Path) -> FleetRun
         rollout: rollout_time,
         noop,
         etcd_per_step: etcd_rollout as f64 / s.n as f64,
+        store_per_step,
         etcd_noop,
         coordinator_mib: coordinator.iter().copied().fold(0.0, f64::max),
         agent_mib: agents_rss.iter().copied().fold(0.0, f64::max),
@@ -415,6 +451,11 @@ async fn scenario(s: Scenario, runs: usize) {
         mid(fleets.iter().map(|r| r.etcd_per_step).collect()),
         mid(fleets.iter().map(|r| r.etcd_noop as f64).collect())
     );
+    if let Some((transactions, rows)) = fleets.iter().find_map(|r| r.store_per_step) {
+        println!(
+            "  store (PostgreSQL) per step (rollout, last run): {transactions:.1} transactions, {rows:.1} rows written"
+        );
+    }
     println!(
         "  peak RSS: coordinator {:.0} MiB, agent {:.0} MiB (at the end: {:.0} MiB of heap, {:.0} MiB of mapped files)",
         mid(fleets.iter().map(|r| r.coordinator_mib).collect()),
