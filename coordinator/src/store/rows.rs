@@ -8,6 +8,20 @@ use sqlx::Row;
 
 use super::{StepCount, StoreError};
 
+/// `items` in chunks for multi-row statements, each chunk's size the largest of `sizes` (largest first) that fits
+/// what is left, 1 at the least: a few statement shapes only, so each stays prepared on the connection.
+pub(super) fn shaped_chunks<'a, T>(mut items: &'a [T], sizes: &'a [usize]) -> impl Iterator<Item = &'a [T]> + 'a {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let n = sizes.iter().copied().find(|&n| n <= items.len()).unwrap_or(1);
+        let (chunk, rest) = items.split_at(n);
+        items = rest;
+        Some(chunk)
+    })
+}
+
 pub(super) fn time(text: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
@@ -82,4 +96,20 @@ pub(super) fn version(text: Option<String>) -> Result<Option<Version>, StoreErro
 
 pub(super) fn token_value(token: Option<u64>) -> Option<i64> {
     token.map(|t| i64::try_from(t).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shaped_chunks;
+
+    #[test]
+    fn chunks_take_the_largest_shape_that_fits_and_cover_everything_once() {
+        let items: Vec<u32> = (0..86).collect();
+        let sizes: Vec<usize> = shaped_chunks(&items, &[64, 16, 4, 1]).map(<[u32]>::len).collect();
+        assert_eq!(sizes, [64, 16, 4, 1, 1]);
+        let again: Vec<u32> = shaped_chunks(&items, &[64, 16, 4, 1]).flatten().copied().collect();
+        assert_eq!(again, items);
+        assert_eq!(shaped_chunks(&items[..3], &[2]).map(<[u32]>::len).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(shaped_chunks::<u32>(&[], &[4, 1]).count(), 0);
+    }
 }

@@ -115,12 +115,8 @@ impl SqlStore {
             next.insert(&e.plan_id, seq);
             numbered.push((seq, e));
         }
-        let mut rest = numbered.as_slice();
-        while !rest.is_empty() {
-            // A few statement shapes only, so each stays prepared on the connection.
-            let n = EVENT_ROWS.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
-            let (chunk, tail) = rest.split_at(n);
-            let rows = vec!["(?, ?, ?, ?, ?, ?)"; n].join(", ");
+        for chunk in shaped_chunks(&numbered, &EVENT_ROWS) {
+            let rows = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
             let insert =
                 self.sql(&format!("INSERT INTO events (plan_id, seq, at, target, kind, detail) VALUES {rows}"));
             let mut query = sqlx::query(&insert);
@@ -134,7 +130,6 @@ impl SqlStore {
                     .bind(e.detail.to_string());
             }
             query.execute(&mut *conn).await?;
-            rest = tail;
         }
         Ok(())
     }
