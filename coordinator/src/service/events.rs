@@ -104,7 +104,8 @@ impl Coordinator {
         shutdown: CancellationToken,
     ) -> Result<mpsc::Receiver<Result<Event>>> {
         self.allow(who, crate::identity::Permission::Read, "watch a plan", Some(id)).await?;
-        self.view(id).await?;
+        // Only that the plan exists: reading its steps too would hold the store for a large plan's every row.
+        self.stored_plan(id).await?;
         let mut changes = self.events.subscribe();
         let (tx, rx) = mpsc::channel(256);
         let (coordinator, id) = (self.clone(), id.to_string());

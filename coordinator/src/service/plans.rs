@@ -26,9 +26,14 @@ impl Coordinator {
     }
 
     pub(crate) async fn view(&self, id: &str) -> Result<PlanView> {
-        let plan = self.store.plan(id).await?.ok_or_else(|| ServiceError::PlanNotFound { id: id.to_string() })?;
+        let plan = self.stored_plan(id).await?;
         let steps = self.store.steps(id).await?;
         Ok(PlanView { plan, steps })
+    }
+
+    /// The plan's own row, without its steps (thousands of them in a large plan).
+    pub(crate) async fn stored_plan(&self, id: &str) -> Result<Plan> {
+        self.store.plan(id).await?.ok_or_else(|| ServiceError::PlanNotFound { id: id.to_string() })
     }
 
     /// Pause, resume, abort or approve.
