@@ -305,10 +305,7 @@ async fn fleet(s: &Scenario, urls: &[String], dir: &std::path::Path) -> FleetRun
     let agents: Vec<(String, String)> = (1..=s.agents).map(|i| (format!("agent-{i}"), "*".to_string())).collect();
     let globs: Vec<(&str, &str)> = agents.iter().map(|(a, g)| (a.as_str(), g.as_str())).collect();
     // BENCH_STORE=postgres: the coordinator's store on the test PostgreSQL server, which counts its transactions.
-    let store_db = match std::env::var("BENCH_STORE").as_deref() {
-        Ok("postgres") => Some(TestDb::new(Postgres).await),
-        _ => None,
-    };
+    let store_db = if store_on_postgres() { Some(TestDb::new(Postgres).await) } else { None };
     let mut fleet = match &store_db {
         Some(db) => Fleet::start_on_store(&globs, Some(etcd_url()), 10, &db.url).await,
         None => Fleet::start(&globs, Some(etcd_url()), 10).await,
@@ -404,7 +401,7 @@ async fn scenario(s: Scenario, runs: usize) {
     let urls: Vec<String> = dbs.iter().map(|d| d.url.clone()).collect();
     let dir = migrations(s.engine);
     let (mut loops, mut bares, mut executors, mut fleets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let fleet_only = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "fleet");
+    let fleet_only = fleet_only();
     for _ in 0..runs {
         if !fleet_only {
             let shell = tokio::task::block_in_place(|| shell_loop(s.engine, &urls));
@@ -474,7 +471,27 @@ fn pct(a: Duration, b: Duration) -> f64 {
     (a.as_secs_f64() / b.as_secs_f64() - 1.0) * 100.0
 }
 
+/// BENCH_STORE: `sqlite` (the default) or `postgres`.
+fn store_on_postgres() -> bool {
+    match std::env::var("BENCH_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("BENCH_STORE={other}: the store is `sqlite` (the default) or `postgres`"),
+    }
+}
+
+/// BENCH_ONLY: unset, or `fleet`.
+fn fleet_only() -> bool {
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("fleet") => true,
+        Err(_) => false,
+        Ok(other) => panic!("BENCH_ONLY={other}: the only runner that runs alone is `fleet`"),
+    }
+}
+
 fn main() {
+    // Refused before anything runs.
+    let _ = (store_on_postgres(), fleet_only());
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| DEFAULT_SCENARIOS.to_string());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");

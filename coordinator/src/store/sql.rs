@@ -271,7 +271,9 @@ impl Store for SqlStore {
         for chunk in targets.chunks(500) {
             let list = vec!["?"; chunk.len()].join(", ");
             let sql = self.sql(&format!("SELECT {STEP_COLUMNS} FROM steps WHERE plan_id = ? AND target IN ({list})"));
-            let query = chunk.iter().fold(sqlx::query(&sql).bind(plan_id.to_string()), |q, t| q.bind(t.to_string()));
+            // As many shapes as list lengths: not kept prepared, so they never push the hot statements out.
+            let first = sqlx::query(&sql).persistent(false).bind(plan_id.to_string());
+            let query = chunk.iter().fold(first, |q, t| q.bind(t.to_string()));
             for row in query.fetch_all(&self.pool).await.map_err(db)? {
                 steps.push(step_from(&row)?);
             }

@@ -190,6 +190,22 @@ impl MongoDriver {
         session.commit_transaction().await.map_err(|e| at_commit(mongo_error(e)))
     }
 
+    /// Writes a history record outside any transaction, with `concern` (the server's default when `None`).
+    async fn put_record(
+        &self,
+        record: &AppliedMigration,
+        concern: Option<mongodb::options::WriteConcern>,
+    ) -> Result<(), DriverError> {
+        let replace =
+            self.history.replace_one(doc! { "_id": version_id(record.version) }, record_doc(record)).upsert(true);
+        match concern {
+            Some(concern) => replace.write_concern(concern).await,
+            None => replace.await,
+        }
+        .map(drop)
+        .map_err(mongo_error)
+    }
+
     fn stop_keepalive(&mut self) -> Option<HeldLease> {
         let lease = self.lease.take()?;
         lease.stop();
@@ -422,22 +438,11 @@ impl Driver for MongoDriver {
     }
 
     async fn write_record(&mut self, record: &AppliedMigration) -> Result<(), DriverError> {
-        self.history
-            .replace_one(doc! { "_id": version_id(record.version) }, record_doc(record))
-            .upsert(true)
-            .await
-            .map(drop)
-            .map_err(mongo_error)
+        self.put_record(record, None).await
     }
 
     async fn mark_started(&mut self, record: &AppliedMigration) -> Result<(), DriverError> {
-        self.history
-            .replace_one(doc! { "_id": version_id(record.version) }, record_doc(record))
-            .upsert(true)
-            .write_concern(ahead_of_next_command())
-            .await
-            .map(drop)
-            .map_err(mongo_error)
+        self.put_record(record, Some(ahead_of_next_command())).await
     }
 
     async fn set_progress(&mut self, version: Version, done: u32) -> Result<(), DriverError> {
