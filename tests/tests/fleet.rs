@@ -520,3 +520,47 @@ async fn mongodb_targets_on_one_deployment_share_one_client() {
     // three per database (its monitors' and one to work on): 48.
     assert!((1..=18).contains(&ops.len()), "{} connections from the agent's {} targets", ops.len(), dbs.len());
 }
+
+/// A plan's checks reach an agent in batches of 128 targets, all at once, while the agent re-reads every history on
+/// its own clock. It reads 16 targets at a time over all of them, so a re-run over 260 databases opens about as many
+/// connections as it reads at once, not one per target in every batch. The databases belong to a role the server
+/// allows 32 connections (the agent's 16 reads, 4 steps and 4 idle connections fit): a check the server refused
+/// would have its target assigned.
+#[tokio::test(flavor = "multi_thread")]
+async fn checks_in_many_batches_read_a_bounded_number_of_targets_at_once() {
+    use futures_util::StreamExt;
+    let dbs: Vec<TestDb> =
+        futures_util::stream::iter(0..260).map(|_| TestDb::new(Postgres)).buffer_unordered(16).collect().await;
+    let role = "flotilla_bounded_reads";
+    dbs[0]
+        .exec(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN CONNECTION LIMIT 32; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        ))
+        .await;
+    let mut targets = Vec::new();
+    for (i, db) in dbs.iter().enumerate() {
+        dbs[0].exec(&format!("ALTER DATABASE \"{}\" OWNER TO {role}", db.name)).await;
+        let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+        targets.push(FleetTarget::new(&format!("pg-{:03}", i + 1), &url, &[("env", "test")]));
+    }
+    let mut fleet = Fleet::start(&[("agent-1", "pg-*")], Some(etcd_url()), 10).await;
+    fleet.agent_config = "[connections]\nmax_idle = 4\nidle_secs = 300\n".into();
+    fleet.start_agent("agent-1", &targets).await;
+    fleet.wait_targets(dbs.len()).await;
+    let dir = bundle();
+    let first = fleet.create(dir.path(), &["--waves", "100%", "--parallel", "4"]).await;
+    fleet.wait_state(&first, "succeeded").await;
+
+    let again = fleet.create(dir.path(), &["--waves", "100%", "--parallel", "4"]).await;
+    let plan = fleet.wait_plan(&again, "over", |p| p["state"] != "running" && p["state"] != "pending").await;
+    assert_eq!(plan["state"], "succeeded", "{plan:#}");
+    let events = fleet.cli(&["--json", "plan", "watch", &again]).await.stdout;
+    let refused: Vec<&str> = events.lines().filter(|l| l.contains("\"assigned\"")).collect();
+    assert!(
+        refused.is_empty(),
+        "{} targets were assigned after a check, the first: {:?}",
+        refused.len(),
+        refused.first()
+    );
+    assert_eq!(events.lines().filter(|l| l.contains("at_goal")).count(), dbs.len(), "every target found at its goal");
+}

@@ -1,5 +1,5 @@
 //! Checks: which of a plan's targets already are at their goal. One history read per target, on its warm
-//! connection, a bounded number at a time, and one report for the batch. Read-only: no lock, no write, no
+//! connection, a bounded number at a time over all batches (`State::reads`), and one report for the batch. Read-only: no lock, no write, no
 //! fencing token; a target found not at its goal (or not readable, or busy with another step) is assigned by the
 //! coordinator as usual, and that path reads the history again under the lock.
 
@@ -21,9 +21,6 @@ use super::*;
 use crate::driver::ConnectOptions;
 use crate::executor::{ExecError, Executor};
 
-/// Targets of one check read at once.
-const CHECK_PARALLEL: usize = 16;
-
 /// Checks a batch of targets and reports the outcomes in one call. An unsent report costs nothing but time: the
 /// coordinator gives the check up and assigns its targets.
 pub(super) async fn handle(state: Arc<State>, mut client: AgentServiceClient<Channel>, c: pb::Check) {
@@ -31,7 +28,7 @@ pub(super) async fn handle(state: Arc<State>, mut client: AgentServiceClient<Cha
     async move {
         let outcomes: Vec<pb::CheckOutcome> = futures_util::stream::iter(c.targets.iter().cloned())
             .map(|t| check_one(&state, &c, t))
-            .buffer_unordered(CHECK_PARALLEL)
+            .buffer_unordered(READS_AT_ONCE)
             .collect()
             .await;
         let at_goal = outcomes.iter().filter(|o| o.at_goal).count();
@@ -56,6 +53,7 @@ async fn check_one(state: &State, c: &pb::Check, t: pb::CheckTarget) -> pb::Chec
 async fn at_goal(state: &State, c: &pb::Check, t: pb::CheckTarget) -> Result<pb::CheckOutcome, String> {
     let target = state.targets.get(&t.target).ok_or("this agent does not serve the target")?;
     let gate = state.running.get(&t.target).ok_or("this agent does not serve the target")?;
+    let _read = state.reads.acquire().await.map_err(|_| "the agent is stopping")?;
     // A step running on the target (another plan's) is changing it: let the lock decide.
     let _one_at_a_time = gate.try_lock().map_err(|_| "a step is running on the target")?;
     let goal = convert::goal(t.goal).map_err(|e| e.to_string())?;

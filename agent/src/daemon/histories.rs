@@ -11,9 +11,6 @@ use super::*;
 use crate::driver::ConnectOptions;
 use crate::executor::Executor;
 
-/// How many targets' histories are read at once when all are re-read.
-pub(super) const REFRESH_PARALLEL: usize = 16;
-
 /// Re-reads every target's history and schema at start and then every `every` (`refresh_secs`), so the coordinator
 /// sees applied versions and changes made outside Flotilla (drift).
 pub(super) async fn refresh_loop(state: Arc<State>, every: Duration, shutdown: CancellationToken) {
@@ -77,15 +74,16 @@ pub(super) async fn read_versions(state: &State, target: &Target) -> Versions {
     Ok(versions)
 }
 
-/// Reads every target's history, a bounded number at a time: an agent serving thousands of databases must not open
-/// thousands of connections at once.
+/// Reads every target's history, a bounded number at a time (shared with checks: `State::reads`): an agent serving
+/// thousands of databases must not open thousands of connections at once.
 pub(super) async fn refresh_all(state: &State) {
     use futures_util::StreamExt;
     let reads = state.targets.values().cloned().map(|t| async move {
+        let _read = state.reads.acquire().await;
         let versions = read_versions(state, &t).await;
         (t.name, versions)
     });
-    let mut results = futures_util::stream::iter(reads).buffer_unordered(REFRESH_PARALLEL);
+    let mut results = futures_util::stream::iter(reads).buffer_unordered(READS_AT_ONCE);
     while let Some((name, result)) = results.next().await {
         locked(&state.versions).insert(name, result);
     }

@@ -49,6 +49,10 @@ type StepKey = (String, String, u64);
 type Versions = Result<(Version, bool), String>;
 
 /// What the agent keeps across reconnections.
+/// How many targets' histories an agent reads at once for checks and re-reads (not steps, which the plan's
+/// parallelism bounds): each read holds a connection.
+const READS_AT_ONCE: usize = 16;
+
 struct State {
     config: AgentConfig,
     targets: HashMap<String, Target>,
@@ -67,6 +71,9 @@ struct State {
     unacked: Mutex<HashMap<StepKey, pb::StepResult>>,
     /// Warm database connections, one per target at most.
     connections: pool::Connections,
+    /// Read-only reads of targets (checks, history re-reads) at once, over every batch: each holds a connection,
+    /// and a plan's checks arrive in several batches at once.
+    reads: tokio::sync::Semaphore,
     /// The census: each target's schema fingerprint as last read, the schema of each fingerprint, and the
     /// fingerprints whose schema was sent in this session.
     census: Mutex<Census>,
@@ -109,6 +116,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     }
     let state = Arc::new(State {
         connections,
+        reads: tokio::sync::Semaphore::new(READS_AT_ONCE),
         metrics: Arc::new(metrics),
         running: targets.iter().map(|t| (t.name.clone(), Arc::default())).collect(),
         targets: targets.into_iter().map(|t| (t.name.clone(), t)).collect(),
