@@ -92,6 +92,25 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Serves `/metrics` on `addr` until `stop`; an address it cannot listen on is a configuration error.
+async fn serve_metrics(
+    addr: &str,
+    registry: prometheus_client::registry::Registry,
+    stop: CancellationToken,
+) -> Result<(), AgentError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| AgentError::Config(format!("cannot serve metrics on {addr}: {e}")))?;
+    info!(addr = ?listener.local_addr().ok(), "serving metrics at /metrics");
+    let registry = Arc::new(registry);
+    tokio::spawn(async move {
+        if let Err(e) = flotilla_proto::metrics::serve(listener, registry, stop).await {
+            warn!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    Ok(())
+}
+
 /// Runs the agent until `shutdown` fires. Connection failures are retried with backoff; only bad config is fatal.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     config.check().map_err(AgentError::Config)?;
@@ -103,16 +122,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let (metrics, registry) = metrics::Metrics::new();
     metrics.engines(targets.iter().map(|t| t.engine));
     if let Some(addr) = &config.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| AgentError::Config(format!("cannot serve metrics on {addr}: {e}")))?;
-        info!(addr = ?listener.local_addr().ok(), "serving metrics at /metrics");
-        let (registry, stop) = (Arc::new(registry), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = flotilla_proto::metrics::serve(listener, registry, stop).await {
-                warn!(error = %e, "the metrics endpoint stopped");
-            }
-        });
+        serve_metrics(addr, registry, shutdown.clone()).await?;
     }
     let state = Arc::new(State {
         connections,
