@@ -41,39 +41,59 @@ impl Coordinator {
         }
     }
 
-    /// Records a burst of progress: the events and starts of steps running under their current lock here in one
-    /// write (with whatever else the writer has queued); anything else checked against the store first.
+    /// Records a burst of progress in one write (with whatever else the writer has queued). Starts and events of
+    /// steps running under their lock here go as they are; the others (a start that arrives after its step's
+    /// result, anything after a coordinator restart) are decided on their steps as stored, read in one query per
+    /// plan, so a backlog of late reports does not hold every later one behind a store read each.
     pub async fn progress(&self, who: &Identity, name: &str, batch: Vec<Progress>) -> Result<()> {
         self.check_agent(who, name)?;
-        let mut fast = Vec::with_capacity(batch.len());
         let retries = batch.iter().filter(|p| p.kind == EventKind::LockRetry).count();
         self.metrics.lock_retries.inc_by(retries as u64);
-        for p in batch {
-            if self.current(name, &p.plan_id, &p.target, p.token) {
-                // The compare-and-set (assigned, under this token) is the only check a start needs here; a late or
-                // repeated start writes nothing.
-                fast.push(if p.kind == EventKind::StepStarted {
-                    Fact::Start(Starting {
-                        plan_id: p.plan_id,
-                        target: p.target,
-                        token: p.token,
-                        before: p.version_before,
-                        detail: Some(p.detail),
-                    })
-                } else {
-                    Fact::Event(NewEvent { plan_id: p.plan_id, target: Some(p.target), kind: p.kind, detail: p.detail })
-                });
-            } else {
-                if !fast.is_empty() {
-                    self.commit(std::mem::take(&mut fast)).await?;
-                }
-                self.progress_checked(who, name, p).await?;
-            }
+        let current: Vec<bool> = batch.iter().map(|p| self.current(name, &p.plan_id, &p.target, p.token)).collect();
+        let unsure: Vec<&Progress> = batch.iter().zip(&current).filter(|(_, c)| !**c).map(|(p, _)| p).collect();
+        let stored = self.stored_steps(name, &unsure).await?;
+        let mut facts = Vec::with_capacity(batch.len());
+        for (p, current) in batch.into_iter().zip(current) {
+            let step = match current {
+                true => None,
+                false => Some(stored.get(&(p.plan_id.clone(), p.target.clone())).ok_or_else(|| {
+                    ServiceError::StepNotFound { plan_id: p.plan_id.clone(), target: p.target.clone() }
+                })?),
+            };
+            facts.extend(progress_fact(p, step));
         }
-        if !fast.is_empty() {
-            self.commit(fast).await?;
+        if !facts.is_empty() {
+            self.commit(facts).await?;
         }
         Ok(())
+    }
+
+    /// The steps of `reports` as stored, by (plan, target), once `name` is known to serve each target.
+    async fn stored_steps(&self, name: &str, reports: &[&Progress]) -> Result<HashMap<(String, String), Step>> {
+        if reports.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut owners: HashMap<String, String> = {
+            let inner = self.inner();
+            reports.iter().filter_map(|p| Some((p.target.clone(), inner.owners.get(&p.target)?.clone()))).collect()
+        };
+        if reports.iter().any(|p| !owners.contains_key(&p.target)) {
+            owners.extend(self.store.targets().await?.into_iter().map(|t| (t.name, t.agent)));
+        }
+        let mut by_plan: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for p in reports {
+            if owners.get(&p.target).map(String::as_str) != Some(name) {
+                return Err(ServiceError::NotAllowed(format!("agent `{name}` does not serve target `{}`", p.target)));
+            }
+            by_plan.entry(&p.plan_id).or_default().push(&p.target);
+        }
+        let mut steps = HashMap::new();
+        for (plan_id, targets) in by_plan {
+            for step in self.store.steps_of(plan_id, &targets).await? {
+                steps.insert((step.plan_id.clone(), step.target.clone()), step);
+            }
+        }
+        Ok(steps)
     }
 
     /// A step's result in the metrics: finished by engine, direction and result, and its time since assignment.
@@ -94,27 +114,6 @@ impl Coordinator {
     fn current(&self, name: &str, plan_id: &str, target: &str, token: u64) -> bool {
         self.held_lease(plan_id, target).is_some_and(|l| l.token == token)
             && self.inner().owners.get(target).is_some_and(|owner| owner == name)
-    }
-
-    /// One progress event, checked against the store.
-    pub(super) async fn progress_checked(&self, who: &Identity, name: &str, p: Progress) -> Result<()> {
-        let Some(step) = self.owned_step(who, name, &p.plan_id, &p.target, p.token).await? else { return Ok(()) };
-        if step.state.is_done() {
-            // Progress that arrives after the step's result adds nothing, and would read out of order.
-            return Ok(());
-        }
-        if p.kind == EventKind::StepStarted && step.state == StepState::Assigned {
-            let start = Starting {
-                plan_id: p.plan_id,
-                target: p.target,
-                token: p.token,
-                before: p.version_before,
-                detail: Some(p.detail),
-            };
-            self.commit(vec![Fact::Start(start)]).await?;
-            return Ok(());
-        }
-        self.event(&p.plan_id, Some(&p.target), p.kind, p.detail).await
     }
 
     /// A step's result: recorded in one store transaction if the step is still in flight under the report's
@@ -162,5 +161,92 @@ impl Coordinator {
         }
         self.wake.notify_one();
         Ok(())
+    }
+}
+
+/// What a progress report becomes. Under the lock held here (`stored` is `None`): a start (the store's
+/// compare-and-set on the assigned step and its token makes a late or repeated one write nothing), or an event.
+/// Otherwise decided on the step as stored: nothing under another token (a late report) or once the step is done
+/// (it would read out of order after the result); a start while the step is assigned; else an event.
+fn progress_fact(p: Progress, stored: Option<&Step>) -> Option<Fact> {
+    if let Some(step) = stored {
+        if step.token != Some(p.token) {
+            warn!(plan_id = %p.plan_id, target = %p.target, token = p.token, current = ?step.token,
+                "ignoring a report under a stale fencing token");
+            return None;
+        }
+        if step.state.is_done() {
+            return None;
+        }
+    }
+    let start = p.kind == EventKind::StepStarted && stored.is_none_or(|s| s.state == StepState::Assigned);
+    Some(match start {
+        true => Fact::Start(Starting {
+            plan_id: p.plan_id,
+            target: p.target,
+            token: p.token,
+            before: p.version_before,
+            detail: Some(p.detail),
+        }),
+        false => Fact::Event(NewEvent { plan_id: p.plan_id, target: Some(p.target), kind: p.kind, detail: p.detail }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(kind: EventKind, token: u64) -> Progress {
+        Progress {
+            plan_id: "p".into(),
+            target: "t".into(),
+            token,
+            kind,
+            version_before: None,
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    fn step(state: StepState, token: u64) -> Step {
+        Step {
+            plan_id: "p".into(),
+            target: "t".into(),
+            wave: 1,
+            state,
+            token: Some(token),
+            error: None,
+            goal: None,
+            before: None,
+            after: None,
+            updated_at: chrono::Utc::now(),
+        }
+    }
+
+    fn kind_of(fact: Option<Fact>) -> &'static str {
+        match fact {
+            None => "nothing",
+            Some(Fact::Start(_)) => "start",
+            Some(Fact::Event(_)) => "event",
+            Some(Fact::Finish(_)) => "finish",
+        }
+    }
+
+    #[test]
+    fn reports_under_the_lock_held_here_go_as_they_are() {
+        assert_eq!(kind_of(progress_fact(report(EventKind::StepStarted, 3), None)), "start");
+        assert_eq!(kind_of(progress_fact(report(EventKind::Statement, 3), None)), "event");
+    }
+
+    #[test]
+    fn other_reports_are_decided_on_the_stored_step() {
+        let started =
+            |state, token| kind_of(progress_fact(report(EventKind::StepStarted, 3), Some(&step(state, token))));
+        assert_eq!(started(StepState::Assigned, 3), "start");
+        assert_eq!(started(StepState::Running, 3), "event", "a repeated start is an event; the step runs already");
+        assert_eq!(started(StepState::Succeeded, 3), "nothing", "a start after the result would read out of order");
+        assert_eq!(started(StepState::Assigned, 4), "nothing", "a report under an old token is late");
+        let statement = |state| kind_of(progress_fact(report(EventKind::Statement, 3), Some(&step(state, 3))));
+        assert_eq!(statement(StepState::Running), "event");
+        assert_eq!(statement(StepState::Failed), "nothing");
     }
 }
