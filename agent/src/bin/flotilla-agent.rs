@@ -16,8 +16,24 @@ struct Args {
     config: PathBuf,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    one_malloc_arena();
+    tokio::runtime::Runtime::new()?.block_on(agent())
+}
+
+/// glibc gives each thread that allocates an arena of its own (up to 8 per core), and each keeps what was freed in
+/// it: an agent of 1,000 targets peaked at 8.6 MiB of anonymous memory with its runtime's threads in three
+/// arenas, 6.8 MiB in one. The agent waits on databases, not on malloc's lock (and small allocations come from
+/// each thread's cache without it). Before any thread starts.
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt changes an allocator setting; called once, before the runtime's threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+async fn agent() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = AgentConfig::read(&args.config).map_err(anyhow::Error::msg)?;
     let telemetry = flotilla_proto::telemetry::init("flotilla-agent", "info,sqlx=warn", config.log_format);
