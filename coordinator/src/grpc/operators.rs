@@ -30,8 +30,8 @@ impl OperatorApi {
         let who = self.auth.identify(&request)?;
         let req = request.into_inner();
         req.check()?;
-        let view = self.coordinator.act(&who, &req.id, action, &req.reason).await.map_err(status)?;
-        Ok(Response::new(messages::summary(&view)))
+        let overview = self.coordinator.act(&who, &req.id, action, &req.reason).await.map_err(status)?;
+        Ok(Response::new(messages::overview_summary(&overview)))
     }
 }
 

@@ -36,8 +36,9 @@ impl Coordinator {
         self.store.plan(id).await?.ok_or_else(|| ServiceError::PlanNotFound { id: id.to_string() })
     }
 
-    /// Pause, resume, abort or approve.
-    pub async fn act(&self, who: &Identity, id: &str, action: Action, reason: &str) -> Result<PlanView> {
+    /// Pause, resume, abort or approve; the plan's summary afterwards. Reads the plan's row and its step counts,
+    /// never its every step: a pause must not hold the store (and every report queued behind it) for a large plan.
+    pub async fn act(&self, who: &Identity, id: &str, action: Action, reason: &str) -> Result<PlanOverview> {
         let permission = if action == Action::Approve {
             crate::identity::Permission::Approve
         } else {
@@ -47,8 +48,7 @@ impl Coordinator {
         if action == Action::Approve {
             self.check_approver(who, id).await?;
         }
-        let view = self.view(id).await?;
-        let from = view.plan.state;
+        let from = self.stored_plan(id).await?.state;
         let cannot = || ServiceError::IllegalTransition { id: id.to_string(), from, action };
         let moved = match action {
             Action::Pause | Action::Resume | Action::Abort => {
@@ -67,8 +67,9 @@ impl Coordinator {
                 if from != PlanState::AwaitingApproval {
                     return Err(cannot());
                 }
-                let next = view.steps.iter().filter(|s| !s.state.is_done()).map(|s| s.wave).min().unwrap_or(0);
-                self.store.approve_wave(id, next).await?
+                let counts = self.store.step_counts(id).await?;
+                let next = counts.iter().filter(|c| c.count > 0 && !c.state.is_done()).map(|c| c.wave).min();
+                self.store.approve_wave(id, next.unwrap_or(0)).await?
             }
         };
         if !moved {
@@ -83,6 +84,6 @@ impl Coordinator {
         };
         self.event(id, None, kind, json!({ "by": who.actor(), "reason": reason })).await?;
         self.wake.notify_one();
-        self.view(id).await
+        Ok(PlanOverview { plan: self.stored_plan(id).await?, counts: self.store.step_counts(id).await? })
     }
 }
