@@ -2,7 +2,9 @@
 //!
 //! For each engine: 200 migrations (create a table, create an index, insert a row) applied over one connection,
 //! (a) by a bare loop that only does the database's work (PostgreSQL and SQLite: BEGIN, statements, COMMIT; MySQL
-//! and MongoDB: each statement on its own), and (b) by Flotilla's executor (lock, history, checksums, progress).
+//! and MongoDB: each statement on its own), and (b) by Flotilla's executor (lock, history, checksums, progress). For
+//! MongoDB's command-by-command scripts also (c): the same commands with the history writes the executor makes
+//! around them, sent from here alone, so what recording costs shows apart from what the executor adds to it.
 //! Each figure is the median of five runs, each on a fresh database. Run with `tests/servers.sh start` first:
 //!
 //!     cargo bench -p flotilla-tests --bench apply        (BENCH_ENGINES=sqlite,postgres,mysql,mongodb,mongodb-cmd to choose)
@@ -77,6 +79,43 @@ async fn bare(db: &TestDb, scripts: &[String]) -> Duration {
     started.elapsed()
 }
 
+/// The command-by-command scripts' commands with the history writes the executor makes around them, sent from here
+/// with nothing else: the dirty record and a progress bump after each command but the last, written like the
+/// executor's (acknowledged, no journal wait), and the last command, a row change, in one transaction with the final
+/// record. What recording costs in itself, beside what the executor costs.
+async fn records_alone(db: &TestDb, scripts: &[String]) -> Duration {
+    use bson::doc;
+    use mongodb::options::{Acknowledgment, WriteConcern};
+    let mongo = db.mongo().await;
+    let history = mongo.collection::<bson::Document>("bench_history");
+    let ahead = WriteConcern::builder().w(Acknowledgment::Nodes(1)).journal(false).build();
+    let started = Instant::now();
+    for (version, script) in scripts.iter().enumerate() {
+        let mut commands: Vec<bson::Document> = serde_json::from_str::<Vec<serde_json::Value>>(script)
+            .expect("json")
+            .iter()
+            .map(|c| bson::to_document(c).expect("document"))
+            .collect();
+        let mut last = commands.pop().expect("a command");
+        let id = doc! { "_id": version as i64 };
+        let record = doc! { "_id": version as i64, "state": "dirty", "done": 0, "checksum": "0".repeat(64) };
+        history.replace_one(id.clone(), record).upsert(true).write_concern(ahead.clone()).await.expect("mark");
+        for (done, command) in commands.into_iter().enumerate() {
+            mongo.run_command(command).await.expect("command");
+            let bump = doc! { "$set": { "done": done as i64 + 1 } };
+            history.update_one(id.clone(), bump).write_concern(ahead.clone()).await.expect("progress");
+        }
+        last.remove("writeConcern");
+        let mut session = mongo.client().start_session().await.expect("session");
+        session.start_transaction().write_concern(WriteConcern::majority()).await.expect("transaction");
+        mongo.run_command(last).session(&mut session).await.expect("last command");
+        let applied = doc! { "_id": version as i64, "state": "applied", "checksum": "0".repeat(64) };
+        history.replace_one(id, applied).upsert(true).session(&mut session).await.expect("record");
+        session.commit_transaction().await.expect("commit");
+    }
+    started.elapsed()
+}
+
 async fn flotilla(db: &TestDb, scripts: &[String]) -> Duration {
     let dir = Dir::new();
     for (i, up) in scripts.iter().enumerate() {
@@ -110,13 +149,17 @@ async fn main() {
         if !only.is_empty() && !only.split(',').any(|e| e == engine.as_str() || e == label) {
             continue;
         }
-        let (mut base, mut ours) = (Vec::new(), Vec::new());
+        let (mut base, mut ours, mut recorded) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..RUNS {
-            // Both databases live until both runs are done, so neither run overlaps the server's cleanup of a
+            // An iteration's databases live until its runs are done, so no run overlaps the server's cleanup of a
             // dropped database.
             let (a, b) = (TestDb::new(engine).await, TestDb::new(engine).await);
+            let c = if label == "mongodb-cmd" { Some(TestDb::new(engine).await) } else { None };
             base.push(bare(&a, &scripts).await);
             ours.push(flotilla(&b, &scripts).await);
+            if let Some(c) = &c {
+                recorded.push(records_alone(c, &scripts).await);
+            }
         }
         let (b, f) = (median(base), median(ours));
         let overhead = (f.as_secs_f64() / b.as_secs_f64() - 1.0) * 100.0;
@@ -129,5 +172,15 @@ async fn main() {
             overhead,
             per
         );
+        if !recorded.is_empty() {
+            let r = median(recorded);
+            println!(
+                "{:<12} {:>12} {:>12.1} {:>9.1}%   (the same commands and history writes, without the executor)",
+                "  records",
+                "",
+                r.as_secs_f64() * 1e3,
+                (r.as_secs_f64() / b.as_secs_f64() - 1.0) * 100.0
+            );
+        }
     }
 }
