@@ -1,7 +1,7 @@
 //! Checks: which of a plan's targets already are at their goal. One history read per target, on its warm
-//! connection, a bounded number at a time over all batches (`State::reads`), and one report for the batch. Read-only: no lock, no write, no
-//! fencing token; a target found not at its goal (or not readable, or busy with another step) is assigned by the
-//! coordinator as usual, and that path reads the history again under the lock.
+//! connection, a bounded number at a time over all batches (`State::reads`), and one report for the batch.
+//! Read-only: no lock, no write, no fencing token; a target found not at its goal (or not readable, or busy with
+//! another step) is assigned by the coordinator as usual, and that path reads the history again under the lock.
 
 use std::sync::Arc;
 

@@ -48,11 +48,11 @@ type StepKey = (String, String, u64);
 /// A target's applied version and whether it is dirty, or why they could not be read.
 type Versions = Result<(Version, bool), String>;
 
-/// What the agent keeps across reconnections.
 /// How many targets' histories an agent reads at once for checks and re-reads (not steps, which the plan's
 /// parallelism bounds): each read holds a connection.
 const READS_AT_ONCE: usize = 16;
 
+/// What the agent keeps across reconnections.
 struct State {
     config: AgentConfig,
     targets: HashMap<String, Target>,
