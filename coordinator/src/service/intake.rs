@@ -23,22 +23,10 @@ impl Coordinator {
         token: u64,
     ) -> Result<Option<Step>> {
         self.check_agent(who, name)?;
-        let owner = self.inner().owners.get(target).cloned();
-        let owner = match owner {
-            Some(owner) => Some(owner),
-            None => self.store.targets().await?.into_iter().find(|t| t.name == target).map(|t| t.agent),
-        };
-        if owner.as_deref() != Some(name) {
-            return Err(ServiceError::NotAllowed(format!("agent `{name}` does not serve target `{target}`")));
-        }
-        match self.store.step(plan_id, target).await? {
-            None => Err(ServiceError::StepNotFound { plan_id: plan_id.to_string(), target: target.to_string() }),
-            Some(s) if s.token != Some(token) => {
-                warn!(plan_id, target, token, current = ?s.token, "ignoring a report under a stale fencing token");
-                Ok(None)
-            }
-            Some(s) => Ok(Some(s)),
-        }
+        let key = (plan_id.to_string(), target.to_string());
+        let step = self.stored_steps(name, &[(plan_id, target)]).await?.remove(&key);
+        let step = step.ok_or(ServiceError::StepNotFound { plan_id: key.0, target: key.1 })?;
+        Ok(under_token(&step, token).then_some(step))
     }
 
     /// Records a burst of progress in one write (with whatever else the writer has queued). Starts and events of
@@ -50,7 +38,12 @@ impl Coordinator {
         let retries = batch.iter().filter(|p| p.kind == EventKind::LockRetry).count();
         self.metrics.lock_retries.inc_by(retries as u64);
         let current: Vec<bool> = batch.iter().map(|p| self.current(name, &p.plan_id, &p.target, p.token)).collect();
-        let unsure: Vec<&Progress> = batch.iter().zip(&current).filter(|(_, c)| !**c).map(|(p, _)| p).collect();
+        let unsure: Vec<(&str, &str)> = batch
+            .iter()
+            .zip(&current)
+            .filter(|(_, c)| !**c)
+            .map(|(p, _)| (p.plan_id.as_str(), p.target.as_str()))
+            .collect();
         let stored = self.stored_steps(name, &unsure).await?;
         let mut facts = Vec::with_capacity(batch.len());
         for (p, current) in batch.into_iter().zip(current) {
@@ -68,24 +61,25 @@ impl Coordinator {
         Ok(())
     }
 
-    /// The steps of `reports` as stored, by (plan, target), once `name` is known to serve each target.
-    async fn stored_steps(&self, name: &str, reports: &[&Progress]) -> Result<HashMap<(String, String), Step>> {
-        if reports.is_empty() {
+    /// The steps of `keys` (plan, target) as stored, in one query per plan, once `name` is known to serve each
+    /// target; a step the store does not have is left out.
+    async fn stored_steps(&self, name: &str, keys: &[(&str, &str)]) -> Result<HashMap<(String, String), Step>> {
+        if keys.is_empty() {
             return Ok(HashMap::new());
         }
         let mut owners: HashMap<String, String> = {
             let inner = self.inner();
-            reports.iter().filter_map(|p| Some((p.target.clone(), inner.owners.get(&p.target)?.clone()))).collect()
+            keys.iter().filter_map(|(_, t)| Some((t.to_string(), inner.owners.get(*t)?.clone()))).collect()
         };
-        if reports.iter().any(|p| !owners.contains_key(&p.target)) {
+        if keys.iter().any(|(_, t)| !owners.contains_key(*t)) {
             owners.extend(self.store.targets().await?.into_iter().map(|t| (t.name, t.agent)));
         }
         let mut by_plan: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for p in reports {
-            if owners.get(&p.target).map(String::as_str) != Some(name) {
-                return Err(ServiceError::NotAllowed(format!("agent `{name}` does not serve target `{}`", p.target)));
+        for &(plan_id, target) in keys {
+            if owners.get(target).map(String::as_str) != Some(name) {
+                return Err(ServiceError::NotAllowed(format!("agent `{name}` does not serve target `{target}`")));
             }
-            by_plan.entry(&p.plan_id).or_default().push(&p.target);
+            by_plan.entry(plan_id).or_default().push(target);
         }
         let mut steps = HashMap::new();
         for (plan_id, targets) in by_plan {
@@ -169,15 +163,8 @@ impl Coordinator {
 /// Otherwise decided on the step as stored: nothing under another token (a late report) or once the step is done
 /// (it would read out of order after the result); a start while the step is assigned; else an event.
 fn progress_fact(p: Progress, stored: Option<&Step>) -> Option<Fact> {
-    if let Some(step) = stored {
-        if step.token != Some(p.token) {
-            warn!(plan_id = %p.plan_id, target = %p.target, token = p.token, current = ?step.token,
-                "ignoring a report under a stale fencing token");
-            return None;
-        }
-        if step.state.is_done() {
-            return None;
-        }
+    if stored.is_some_and(|step| !under_token(step, p.token) || step.state.is_done()) {
+        return None;
     }
     let start = p.kind == EventKind::StepStarted && stored.is_none_or(|s| s.state == StepState::Assigned);
     Some(match start {
@@ -190,6 +177,16 @@ fn progress_fact(p: Progress, stored: Option<&Step>) -> Option<Fact> {
         }),
         false => Fact::Event(NewEvent { plan_id: p.plan_id, target: Some(p.target), kind: p.kind, detail: p.detail }),
     })
+}
+
+/// Whether a report under `token` is the stored step's own; a stale one is logged and ignored.
+fn under_token(step: &Step, token: u64) -> bool {
+    let current = step.token == Some(token);
+    if !current {
+        warn!(plan_id = %step.plan_id, target = %step.target, token, stored = ?step.token,
+            "ignoring a report under a stale fencing token");
+    }
+    current
 }
 
 #[cfg(test)]

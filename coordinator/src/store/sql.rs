@@ -18,10 +18,10 @@ use super::{
 const INSERT_EVENT: &str = "INSERT INTO events (plan_id, seq, at, target, kind, detail)
      SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ? FROM events WHERE plan_id = ? RETURNING seq";
 
-/// The `Store` on a SQLite file or PostgreSQL, through one sqlx pool.
 /// Rows per step insert when a plan is created, largest first (10 parameters a row).
 const STEP_ROWS: [usize; 3] = [256, 16, 1];
 
+/// The `Store` on a SQLite file or PostgreSQL, through one sqlx pool.
 pub struct SqlStore {
     pub(super) pool: AnyPool,
     postgres: bool,
