@@ -12,10 +12,11 @@
 //!   after a pause returns the last assignment reaches an agent.
 //!
 //! And, in this process on the same store, the time of one scheduler pass over the 10,000-target plan while
-//! steps finish (the pass that runs after every result).
+//! steps finish (the pass that runs after every result): median, p99 and maximum of about 400 passes.
 //!
 //!     cargo build --release --workspace --bins && cargo bench -p flotilla-tests --bench coordinator
-//!     (BENCH_TARGETS, BENCH_AGENTS, BENCH_PARALLEL to change the defaults 10000, 10, 256)
+//!     (BENCH_TARGETS, BENCH_AGENTS, BENCH_PARALLEL to change the defaults 10000, 10, 256; BENCH_ONLY=in-process,
+//!     etcd or pass, comma-separated, to run only those parts)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -365,7 +366,7 @@ async fn scheduler_pass(n: usize, agents: usize, parallel: usize) {
     let plan = c.submit(&who, submission).await.expect("submit").plan;
     let mut passes = Vec::new();
     let mut in_flight: Vec<(String, String, u64)> = Vec::new();
-    for round in 0..40 {
+    for round in 0..400 {
         let started = Instant::now();
         c.tick().await.expect("tick");
         if round > 1 {
@@ -406,19 +407,39 @@ async fn scheduler_pass(n: usize, agents: usize, parallel: usize) {
             c.result(&who, &name, outcome).await.expect("result");
         }
     }
+    let ms = |p: f64| percentile(passes.clone(), p).as_secs_f64() * 1e3;
     println!(
-        "scheduler pass over a plan of {n} targets ({parallel} in flight, 8 results between passes): median {:.2} ms, max {:.2} ms",
-        median(passes.clone()).as_secs_f64() * 1e3,
-        passes.iter().max().copied().unwrap_or_default().as_secs_f64() * 1e3
+        "scheduler pass over a plan of {n} targets ({parallel} in flight, 8 results between passes; {} passes): \
+         median {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        passes.len(),
+        ms(0.5),
+        ms(0.99),
+        ms(1.0)
     );
+}
+
+/// BENCH_ONLY: the parts to run (all when unset); an unknown part is refused before anything runs.
+fn parts() -> Vec<&'static str> {
+    const PARTS: [&str; 3] = ["in-process", "etcd", "pass"];
+    let Ok(only) = std::env::var("BENCH_ONLY") else { return PARTS.to_vec() };
+    let chosen: Vec<&str> = only.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    if let Some(unknown) = chosen.iter().find(|p| !PARTS.contains(p)) {
+        panic!("BENCH_ONLY: unknown part `{unknown}` (the parts: {})", PARTS.join(", "));
+    }
+    PARTS.into_iter().filter(|p| chosen.contains(p)).collect()
 }
 
 fn main() {
     let (n, agents, parallel) = (env("BENCH_TARGETS", 10_000), env("BENCH_AGENTS", 10), env("BENCH_PARALLEL", 256));
+    let parts = parts();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        throughput(None, n, agents, parallel).await;
-        throughput(Some(etcd_url()), n, agents, parallel).await;
-        scheduler_pass(n, agents, parallel).await;
+        for part in parts {
+            match part {
+                "in-process" => throughput(None, n, agents, parallel).await,
+                "etcd" => throughput(Some(etcd_url()), n, agents, parallel).await,
+                _ => scheduler_pass(n, agents, parallel).await,
+            }
+        }
     });
 }

@@ -2,6 +2,7 @@
 //! progress events and the audit log. One trait, one sqlx implementation for a SQLite file (the embedded default)
 //! and PostgreSQL (production), one shared test suite (tests/tests/store.rs). A restart loses nothing.
 
+mod checkpoint;
 mod rows;
 mod sql;
 mod transitions;

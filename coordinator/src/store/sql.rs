@@ -9,6 +9,7 @@ use flotilla_core::fleet::{AuditEntry, Event, EventKind, Plan, PlanState, Step, 
 use sha2::{Digest, Sha256};
 use sqlx::AnyPool;
 
+use super::checkpoint;
 use super::rows::*;
 use super::{
     db, retried, Assigning, AuditQuery, AuditRecord, Fact, StepCount, StepFinish, Store, StoreError, Unchanged,
@@ -25,6 +26,8 @@ const STEP_ROWS: [usize; 3] = [256, 16, 1];
 pub struct SqlStore {
     pub(super) pool: AnyPool,
     postgres: bool,
+    /// SQLite's checkpoints, run beside the writer until the store is dropped (`checkpoint`).
+    _checkpoints: Option<tokio_util::sync::DropGuard>,
 }
 
 impl SqlStore {
@@ -54,6 +57,8 @@ impl SqlStore {
                         sqlx::Executor::execute(&mut *conn, "PRAGMA journal_mode = WAL").await?;
                         sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = NORMAL").await?;
                         sqlx::Executor::execute(&mut *conn, "PRAGMA busy_timeout = 5000").await?;
+                        let backstop = format!("PRAGMA wal_autocheckpoint = {}", checkpoint::BACKSTOP_PAGES);
+                        sqlx::Executor::execute(&mut *conn, backstop.as_str()).await?;
                     }
                     Ok(())
                 })
@@ -61,7 +66,11 @@ impl SqlStore {
             .connect(&url)
             .await
             .map_err(|e| StoreError::Open(e.to_string()))?;
-        let store = SqlStore { pool, postgres };
+        let checkpoints = match postgres {
+            true => None,
+            false => Some(checkpoint::start(&url).await.map_err(|e| StoreError::Open(e.to_string()))?),
+        };
+        let store = SqlStore { pool, postgres, _checkpoints: checkpoints };
         MIGRATOR.run(&store.pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::VersionMissing(v) => StoreError::Open(format!(
                 "the store's schema is at version {v}, which this release does not know: a newer Flotilla \
