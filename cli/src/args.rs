@@ -45,6 +45,10 @@ pub enum Command {
         /// pending contract migrations and is refused until expand has finished.
         #[arg(long, value_parser = parse_phase)]
         phase: Option<flotilla_core::Phase>,
+        /// Apply the pending migrations in one transaction: all of them, or none (Flyway's `group`). Refused where
+        /// one cannot run in a transaction (MySQL's DDL, `no-transaction` scripts, backfills).
+        #[arg(long)]
+        group: bool,
     },
     /// Roll back applied migrations, newest first.
     Down {
@@ -55,6 +59,9 @@ pub enum Command {
         /// Print what would run, in order; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Roll the migrations back in one transaction: all of them, or none.
+        #[arg(long)]
+        group: bool,
     },
     /// Resolve a dirty migration: resume it, or record how it was resolved by hand.
     Repair {

@@ -16,17 +16,17 @@ pub async fn run(cli: Cli) -> Code {
     let out = Output { json: cli.json, verbose: cli.verbose };
     match cli.command {
         Command::Status(target) => status(out, &target).await,
-        Command::Up { target, to, dry_run, allow_out_of_order, phase } => {
-            let options = PlanOptions { allow_out_of_order, ignore_missing: target.ignore_missing, phase };
+        Command::Up { target, to, dry_run, allow_out_of_order, phase, group } => {
+            let options = PlanOptions { allow_out_of_order, ignore_missing: target.ignore_missing, phase, group };
             migrate(out, &target, Request::Up { to }, options, dry_run, "apply").await
         }
-        Command::Down { target, how_far, dry_run } => {
+        Command::Down { target, how_far, dry_run, group } => {
             let request = match (how_far.to, how_far.steps) {
                 (Some(to), _) => Request::DownTo(to),
                 (_, Some(n)) => Request::DownSteps(n),
                 _ => Request::DownAll,
             };
-            let options = PlanOptions { ignore_missing: target.ignore_missing, ..PlanOptions::default() };
+            let options = PlanOptions { ignore_missing: target.ignore_missing, group, ..PlanOptions::default() };
             migrate(out, &target, request, options, dry_run, "roll back").await
         }
         Command::Repair { target, action, dry_run } => {

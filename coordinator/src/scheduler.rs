@@ -459,6 +459,7 @@ impl Coordinator {
             phase: plan.phase,
             validate: validates(plan, c.wave),
             timeouts: plan.strategy.timeouts,
+            group: plan.strategy.group,
             traceparent: Some(telemetry::traceparent(&span, &plan.id, &c.target)),
         };
         span.in_scope(|| info!("assign"));

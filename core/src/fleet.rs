@@ -222,6 +222,9 @@ pub struct Strategy {
     /// Lock and statement timeouts, and lock-timeout retries, for migrations that set none of their own.
     #[serde(default)]
     pub timeouts: crate::migration::Timeouts,
+    /// Each target's pending migrations in one transaction, all or none (`PlanOptions::group`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub group: bool,
 }
 
 impl Default for Strategy {
@@ -234,6 +237,7 @@ impl Default for Strategy {
             on_failure: OnFailure::Halt,
             max_per_host: None,
             timeouts: crate::migration::Timeouts::default(),
+            group: false,
         }
     }
 }

@@ -33,6 +33,9 @@ pub struct PlanOptions {
     /// Zero-downtime rollouts: `expand` applies pending migrations up to the first `contract` one; `contract`
     /// applies the pending contract migrations, and is refused while an expand step before them is pending.
     pub phase: Option<Phase>,
+    /// Run the pending migrations in one transaction, all or none (Flyway's `group`); refused where one of them
+    /// cannot run in a transaction.
+    pub group: bool,
 }
 
 /// One migration to run in one direction.

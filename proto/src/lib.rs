@@ -38,6 +38,7 @@ mod tests {
             lock_timeout_ms: 3000,
             statement_timeout_ms: 0,
             lock_retries: Some(0),
+            group: true,
         };
         let bytes = sent.encode_to_vec();
         assert_eq!(Assignment::decode(bytes.as_slice()).unwrap(), sent);

@@ -17,6 +17,8 @@ on_every_engine!(
     failure_midway_leaves_dirty_and_repair_resumes,
     repair_marks_a_hand_resolved_migration,
     a_lower_fencing_token_changes_nothing,
+    a_group_applies_all_or_none,
+    a_group_killed_midway_leaves_none_applied,
 );
 
 /// Migrations 1 (table a), 2 (table b), 3 (a row in a).
@@ -475,4 +477,80 @@ async fn a_lower_fencing_token_changes_nothing(engine: Engine) {
     run(9, up(3)).await.expect("a higher token");
     assert!(run(7, Request::DownTo(flotilla_tests::v(1))).await.is_err(), "7 is below 9 now: a DOWN is refused too");
     assert_eq!(versions(&db.history().await), [(1, "applied"), (2, "applied"), (3, "applied")]);
+}
+
+/// `--group`: the pending migrations in one transaction, all or none, each with its history record. MySQL, whose DDL
+/// commits on its own, refuses before running any; so do MongoDB's drops, which a transaction does not allow.
+async fn a_group_applies_all_or_none(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let dir = three(engine);
+    // The fourth inserts the row the third inserted: it fails, after the first three ran in the same transaction.
+    let (again, down) = insert(engine, "a", 1);
+    dir.migration(engine, 4, "seed_a_again", &again, &down);
+    let before = db.catalog().await;
+    if engine == Mysql {
+        let refused = cmd("up", &db, dir.path(), &["--group"]).await;
+        refused.fails(4, "1 (create_a) cannot run in a transaction: MySQL commits each DDL statement on its own");
+        assert!(refused.stderr.contains("none of them was run"), "{refused:?}");
+        assert!(db.history().await.is_empty());
+        assert!(!db.has_table("a").await);
+        return;
+    }
+    let failed = cmd("up", &db, dir.path(), &["--group"]).await;
+    failed.fails(1, "rolled back together: none of them is applied");
+    assert!(failed.stderr.contains("4 (seed_a_again)"), "the failing migration is named: {failed:?}");
+    assert!(db.history().await.is_empty(), "no history record of the three that ran before it");
+    assert_eq!(db.catalog().await, before, "nor any of their tables");
+
+    let (fixed, down) = insert(engine, "a", 2);
+    dir.migration(engine, 4, "seed_a_again", &fixed, &down);
+    let run = cmd("up", &db, dir.path(), &["--group", "--json"]).await;
+    let steps = run.ok().json()["steps"].as_array().expect("steps").len();
+    assert_eq!(steps, 4, "one report per migration");
+    assert_eq!(versions(&db.history().await), [(1, "applied"), (2, "applied"), (3, "applied"), (4, "applied")]);
+    assert_eq!(db.count("a").await, 2);
+
+    if engine == Mongodb {
+        let refused = cmd("down", &db, dir.path(), &["--all", "--group"]).await;
+        refused.fails(4, "cannot run in a transaction");
+        assert_eq!(db.history().await.len(), 4, "nothing rolled back");
+        cmd("down", &db, dir.path(), &["--all"]).await.ok();
+    } else {
+        cmd("down", &db, dir.path(), &["--all", "--group"]).await.ok();
+    }
+    assert!(db.history().await.is_empty());
+    assert_eq!(db.catalog().await, before);
+}
+
+/// kill -9 of a `--group` run in its last migration: the first migration, which ran in the same transaction, is not
+/// applied either, and the next grouped run applies both.
+async fn a_group_killed_midway_leaves_none_applied(engine: Engine) {
+    if engine == Mysql {
+        return; // its DDL refuses --group (a_group_applies_all_or_none)
+    }
+    let db = TestDb::new(engine).await;
+    let dir = Dir::new();
+    let (up, down) = create_table(engine, "a");
+    dir.migration(engine, 1, "create_a", &up, &down);
+    let down_slow = if engine == Mongodb { "[{\"drop\": \"sleepy\"}]".to_string() } else { "SELECT 1;".to_string() };
+    dir.migration(engine, 2, "slow", &slow(engine, 4), &down_slow);
+    let path = dir.path().to_str().expect("utf-8");
+
+    let mut first = spawn(&["up", "--db", &db.url, "--dir", path, "--lock-ttl", "2", "--group"]);
+    let stderr = first.stderr.take().expect("stderr");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    loop {
+        let line = lines.next_line().await.expect("read").expect("the first runner reaches migration 2");
+        if line.contains("2 slow") {
+            break;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    first.start_kill().expect("kill -9");
+    first.wait().await.expect("reaped");
+    assert!(db.history().await.is_empty(), "migration 1 committed with 2 or not at all");
+    assert!(!db.has_table("a").await);
+
+    cmd("up", &db, dir.path(), &["--lock-timeout", "20", "--group"]).await.ok();
+    assert_eq!(versions(&db.history().await), [(1, "applied"), (2, "applied")]);
 }

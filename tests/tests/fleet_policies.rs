@@ -87,6 +87,23 @@ async fn rollback_plan_policy_takes_every_touched_target_back() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_grouped_plan_applies_each_targets_migrations_all_or_none() {
+    let (fleet, dbs) = sqlite_fleet(&FOUR).await;
+    dbs[1].exec("CREATE TABLE b (id INT)").await; // sq-02 would apply 1, then fail at 2
+    let dir = two_tables();
+    let id = fleet.create(dir.path(), &["--waves", "100%", "--max-failures", "1", "--group"]).await;
+    let plan = fleet.wait_state(&id, "succeeded").await;
+    assert_eq!((count(&plan, "succeeded"), count(&plan, "failed")), (3, 1));
+    let error = steps(&plan)["sq-02"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("rolled back together: none of them is applied"), "{error}");
+    assert!(dbs[1].history().await.is_empty(), "migration 1 rolled back with 2");
+    assert!(!dbs[1].has_table("a").await);
+    for i in [0, 2, 3] {
+        assert_eq!(versions(&dbs[i].history().await), vec![1, 2]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn rollback_failed_policy_rolls_back_only_the_failed_target() {
     let (fleet, dbs) = sqlite_fleet(&FOUR).await;
     dbs[1].exec("CREATE TABLE b (id INT)").await; // sq-02 applies 1, fails at 2

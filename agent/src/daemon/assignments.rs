@@ -158,7 +158,7 @@ pub(super) async fn execute(
         Executor::new(driver, format!("flotilla-agent:{}", state.config.name))
             .with_plan_id(Some(a.plan_id.clone()))
             .with_fencing_token(Some(a.fencing_token))
-            .with_plan_options(PlanOptions { phase, ..PlanOptions::default() })
+            .with_plan_options(PlanOptions { phase, group: a.group, ..PlanOptions::default() })
             .with_timeouts(timeouts)
             .with_throttle(target.throttle.clone())
             .with_progress(sink.clone())

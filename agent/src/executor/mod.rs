@@ -14,14 +14,15 @@ use chrono::Utc;
 use flotilla_core::plan::{self, PlanOptions, StatusRow};
 use flotilla_core::split::is_transaction_control;
 use flotilla_core::{
-    AppliedMigration, Backfill, Direction, Migration, MigrationSet, PlanError, ReadError, RecordState, Repeatable,
-    Request, ScriptKind, Statement, Timeouts, Version,
+    AppliedMigration, Backfill, Direction, Engine, Migration, MigrationSet, PlanError, ReadError, RecordState,
+    Repeatable, Request, ScriptKind, Statement, Timeouts, Version,
 };
 use tracing::{info_span, Instrument};
 
 use crate::driver::{BackfillCursor, Driver, HistoryChange};
 
 mod error;
+mod group;
 mod progress;
 mod repair;
 mod run;
@@ -202,7 +203,11 @@ impl Executor {
             let steps = plan::plan(&set.migrations, &history, request, &self.plan_options)?;
             let repeatables =
                 if matches!(request, Request::Up { .. }) { self.due_repeatables(set).await? } else { Vec::new() };
-            let steps = pick(&prepared, &steps)?.into_iter().map(planned).collect();
+            let steps = pick(&prepared, &steps)?;
+            if self.plan_options.group && steps.len() > 1 {
+                group::groupable(&steps, self.timeouts, self.driver.engine())?;
+            }
+            let steps = steps.into_iter().map(planned).collect();
             return Ok(RunReport {
                 dry_run: true,
                 steps,
@@ -223,14 +228,24 @@ impl Executor {
         self.driver.ensure_history().await?;
         let history = self.driver.history().await?;
         let steps = plan::plan(&set.migrations, &history, request, &self.plan_options)?;
+        let steps = pick(prepared, &steps)?;
+        // A group that cannot be is refused before the run writes anything.
+        let group = match self.plan_options.group && steps.len() > 1 {
+            true => Some(group::groupable(&steps, self.timeouts, self.driver.engine())?),
+            false => None,
+        };
         let repeatables =
             if matches!(request, Request::Up { .. }) { self.due_repeatables(set).await? } else { Vec::new() };
         if !steps.is_empty() || !repeatables.is_empty() {
             self.fence().await?;
         }
         let mut report = RunReport { dry_run: false, steps: Vec::with_capacity(steps.len()), repeatables: Vec::new() };
-        for step in pick(prepared, &steps)? {
-            report.steps.push(self.run_step(step, 0).await?);
+        if let Some(timeouts) = group {
+            report.steps = self.run_group(&steps, timeouts).await?;
+        } else {
+            for step in steps {
+                report.steps.push(self.run_step(step, 0).await?);
+            }
         }
         for r in repeatables {
             self.run_repeatable(r).await?;
@@ -365,14 +380,19 @@ impl Executor {
     }
 
     fn emit(&self, step: &Prepared, kind: ProgressKind) {
-        if let Some(sink) = &self.progress {
-            sink(&Progress {
-                version: step.migration.version,
-                name: step.migration.name.clone(),
-                direction: step.direction,
-                kind,
-            });
-        }
+        send(&self.progress, step, kind);
+    }
+}
+
+/// Reports progress of `step` to `sink`, if there is one.
+fn send(sink: &Option<ProgressSink>, step: &Prepared, kind: ProgressKind) {
+    if let Some(sink) = sink {
+        sink(&Progress {
+            version: step.migration.version,
+            name: step.migration.name.clone(),
+            direction: step.direction,
+            kind,
+        });
     }
 }
 

@@ -27,7 +27,7 @@ impl Executor {
             let result = if let Some(backfill) = &step.backfill {
                 self.run_backfill(step, backfill, started).await
             } else if step.atomic {
-                self.run_atomic(step, started, retries).await
+                self.run_atomic(&[step], started, retries).await.map(|ran| ran.iter().map(|r| r.rows).sum())
             } else {
                 self.run_stepwise(step, resume_from, started, retries).await
             };
@@ -48,23 +48,36 @@ impl Executor {
         .await
     }
 
-    /// Runs the migration in one transaction; one rolled back on a lock timeout runs again, up to `retries` times.
+    /// Runs `steps` (one migration, or a group: see `group`) in one transaction with their history writes; one
+    /// rolled back on a lock timeout runs again, up to `retries` times. Each step's rows and duration.
     pub(super) async fn run_atomic(
         &mut self,
-        step: &Prepared<'_>,
+        steps: &[&Prepared<'_>],
         started: Instant,
         retries: u32,
-    ) -> Result<u64, ExecError> {
+    ) -> Result<Vec<Ran>, ExecError> {
         let mut attempt = 0;
         loop {
             self.driver.check_lock().await?;
-            match self.try_atomic(step, started).await {
-                Ok(rows) => return Ok(rows),
+            match self.try_atomic(steps, started).await {
+                Ok(ran) => return Ok(ran),
                 Err(e) if matches!(e.error, DriverError::LockNotAvailable(_)) && attempt < retries => {
                     attempt += 1;
-                    self.pause_for_lock(step, attempt, retries, e.statement, &e.error).await;
+                    let (step, at) = locate(steps, e.statement);
+                    self.pause_for_lock(step, attempt, retries, at, &e.error).await;
                 }
-                Err(e) => return Err(self.failure(step, e.statement, retried(e.error, attempt), false)),
+                Err(e) => {
+                    let (step, at) = locate(steps, e.statement);
+                    let mut error = retried(e.error, attempt);
+                    if steps.len() > 1 {
+                        error.push_str(&format!(
+                            " (the group's {} migrations ran in one transaction, rolled back together: none of \
+                             them is applied)",
+                            steps.len()
+                        ));
+                    }
+                    return Err(self.failure(step, at, error, false));
+                }
             }
         }
     }
@@ -88,35 +101,68 @@ impl Executor {
         tokio::time::sleep(pause).await;
     }
 
-    async fn try_atomic(&mut self, step: &Prepared<'_>, started: Instant) -> Result<u64, crate::driver::AtomicError> {
-        let m = step.migration;
-        let total = step.statements.len();
-        let mut rows = 0;
+    async fn try_atomic(
+        &mut self,
+        steps: &[&Prepared<'_>],
+        started: Instant,
+    ) -> Result<Vec<Ran>, crate::driver::AtomicError> {
+        let statements: std::borrow::Cow<[Statement]> = match steps {
+            [one] => (&one.statements[..]).into(),
+            _ => steps.iter().flat_map(|s| s.statements.iter().cloned()).collect::<Vec<_>>().into(),
+        };
+        // Per step: rows, and when its last statement finished (ms from `started`).
+        let tally = std::sync::Mutex::new((vec![0u64; steps.len()], vec![None::<u64>; steps.len()]));
         let sink = self.progress.clone();
-        let (version, name, direction) = (m.version, m.name.clone(), step.direction);
         let mut on_done = |i: usize, n: u64| {
-            rows += n;
-            if let Some(sink) = &sink {
-                let kind = ProgressKind::Statement {
-                    index: i + 1,
-                    total,
-                    rows_affected: n,
-                    elapsed_ms: millis(started.elapsed()),
-                };
-                sink(&Progress { version, name: name.clone(), direction, kind });
+            let (k, local) = position(steps, i);
+            let elapsed_ms = millis(started.elapsed());
+            let total = steps[k].statements.len();
+            send(&sink, steps[k], ProgressKind::Statement { index: local + 1, total, rows_affected: n, elapsed_ms });
+            let mut tally = tally.lock().expect("not poisoned");
+            tally.0[k] += n;
+            if local + 1 == total {
+                tally.1[k] = Some(elapsed_ms);
+                start_next(&sink, &steps[k + 1..]);
             }
         };
-        // Asked for after the statements ran, inside the transaction, so the recorded duration is the real one.
+        // Asked for after the statements ran, inside the transaction, so the recorded durations are the real ones.
         let (owner, plan_id) = (self.owner.clone(), self.plan_id.clone());
-        let change = move || match direction {
-            Direction::Up => {
-                let duration = millis(started.elapsed());
-                HistoryChange::Write(new_record(m, RecordState::Applied, duration, &owner, plan_id.as_deref()))
+        let durations = || {
+            let (_, ends) = &*tally.lock().expect("not poisoned");
+            let mut before = 0;
+            let mut durations = Vec::with_capacity(steps.len());
+            for (k, end) in ends.iter().enumerate() {
+                // The last migration ends with the history writes; one without statements, where the one before it did.
+                let end = if k + 1 == steps.len() { millis(started.elapsed()) } else { end.unwrap_or(before) };
+                durations.push(end.saturating_sub(before));
+                before = end;
             }
-            Direction::Down => HistoryChange::Delete(m.version),
+            durations
         };
-        self.driver.execute_atomic(&step.statements, &change, &mut on_done).await?;
-        Ok(rows)
+        let change = || {
+            let mut changes: Vec<HistoryChange> = steps
+                .iter()
+                .zip(durations())
+                .map(|(step, duration)| match step.direction {
+                    Direction::Up => HistoryChange::Write(new_record(
+                        step.migration,
+                        RecordState::Applied,
+                        duration,
+                        &owner,
+                        plan_id.as_deref(),
+                    )),
+                    Direction::Down => HistoryChange::Delete(step.migration.version),
+                })
+                .collect();
+            match changes.len() {
+                1 => changes.pop().expect("one"),
+                _ => HistoryChange::Many(changes),
+            }
+        };
+        self.driver.execute_atomic(&statements, &change, &mut on_done).await?;
+        let durations = durations();
+        let (rows, _) = tally.into_inner().expect("not poisoned");
+        Ok(rows.into_iter().zip(durations).map(|(rows, duration_ms)| Ran { rows, duration_ms }).collect())
     }
 
     /// Runs a backfill batch by batch; each batch's update and cursor commit together. A killed run leaves the
@@ -341,6 +387,47 @@ impl Executor {
             error,
             dirty,
         }
+    }
+}
+
+/// What one migration of an atomic run did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Ran {
+    pub(super) rows: u64,
+    pub(super) duration_ms: u64,
+}
+
+/// Each of `steps` starts, up to the first with statements to run (one without starts and ends at once).
+pub(super) fn start_next(sink: &Option<ProgressSink>, steps: &[&Prepared]) {
+    for step in steps {
+        let statements = step.statements.len();
+        send(sink, step, ProgressKind::Started { statements, atomic: true, resume_from: 0 });
+        if statements > 0 {
+            break;
+        }
+    }
+}
+
+/// The step that statement `i` of `steps`' statements one after another belongs to, and its index there.
+pub(super) fn position(steps: &[&Prepared], mut i: usize) -> (usize, usize) {
+    for (k, step) in steps.iter().enumerate() {
+        if i < step.statements.len() {
+            return (k, i);
+        }
+        i -= step.statements.len();
+    }
+    (steps.len() - 1, i)
+}
+
+/// The step a failure of statement `at` (of all of `steps`' statements) is reported on, with the statement's index
+/// there; a failed history write or commit (`None`) is the last step's.
+fn locate<'p, 'a>(steps: &[&'p Prepared<'a>], at: Option<usize>) -> (&'p Prepared<'a>, Option<usize>) {
+    match at {
+        Some(i) => {
+            let (k, local) = position(steps, i);
+            (steps[k], Some(local))
+        }
+        None => (steps[steps.len() - 1], None),
     }
 }
 

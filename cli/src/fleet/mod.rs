@@ -106,6 +106,10 @@ pub struct CreateArgs {
     /// How long one statement may run (e.g. 10m); default: no limit.
     #[arg(long, value_name = "DURATION", value_parser = flotilla_core::parse_duration)]
     pub statement_timeout: Option<std::time::Duration>,
+    /// Each target's pending migrations in one transaction: all of them apply, or none does (Flyway's `group`).
+    /// A target whose engine cannot (MySQL's DDL, `no-transaction` scripts, backfills) fails, changing nothing.
+    #[arg(long)]
+    pub group: bool,
     /// Apply up to this version (default: all).
     #[arg(long, conflicts_with = "down_to")]
     pub to: Option<Version>,

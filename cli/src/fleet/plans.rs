@@ -152,6 +152,7 @@ fn create_request(args: &CreateArgs) -> Result<pb::SubmitPlanRequest, Fail> {
             lock_timeout_ms: args.statement_lock_timeout.map_or(0, |d| d.as_millis() as u64),
             statement_timeout_ms: args.statement_timeout.map_or(0, |d| d.as_millis() as u64),
             lock_retries: args.lock_retries,
+            group: args.group,
         }),
         dry_run: args.dry_run,
         allow_lint: args.allow_lint,

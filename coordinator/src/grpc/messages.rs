@@ -36,6 +36,7 @@ pub(super) fn strategy(s: Option<pb::Strategy>) -> Result<Strategy, Status> {
             statement: (s.statement_timeout_ms > 0).then(|| std::time::Duration::from_millis(s.statement_timeout_ms)),
             lock_retries: s.lock_retries,
         },
+        group: s.group,
     })
 }
 
@@ -155,6 +156,7 @@ fn assignment(a: Assignment) -> pb::Assignment {
         lock_timeout_ms: a.timeouts.lock.map_or(0, millis),
         statement_timeout_ms: a.timeouts.statement.map_or(0, millis),
         lock_retries: a.timeouts.lock_retries,
+        group: a.group,
     }
 }
 

@@ -162,6 +162,8 @@ pub struct Assignment {
     pub validate: bool,
     /// The plan's timeouts for migrations that set none.
     pub timeouts: flotilla_core::Timeouts,
+    /// The target's pending migrations in one transaction (the plan's `Strategy::group`).
+    pub group: bool,
     /// W3C traceparent of the plan's span, so the agent's spans join the rollout's trace.
     pub traceparent: Option<String>,
 }

@@ -106,6 +106,8 @@ impl Coordinator {
                 // A rollback takes the same care of the servers and the applications as the rollout did.
                 max_per_host: original.strategy.max_per_host,
                 timeouts: original.strategy.timeouts,
+                // All or none per target, back as forth.
+                group: original.strategy.group,
             },
             phase: None,
             rollback_of: Some(original.id.clone()),
