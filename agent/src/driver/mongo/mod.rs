@@ -282,11 +282,14 @@ fn mongo_error(e: mongodb::error::Error) -> DriverError {
     }
 }
 
+/// The server's error code. A write concern error counts: a write that applied but whose majority wait ran past its
+/// `maxTimeMS` is code 50 like one that never ran (the lease's attempts, `lease::take`, are safe to repeat).
 fn code_of(e: &mongodb::error::Error) -> Option<i32> {
     use mongodb::error::{ErrorKind, WriteFailure};
     match &*e.kind {
         ErrorKind::Command(c) => Some(c.code),
         ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
         _ => None,
     }
 }
