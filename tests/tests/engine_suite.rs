@@ -285,17 +285,21 @@ async fn bad_input_changes_nothing(engine: Engine) {
     .fails(3, "cannot connect");
 }
 
-async fn killed_runner_does_not_block_the_next(engine: Engine) {
-    let db = TestDb::new(engine).await;
+/// Migration 1 creates table (collection) `a`; migration 2 runs about 4 s.
+fn create_a_then_slow(engine: Engine) -> Dir {
     let dir = Dir::new();
     let (up, down) = create_table(engine, "a");
     dir.migration(engine, 1, "create_a", &up, &down);
     let down_slow = if engine == Mongodb { "[{\"drop\": \"sleepy\"}]".to_string() } else { "SELECT 1;".to_string() };
     dir.migration(engine, 2, "slow", &slow(engine, 4), &down_slow);
-    let path = dir.path().to_str().expect("utf-8");
+    dir
+}
 
-    // The first runner holds the lock (a lease of 2 s where the lock is a lease) and is killed mid-migration.
-    let mut first = spawn(&["up", "--db", &db.url, "--dir", path, "--lock-ttl", "2"]);
+/// Runs `flotilla up` on `db` with `args` until it starts migration 2 (`create_a_then_slow`), and kill -9s it 300 ms
+/// into it.
+async fn kill_in_migration_2(db: &TestDb, dir: &Dir, args: &[&str]) {
+    let path = dir.path().to_str().expect("utf-8");
+    let mut first = spawn(&[&["up", "--db", &db.url, "--dir", path], args].concat());
     let stderr = first.stderr.take().expect("stderr");
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
     loop {
@@ -307,6 +311,13 @@ async fn killed_runner_does_not_block_the_next(engine: Engine) {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     first.start_kill().expect("kill -9");
     first.wait().await.expect("reaped");
+}
+
+async fn killed_runner_does_not_block_the_next(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let dir = create_a_then_slow(engine);
+    // The first runner holds the lock (a lease of 2 s where the lock is a lease) and is killed mid-migration.
+    kill_in_migration_2(&db, &dir, &["--lock-ttl", "2"]).await;
 
     // The next runner must get the lock (released by the server, or expired) rather than wait forever. On MongoDB
     // the killed runner's transaction stays open on the server for a minute (transactionLifetimeLimitSeconds) unless
@@ -529,25 +540,8 @@ async fn a_group_killed_midway_leaves_none_applied(engine: Engine) {
         return; // its DDL refuses --group (a_group_applies_all_or_none)
     }
     let db = TestDb::new(engine).await;
-    let dir = Dir::new();
-    let (up, down) = create_table(engine, "a");
-    dir.migration(engine, 1, "create_a", &up, &down);
-    let down_slow = if engine == Mongodb { "[{\"drop\": \"sleepy\"}]".to_string() } else { "SELECT 1;".to_string() };
-    dir.migration(engine, 2, "slow", &slow(engine, 4), &down_slow);
-    let path = dir.path().to_str().expect("utf-8");
-
-    let mut first = spawn(&["up", "--db", &db.url, "--dir", path, "--lock-ttl", "2", "--group"]);
-    let stderr = first.stderr.take().expect("stderr");
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
-    loop {
-        let line = lines.next_line().await.expect("read").expect("the first runner reaches migration 2");
-        if line.contains("2 slow") {
-            break;
-        }
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    first.start_kill().expect("kill -9");
-    first.wait().await.expect("reaped");
+    let dir = create_a_then_slow(engine);
+    kill_in_migration_2(&db, &dir, &["--lock-ttl", "2", "--group"]).await;
     assert!(db.history().await.is_empty(), "migration 1 committed with 2 or not at all");
     assert!(!db.has_table("a").await);
 
