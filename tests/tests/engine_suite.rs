@@ -501,7 +501,7 @@ async fn a_group_applies_all_or_none(engine: Engine) {
     let before = db.catalog().await;
     if engine == Mysql {
         let refused = cmd("up", &db, dir.path(), &["--group"]).await;
-        refused.fails(4, "1 (create_a) cannot run in a transaction: MySQL commits each DDL statement on its own");
+        refused.fails(4, "1 (create_a) cannot run in a transaction: MySQL commits DDL on its own");
         assert!(refused.stderr.contains("none of them was run"), "{refused:?}");
         assert!(db.history().await.is_empty());
         assert!(!db.has_table("a").await);

@@ -74,7 +74,9 @@ pub(super) fn groupable(steps: &[&Prepared], defaults: Timeouts, engine: Engine)
         }
         if !step.atomic {
             let why = match engine {
-                Engine::Mysql => "cannot run in a transaction: MySQL commits each DDL statement on its own".into(),
+                Engine::Mysql => "cannot run in a transaction: MySQL commits DDL on its own, so its migrations run \
+                                  statement by statement"
+                    .into(),
                 _ => "cannot run in a transaction (a `no-transaction` script, or commands a transaction does not \
                       allow)"
                     .into(),
@@ -142,7 +144,7 @@ mod tests {
         assert_eq!(groupable(&[&pa, &pb], defaults, Engine::Postgres).expect("groupable"), defaults);
 
         let refused = groupable(&[&pa, &prepared(&b, false)], defaults, Engine::Mysql).unwrap_err().to_string();
-        assert!(refused.contains("2 (m2)") && refused.contains("MySQL commits each DDL"), "{refused}");
+        assert!(refused.contains("2 (m2)") && refused.contains("MySQL commits DDL on its own"), "{refused}");
         assert!(refused.contains("none of them was run"), "{refused}");
 
         let refused = groupable(&[&pa, &prepared(&slow, true)], defaults, Engine::Postgres).unwrap_err().to_string();
