@@ -337,7 +337,7 @@ async fn a_rollback_left_undone_by_a_previous_coordinator_is_created_at_start() 
         bundle: "b".repeat(64),
         selector: Selector::default(),
         goal: Goal::Up { to: None },
-        strategy: Strategy { on_failure: OnFailure::RollbackPlan, ..Strategy::default() },
+        strategy: Strategy { on_failure: OnFailure::RollbackPlan, group: true, ..Strategy::default() },
         phase: None,
         rollback_of: None,
         approved_wave: 0,
@@ -372,6 +372,8 @@ async fn a_rollback_left_undone_by_a_previous_coordinator_is_created_at_start() 
     let rb_steps = flotilla_coordinator::Store::steps(store.as_ref(), &rollbacks[0].id).await.expect("steps");
     let goals: Vec<_> = rb_steps.iter().map(|s| (s.target.as_str(), s.goal)).collect();
     assert_eq!(goals, vec![("a", Some(Goal::Down { to: v(3) })), ("b", Some(Goal::Down { to: v(0) }))]);
+    // A grouped rollout's rollback runs each DOWN on its own: MongoDB's drops, say, could not run as a group.
+    assert!(!rollbacks[0].strategy.group);
 }
 
 /// The step-started and end times of each target's step, from `plan watch --json`.

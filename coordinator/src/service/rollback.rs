@@ -106,8 +106,9 @@ impl Coordinator {
                 // A rollback takes the same care of the servers and the applications as the rollout did.
                 max_per_host: original.strategy.max_per_host,
                 timeouts: original.strategy.timeouts,
-                // All or none per target, back as forth.
-                group: original.strategy.group,
+                // Each DOWN on its own, even after a grouped rollout: a group is refused where one DOWN cannot run
+                // in a transaction (MongoDB's drops), and a rollback must go wherever it can.
+                group: false,
             },
             phase: None,
             rollback_of: Some(original.id.clone()),
