@@ -225,15 +225,15 @@ impl Executor {
         prepared: &PreparedSet<'_>,
         request: Request,
     ) -> Result<RunReport, ExecError> {
-        self.driver.ensure_history().await?;
+        // Refusals (the plan's, a group that cannot be) come before the run writes anything, the history table too.
         let history = self.driver.history().await?;
         let steps = plan::plan(&set.migrations, &history, request, &self.plan_options)?;
         let steps = pick(prepared, &steps)?;
-        // A group that cannot be is refused before the run writes anything.
         let group = match self.plan_options.group && steps.len() > 1 {
             true => Some(group::groupable(&steps, self.timeouts, self.driver.engine())?),
             false => None,
         };
+        self.driver.ensure_history().await?;
         let repeatables =
             if matches!(request, Request::Up { .. }) { self.due_repeatables(set).await? } else { Vec::new() };
         if !steps.is_empty() || !repeatables.is_empty() {

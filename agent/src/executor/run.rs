@@ -111,58 +111,54 @@ impl Executor {
             _ => steps.iter().flat_map(|s| s.statements.iter().cloned()).collect::<Vec<_>>().into(),
         };
         // Per step: rows, and when its last statement finished (ms from `started`).
-        let tally = std::sync::Mutex::new((vec![0u64; steps.len()], vec![None::<u64>; steps.len()]));
+        // Per step: what it did, and when its last statement finished (ms from `started`).
+        let ran = std::sync::Mutex::new(vec![Ran::default(); steps.len()]);
+        let ends = std::sync::Mutex::new(vec![None::<u64>; steps.len()]);
         let sink = self.progress.clone();
         let mut on_done = |i: usize, n: u64| {
             let (k, local) = position(steps, i);
             let elapsed_ms = millis(started.elapsed());
             let total = steps[k].statements.len();
             send(&sink, steps[k], ProgressKind::Statement { index: local + 1, total, rows_affected: n, elapsed_ms });
-            let mut tally = tally.lock().expect("not poisoned");
-            tally.0[k] += n;
+            ran.lock().expect("not poisoned")[k].rows += n;
             if local + 1 == total {
-                tally.1[k] = Some(elapsed_ms);
+                ends.lock().expect("not poisoned")[k] = Some(elapsed_ms);
                 start_next(&sink, &steps[k + 1..]);
             }
         };
-        // Asked for after the statements ran, inside the transaction, so the recorded durations are the real ones.
+        // Asked for after the statements ran, inside the transaction, so the recorded durations are the real ones
+        // (and the reports' the same).
         let (owner, plan_id) = (self.owner.clone(), self.plan_id.clone());
-        let durations = || {
-            let (_, ends) = &*tally.lock().expect("not poisoned");
-            let mut before = 0;
-            let mut durations = Vec::with_capacity(steps.len());
-            for (k, end) in ends.iter().enumerate() {
-                // The last migration ends with the history writes; one without statements, where the one before it did.
-                let end = if k + 1 == steps.len() { millis(started.elapsed()) } else { end.unwrap_or(before) };
-                durations.push(end.saturating_sub(before));
-                before = end;
-            }
-            durations
-        };
         let change = || {
-            let mut changes: Vec<HistoryChange> = steps
-                .iter()
-                .zip(durations())
-                .map(|(step, duration)| match step.direction {
-                    Direction::Up => HistoryChange::Write(new_record(
-                        step.migration,
-                        RecordState::Applied,
-                        duration,
-                        &owner,
-                        plan_id.as_deref(),
-                    )),
+            let (ends, mut ran) = (ends.lock().expect("not poisoned"), ran.lock().expect("not poisoned"));
+            let mut before = 0;
+            let mut changes = Vec::with_capacity(steps.len());
+            for (k, step) in steps.iter().enumerate() {
+                // The last migration ends with the history writes; one without statements, where the one before it did.
+                let end = if k + 1 == steps.len() { millis(started.elapsed()) } else { ends[k].unwrap_or(before) };
+                ran[k].duration_ms = end.saturating_sub(before);
+                before = end;
+                changes.push(match step.direction {
+                    Direction::Up => {
+                        let record = new_record(
+                            step.migration,
+                            RecordState::Applied,
+                            ran[k].duration_ms,
+                            &owner,
+                            plan_id.as_deref(),
+                        );
+                        HistoryChange::Write(record)
+                    }
                     Direction::Down => HistoryChange::Delete(step.migration.version),
-                })
-                .collect();
+                });
+            }
             match changes.len() {
                 1 => changes.pop().expect("one"),
                 _ => HistoryChange::Many(changes),
             }
         };
         self.driver.execute_atomic(&statements, &change, &mut on_done).await?;
-        let durations = durations();
-        let (rows, _) = tally.into_inner().expect("not poisoned");
-        Ok(rows.into_iter().zip(durations).map(|(rows, duration_ms)| Ran { rows, duration_ms }).collect())
+        Ok(ran.into_inner().expect("not poisoned"))
     }
 
     /// Runs a backfill batch by batch; each batch's update and cursor commit together. A killed run leaves the
