@@ -29,6 +29,7 @@ on_every_store!(
     a_batch_of_assignments_is_one_transaction_of_compare_and_sets,
     facts_from_agents_are_recorded_in_order_each_by_its_compare_and_set,
     a_batch_of_many_events_keeps_each_plans_order_and_numbers,
+    a_large_batch_of_starts_and_results_applies_each_as_one_after_another_would,
     a_result_under_the_steps_token_is_recorded_after_it_was_taken_back,
     lists_and_fleet_status_in_one_query_each,
     the_schema_is_versioned_old_stores_are_adopted_and_newer_ones_refused
@@ -510,6 +511,115 @@ async fn a_batch_of_many_events_keeps_each_plans_order_and_numbers(engine: Engin
         assert_eq!(seqs, (1..=expected.len() as u64).collect::<Vec<_>>(), "{id}: numbered 1, 2, … with no gap");
         let ns: Vec<usize> = events.iter().map(|e| e.detail["n"].as_u64().expect("n") as usize).collect();
         assert_eq!(ns, expected, "{id}: in the order recorded");
+    }
+}
+
+/// A batch is a few UPDATEs over VALUES lists (64 + 16 + 4 + 1 rows each), yet it writes what the facts would one
+/// after another: over two plans and 150 steps, each step's start and result under its token are written; a stale
+/// token, a repeat (even one saying otherwise), a start after its own result, a second assignment of a target in one
+/// call write nothing; the events follow the facts' order.
+async fn a_large_batch_of_starts_and_results_applies_each_as_one_after_another_would(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = SqlStore::open(&db.url).await.expect("open");
+    let targets = |id: &str, n: usize| (0..n).map(|i| format!("{id}-t{i:03}")).collect::<Vec<_>>();
+    let plans = [("p1", targets("p1", 100)), ("p2", targets("p2", 50))];
+    let token = |t: &str| 1_000 + t.bytes().fold(0u64, |h, b| h * 31 % 1_000_003 + u64::from(b));
+    for (id, targets) in &plans {
+        let steps: Vec<Step> = targets.iter().map(|t| step(id, t, 1)).collect();
+        store.create_plan(&plan(id), &steps).await.expect("create");
+        let mut assigning: Vec<Assigning> = targets
+            .iter()
+            .map(|t| Assigning { target: t.clone(), token: token(t), detail: serde_json::json!({}) })
+            .collect();
+        assigning.push(Assigning { target: targets[0].clone(), token: 7, detail: serde_json::json!({}) });
+        assert_eq!(store.assign_steps(id, &assigning).await.expect("assign").len(), targets.len());
+        let first = store.step(id, &targets[0]).await.expect("step").expect("first");
+        assert_eq!(first.token, Some(token(&targets[0])), "the first assignment of a target in a call stands");
+    }
+    let start = |id: &str, t: &str, token| {
+        Fact::Start(Starting {
+            plan_id: id.into(),
+            target: t.into(),
+            token,
+            before: Some(v(1)),
+            detail: Some(serde_json::json!({})),
+        })
+    };
+    let finish = |id: &str, t: &str, token, state| {
+        let (error, after) =
+            if state == StepState::Failed { (Some("boom".to_string()), None) } else { (None, Some(v(2))) };
+        Fact::Finish(StepFinish {
+            plan_id: id.into(),
+            target: t.into(),
+            token,
+            state,
+            error,
+            before: Some(v(1)),
+            after,
+            detail: serde_json::json!({}),
+        })
+    };
+    // (fact, whether it is written)
+    let mut facts: Vec<(Fact, bool)> = Vec::new();
+    for (id, targets) in &plans {
+        for (i, t) in targets.iter().enumerate() {
+            if i == 3 {
+                // Its result comes first: the start after it finds the step ended.
+                facts.push((finish(id, t, token(t), StepState::Succeeded), true));
+                facts.push((start(id, t, token(t)), false));
+                continue;
+            }
+            facts.push((start(id, t, token(t)), true));
+            if i % 5 == 0 {
+                facts.push((start(id, t, 1), false));
+                facts.push((start(id, t, token(t)), false));
+            }
+        }
+        for (i, t) in targets.iter().enumerate().filter(|(i, _)| *i != 3) {
+            if i % 7 == 0 {
+                facts.push((finish(id, t, 2, StepState::Succeeded), false));
+                continue;
+            }
+            let state = if i % 9 == 0 { StepState::Failed } else { StepState::Succeeded };
+            facts.push((finish(id, t, token(t), state), true));
+            if i % 11 == 0 {
+                facts.push((finish(id, t, token(t), StepState::Failed), false));
+            }
+        }
+    }
+    let (batch, expected): (Vec<Fact>, Vec<bool>) = facts.into_iter().unzip();
+    assert_eq!(store.record(&batch).await.expect("record"), expected);
+    for (id, targets) in &plans {
+        for (i, t) in targets.iter().enumerate() {
+            let s = store.step(id, t).await.expect("step").expect("exists");
+            let want = match i {
+                3 => (StepState::Succeeded, Some(v(2))),
+                _ if i % 7 == 0 => (StepState::Running, None),
+                _ if i % 9 == 0 => (StepState::Failed, None),
+                _ => (StepState::Succeeded, Some(v(2))),
+            };
+            assert_eq!((s.state, s.after), want, "{t}");
+            assert_eq!((s.token, s.before), (Some(token(t)), Some(v(1))), "{t}");
+        }
+    }
+    for (id, _) in &plans {
+        let events = store.events_after(id, 0, EVENT_PAGE).await.expect("events");
+        let written: Vec<(Option<String>, EventKind)> = batch
+            .iter()
+            .zip(&expected)
+            .filter(|(_, written)| **written)
+            .filter_map(|(fact, _)| match fact {
+                Fact::Start(s) if s.plan_id == *id => Some((Some(s.target.clone()), EventKind::StepStarted)),
+                Fact::Finish(r) if r.plan_id == *id => {
+                    let kind = if r.state == StepState::Failed { EventKind::Failed } else { EventKind::Succeeded };
+                    Some((Some(r.target.clone()), kind))
+                }
+                _ => None,
+            })
+            .collect();
+        let seen: Vec<_> =
+            events.iter().filter(|e| e.kind != EventKind::Assigned).map(|e| (e.target.clone(), e.kind)).collect();
+        assert_eq!(seen, written, "{id}: one event per fact written, in the facts' order");
     }
 }
 
