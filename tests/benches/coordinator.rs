@@ -4,6 +4,7 @@
 //! process that speak the agents' gRPC protocol over mTLS with a driver that does nothing: each check is answered
 //! at once, each assignment is reported started and then succeeded at once. What is measured is the
 //! coordinator: scheduling, locks, store writes, streams. Printed per lock service:
+//! - how long the agents' registrations took (all 10 at once; the slowest);
 //! - target-steps per second through assignments (every target's check answers "not at the goal"), and through
 //!   checks (a re-run: every target at its goal);
 //! - the coordinator's peak RSS;
@@ -54,6 +55,8 @@ struct Seen {
     sent: HashMap<String, Instant>,
     /// When each assignment arrived.
     assigned: Vec<Instant>,
+    /// How long each agent's registration took.
+    registered: Vec<Duration>,
 }
 
 /// One fake agent: registers `targets`, heartbeats, and answers what arrives on its stream.
@@ -69,10 +72,12 @@ async fn agent(channel: Channel, name: String, targets: Vec<String>, mode: Arc<M
             labels: [("env".to_string(), "bench".to_string())].into(),
         })
         .collect();
+    let started = Instant::now();
     client
         .register(pb::RegisterRequest { agent_version: "bench".into(), targets: infos, name: name.clone() })
         .await
         .expect("register");
+    seen.lock().expect("seen").registered.push(started.elapsed());
     let running: Arc<Mutex<Vec<pb::StepRef>>> = Arc::default();
     {
         let (mut client, name, running) = (client.clone(), name.clone(), running.clone());
@@ -301,6 +306,8 @@ async fn throughput(etcd: Option<String>, n: usize, agents: usize, parallel: usi
     let rss = fleet.pids().iter().find(|(n, _)| n == "coordinator").map(|(_, p)| peak_rss_mib(*p)).unwrap_or(0.0);
     let per_sec = |d: Duration| n as f64 / d.as_secs_f64();
     println!("{label}: {n} targets over {agents} agents, parallelism {parallel}");
+    let registered = seen.lock().expect("seen").registered.iter().max().copied().unwrap_or_default();
+    println!("  the agents' registrations, all at once: the slowest {:.0} ms", registered.as_secs_f64() * 1e3);
     println!(
         "  through assignments: {:.2} s, {:.0} target-steps/s (the plan's submission, its {n} steps stored: {:.0} ms)",
         assigned.as_secs_f64(),

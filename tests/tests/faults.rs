@@ -259,6 +259,13 @@ async fn oversized_and_malformed_rpcs_get_a_clear_status_and_change_nothing() {
     );
     refused(agent.register(register(vec![target("", pb::Engine::Sqlite)])).await, Code::InvalidArgument, "no name");
     refused(
+        agent
+            .register(register(vec![target("sq-01", pb::Engine::Sqlite), target("sq-01", pb::Engine::Postgres)]))
+            .await,
+        Code::InvalidArgument,
+        "target `sq-01` is listed twice",
+    );
+    refused(
         agent.register(register(vec![target("pg-01", pb::Engine::Postgres)])).await,
         Code::PermissionDenied,
         "may not serve",

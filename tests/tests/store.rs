@@ -106,13 +106,22 @@ async fn sqlite_checkpoints_the_log_beside_the_writer() {
 async fn targets_and_selectors(engine: Engine) {
     let db = TestDb::new(engine).await;
     let store = SqlStore::open(&db.url).await.expect("open");
-    store.upsert_target(&target("db-b", "prod")).await.expect("upsert");
-    store.upsert_target(&target("db-a", "staging")).await.expect("upsert");
-    store.upsert_target(&target("db-a", "prod")).await.expect("upsert replaces");
+    store.upsert_targets(&[target("db-b", "prod")]).await.expect("upsert");
+    store.upsert_targets(&[target("db-a", "staging"), target("db-a", "prod")]).await.expect("the last stands");
+    store.upsert_targets(&[target("db-b", "staging"), target("db-b", "prod")]).await.expect("upsert replaces");
     let all = store.targets().await.expect("targets");
     assert_eq!(all.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["db-a", "db-b"]);
     let prod: flotilla_core::fleet::Selector = "env=prod".parse().expect("selector");
     assert_eq!(all.iter().filter(|t| prod.matches(t)).count(), 2);
+    // An agent of 1,000 targets registers in one transaction (256 + 16 + 1 rows a statement), its last registration
+    // replacing what another agent had registered for the same names.
+    let many: Vec<Target> = (0..1_000).map(|i| target(&format!("db-{i:04}"), "staging")).collect();
+    store.upsert_targets(&many).await.expect("many");
+    let moved: Vec<Target> = many.iter().map(|t| Target { agent: "agent-2".into(), ..t.clone() }).collect();
+    store.upsert_targets(&moved).await.expect("moved");
+    let all = store.targets().await.expect("targets");
+    assert_eq!(all.len(), 1_002);
+    assert!(all.iter().filter(|t| t.name.starts_with("db-0")).all(|t| t.agent == "agent-2" && !prod.matches(t)));
 }
 
 async fn plans_steps_and_transitions(engine: Engine) {

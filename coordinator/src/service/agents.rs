@@ -49,20 +49,28 @@ impl Coordinator {
                 if globs.is_empty() { "none".to_string() } else { globs.join(", ") }
             )));
         }
-        let known = self.store.targets().await?;
+        let mut names = std::collections::HashSet::with_capacity(targets.len());
+        if let Some(twice) = targets.iter().find(|t| !names.insert(&t.name)) {
+            return Err(ServiceError::BadInput(format!(
+                "target `{}` is listed twice in agent `{name}`'s registration",
+                twice.name
+            )));
+        }
+        let known: HashMap<String, String> =
+            self.store.targets().await?.into_iter().map(|k| (k.name, k.agent)).collect();
         for t in &targets {
-            if let Some(other) = known.iter().find(|k| k.name == t.name && k.agent != name) {
-                if self.is_connected(&other.agent) {
+            match known.get(&t.name) {
+                Some(other) if other != name && self.is_connected(other) => {
                     return Err(ServiceError::Refused(format!(
-                        "target `{}` is served by connected agent `{}`",
-                        t.name, other.agent
+                        "target `{}` is served by connected agent `{other}`",
+                        t.name
                     )));
                 }
+                _ => {}
             }
         }
-        for t in &targets {
-            self.store.upsert_target(&Target { agent: name.to_string(), ..t.clone() }).await?;
-        }
+        let mine: Vec<Target> = targets.iter().map(|t| Target { agent: name.to_string(), ..t.clone() }).collect();
+        self.store.upsert_targets(&mine).await?;
         let mut inner = self.inner();
         let mut owners = (*inner.owners).clone();
         for t in &targets {

@@ -78,7 +78,8 @@ pub trait Store: Send + Sync {
     async fn put_bundle(&self, body: &str) -> Result<String, StoreError>;
     async fn bundle(&self, id: &str) -> Result<Option<String>, StoreError>;
 
-    async fn upsert_target(&self, target: &Target) -> Result<(), StoreError>;
+    /// Adds or replaces targets (by name), all in one transaction; of a name given twice, the last stands.
+    async fn upsert_targets(&self, targets: &[Target]) -> Result<(), StoreError>;
     async fn targets(&self) -> Result<Vec<Target>, StoreError>;
 
     /// Creates a plan and its steps in one transaction.

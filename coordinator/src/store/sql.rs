@@ -1,6 +1,6 @@
 //! The `Store` on a SQLite file or PostgreSQL, through one sqlx pool; schema versioned by `sqlx::migrate!`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Once;
 
 use async_trait::async_trait;
@@ -21,6 +21,9 @@ const INSERT_EVENT: &str = "INSERT INTO events (plan_id, seq, at, target, kind, 
 
 /// Rows per step insert when a plan is created, largest first (10 parameters a row).
 const STEP_ROWS: [usize; 3] = [256, 16, 1];
+
+/// Rows per target upsert when an agent registers, largest first (4 parameters a row).
+const TARGET_ROWS: [usize; 3] = [256, 16, 1];
 
 /// The `Store` on a SQLite file or PostgreSQL, through one sqlx pool.
 pub struct SqlStore {
@@ -129,19 +132,25 @@ impl Store for SqlStore {
         rows.first().map(|r| get(r, 0)).transpose()
     }
 
-    async fn upsert_target(&self, t: &Target) -> Result<(), StoreError> {
-        sqlx::query(&self.sql(
-            "INSERT INTO targets (name, engine, labels, agent) VALUES (?, ?, ?, ?)
-             ON CONFLICT (name) DO UPDATE SET engine = excluded.engine, labels = excluded.labels, agent = excluded.agent",
-        ))
-        .bind(t.name.clone())
-        .bind(t.engine.as_str())
-        .bind(to_json(&t.labels))
-        .bind(t.agent.clone())
-        .execute(&self.pool)
-        .await
-        .map(drop)
-        .map_err(db)
+    async fn upsert_targets(&self, targets: &[Target]) -> Result<(), StoreError> {
+        // The last of each name, as one upsert after another would leave it (and a statement may not touch a row
+        // twice).
+        let mut seen = HashSet::with_capacity(targets.len());
+        let mut last: Vec<&Target> = targets.iter().rev().filter(|t| seen.insert(&t.name)).collect();
+        last.reverse();
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for chunk in shaped_chunks(&last, &TARGET_ROWS) {
+            let rows = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
+            let upsert = self.sql(&format!(
+                "INSERT INTO targets (name, engine, labels, agent) VALUES {rows} ON CONFLICT (name)
+                 DO UPDATE SET engine = excluded.engine, labels = excluded.labels, agent = excluded.agent"
+            ));
+            let query = chunk.iter().fold(sqlx::query(&upsert), |q, t| {
+                q.bind(t.name.clone()).bind(t.engine.as_str()).bind(to_json(&t.labels)).bind(t.agent.clone())
+            });
+            query.execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
     }
 
     async fn targets(&self) -> Result<Vec<Target>, StoreError> {
