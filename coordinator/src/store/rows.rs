@@ -1,5 +1,8 @@
 //! Rows of the store's tables as domain values, and back: every decode checked, a bad value `Corrupt`.
 
+use std::collections::HashSet;
+use std::hash::Hash;
+
 use chrono::{DateTime, Utc};
 use flotilla_core::fleet::{Plan, Step};
 use flotilla_core::Version;
@@ -94,13 +97,33 @@ pub(super) fn version(text: Option<String>) -> Result<Option<Version>, StoreErro
     text.map(|t| t.parse().map_err(|e| StoreError::Corrupt(format!("a version of `{t}`: {e}")))).transpose()
 }
 
+/// The first item of each key, in order: one row per key for a statement over many (with two rows for one key, which
+/// one an `UPDATE … FROM` or an upsert applies is undefined, or an error).
+pub(super) fn first_of_each<'a, T, K: Eq + Hash>(
+    items: impl IntoIterator<Item = &'a T>,
+    key: impl Fn(&'a T) -> K,
+) -> Vec<&'a T> {
+    let mut seen = HashSet::new();
+    items.into_iter().filter(|item| seen.insert(key(item))).collect()
+}
+
 pub(super) fn token_value(token: Option<u64>) -> Option<i64> {
     token.map(|t| i64::try_from(t).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::shaped_chunks;
+    use super::{first_of_each, shaped_chunks};
+
+    #[test]
+    fn the_first_of_each_key_is_kept_in_order() {
+        let items = [("a", 1), ("b", 2), ("a", 3), ("c", 4), ("b", 5)];
+        let kept: Vec<u32> = first_of_each(&items, |(t, _)| *t).iter().map(|(_, n)| *n).collect();
+        assert_eq!(kept, [1, 2, 4]);
+        let mut last: Vec<u32> = first_of_each(items.iter().rev(), |(t, _)| *t).iter().map(|(_, n)| *n).collect();
+        last.reverse();
+        assert_eq!(last, [3, 4, 5], "the last of each, in order");
+    }
 
     #[test]
     fn chunks_take_the_largest_shape_that_fits_and_cover_everything_once() {

@@ -1,6 +1,6 @@
 //! The `Store` on a SQLite file or PostgreSQL, through one sqlx pool; schema versioned by `sqlx::migrate!`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Once;
 
 use async_trait::async_trait;
@@ -133,10 +133,8 @@ impl Store for SqlStore {
     }
 
     async fn upsert_targets(&self, targets: &[Target]) -> Result<(), StoreError> {
-        // The last of each name, as one upsert after another would leave it (and a statement may not touch a row
-        // twice).
-        let mut seen = HashSet::with_capacity(targets.len());
-        let mut last: Vec<&Target> = targets.iter().rev().filter(|t| seen.insert(&t.name)).collect();
+        // The last of each name, as one upsert after another would leave it.
+        let mut last = first_of_each(targets.iter().rev(), |t| &t.name);
         last.reverse();
         let mut tx = self.pool.begin().await.map_err(db)?;
         for chunk in shaped_chunks(&last, &TARGET_ROWS) {

@@ -6,7 +6,7 @@
 //! (`WITH v (…) AS (VALUES …) UPDATE steps … FROM v … RETURNING …`): a batch of 200 results is a few statements, not
 //! 200 round trips to PostgreSQL or 200 hand-offs to SQLite's thread. A row that matches no step in flight under its
 //! token comes back in no RETURNING row, and so is "not written". Each step appears once per statement
-//! ([`tried_once`], [`first_per_target`]): with two rows for one step, which one an UPDATE … FROM applies is not
+//! ([`tried_once`], `first_of_each`): with two rows for one step, which one an UPDATE … FROM applies is not
 //! defined.
 
 use std::collections::{HashMap, HashSet};
@@ -32,7 +32,7 @@ type Finished = HashMap<Key, Result<Step, StoreError>>;
 impl SqlStore {
     /// [`Store::assign_steps`].
     pub(super) async fn assign_pending(&self, plan_id: &str, steps: &[Assigning]) -> Result<Vec<String>, StoreError> {
-        let steps = first_per_target(steps, |a| &a.target);
+        let steps = first_of_each(steps, |a| &a.target);
         retried(|| async {
             let mut tx = self.pool.begin().await?;
             let now = Utc::now().to_rfc3339();
@@ -240,7 +240,7 @@ impl SqlStore {
 
     /// [`Store::finish_unchanged`].
     pub(super) async fn finish_pending(&self, plan_id: &str, steps: &[Unchanged]) -> Result<Vec<Step>, StoreError> {
-        let steps = first_per_target(steps, |u| &u.target);
+        let steps = first_of_each(steps, |u| &u.target);
         retried(|| async {
             let mut tx = self.pool.begin().await?;
             let now = Utc::now().to_rfc3339();
@@ -375,12 +375,6 @@ fn tried_once(facts: &[Fact]) -> Vec<bool> {
         .collect()
 }
 
-/// The first item for each target, in order: a later one for the same target would find its step moved already.
-fn first_per_target<T>(items: &[T], target: impl Fn(&T) -> &String) -> Vec<&T> {
-    let mut seen = HashSet::with_capacity(items.len());
-    items.iter().filter(|item| seen.insert(target(item))).collect()
-}
-
 /// A result ends a step as succeeded or failed, nothing else.
 fn finishable(r: &StepFinish) -> Result<(), StoreError> {
     if !r.state.is_done() || r.state == StepState::Skipped {
@@ -457,12 +451,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn the_first_of_each_target_is_kept_in_order() {
-        let items = [("a", 1), ("b", 2), ("a", 3), ("c", 4), ("b", 5)].map(|(t, n)| (t.to_string(), n));
-        let kept: Vec<u32> = first_per_target(&items, |(t, _)| t).iter().map(|(_, n)| *n).collect();
-        assert_eq!(kept, [1, 2, 4]);
     }
 }
