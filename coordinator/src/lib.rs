@@ -31,7 +31,7 @@ pub use lock::{Holder, InProcessLock, Lease, Lock, LockError};
 pub use service::Coordinator;
 pub use store::{
     Assigning, AuditQuery, AuditRecord, Fact, NewEvent, SqlStore, Starting, StepCount, StepFinish, Store, StoreError,
-    EVENT_PAGE,
+    Unchanged, EVENT_PAGE,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use flotilla_coordinator::{
-    Assigning, AuditQuery, Fact, NewEvent, SqlStore, Starting, StepCount, StepFinish, Store, StoreError, EVENT_PAGE,
+    Assigning, AuditQuery, Fact, NewEvent, SqlStore, Starting, StepCount, StepFinish, Store, StoreError, Unchanged,
+    EVENT_PAGE,
 };
 use flotilla_core::fleet::{AuditEntry, EventKind, Goal, Plan, PlanState, Step, StepState, Strategy, Target};
 use flotilla_core::Engine;
@@ -30,6 +31,7 @@ on_every_store!(
     facts_from_agents_are_recorded_in_order_each_by_its_compare_and_set,
     a_batch_of_many_events_keeps_each_plans_order_and_numbers,
     a_large_batch_of_starts_and_results_applies_each_as_one_after_another_would,
+    many_writers_of_one_plans_events_at_once_all_commit,
     a_result_under_the_steps_token_is_recorded_after_it_was_taken_back,
     lists_and_fleet_status_in_one_query_each,
     the_schema_is_versioned_old_stores_are_adopted_and_newer_ones_refused
@@ -630,6 +632,43 @@ async fn a_large_batch_of_starts_and_results_applies_each_as_one_after_another_w
             events.iter().filter(|e| e.kind != EventKind::Assigned).map(|e| (e.target.clone(), e.kind)).collect();
         assert_eq!(seen, written, "{id}: one event per fact written, in the facts' order");
     }
+}
+
+/// Ten agents answer their checks at once: ten transactions, each a batch of steps at their goal with their events,
+/// on one plan, on every connection of the pool. Each commits, and the plan's events are numbered 1, 2, … with no
+/// gap. (Numbers are taken per plan as the last + 1; on PostgreSQL, writers that each took the same number collided on
+/// the key and tried again, and ten at once ran out of tries.)
+async fn many_writers_of_one_plans_events_at_once_all_commit(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = std::sync::Arc::new(SqlStore::open(&db.url).await.expect("open"));
+    let targets: Vec<String> = (0..2_000).map(|i| format!("t{i:04}")).collect();
+    let steps: Vec<Step> = targets.iter().map(|t| step("p1", t, 1)).collect();
+    store.create_plan(&plan("p1"), &steps).await.expect("create");
+    for round in 0..2 {
+        let tasks: Vec<_> = targets[round * 1_000..(round + 1) * 1_000]
+            .chunks(100)
+            .map(|chunk| {
+                let store = store.clone();
+                let at_goal: Vec<Unchanged> = chunk
+                    .iter()
+                    .map(|t| Unchanged { target: t.clone(), before: Some(v(1)), applied: Some(v(1)) })
+                    .collect();
+                tokio::spawn(async move { store.finish_unchanged("p1", &at_goal).await.map(|done| done.len()) })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.expect("join").expect("every writer commits"), 100);
+        }
+    }
+    let mut seqs = Vec::new();
+    loop {
+        let page = store.events_after("p1", seqs.last().copied().unwrap_or(0), EVENT_PAGE).await.expect("events");
+        if page.is_empty() {
+            break;
+        }
+        seqs.extend(page.iter().map(|e| e.seq));
+    }
+    assert_eq!(seqs, (1..=2_000).collect::<Vec<u64>>());
 }
 
 /// A step taken back keeps its token: the agent's result under it still ends the step, even after the plan halted

@@ -28,7 +28,7 @@ const TARGET_ROWS: [usize; 3] = [256, 16, 1];
 /// The `Store` on a SQLite file or PostgreSQL, through one sqlx pool.
 pub struct SqlStore {
     pub(super) pool: AnyPool,
-    postgres: bool,
+    pub(super) postgres: bool,
     /// SQLite's checkpoints, run beside the writer until the store is dropped (`checkpoint`).
     _checkpoints: Option<tokio_util::sync::DropGuard>,
 }
@@ -436,16 +436,20 @@ impl Store for SqlStore {
         detail: &serde_json::Value,
     ) -> Result<u64, StoreError> {
         let insert = self.sql(INSERT_EVENT);
-        // Two writers can pick the same next number; the primary key refuses one, which tries again.
-        let row = retried(|| {
-            sqlx::query(&insert)
+        let row = retried(|| async {
+            let mut tx = self.pool.begin().await?;
+            self.take_turns(&mut tx, &[plan_id]).await?;
+            let row = sqlx::query(&insert)
                 .bind(plan_id.to_string())
                 .bind(Utc::now().to_rfc3339())
                 .bind(target.map(str::to_string))
                 .bind(kind.as_str())
                 .bind(detail.to_string())
                 .bind(plan_id.to_string())
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(row)
         })
         .await?;
         u64::try_from(get::<i64>(&row, 0)?).map_err(|e| StoreError::Corrupt(e.to_string()))

@@ -148,8 +148,11 @@ impl SqlStore {
 
     /// A transaction's events, appended in order at its end, numbered after each plan's last: one read of the
     /// last number per plan and a few multi-row inserts, rather than a numbering read and an insert per event.
-    /// (Two writers may pick the same numbers; the primary key refuses one, whose transaction runs again.)
+    /// (Should two writers pick the same numbers anyway, e.g. two coordinators on a SQLite file, the primary key
+    /// refuses one, whose transaction runs again.)
     async fn insert_events(&self, conn: &mut AnyConnection, events: &[NewEvent], at: &str) -> Result<(), sqlx::Error> {
+        let plans: Vec<&str> = events.iter().map(|e| e.plan_id.as_str()).collect();
+        self.take_turns(conn, &plans).await?;
         let mut next: HashMap<&str, i64> = HashMap::new();
         let mut numbered = Vec::with_capacity(events.len());
         for e in events {
@@ -181,6 +184,25 @@ impl SqlStore {
                     .bind(e.detail.to_string());
             }
             query.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// On PostgreSQL, writers of one plan's events take turns from here to their commit, each reading the plan's last
+    /// event number after the one before it committed, instead of taking the same numbers, colliding on the key and
+    /// trying again (ten writers at once ran out of tries). In plan order, so two transactions never wait on each
+    /// other. (SQLite has one writer.)
+    pub(super) async fn take_turns(&self, conn: &mut AnyConnection, plans: &[&str]) -> Result<(), sqlx::Error> {
+        if self.postgres {
+            let mut plans = plans.to_vec();
+            plans.sort_unstable();
+            plans.dedup();
+            for plan in plans {
+                sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtext($1))) AS turn")
+                    .bind(plan.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+            }
         }
         Ok(())
     }
