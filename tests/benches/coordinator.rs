@@ -17,7 +17,8 @@
 //!
 //!     cargo build --release --workspace --bins && cargo bench -p flotilla-tests --bench coordinator
 //!     (BENCH_TARGETS, BENCH_AGENTS, BENCH_PARALLEL to change the defaults 10000, 10, 256; BENCH_ONLY=in-process,
-//!     etcd or pass, comma-separated, to run only those parts)
+//!     etcd or pass, comma-separated, to run only those parts; BENCH_STORE=postgres for the store on the test
+//!     PostgreSQL server instead of the SQLite file)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -257,9 +258,14 @@ fn bundle() -> Vec<u8> {
 async fn throughput(etcd: Option<String>, n: usize, agents: usize, parallel: usize) {
     let names: Vec<String> = (1..=agents).map(|i| format!("agent-{i:02}")).collect();
     let globs: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "*")).collect();
-    let label = if etcd.is_some() { "etcd locks" } else { "in-process locks" };
+    let locks = if etcd.is_some() { "etcd locks" } else { "in-process locks" };
+    let label = format!("{locks}, {}", store_name());
     let log = std::env::var("BENCH_COORDINATOR_LOG").ok().map(|l| vec![("RUST_LOG".to_string(), l)]);
-    let fleet = Fleet::start_with(&globs, etcd, 10, log.unwrap_or_default()).await;
+    // BENCH_STORE=postgres: the coordinator's store on the test PostgreSQL server.
+    let store_db =
+        if bench_store_on_postgres() { Some(TestDb::new(flotilla_core::Engine::Postgres).await) } else { None };
+    let store_url = store_db.as_ref().map(|db| db.url.as_str());
+    let fleet = Fleet::start_with_store(&globs, etcd, 10, log.unwrap_or_default(), store_url).await;
     let log_file = fleet.dir.path().join("coordinator.log");
     let mode = Arc::new(Mutex::new(Mode::Assign));
     let seen: Arc<Mutex<Seen>> = Arc::default();
@@ -335,8 +341,13 @@ async fn scheduler_pass(n: usize, agents: usize, parallel: usize) {
     use flotilla_coordinator::{InProcessLock, SqlStore};
     use flotilla_core::fleet::{Goal, Strategy, Target, WaveSpec};
     let dir = tempfile::tempdir().expect("dir");
-    let store =
-        Arc::new(SqlStore::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.expect("store"));
+    let store_db =
+        if bench_store_on_postgres() { Some(TestDb::new(flotilla_core::Engine::Postgres).await) } else { None };
+    let url = match &store_db {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}", dir.path().join("store.db").display()),
+    };
+    let store = Arc::new(SqlStore::open(&url).await.expect("store"));
     let config = Config { tick: Duration::from_secs(3600), ..Config::default() };
     let c = Coordinator::new(store, Arc::new(InProcessLock::default()), config);
     let who = Identity::Insecure;
@@ -416,13 +427,22 @@ async fn scheduler_pass(n: usize, agents: usize, parallel: usize) {
     }
     let ms = |p: f64| percentile(passes.clone(), p).as_secs_f64() * 1e3;
     println!(
-        "scheduler pass over a plan of {n} targets ({parallel} in flight, 8 results between passes; {} passes): \
-         median {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "scheduler pass over a plan of {n} targets, {} ({parallel} in flight, 8 results between passes; {} \
+         passes): median {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        store_name(),
         passes.len(),
         ms(0.5),
         ms(0.99),
         ms(1.0)
     );
+}
+
+fn store_name() -> &'static str {
+    if bench_store_on_postgres() {
+        "PostgreSQL store (the test server)"
+    } else {
+        "SQLite store"
+    }
 }
 
 /// BENCH_ONLY: the parts to run (all when unset); an unknown part is refused before anything runs.
@@ -439,6 +459,7 @@ fn parts() -> Vec<&'static str> {
 fn main() {
     let (n, agents, parallel) = (env("BENCH_TARGETS", 10_000), env("BENCH_AGENTS", 10), env("BENCH_PARALLEL", 256));
     let parts = parts();
+    let _ = bench_store_on_postgres(); // refused before anything runs
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         for part in parts {

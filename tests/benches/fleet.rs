@@ -318,7 +318,7 @@ async fn fleet(s: &Scenario, urls: &[String], dir: &std::path::Path, group: bool
     let agents: Vec<(String, String)> = (1..=s.agents).map(|i| (format!("agent-{i}"), "*".to_string())).collect();
     let globs: Vec<(&str, &str)> = agents.iter().map(|(a, g)| (a.as_str(), g.as_str())).collect();
     // BENCH_STORE=postgres: the coordinator's store on the test PostgreSQL server, which counts its transactions.
-    let store_db = if store_on_postgres() { Some(TestDb::new(Postgres).await) } else { None };
+    let store_db = if bench_store_on_postgres() { Some(TestDb::new(Postgres).await) } else { None };
     let mut fleet = match &store_db {
         Some(db) => Fleet::start_on_store(&globs, Some(etcd_url()), 10, &db.url).await,
         None => Fleet::start(&globs, Some(etcd_url()), 10).await,
@@ -505,15 +505,6 @@ fn pct(a: Duration, b: Duration) -> f64 {
     (a.as_secs_f64() / b.as_secs_f64() - 1.0) * 100.0
 }
 
-/// BENCH_STORE: `sqlite` (the default) or `postgres`.
-fn store_on_postgres() -> bool {
-    match std::env::var("BENCH_STORE").as_deref() {
-        Ok("postgres") => true,
-        Ok("sqlite") | Err(_) => false,
-        Ok(other) => panic!("BENCH_STORE={other}: the store is `sqlite` (the default) or `postgres`"),
-    }
-}
-
 /// BENCH_ONLY: unset, or `fleet`.
 fn fleet_only() -> bool {
     match std::env::var("BENCH_ONLY").as_deref() {
@@ -525,7 +516,7 @@ fn fleet_only() -> bool {
 
 fn main() {
     // Refused before anything runs.
-    let _ = (store_on_postgres(), fleet_only());
+    let _ = (bench_store_on_postgres(), fleet_only());
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| DEFAULT_SCENARIOS.to_string());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");

@@ -125,6 +125,17 @@ impl Fleet {
         Fleet::launch(agents, etcd, lease_ttl, Vec::new(), Some(store.to_string())).await
     }
 
+    /// `start_with`, the coordinator's store at `store` if given (the SQLite file otherwise).
+    pub async fn start_with_store(
+        agents: &[(&str, &str)],
+        etcd: Option<String>,
+        lease_ttl: u64,
+        env: Vec<(String, String)>,
+        store: Option<&str>,
+    ) -> Fleet {
+        Fleet::launch(agents, etcd, lease_ttl, env, store.map(str::to_string)).await
+    }
+
     async fn launch(
         agents: &[(&str, &str)],
         etcd: Option<String>,

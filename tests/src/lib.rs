@@ -38,6 +38,16 @@ fn server_url(engine: Engine) -> String {
 
 /// The admin URL of the server with its normal durability (fsync on) that `tests/servers.sh start durable` runs
 /// for the benchmarks, if it does.
+/// BENCH_STORE, for the benches: whether the coordinator's store is on the test PostgreSQL server (`postgres`) or
+/// the SQLite file (`sqlite`, the default).
+pub fn bench_store_on_postgres() -> bool {
+    match std::env::var("BENCH_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("BENCH_STORE={other}: the store is `sqlite` (the default) or `postgres`"),
+    }
+}
+
 pub fn durable_server_url(engine: Engine) -> Option<String> {
     let var = match engine {
         Postgres => "FLOTILLA_BENCH_PG_DURABLE_URL",
