@@ -261,9 +261,7 @@ async fn throughput(etcd: Option<String>, n: usize, agents: usize, parallel: usi
     let locks = if etcd.is_some() { "etcd locks" } else { "in-process locks" };
     let label = format!("{locks}, {}", store_name());
     let log = std::env::var("BENCH_COORDINATOR_LOG").ok().map(|l| vec![("RUST_LOG".to_string(), l)]);
-    // BENCH_STORE=postgres: the coordinator's store on the test PostgreSQL server.
-    let store_db =
-        if bench_store_on_postgres() { Some(TestDb::new(flotilla_core::Engine::Postgres).await) } else { None };
+    let store_db = postgres_store().await;
     let store_url = store_db.as_ref().map(|db| db.url.as_str());
     let fleet = Fleet::start_with_store(&globs, etcd, 10, log.unwrap_or_default(), store_url).await;
     let log_file = fleet.dir.path().join("coordinator.log");
@@ -341,8 +339,7 @@ async fn scheduler_pass(n: usize, agents: usize, parallel: usize) {
     use flotilla_coordinator::{InProcessLock, SqlStore};
     use flotilla_core::fleet::{Goal, Strategy, Target, WaveSpec};
     let dir = tempfile::tempdir().expect("dir");
-    let store_db =
-        if bench_store_on_postgres() { Some(TestDb::new(flotilla_core::Engine::Postgres).await) } else { None };
+    let store_db = postgres_store().await;
     let url = match &store_db {
         Some(db) => db.url.clone(),
         None => format!("sqlite://{}", dir.path().join("store.db").display()),
@@ -435,6 +432,15 @@ async fn scheduler_pass(n: usize, agents: usize, parallel: usize) {
         ms(0.99),
         ms(1.0)
     );
+}
+
+/// BENCH_STORE=postgres: a database on the test PostgreSQL server for the coordinator's store (`None`: the SQLite
+/// file).
+async fn postgres_store() -> Option<TestDb> {
+    match bench_store_on_postgres() {
+        true => Some(TestDb::new(flotilla_core::Engine::Postgres).await),
+        false => None,
+    }
 }
 
 fn store_name() -> &'static str {
