@@ -81,6 +81,26 @@ async fn bundles_are_content_addressed(engine: Engine) {
     assert!(store.bundle(&"0".repeat(64)).await.expect("get").is_none());
 }
 
+/// PostgreSQL: a plan of many steps refreshes the steps table's statistics when it is created, so the scheduler's
+/// counts are planned for the table's real size at once (hashed, not sorted), not after autovacuum's next round.
+/// A small plan does not pay for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_statistics_follow_a_large_plan() {
+    use sqlx::Connection;
+    let db = TestDb::new(Engine::Postgres).await;
+    let store = SqlStore::open(&db.url).await.expect("open");
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let analyzed = "SELECT count(*) FROM pg_stats WHERE tablename = 'steps'";
+    let small: Vec<Step> = (0..10).map(|i| step("p1", &format!("t{i:04}"), 1)).collect();
+    store.create_plan(&plan("p1"), &small).await.expect("small plan");
+    let columns: i64 = sqlx::query_scalar(analyzed).fetch_one(&mut conn).await.expect("pg_stats");
+    assert_eq!(columns, 0, "a small plan leaves the statistics to autovacuum");
+    let large: Vec<Step> = (0..1_000).map(|i| step("p2", &format!("t{i:04}"), 1)).collect();
+    store.create_plan(&plan("p2"), &large).await.expect("large plan");
+    let columns: i64 = sqlx::query_scalar(analyzed).fetch_one(&mut conn).await.expect("pg_stats");
+    assert!(columns > 0, "a plan of 1,000 steps analyzes the steps table");
+}
+
 /// SQLite: what is written reaches the database file within seconds, copied from the write-ahead log by the store's
 /// own checkpoints beside the writer, not inside a commit. 2 MiB is under the 1,000 log pages at which SQLite's
 /// writer checkpoints by default, and far under the store's own backstop, so nothing else would copy it.

@@ -22,6 +22,9 @@ const INSERT_EVENT: &str = "INSERT INTO events (plan_id, seq, at, target, kind, 
 /// Rows per step insert when a plan is created, largest first (10 parameters a row).
 const STEP_ROWS: [usize; 3] = [256, 16, 1];
 
+/// A plan of at least this many steps refreshes the steps table's statistics on PostgreSQL.
+const ANALYZE_AFTER: usize = 1_000;
+
 /// Rows per target upsert when an agent registers, largest first (4 parameters a row).
 const TARGET_ROWS: [usize; 3] = [256, 16, 1];
 
@@ -202,7 +205,16 @@ impl Store for SqlStore {
             });
             query.execute(&mut *tx).await.map_err(db)?;
         }
-        tx.commit().await.map_err(db)
+        tx.commit().await.map_err(db)?;
+        if self.postgres && steps.len() >= ANALYZE_AFTER {
+            // Fresh statistics for the plan's many new rows: without them PostgreSQL sorts the scheduler's counts
+            // (`GROUP BY wave, state`) instead of hashing them, 5 ms a pass at 10,000 steps instead of 2.5, until
+            // autovacuum gets to the table. Only an optimization: a failure is logged, the plan stands.
+            if let Err(e) = sqlx::query("ANALYZE steps").execute(&self.pool).await {
+                tracing::warn!(error = %e, "ANALYZE steps after creating a plan failed");
+            }
+        }
+        Ok(())
     }
 
     async fn plan(&self, id: &str) -> Result<Option<Plan>, StoreError> {
