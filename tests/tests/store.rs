@@ -69,6 +69,27 @@ fn step(plan: &str, target: &str, wave: u32) -> Step {
     pending_step(plan, target, wave)
 }
 
+/// The counts the store keeps as steps move agree with a count over the plan's steps, read both ways (one plan's,
+/// every plan's).
+async fn counts_agree(store: &SqlStore, plan_id: &str) {
+    let mut counted: BTreeMap<(u32, &str), u64> = BTreeMap::new();
+    for s in store.steps(plan_id).await.expect("steps") {
+        *counted.entry((s.wave, s.state.as_str())).or_default() += 1;
+    }
+    let counted: Vec<StepCount> = counted
+        .into_iter()
+        .map(|((wave, state), count)| StepCount { wave, state: state.parse().expect("state"), count })
+        .collect();
+    let sorted = |mut counts: Vec<StepCount>| {
+        counts.sort_by_key(|c| (c.wave, c.state.as_str()));
+        counts
+    };
+    let kept = sorted(store.step_counts(plan_id).await.expect("counts"));
+    assert_eq!(kept, counted, "{plan_id}: the kept counts are the steps' counts");
+    let all = store.all_step_counts().await.expect("all counts").remove(plan_id).unwrap_or_default();
+    assert_eq!(sorted(all), counted, "{plan_id}: among every plan's counts");
+}
+
 async fn bundles_are_content_addressed(engine: Engine) {
     let db = TestDb::new(engine).await;
     let store = SqlStore::open(&db.url).await.expect("open");
@@ -198,6 +219,7 @@ async fn plans_steps_and_transitions(engine: Engine) {
     let steps = store.steps("p1").await.expect("steps");
     let states: Vec<_> = steps.iter().map(|s| s.state).collect();
     assert_eq!(states, [StepState::Failed, StepState::Skipped], "halting skips the pending step with it");
+    counts_agree(&store, "p1").await;
 }
 
 async fn events_and_audit(engine: Engine) {
@@ -450,6 +472,7 @@ async fn a_batch_of_assignments_is_one_transaction_of_compare_and_sets(engine: E
     // Again: nothing is pending any more, so nothing moves and nothing is written.
     assert!(store.assign_steps("p1", &batch).await.expect("assign again").is_empty());
     assert_eq!(store.events_after("p1", 0, EVENT_PAGE).await.expect("events").len(), 2);
+    counts_agree(&store, "p1").await;
 }
 
 /// The writer's batch: events, starts and results of several steps in one call, each written only if its own
@@ -513,6 +536,7 @@ async fn facts_from_agents_are_recorded_in_order_each_by_its_compare_and_set(eng
     }
     assert!(matches!(store.record(&[event("b", 2), bad]).await, Err(StoreError::IllegalTransition { .. })));
     assert_eq!(store.events_after("p1", 0, EVENT_PAGE).await.expect("events").len(), 3);
+    counts_agree(&store, "p1").await;
 }
 
 /// Events are appended at the end of their transaction in a few multi-row inserts: a batch of 150 interleaved over
@@ -652,6 +676,9 @@ async fn a_large_batch_of_starts_and_results_applies_each_as_one_after_another_w
             events.iter().filter(|e| e.kind != EventKind::Assigned).map(|e| (e.target.clone(), e.kind)).collect();
         assert_eq!(seen, written, "{id}: one event per fact written, in the facts' order");
     }
+    for (id, _) in &plans {
+        counts_agree(&store, id).await;
+    }
 }
 
 /// Ten agents answer their checks at once: ten transactions, each a batch of steps at their goal with their events,
@@ -689,6 +716,7 @@ async fn many_writers_of_one_plans_events_at_once_all_commit(engine: Engine) {
         seqs.extend(page.iter().map(|e| e.seq));
     }
     assert_eq!(seqs, (1..=2_000).collect::<Vec<u64>>());
+    counts_agree(&store, "p1").await;
 }
 
 /// A step taken back keeps its token: the agent's result under it still ends the step, even after the plan halted
@@ -728,6 +756,7 @@ async fn a_result_under_the_steps_token_is_recorded_after_it_was_taken_back(engi
     let a = store.finish_step(&finish("a", 5)).await.expect("finish a").expect("recorded");
     assert_eq!((a.state, a.before, a.after), (StepState::Succeeded, Some(v(0)), Some(v(3))));
     assert!(store.finish_step(&finish("a", 5)).await.expect("again").is_none(), "a repeat writes nothing");
+    counts_agree(&store, "p1").await;
 }
 
 /// What plan lists and fleet status read instead of every step of every plan: counts for all plans in one query, and
@@ -784,6 +813,8 @@ async fn lists_and_fleet_status_in_one_query_each(engine: Engine) {
         [("db-a", "p2", "c", Some(v(5))), ("db-b", "p1", "b", Some(v(3)))],
         "the newer plan wins where it succeeded; a failed step does not count; db-c never succeeded"
     );
+    counts_agree(&store, "p1").await;
+    counts_agree(&store, "p2").await;
 }
 
 /// The store's schema is versioned (sqlx migrations). A store created before versioning (its tables, no migration
@@ -817,13 +848,14 @@ async fn the_schema_is_versioned_old_stores_are_adopted_and_newer_ones_refused(e
     let long: flotilla_core::Version = "20240115093000000001".parse().expect("version");
     let start = Starting { plan_id: "p-old".into(), target: "db-a".into(), token: 3, before: Some(long), detail: None };
     assert!(store.start_step(&start).await.is_ok());
+    counts_agree(&store, "p-old").await;
     drop(store);
     let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
     let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
         .fetch_all(&mut conn)
         .await
         .expect("versions");
-    assert_eq!(versions, [20261201000001, 20261202000001], "every migration ran, in order");
+    assert_eq!(versions, [20261201000001, 20261202000001, 20261203000001], "every migration ran, in order");
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time)
          SELECT 29991231000000, 'from a newer release', installed_on, success, checksum, execution_time

@@ -3,6 +3,7 @@
 //! and PostgreSQL (production), one shared test suite (tests/tests/store.rs). A restart loses nothing.
 
 mod checkpoint;
+mod counts;
 mod rows;
 mod sql;
 mod transitions;

@@ -71,7 +71,7 @@ pub(super) fn step_from(r: &AnyRow) -> Result<Step, StoreError> {
     Ok(Step {
         plan_id: get(r, 0)?,
         target: get(r, 1)?,
-        wave: u32::try_from(get::<i64>(r, 2)?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        wave: wave_of(r, 2).map_err(corrupt)?,
         state: get::<String>(r, 3)?.parse().map_err(StoreError::Corrupt)?,
         token: get::<Option<i64>>(r, 4)?.map(|t| u64::try_from(t).unwrap_or(0)),
         error: get(r, 5)?,
@@ -82,11 +82,19 @@ pub(super) fn step_from(r: &AnyRow) -> Result<Step, StoreError> {
     })
 }
 
-/// A (wave, state, count) row of a GROUP BY over steps.
+/// A wave in column `i`.
+pub(super) fn wave_of(r: &AnyRow, i: usize) -> Result<u32, sqlx::Error> {
+    u32::try_from(r.try_get::<i64, _>(i)?).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// A (wave, state, count) row of the step counts.
 pub(super) fn step_count(r: &AnyRow) -> Result<StepCount, StoreError> {
-    let corrupt = |e: std::num::TryFromIntError| StoreError::Corrupt(e.to_string());
     Ok(StepCount {
-        wave: u32::try_from(get::<i64>(r, 0)?).map_err(corrupt)?,
+        wave: wave_of(r, 0).map_err(corrupt)?,
         state: get::<String>(r, 1)?.parse().map_err(StoreError::Corrupt)?,
         count: u64::try_from(get::<i64>(r, 2)?).map_err(corrupt)?,
     })
