@@ -162,8 +162,7 @@ impl SqlStore {
     /// than a numbering read and an insert per event. (Should two writers pick the same numbers anyway, e.g. two
     /// coordinators on a SQLite file, the primary key refuses one, whose transaction runs again.) On PostgreSQL the
     /// counts ride in the first insert of events (`WITH counted AS (INSERT INTO step_counts …) INSERT INTO events
-    /// …`): a writer's turn is no longer for them (apart, they made its round trips 4 → 6 and took the store from
-    /// 2,500 to 1,500 target-steps/s).
+    /// …`): the turn every writer of the plan waits for has no more round trips than it had without counts.
     async fn conclude(
         &self,
         conn: &mut AnyConnection,
