@@ -390,8 +390,10 @@ impl Batched {
     /// from. A row's column and not a constant in the statement: a constant state lets PostgreSQL, whose statistics
     /// may say that state is rare, look the steps up by its (plan, state, wave, target) index, reading every entry
     /// of the plan's steps in that state (live and dead) for each row. Finishes at 64 a statement took 15-25 ms so,
-    /// and the store on PostgreSQL went from 2,500 to 1,500 target-steps/s. A column of the rows leaves it the
-    /// primary key.
+    /// and the store on PostgreSQL went from 2,500 to 1,500 target-steps/s. As a column of the rows it is a join
+    /// condition, planned as one: in the same bench no batched statement took over 15 ms (auto_explain). A one-row
+    /// statement PostgreSQL still folds into constants, its state among them: it reads at most the plan's steps in
+    /// that state.
     fn columns(self) -> &'static str {
         match self {
             Batched::Assign => "p, t, k, f",
