@@ -107,6 +107,12 @@ async fn dry_run_changes_nothing(engine: Engine) {
     assert!(human.ok().stdout.contains("Dry run: would apply 3 migration(s)"), "{human:?}");
 
     cmd("up", &db, dir.path(), &[]).await.ok();
+    if engine == Mongodb {
+        // Released, the lease stays, naming no one, for the next runner to take in one write.
+        let locks = db.mongo().await.collection::<bson::Document>("flotilla_lock");
+        let lease = locks.find_one(bson::doc! { "_id": "migrate" }).await.expect("read").expect("the lease is kept");
+        assert_eq!(lease.get("owner"), Some(&bson::Bson::Null), "released: {lease}");
+    }
     let after_up = db.catalog().await;
     let down = cmd("down", &db, dir.path(), &["--to", "1", "--dry-run", "--json"]).await;
     let order: Vec<i64> = down.ok().json()["steps"]

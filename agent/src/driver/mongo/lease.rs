@@ -63,6 +63,11 @@ pub(super) fn extend_lease(taker: Option<(&str, Option<&Document>)>, ttl_ms: i64
     vec![doc! { "$set": set }]
 }
 
+/// A lease nobody holds: expired since the start of time, so any runner takes it.
+pub(super) fn released() -> Document {
+    doc! { "_id": LOCK_ID, "owner": Bson::Null, "expires_at": bson::DateTime::MIN }
+}
+
 pub(super) fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
 }
@@ -99,16 +104,13 @@ pub(super) async fn take(
                 }
                 break;
             }
-            // None, or held by a live runner. (An upsert may not filter with $expr: the document is created, already
-            // expired, when missing.)
-            Ok(None) => {
-                let none = doc! { "_id": LOCK_ID, "owner": Bson::Null, "expires_at": bson::DateTime::MIN };
-                match locks.insert_one(none).await {
-                    Ok(_) => continue,
-                    Err(e) if code_of(&e) == Some(DUPLICATE_KEY) => {}
-                    Err(e) => return Err(mongo_error(e)),
-                }
-            }
+            // None yet (a database's first run), or held by a live runner. (An upsert may not filter with $expr: the
+            // document is created, released, when missing.)
+            Ok(None) => match locks.insert_one(released()).await {
+                Ok(_) => continue,
+                Err(e) if code_of(&e) == Some(DUPLICATE_KEY) => {}
+                Err(e) => return Err(mongo_error(e)),
+            },
             // An open transaction holds the lease document; if the lease has expired, that transaction's runner is
             // gone (a live one renews it).
             Err(e) if code_of(&e) == Some(MAX_TIME_EXPIRED) => {

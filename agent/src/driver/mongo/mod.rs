@@ -229,12 +229,16 @@ async fn send(command: Document, db: &Database, session: Option<&mut ClientSessi
     write_outcome(&reply)
 }
 
-/// The write concern of a record written ahead of a command (`Driver::mark_started`, `Driver::set_progress`):
-/// acknowledged by the primary, without waiting for the journal or the majority. The oplog is ordered, so the next
-/// command to be majority-committed (the server's default write concern) or the run's final record carries this
-/// write with it. A crash before then may lose it, but then nothing after it was durable either: the record is
-/// never behind a command that survived.
-fn ahead_of_next_command() -> mongodb::options::WriteConcern {
+/// The write concern of a write that a later one makes durable, or whose loss costs only time: acknowledged by the
+/// primary, without waiting for the journal or the majority.
+/// - A record written ahead of a command (`Driver::mark_started`, `Driver::set_progress`) and the fencing token,
+///   raised before a run's first write: the oplog is ordered, so the next command to be majority-committed (the
+///   server's default write concern) or the run's final record carries the write with it. A crash before then may
+///   lose it, but then nothing after it was durable either: the record is never behind a command that survived,
+///   and no write of the run survives without its fence.
+/// - The release of the lease (`Driver::unlock`), after the run's final record: if a crash loses it, the lease
+///   expires by its TTL instead.
+fn carried_by_next_write() -> mongodb::options::WriteConcern {
     mongodb::options::WriteConcern::builder().w(mongodb::options::Acknowledgment::Nodes(1)).journal(false).build()
 }
 
@@ -389,6 +393,7 @@ impl Driver for MongoDriver {
             .locks
             .update_one(doc! { "_id": FENCE_ID, "token": { "$lte": token } }, doc! { "$set": { "token": token } })
             .upsert(true)
+            .write_concern(carried_by_next_write())
             .await;
         match raised {
             Ok(_) => Ok(true),
@@ -406,7 +411,12 @@ impl Driver for MongoDriver {
 
     async fn unlock(&mut self) -> Result<(), DriverError> {
         if let Some(lease) = self.stop_keepalive() {
-            self.locks.delete_one(doc! { "_id": LOCK_ID, "owner": lease.owner }).await.map_err(mongo_error)?;
+            // Released, not deleted: the next runner takes a released lease in one write, a missing one in three.
+            self.locks
+                .replace_one(doc! { "_id": LOCK_ID, "owner": lease.owner }, lease::released())
+                .write_concern(carried_by_next_write())
+                .await
+                .map_err(mongo_error)?;
         }
         Ok(())
     }
@@ -445,13 +455,13 @@ impl Driver for MongoDriver {
     }
 
     async fn mark_started(&mut self, record: &AppliedMigration) -> Result<(), DriverError> {
-        self.put_record(record, Some(ahead_of_next_command())).await
+        self.put_record(record, Some(carried_by_next_write())).await
     }
 
     async fn set_progress(&mut self, version: Version, done: u32) -> Result<(), DriverError> {
         self.history
             .update_one(doc! { "_id": version_id(version) }, doc! { "$set": { "statements_done": i64::from(done) } })
-            .write_concern(ahead_of_next_command())
+            .write_concern(carried_by_next_write())
             .await
             .map(drop)
             .map_err(mongo_error)
