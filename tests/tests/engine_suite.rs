@@ -108,7 +108,7 @@ async fn dry_run_changes_nothing(engine: Engine) {
 
     cmd("up", &db, dir.path(), &[]).await.ok();
     if engine == Mongodb {
-        // Released, the lease stays, naming no one, for the next runner to take in one write.
+        // Released, the lease stays, naming no one, for the next runner to take in one round trip.
         let locks = db.mongo().await.collection::<bson::Document>("flotilla_lock");
         let lease = locks.find_one(bson::doc! { "_id": "migrate" }).await.expect("read").expect("the lease is kept");
         assert_eq!(lease.get("owner"), Some(&bson::Bson::Null), "released: {lease}");

@@ -411,7 +411,7 @@ impl Driver for MongoDriver {
 
     async fn unlock(&mut self) -> Result<(), DriverError> {
         if let Some(lease) = self.stop_keepalive() {
-            // Released, not deleted: the next runner takes a released lease in one write, a missing one in three.
+            // Released, not deleted: the next runner takes a released lease in one round trip, a missing one in three.
             self.locks
                 .replace_one(doc! { "_id": LOCK_ID, "owner": lease.owner }, lease::released())
                 .write_concern(carried_by_next_write())
