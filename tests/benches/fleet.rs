@@ -12,8 +12,8 @@
 //!   rollout after a fleet's first; the executor gets the same untimed first contact. On PostgreSQL also a second
 //!   fleet doing the same with `--group`: each target's three migrations in one transaction (one commit, not three).
 //!
-//! Also printed: peak RSS of the coordinator and of each agent, and etcd requests per step (from etcd's own
-//! metrics). Databases are reset between runners (PostgreSQL: the schema; MariaDB and MongoDB: the database).
+//! Also printed: peak RSS of the coordinator and of each agent, etcd requests per step (from etcd's own metrics),
+//! and the coordinator's store and lock calls per step with their mean time (from its own `/metrics`). Databases are reset between runners (PostgreSQL: the schema; MariaDB and MongoDB: the database).
 //! Medians of BENCH_RUNS runs (default 3).
 //!
 //!     bench/fleet                          (builds the release binaries, starts the servers, runs this)
@@ -298,6 +298,54 @@ fn etcd_requests() -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Sum and count of each of the coordinator's call-duration histograms, by metric and operation.
+type CallTotals = std::collections::BTreeMap<String, (f64, f64)>;
+
+/// One kind of the coordinator's calls during a rollout.
+struct Calls {
+    /// `store record`, `lock acquire`, ...
+    name: String,
+    per_step: f64,
+    mean_ms: f64,
+}
+
+/// The coordinator's store and lock call durations, from its `/metrics`.
+fn coordinator_calls(address: &str) -> CallTotals {
+    let out = std::process::Command::new("curl").args(["-s", &format!("http://{address}/metrics")]).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let mut totals = CallTotals::new();
+    for line in text.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        for (metric, kind) in [
+            ("flotilla_store_operation_duration_seconds", "store"),
+            ("flotilla_lock_operation_duration_seconds", "lock"),
+        ] {
+            let Some(rest) = series.strip_prefix(metric) else { continue };
+            let Some((part, labels)) = rest.split_once('{') else { continue };
+            let Some(operation) = labels.split('"').nth(1) else { continue };
+            let entry = totals.entry(format!("{kind} {operation}")).or_default();
+            match part {
+                "_sum" => entry.0 = value,
+                "_count" => entry.1 = value,
+                _ => {}
+            }
+        }
+    }
+    totals
+}
+
+fn per_step(before: &CallTotals, after: &CallTotals, steps: usize) -> Vec<Calls> {
+    after
+        .iter()
+        .filter_map(|(name, (sum, count))| {
+            let (sum0, count0) = before.get(name).copied().unwrap_or_default();
+            let n = count - count0;
+            (n > 0.0).then(|| Calls { name: name.clone(), per_step: n / steps as f64, mean_ms: (sum - sum0) / n * 1e3 })
+        })
+        .collect()
+}
+
 struct FleetRun {
     rollout: Duration,
     noop: Duration,
@@ -305,6 +353,8 @@ struct FleetRun {
     etcd_noop: u64,
     /// With BENCH_STORE=postgres: the store's transactions and rows written per step of the rollout.
     store_per_step: Option<(f64, f64)>,
+    /// The coordinator's store and lock calls during the rollout: per step, and their mean time.
+    calls: Vec<Calls>,
     coordinator_mib: f64,
     agent_mib: f64,
     /// The largest agent's anonymous (heap, stacks) and file-backed (the binary's pages) RSS after the no-op re-run.
@@ -319,10 +369,11 @@ async fn fleet(s: &Scenario, urls: &[String], dir: &std::path::Path, group: bool
     let globs: Vec<(&str, &str)> = agents.iter().map(|(a, g)| (a.as_str(), g.as_str())).collect();
     // BENCH_STORE=postgres: the coordinator's store on the test PostgreSQL server, which counts its transactions.
     let store_db = if bench_store_on_postgres() { Some(TestDb::new(Postgres).await) } else { None };
-    let mut fleet = match &store_db {
-        Some(db) => Fleet::start_on_store(&globs, Some(etcd_url()), 10, &db.url).await,
-        None => Fleet::start(&globs, Some(etcd_url()), 10).await,
-    };
+    let store = store_db.as_ref().map(|db| db.url.clone());
+    let mut fleet = Fleet::prepare(&globs, Some(etcd_url()), 10, Vec::new(), store).await;
+    let metrics = format!("127.0.0.1:{}", flotilla_tests::fleet::free_port());
+    fleet.coordinator_args = vec!["--metrics-listen".into(), metrics.clone()];
+    fleet.start_coordinator().await;
     // Every target's connection kept warm for the no-op re-run, unless BENCH_MAX_IDLE says how many (the agent's
     // default is 64).
     let max_idle = std::env::var("BENCH_MAX_IDLE").ok().and_then(|v| v.parse().ok()).unwrap_or(s.n + 16);
@@ -342,10 +393,12 @@ async fn fleet(s: &Scenario, urls: &[String], dir: &std::path::Path, group: bool
     rollout(&mut client, &bundle, 1, s.n, false).await;
     let store_before = store_work(store_db.as_ref()).await;
     let etcd_before = etcd_requests();
+    let calls_before = coordinator_calls(&metrics);
     let started = Instant::now();
     rollout(&mut client, &bundle, 0, s.n, group).await;
     let rollout_time = started.elapsed();
     let etcd_rollout = etcd_requests() - etcd_before;
+    let calls = per_step(&calls_before, &coordinator_calls(&metrics), s.n);
     let store_per_step = store_work(store_db.as_ref())
         .await
         .zip(store_before)
@@ -370,6 +423,7 @@ async fn fleet(s: &Scenario, urls: &[String], dir: &std::path::Path, group: bool
         noop,
         etcd_per_step: etcd_rollout as f64 / s.n as f64,
         store_per_step,
+        calls,
         etcd_noop,
         coordinator_mib: coordinator.iter().copied().fold(0.0, f64::max),
         agent_mib: agents_rss.iter().copied().fold(0.0, f64::max),
@@ -486,6 +540,11 @@ async fn scenario(s: Scenario, runs: usize) {
         println!(
             "  store (PostgreSQL) per step (rollout, last run): {transactions:.1} transactions, {rows:.1} rows written"
         );
+    }
+    if let Some(last) = fleets.last() {
+        let calls: Vec<String> =
+            last.calls.iter().map(|c| format!("{} {:.2} x {:.2} ms", c.name, c.per_step, c.mean_ms)).collect();
+        println!("  coordinator calls per step (rollout, last run): {}", calls.join(", "));
     }
     println!(
         "  peak RSS: coordinator {:.0} MiB, agent {:.0} MiB (at the end: {:.0} MiB of heap, {:.0} MiB of mapped files)",

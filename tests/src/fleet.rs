@@ -148,8 +148,8 @@ impl Fleet {
         fleet
     }
 
-    /// Certificates and the fleet's settings; nothing started.
-    async fn prepare(
+    /// Certificates and the fleet's settings; nothing started (set `coordinator_args`, then `start_coordinator`).
+    pub async fn prepare(
         agents: &[(&str, &str)],
         etcd: Option<String>,
         lease_ttl: u64,
