@@ -293,7 +293,7 @@ impl Server {
     async fn answers(&self) -> bool {
         match self.kind {
             Kind::Postgres | Kind::Mariadb => {
-                crate::install_drivers();
+                crate::db::install_drivers();
                 match <sqlx::AnyConnection as sqlx::Connection>::connect(&self.url()).await {
                     Ok(c) => {
                         let _ = sqlx::Connection::close(c).await;
