@@ -13,7 +13,8 @@
 //!   fleet doing the same with `--group`: each target's three migrations in one transaction (one commit, not three).
 //!
 //! Also printed: peak RSS of the coordinator and of each agent, etcd requests per step (from etcd's own metrics),
-//! and the coordinator's store and lock calls per step with their mean time (from its own `/metrics`). Databases are reset between runners (PostgreSQL: the schema; MariaDB and MongoDB: the database).
+//! and the coordinator's store and lock calls per step with their mean time (from its own `/metrics`). Databases
+//! are reset between runners (PostgreSQL: the schema; MariaDB and MongoDB: the database).
 //! Medians of BENCH_RUNS runs (default 3).
 //!
 //!     bench/fleet                          (builds the release binaries, starts the servers, runs this)
