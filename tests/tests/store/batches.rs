@@ -142,18 +142,7 @@ async fn facts_from_agents_are_recorded_in_order_each_by_its_compare_and_set(eng
             detail: serde_json::json!({ "n": n }),
         })
     };
-    let finish = |target: &str, token| {
-        Fact::Finish(StepFinish {
-            plan_id: "p1".into(),
-            target: target.into(),
-            token,
-            state: StepState::Succeeded,
-            error: None,
-            before: Some(v(0)),
-            after: Some(v(1)),
-            detail: serde_json::json!({}),
-        })
-    };
+    let finish = |target: &str, token| Fact::Finish(succeeded(target, token, 1));
     let facts = [start("a", 5), start("b", 99), event("a", 1), finish("a", 5), finish("b", 99), finish("a", 5)];
     let written = store.record(&facts).await.expect("record");
     assert_eq!(written, [true, false, true, true, false, false], "a stale token or a repeat writes nothing");
@@ -372,16 +361,7 @@ async fn a_result_under_the_steps_token_is_recorded_after_it_was_taken_back(engi
         let back = store.set_step_state("p1", target, StepState::Assigned, StepState::Pending, Some(token), None);
         assert!(back.await.expect("take back"));
     }
-    let finish = |target: &str, token| StepFinish {
-        plan_id: "p1".into(),
-        target: target.into(),
-        token,
-        state: StepState::Succeeded,
-        error: None,
-        before: Some(v(0)),
-        after: Some(v(3)),
-        detail: serde_json::json!({}),
-    };
+    let finish = |target: &str, token| succeeded(target, token, 3);
     // b is assigned anew (token 9) before its old result comes: the old token writes nothing.
     let anew = Assigning { target: "b".into(), token: 9, detail: serde_json::json!({ "fencing_token": 9 }) };
     assert_eq!(store.assign_steps("p1", &[anew]).await.expect("assign b"), ["b"]);

@@ -58,6 +58,20 @@ fn plan(id: &str) -> Plan {
     }
 }
 
+/// The result of `target`'s step in plan `p1` under `token`: it succeeded, from version 0 to `after`.
+fn succeeded(target: &str, token: u64, after: u64) -> StepFinish {
+    StepFinish {
+        plan_id: "p1".into(),
+        target: target.into(),
+        token,
+        state: StepState::Succeeded,
+        error: None,
+        before: Some(v(0)),
+        after: Some(v(after)),
+        detail: serde_json::json!({}),
+    }
+}
+
 fn step(plan: &str, target: &str, wave: u32) -> Step {
     pending_step(plan, target, wave)
 }
