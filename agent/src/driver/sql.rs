@@ -479,7 +479,13 @@ impl Driver for SqlDriver {
 
     async fn reset_session(&mut self) -> Result<bool, DriverError> {
         match self.engine {
-            Engine::Postgres => postgres::reset_session(&mut self.conn).await.map(|()| true),
+            Engine::Postgres => {
+                postgres::reset_session(&mut self.conn).await?;
+                // A statement grows the connection's buffers to its size, and they stay so: a migration with an
+                // 8 MiB statement would be kept 8 MiB large on every target's warm connection.
+                self.conn.shrink_buffers();
+                Ok(true)
+            }
             // MariaDB has no reset short of COM_RESET_CONNECTION, which sqlx does not send; a SQLite connection
             // keeps its PRAGMAs. Both are cheap to open again.
             _ => Ok(false),
