@@ -59,6 +59,10 @@ pub struct TargetVersion {
 /// process-wide.
 pub(crate) static RPC_ERRORS: LazyLock<Family<Code, Counter>> = LazyLock::new(Family::default);
 
+/// Bundle bytes sent to agents with assignments and checks: counted where messages are made, so process-wide. A
+/// bundle crosses once per agent session while the agent keeps it (`flotilla_proto::KeptBundles`).
+pub(crate) static BUNDLE_BYTES_SENT: LazyLock<Counter> = LazyLock::new(Counter::default);
+
 pub struct Metrics {
     /// Steps of each live plan by wave and state, set on every scheduler pass.
     pub steps: Family<PlanState, Gauge>,
@@ -135,6 +139,12 @@ impl Metrics {
             let _ = RPC_ERRORS.get_or_create(&Code { code: code.as_str().to_string() });
         }
         r.register("rpc_errors", "Errors returned to gRPC callers, by code", RPC_ERRORS.clone());
+        r.register_with_unit(
+            "bundles_sent",
+            "Bundle bytes sent to agents (once per agent session while the agent keeps the bundle)",
+            Unit::Bytes,
+            BUNDLE_BYTES_SENT.clone(),
+        );
         (m, r)
     }
 

@@ -103,7 +103,6 @@ impl Bundle {
         self.sets.get(engine.as_str()).or_else(|| self.sets.get(ANY_ENGINE))
     }
 
-    /// Writes `engine`'s files under `into` and reads them back as a migration set.
     /// The migration set for `engine`, read from the bundle's own files (nothing is written anywhere).
     pub fn read(&self, engine: Engine, options: &ReadOptions) -> Result<MigrationSet, BundleError> {
         let key = if self.sets.contains_key(engine.as_str()) { engine.as_str() } else { ANY_ENGINE };

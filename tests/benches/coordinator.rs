@@ -105,7 +105,7 @@ async fn agent(channel: Channel, name: String, targets: Vec<String>, mode: Arc<M
         tokio::spawn(async move { client.report_progress(UnboundedReceiverStream::new(rx)).await });
     }
     let mut stream = client
-        .pull_assignments(pb::PullAssignmentsRequest { agent_id: name.clone() })
+        .pull_assignments(pb::PullAssignmentsRequest { agent_id: name.clone(), bundles_kept: 4 })
         .await
         .expect("pull")
         .into_inner();

@@ -3,17 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_core::bundle::Bundle;
 use flotilla_core::fleet::{EventKind, Goal};
-use flotilla_core::{MigrationSet, PlanOptions, ReadOptions, Request, Version};
+use flotilla_core::{PlanOptions, Request, Version};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::agent_service_client::AgentServiceClient;
 use flotilla_proto::{convert, telemetry};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tracing::{info, info_span, warn, Instrument};
 
+use super::bundles::StreamBundle;
 use super::*;
 use crate::driver::ConnectOptions;
 use crate::executor::{Executor, Progress, ProgressKind, ProgressSink};
@@ -24,6 +23,7 @@ pub(super) async fn handle(
     mut client: AgentServiceClient<Channel>,
     progress: mpsc::UnboundedSender<pb::ProgressEvent>,
     a: pb::Assignment,
+    bundle: Result<Arc<StreamBundle>, String>,
 ) {
     let traceparent = a.trace.as_ref().map(|t| t.traceparent.clone()).unwrap_or_default();
     let span = info_span!(
@@ -55,7 +55,7 @@ pub(super) async fn handle(
             locked(&state.inflight).remove(&key);
             return;
         }
-        let run = execute(&state, &target, &a, &progress).await;
+        let run = execute(&state, &target, &a, bundle, &progress).await;
         report(&state, &mut client, &target, &a, key, run).await;
     }
     .instrument(span)
@@ -130,6 +130,7 @@ pub(super) async fn execute(
     state: &State,
     target: &Target,
     a: &pb::Assignment,
+    bundle: Result<Arc<StreamBundle>, String>,
     progress: &mpsc::UnboundedSender<pb::ProgressEvent>,
 ) -> StepRun {
     let failed = |e: String| StepRun { before: None, error: Some(e), after: None };
@@ -137,7 +138,7 @@ pub(super) async fn execute(
         (Ok(phase), Ok(goal)) => (phase, goal),
         (Err(e), _) | (_, Err(e)) => return failed(format!("the assignment does not convert: {e}")),
     };
-    let set = match load_set(state, target, &a.bundle_id, &a.bundle) {
+    let set = match async { bundle?.set(target.engine).await }.await {
         Ok(set) => set,
         Err(e) => return failed(e),
     };
@@ -272,28 +273,4 @@ pub(super) fn validation_problems(report: &crate::validate::ValidationReport) ->
         parts.push(stopped.clone());
     }
     format!("validation failed: {}", parts.join(" | "))
-}
-
-/// The bundle's migration set for the target's engine, checked against its content address and parsed once.
-pub(super) fn load_set(
-    state: &State,
-    target: &Target,
-    bundle_id: &str,
-    bundle: &[u8],
-) -> Result<Arc<MigrationSet>, String> {
-    let key = (bundle_id.to_string(), target.engine.as_str().to_string());
-    if let Some(set) = locked(&state.sets).get(&key) {
-        return Ok(set.clone());
-    }
-    let digest = hex::encode(Sha256::digest(bundle));
-    if digest != bundle_id {
-        return Err(format!("the bundle's content does not match its id {bundle_id} (got {digest})"));
-    }
-    let bundle = Bundle::from_json(bundle).map_err(|e| e.to_string())?;
-    let set = bundle
-        .read(target.engine, &ReadOptions { allow_missing_down: true, ..ReadOptions::default() })
-        .map_err(|e| e.to_string())?;
-    let set = Arc::new(set);
-    locked(&state.sets).insert(key, set.clone());
-    Ok(set)
 }

@@ -16,18 +16,23 @@ use futures_util::StreamExt;
 use tonic::transport::Channel;
 use tracing::{debug, info_span, warn, Instrument};
 
-use super::assignments::load_set;
+use super::bundles::StreamBundle;
 use super::*;
 use crate::driver::ConnectOptions;
 use crate::executor::{ExecError, Executor};
 
 /// Checks a batch of targets and reports the outcomes in one call. An unsent report costs nothing but time: the
 /// coordinator gives the check up and assigns its targets.
-pub(super) async fn handle(state: Arc<State>, mut client: AgentServiceClient<Channel>, c: pb::Check) {
+pub(super) async fn handle(
+    state: Arc<State>,
+    mut client: AgentServiceClient<Channel>,
+    c: pb::Check,
+    bundle: Result<Arc<StreamBundle>, String>,
+) {
     let span = info_span!("check", plan_id = %c.plan_id, targets = c.targets.len(), agent = %state.config.name);
     async move {
         let outcomes: Vec<pb::CheckOutcome> = futures_util::stream::iter(c.targets.iter().cloned())
-            .map(|t| check_one(&state, &c, t))
+            .map(|t| check_one(&state, &c, bundle.as_ref(), t))
             .buffer_unordered(READS_AT_ONCE)
             .collect()
             .await;
@@ -42,15 +47,25 @@ pub(super) async fn handle(state: Arc<State>, mut client: AgentServiceClient<Cha
     .await
 }
 
-async fn check_one(state: &State, c: &pb::Check, t: pb::CheckTarget) -> pb::CheckOutcome {
+async fn check_one(
+    state: &State,
+    c: &pb::Check,
+    bundle: Result<&Arc<StreamBundle>, &String>,
+    t: pb::CheckTarget,
+) -> pb::CheckOutcome {
     let target_name = t.target.clone();
-    match at_goal(state, c, t).await {
+    match at_goal(state, c, bundle, t).await {
         Ok(outcome) => outcome,
         Err(detail) => pb::CheckOutcome { target: target_name, at_goal: false, detail, ..Default::default() },
     }
 }
 
-async fn at_goal(state: &State, c: &pb::Check, t: pb::CheckTarget) -> Result<pb::CheckOutcome, String> {
+async fn at_goal(
+    state: &State,
+    c: &pb::Check,
+    bundle: Result<&Arc<StreamBundle>, &String>,
+    t: pb::CheckTarget,
+) -> Result<pb::CheckOutcome, String> {
     let target = state.targets.get(&t.target).ok_or("this agent does not serve the target")?;
     let gate = state.running.get(&t.target).ok_or("this agent does not serve the target")?;
     let _read = state.reads.acquire().await.map_err(|_| "the agent is stopping")?;
@@ -58,7 +73,7 @@ async fn at_goal(state: &State, c: &pb::Check, t: pb::CheckTarget) -> Result<pb:
     let _one_at_a_time = gate.try_lock().map_err(|_| "a step is running on the target")?;
     let goal = convert::goal(t.goal).map_err(|e| e.to_string())?;
     let phase = convert::phase(c.phase).map_err(|e| e.to_string())?;
-    let set = load_set(state, target, &c.bundle_id, &c.bundle)?;
+    let set = bundle.map_err(String::clone)?.set(target.engine).await?;
     let request = match goal {
         Goal::Down { to } => Request::DownTo(to),
         Goal::Up { to } => Request::Up { to },

@@ -3,6 +3,7 @@
 //! backoff and keeps, per target, the highest fencing token it has seen, refusing work under a lower one.
 
 mod assignments;
+mod bundles;
 mod checks;
 pub mod config;
 mod fencing;
@@ -16,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use flotilla_core::{MigrationSet, Version};
+use flotilla_core::Version;
 use flotilla_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
@@ -62,8 +63,6 @@ struct State {
     running: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// Applied version and dirtiness per target, as last read from its history table.
     versions: Mutex<HashMap<String, Versions>>,
-    /// Parsed bundles by (bundle id, engine).
-    sets: Mutex<HashMap<(String, String), Arc<MigrationSet>>>,
     /// Steps this process is running or holds an unacknowledged result for; every heartbeat reports them, and the
     /// coordinator reconciles an assigned step that is missing (lost, refused, or from before a restart).
     inflight: Mutex<HashSet<StepKey>>,
@@ -133,7 +132,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         config,
         tokens: Tokens::default(),
         versions: Mutex::default(),
-        sets: Mutex::default(),
         inflight: Mutex::default(),
         unacked: Mutex::default(),
         census: Mutex::default(),

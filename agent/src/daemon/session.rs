@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
+use super::bundles::{SessionBundles, BUNDLES_KEPT};
 use super::*;
 
 /// One connection to the coordinator: register, heartbeat, take assignments until the stream ends.
@@ -54,8 +55,9 @@ pub(super) async fn session(
     let _stop = session.clone().drop_guard();
     spawn_heartbeats(state.clone(), client.clone(), session.clone());
     let progress_tx = spawn_progress(client.clone(), session.clone());
-    let mut assignments =
-        client.pull_assignments(pb::PullAssignmentsRequest { agent_id: name.clone() }).await?.into_inner();
+    let pull = pb::PullAssignmentsRequest { agent_id: name.clone(), bundles_kept: BUNDLES_KEPT };
+    let mut assignments = client.pull_assignments(pull).await?.into_inner();
+    let mut bundles = SessionBundles::new(state.targets.values().map(|t| t.engine));
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => {
@@ -71,13 +73,16 @@ pub(super) async fn session(
             return Err(tonic::Status::unavailable("the coordinator closed the stream"));
         };
         let (state, client) = (state.clone(), client.clone());
+        // Every message's bundle, in the stream's order (see SessionBundles::resolve).
         match work.work {
-            Some(pb::work::Work::Assignment(a)) => {
+            Some(pb::work::Work::Assignment(mut a)) => {
+                let bundle = bundles.resolve(&a.bundle_id, std::mem::take(&mut a.bundle));
                 let progress = progress_tx.clone();
-                steps.spawn(async move { handle(state, client, progress, a).await });
+                steps.spawn(async move { handle(state, client, progress, a, bundle).await });
             }
-            Some(pb::work::Work::Check(c)) => {
-                steps.spawn(super::checks::handle(state, client, c));
+            Some(pb::work::Work::Check(mut c)) => {
+                let bundle = bundles.resolve(&c.bundle_id, std::mem::take(&mut c.bundle));
+                steps.spawn(super::checks::handle(state, client, c, bundle));
             }
             // From a newer coordinator: whatever it is, not doing it is safe (it takes the step back).
             None => warn!("ignoring work of a kind this agent does not know"),

@@ -186,7 +186,7 @@ pub trait Driver: Send {
 
     /// Makes a connection on which migrations ran fit to be used again as if new: the session's settings, roles,
     /// temporary objects, cursors and locks back to their defaults, its buffers back to a new one's size (a kept
-    /// connection is kept once per target: tests/tests/memory.rs). `false` if this engine cannot, and the
+    /// connection is kept once per target: tests/tests/scale.rs). `false` if this engine cannot, and the
     /// connection must be closed instead (a migration's `SET` must never leak into the next one's session).
     async fn reset_session(&mut self) -> Result<bool, DriverError> {
         Ok(false)

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use flotilla_proto::v1 as pb;
-use flotilla_proto::{convert, telemetry};
+use flotilla_proto::{convert, telemetry, KeptBundles};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -80,11 +80,12 @@ impl pb::agent_service_server::AgentService for AgentApi {
         request: Request<pb::PullAssignmentsRequest>,
     ) -> Result<Response<Self::PullAssignmentsStream>, Status> {
         let (who, name) = self.auth.agent(&request, &request.get_ref().agent_id)?;
+        let mut kept = KeptBundles::new(request.get_ref().bundles_kept.min(limits::BUNDLES_KEPT) as usize);
         let (rx, stream) = self.coordinator.connect(&who, &name).map_err(status)?;
         let guard = Connected { coordinator: self.coordinator.clone(), agent: name, stream };
         let out = ReceiverStream::new(rx).map(move |a| {
             let _connected = &guard;
-            Ok(messages::work(a))
+            Ok(messages::work(a, &mut kept))
         });
         let out = futures_util::StreamExt::take_until(out, self.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(out)))

@@ -26,6 +26,10 @@ pub const MAX_TARGETS_PER_AGENT: usize = 20_000;
 /// Most labels on one target, and waves in one plan.
 pub const MAX_ITEMS: usize = 64;
 
+/// Most bundles an agent may ask the coordinator to count as kept from its stream (`bundles_kept`): each is a few
+/// bytes of the stream's state here, and a bundle the agent holds there.
+pub const BUNDLES_KEPT: u32 = 64;
+
 /// The largest agent message a decoder takes (a heartbeat carrying schema dumps).
 pub const AGENT_MESSAGE_BYTES: usize = 16 << 20;
 const KIB: usize = 1 << 10;

@@ -5,6 +5,7 @@ use flotilla_core::fleet::{Event, EventKind, Selector, Step, StepState, Strategy
 use flotilla_proto::convert;
 use flotilla_proto::errors::ErrorCode;
 use flotilla_proto::v1 as pb;
+use flotilla_proto::KeptBundles;
 use serde_json::json;
 use tonic::Status;
 
@@ -107,19 +108,29 @@ pub(super) fn detail(view: &PlanView, targets: &[Target]) -> pb::PlanDetail {
     }
 }
 
-pub(super) fn work(w: Work) -> pb::Work {
+/// The next message of an agent's assignment stream; `kept`, the bundles the agent keeps from this stream so far.
+pub(super) fn work(w: Work, kept: &mut KeptBundles<()>) -> pb::Work {
     let work = match w {
-        Work::Assign(a) => pb::work::Work::Assignment(assignment(a)),
-        Work::Check(c) => pb::work::Work::Check(check(c)),
+        Work::Assign(a) => pb::work::Work::Assignment(assignment(a, kept)),
+        Work::Check(c) => pb::work::Work::Check(check(c, kept)),
     };
     pb::Work { work: Some(work) }
 }
 
-fn check(c: CheckRequest) -> pb::Check {
+/// A bundle's bytes, or none where the agent keeps them.
+fn bundle_bytes(id: &str, bundle: &str, kept: &mut KeptBundles<()>) -> Vec<u8> {
+    if kept.send(id) {
+        return Vec::new();
+    }
+    crate::metrics::BUNDLE_BYTES_SENT.inc_by(bundle.len() as u64);
+    bundle.as_bytes().to_vec()
+}
+
+fn check(c: CheckRequest, kept: &mut KeptBundles<()>) -> pb::Check {
     pb::Check {
+        bundle: bundle_bytes(&c.bundle_id, &c.bundle, kept),
         plan_id: c.plan_id,
         bundle_id: c.bundle_id,
-        bundle: c.bundle.as_bytes().to_vec(),
         phase: convert::phase_to_proto(c.phase) as i32,
         targets: c
             .targets
@@ -141,12 +152,12 @@ pub(super) fn check_outcome(o: pb::CheckOutcome) -> Result<CheckOutcome, Status>
     })
 }
 
-fn assignment(a: Assignment) -> pb::Assignment {
+fn assignment(a: Assignment, kept: &mut KeptBundles<()>) -> pb::Assignment {
     pb::Assignment {
+        bundle: bundle_bytes(&a.bundle_id, &a.bundle, kept),
         plan_id: a.plan_id,
         target: a.target,
         bundle_id: a.bundle_id,
-        bundle: a.bundle.as_bytes().to_vec(),
         goal: Some(a.goal.into()),
         fencing_token: a.token,
         wave: a.wave,

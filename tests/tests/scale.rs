@@ -1,15 +1,18 @@
-//! What a kept connection costs the agent. The agent keeps one idle connection per target after a step
-//! (`[connections]`), so whatever a connection holds on to after a migration, a fleet holds once per target: a
-//! migration with an 8 MiB statement, kept as it was sent, is 8 GiB over a thousand warm connections.
+//! What a fleet pays per target, thousands of times over: what a kept connection holds, and what the assignment
+//! stream carries.
 //!
-//! Each test counts the bytes allocated and not freed on its own thread (a current-thread runtime runs the driver's
-//! work there), which no other test in the process disturbs.
+//! The agent keeps one idle connection per target after a step (`[connections]`), so whatever a connection holds
+//! on to after a migration, a fleet holds once per target: a migration with an 8 MiB statement, kept as it was
+//! sent, is 8 GiB over a thousand warm connections. Those tests count the bytes allocated and not freed on their
+//! own thread (a current-thread runtime runs the driver's work there), which no other test in the process disturbs.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use flotilla_agent::{connect, ConnectOptions};
+use flotilla_core::bundle::Bundle;
 use flotilla_core::{Engine, Statement};
+use flotilla_tests::fleet::{free_port, Fleet, FleetTarget};
 use flotilla_tests::*;
 
 struct Counting;
@@ -122,4 +125,54 @@ mod a_kept_connection_holds_no_large_statement {
     async fn mongodb() {
         super::a_kept_connection_holds_no_large_statement(super::Mongodb).await
     }
+}
+
+/// A bundle crosses to an agent once per session while the agent keeps it, not once per target: the coordinator
+/// counts the bytes it sends, and a plan over 12 targets (a check, then 12 assignments) sends its bundle once. Then
+/// five bundles, over the four the agent keeps: the second again is kept, the first again was let go and crosses
+/// again. Every plan succeeds: the agent always had what a message named.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bundle_crosses_once_per_session_while_the_agent_keeps_it() {
+    let dbs: Vec<TestDb> = futures_util::future::join_all((0..12).map(|_| TestDb::new(Postgres))).await;
+    let targets: Vec<FleetTarget> =
+        dbs.iter().enumerate().map(|(i, db)| FleetTarget::new(&format!("pg-{i:02}"), &db.url, &[])).collect();
+    let port = free_port();
+    let mut fleet = Fleet::prepare(&[("agent-1", "pg-*")], None, 10, Vec::new(), None).await;
+    fleet.coordinator_args = vec!["--metrics-listen".into(), format!("127.0.0.1:{port}")];
+    fleet.start_coordinator().await;
+    fleet.start_agent("agent-1", &targets).await;
+    fleet.wait_targets(targets.len()).await;
+    // One PostgreSQL migration; bundles differ in a MySQL file no target here runs.
+    let bundle = |n: usize| {
+        let dir = Dir::new();
+        dir.file("postgres/000001_a.up.sql", "CREATE TABLE a (id INT);")
+            .file("postgres/000001_a.down.sql", "DROP TABLE a;")
+            .file("mysql/000001_a.up.sql", &format!("CREATE TABLE a{n} (id INT);"))
+            .file("mysql/000001_a.down.sql", &format!("DROP TABLE a{n};"));
+        let bytes = Bundle::from_dir(dir.path()).expect("bundle").to_json().len() as u64;
+        (dir, bytes)
+    };
+    let sent = || bundle_bytes_sent(port);
+    let start = sent();
+    let bundles: Vec<(Dir, u64)> = (1..=5).map(bundle).collect();
+    let mut expected = 0;
+    // (which bundle, whether its bytes cross)
+    for (i, crosses) in [(0, true), (1, true), (2, true), (3, true), (4, true), (1, false), (0, true)] {
+        let (dir, bytes) = &bundles[i];
+        let plan = fleet.create(dir.path(), &["--waves", "100%", "--parallel", "8"]).await;
+        fleet.wait_state(&plan, "succeeded").await;
+        expected += if crosses { *bytes } else { 0 };
+        assert_eq!(sent() - start, expected, "after a plan with bundle {}", i + 1);
+    }
+    fleet.stop().await;
+}
+
+/// `flotilla_bundles_sent_bytes_total` from the coordinator's `/metrics`.
+fn bundle_bytes_sent(port: u16) -> u64 {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let out = std::process::Command::new("curl").args(["-sf", "--max-time", "5", &url]).output().expect("curl");
+    assert!(out.status.success(), "GET {url}: {out:?}");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let line = text.lines().find(|l| l.starts_with("flotilla_bundles_sent_bytes_total ")).expect("the counter");
+    line.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a number")
 }
