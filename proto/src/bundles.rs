@@ -75,12 +75,13 @@ mod tests {
         assert!(!sender.send("a"));
     }
 
-    /// The receiver, told only what the sender's `send` decided, always has what a bundle-less message names.
+    /// The receiver, told only what the sender's `send` decided, always has what a bundle-less message names: with
+    /// the sender's capacity, or a larger one (a coordinator counts at most `BUNDLES_KEPT` of what an agent asks).
     #[test]
     fn the_receiver_keeps_whatever_the_sender_leaves_out() {
         let mut state = 0x2545_f491_4f6c_dd1du64;
-        for capacity in 0..5 {
-            let (mut sender, mut receiver) = (KeptBundles::new(capacity), KeptBundles::new(capacity));
+        for (capacity, more) in (0..5).flat_map(|c| (0..3).map(move |m| (c, m))) {
+            let (mut sender, mut receiver) = (KeptBundles::new(capacity), KeptBundles::new(capacity + more));
             for message in 0..2_000 {
                 state ^= state << 13;
                 state ^= state >> 7;

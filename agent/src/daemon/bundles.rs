@@ -111,7 +111,7 @@ mod tests {
     async fn a_bundle_that_does_not_match_its_id_is_refused() {
         let mut session = SessionBundles::new([Engine::Postgres]);
         let bundle = session.resolve(&"ab".repeat(32), bundle_json()).expect("carried");
-        let refused = bundle.set(Engine::Postgres).await.err().expect("refused");
+        let refused = bundle.set(Engine::Postgres).await.expect_err("refused");
         assert!(refused.contains("does not match its id"), "{refused}");
     }
 }

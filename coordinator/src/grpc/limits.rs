@@ -27,7 +27,9 @@ pub const MAX_TARGETS_PER_AGENT: usize = 20_000;
 pub const MAX_ITEMS: usize = 64;
 
 /// Most bundles an agent may ask the coordinator to count as kept from its stream (`bundles_kept`): each is a few
-/// bytes of the stream's state here, and a bundle the agent holds there.
+/// bytes of the stream's state here, and a bundle the agent holds there. Asking for more is not refused: an agent
+/// keeping more than the coordinator counts still keeps every bundle the coordinator leaves out (the last N used
+/// are among the last M for M > N).
 pub const BUNDLES_KEPT: u32 = 64;
 
 /// The largest agent message a decoder takes (a heartbeat carrying schema dumps).
