@@ -4,10 +4,11 @@
 //! (a) by a bare loop that only does the database's work (PostgreSQL and SQLite: BEGIN, statements, COMMIT; MySQL
 //! and MongoDB: each statement on its own), and (b) by Flotilla's executor (lock, history, checksums, progress). For
 //! MongoDB's command-by-command scripts also (c): the same commands with the history writes the executor makes
-//! around them, sent from here alone, so what recording costs shows apart from what the executor adds to it.
+//! around them, sent from here alone, so what recording costs shows apart from what the executor adds to it. And
+//! `mysql-rows`: MySQL scripts of row changes alone, which the executor runs in one transaction each.
 //! Each figure is the median of five runs, each on a fresh database. Run with `tests/servers.sh start` first:
 //!
-//!     cargo bench -p flotilla-tests --bench apply        (BENCH_ENGINES=sqlite,postgres,mysql,mongodb,mongodb-cmd to choose)
+//!     cargo bench -p flotilla-tests --bench apply        (BENCH_ENGINES=sqlite,postgres,mysql,mysql-rows,mongodb,mongodb-cmd)
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,19 @@ fn scripts(engine: Engine) -> Vec<String> {
             join(engine, &create, &row)
         })
         .collect()
+}
+
+/// MySQL scripts of row changes alone (a row inserted, updated, and a delete that finds nothing), after a first
+/// that creates their table: the executor runs each in one transaction with its record, where the bare loop, like
+/// `mariadb < script`, commits each statement on its own.
+fn row_change_scripts() -> Vec<String> {
+    let create = "CREATE TABLE r (id BIGINT PRIMARY KEY, n INT)".to_string();
+    let rows = (2..=MIGRATIONS).map(|i| {
+        format!(
+            "INSERT INTO r VALUES ({i}, 0);\nUPDATE r SET n = n + 1 WHERE id = {i};\nDELETE FROM r WHERE id = {i} AND n = 0"
+        )
+    });
+    std::iter::once(create).chain(rows).collect()
 }
 
 /// The MongoDB scripts with a write concern on each command (majority, the replica set's default: the same work), which
@@ -141,6 +155,7 @@ async fn main() {
         (Sqlite, "sqlite", scripts(Sqlite)),
         (Postgres, "postgres", scripts(Postgres)),
         (Mysql, "mysql", scripts(Mysql)),
+        (Mysql, "mysql-rows", row_change_scripts()),
         // Each script fits one transaction with its history write.
         (Mongodb, "mongodb", scripts(Mongodb)),
         (Mongodb, "mongodb-cmd", stepwise_mongodb_scripts()),

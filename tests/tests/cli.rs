@@ -260,3 +260,57 @@ async fn a_mariadb_migration_blocked_by_a_metadata_lock_retries_the_statement() 
     assert_eq!(versions_of(&db).await, vec![1]);
     assert!(db.has_table("notes").await, "the first statement ran once, before the wait");
 }
+
+/// On MariaDB a migration of row changes alone runs in one transaction with its record, as on the other engines: a
+/// failure keeps none of its rows and leaves nothing dirty, and `--group` takes such migrations together. One with
+/// DDL still runs statement by statement.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mariadb_migration_of_row_changes_alone_is_all_or_nothing() {
+    let db = TestDb::new(Mysql).await;
+    let dir = Dir::new();
+    dir.migration(Mysql, 1, "accounts", "CREATE TABLE accounts (id INT PRIMARY KEY);", "DROP TABLE accounts;")
+        .migration(
+            Mysql,
+            2,
+            "seed",
+            "INSERT INTO accounts VALUES (1);\nINSERT INTO accounts VALUES (2);\nINSERT INTO accounts VALUES (1);",
+            "DELETE FROM accounts;",
+        );
+    let failed = cmd("up", &db, dir.path(), &[]).await;
+    failed.fails(1, "at statement 3 of 3");
+    assert!(failed.stderr.contains("nothing of it was committed"), "{failed:?}");
+    assert!(failed.stderr.contains("2 seed (3 statements, in a transaction)"), "{failed:?}");
+    assert!(failed.stderr.contains("1 accounts (1 statements, statement by statement)"), "{failed:?}");
+    assert_eq!(versions_of(&db).await, vec![1], "no record of the failed one, dirty or not");
+    assert_eq!(db.count("accounts").await, 0, "its first two rows rolled back with it");
+
+    dir.migration(
+        Mysql,
+        2,
+        "seed",
+        "INSERT INTO accounts VALUES (1);\nINSERT INTO accounts VALUES (2);",
+        "DELETE FROM accounts;",
+    )
+    .migration(Mysql, 3, "renumber", "UPDATE accounts SET id = id + 10;", "UPDATE accounts SET id = id - 10;");
+    cmd("up", &db, dir.path(), &["--group"]).await.ok();
+    assert_eq!(versions_of(&db).await, vec![1, 2, 3]);
+    assert_eq!(db.count("accounts").await, 2);
+    cmd("down", &db, dir.path(), &["--to", "1", "--group"]).await.ok();
+    assert_eq!((versions_of(&db).await, db.count("accounts").await), (vec![1], 0));
+}
+
+/// A migration's statement timeout reaches the database with its lock timeout (one round trip sets both): a statement
+/// running past it is cancelled by the server, and the migration fails saying so, on PostgreSQL and MariaDB alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_running_past_its_timeout_is_cancelled_by_the_server() {
+    let cases =
+        [(Postgres, "SELECT pg_sleep(5);", "statement timeout"), (Mysql, "SELECT SLEEP(5);", "max_statement_time")];
+    for (engine, sleep, said) in cases {
+        let db = TestDb::new(engine).await;
+        let dir = Dir::new();
+        let up = format!("-- flotilla:statement-timeout 1s\n-- flotilla:lock-timeout 2s\n{sleep}");
+        dir.migration(engine, 1, "slow", &up, "SELECT 1;");
+        cmd("up", &db, dir.path(), &[]).await.fails(1, said);
+        assert!(db.history().await.iter().all(|(_, state, _)| state != "applied"), "{engine}: not applied");
+    }
+}

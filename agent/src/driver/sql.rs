@@ -257,9 +257,10 @@ impl Driver for SqlDriver {
         self.engine
     }
 
-    fn can_run_atomically(&self, _statements: &[Statement]) -> bool {
-        // MySQL commits DDL implicitly, so it always runs statement by statement with progress recorded.
-        self.engine != Engine::Mysql
+    fn can_run_atomically(&self, statements: &[Statement]) -> bool {
+        // MySQL commits DDL (and any other statement but a row change) implicitly: a script of row changes alone
+        // is all or nothing in one transaction, anything else runs statement by statement with progress recorded.
+        self.engine != Engine::Mysql || statements.iter().all(Statement::is_dml)
     }
 
     async fn lock(&mut self, owner: &str, timeout: Duration) -> Result<(), DriverError> {
@@ -453,10 +454,7 @@ impl Driver for SqlDriver {
             Engine::Mysql => mysql::timeouts(lock, statement),
             _ => return Ok(()),
         };
-        for setting in settings {
-            run_on(&mut self.conn, &setting).await?;
-        }
-        Ok(())
+        run_on(&mut self.conn, &settings).await.map(drop)
     }
 
     async fn query_number(&mut self, sql: &str, column: Option<&str>) -> Result<Option<f64>, DriverError> {

@@ -74,8 +74,8 @@ pub(super) fn groupable(steps: &[&Prepared], defaults: Timeouts, engine: Engine)
         }
         if !step.atomic {
             let why = match engine {
-                Engine::Mysql => "cannot run in a transaction: MySQL commits DDL on its own, so its migrations run \
-                                  statement by statement"
+                Engine::Mysql => "cannot run in a transaction: MySQL commits DDL on its own, so a migration with \
+                                  anything but row changes runs statement by statement"
                     .into(),
                 _ => "cannot run in a transaction (a `no-transaction` script, or commands a transaction does not \
                       allow)"

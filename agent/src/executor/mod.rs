@@ -3,10 +3,12 @@
 //!
 //! Each migration runs in one of two modes:
 //! - **atomic**: its statements and its history write commit in one transaction (PostgreSQL and SQLite unless the
-//!   script says `no-transaction`; MongoDB scripts of only inserts, updates and deletes). It is applied or not at all.
-//! - **statement by statement**: a dirty record is written first, progress after each statement, and on failure the
-//!   record stays dirty with the failing statement's index and error (MySQL, whose DDL commits implicitly, and
-//!   `no-transaction` scripts). `repair` resumes it or marks how it was resolved.
+//!   script says `no-transaction`; MySQL scripts of row changes alone; MongoDB scripts of row changes, new
+//!   collections and their indexes). It is applied or not at all.
+//! - **statement by statement**: a dirty record goes ahead of the first statement that commits on its own,
+//!   progress after each statement, and on failure the record stays dirty with the failing statement's index and
+//!   error (MySQL scripts with DDL, which commits implicitly, and `no-transaction` scripts). `repair` resumes it or
+//!   marks how it was resolved.
 
 use std::time::{Duration, Instant};
 

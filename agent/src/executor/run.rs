@@ -233,11 +233,16 @@ impl Executor {
         let m = step.migration;
         let total = step.statements.len();
         let dirty = |done: usize, error: Option<String>| dirty(step, done, error);
-        self.driver.check_lock().await?;
-        self.driver.mark_started(&self.record(m, dirty(from, None), 0)).await?;
         // A script that opens transactions of its own keeps them: its statements run as written.
         let own_transactions =
             step.statements.iter().any(|s| matches!(s, Statement::Sql { text, .. } if is_transaction_control(text)));
+        let recorded = |statement: &Statement| statement.is_dml() && !own_transactions;
+        self.driver.check_lock().await?;
+        // The dirty record goes ahead of the first statement that commits on its own. A row change commits together
+        // with its record (below), so before one nothing needs saying: a crash in it leaves the record as it was.
+        if !step.statements.get(from).is_some_and(recorded) {
+            self.driver.mark_started(&self.record(m, dirty(from, None), 0)).await?;
+        }
         let mut rows = 0;
         let mut finished = false;
         let (mut i, mut attempt) = (from, 0);
@@ -250,7 +255,7 @@ impl Executor {
             // last statement the final record), so a crash between the two cannot make a resume run it twice. DDL
             // may commit on its own (MySQL): the record still says "interrupted at this statement", and `repair`
             // says that it may have run.
-            let ran = if statement.is_dml() && !own_transactions {
+            let ran = if recorded(statement) {
                 let after = match (last, step.direction) {
                     (false, _) => HistoryChange::Write(self.record(m, dirty(i + 1, None), 0)),
                     (true, Direction::Up) => {

@@ -66,6 +66,47 @@ async fn mariadb_killed_mid_migration_leaves_it_dirty_at_the_statement_it_reache
     assert!(!db.has_table("b").await);
 }
 
+/// The same, killed in a row change that opens a statement-by-statement migration: the row change commits with
+/// its record or not at all, so nothing is recorded ahead of it. The server rolls it back on restart, no dirty
+/// record is left to repair, and the next plan applies the migration once.
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_killed_in_the_row_change_a_migration_opens_with_keeps_nothing_to_repair() {
+    let mut server = Server::start(Kind::Mariadb).await;
+    let url = server.database("shop").await;
+    let db = TestDb::on(Mysql, &url);
+    let fleet = fleet_on("my-01", &url, None).await;
+    let dir = Dir::new();
+    dir.migration(Mysql, 1, "runs", "CREATE TABLE runs (n INT);\nINSERT INTO runs VALUES (1);", "DROP TABLE runs;")
+        .migration(
+            Mysql,
+            2,
+            "bump",
+            "UPDATE runs SET n = n + 1 + SLEEP(3);\nCREATE TABLE b (id INT);",
+            "DROP TABLE b;\nUPDATE runs SET n = n - 1;",
+        );
+    let first = fleet.create(dir.path(), &["--to", "1"]).await;
+    fleet.wait_state(&first, "succeeded").await;
+    let id = fleet.create(dir.path(), &["--max-failures", "0"]).await;
+    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await; // inside the sleeping UPDATE
+    server.kill().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.restart().await;
+    let plan = fleet.wait_state(&id, "halted").await;
+    assert_eq!(steps(&plan)["my-01"]["state"], "failed", "{plan:#}");
+    assert_eq!(db.history().await, vec![(1, "applied".to_string(), 0)], "no record of migration 2, dirty or not");
+    let n = || async {
+        let mut conn = db.sql().await;
+        sqlx::query_scalar::<_, i32>("SELECT n FROM runs").fetch_one(&mut conn).await.expect("n")
+    };
+    assert_eq!(n().await, 1, "the UPDATE rolled back");
+    let again = fleet.create(dir.path(), &["--max-failures", "0"]).await;
+    fleet.wait_state(&again, "succeeded").await;
+    assert_eq!(versions(&db.history().await), vec![1, 2]);
+    assert_eq!(n().await, 2, "the UPDATE ran once");
+    assert!(db.has_table("b").await);
+}
+
 /// mongod is killed while a migration's slow command runs. This script builds an index on a collection an earlier
 /// migration made, which a transaction may not do, so it runs command by command: commands before the slow one stay
 /// applied and the history says how many; the plan halts, and nothing runs twice.

@@ -1,5 +1,6 @@
 //! MySQL and MariaDB: history DDL, the lock (a named lock, `GET_LOCK`, held by the session), the fencing upsert,
-//! and the schema dump. DDL commits implicitly here, so migrations run statement by statement.
+//! and the schema dump. DDL commits implicitly here, so a migration runs statement by statement unless it holds row
+//! changes only (`SqlDriver::can_run_atomically`).
 
 mod schema;
 
@@ -60,16 +61,17 @@ pub(super) const DIALECT: Dialect = Dialect {
 
 /// `lock_wait_timeout` (whole seconds, at least 1: what metadata locks, the ones DDL waits for, obey) and MariaDB's
 /// `max_statement_time` (seconds) for the session; `None` back to the server's default.
-pub(super) fn timeouts(lock: Option<Duration>, statement: Option<Duration>) -> Vec<String> {
+/// One statement: both in one round trip.
+pub(super) fn timeouts(lock: Option<Duration>, statement: Option<Duration>) -> String {
     let lock = match lock {
-        Some(d) => format!("SET SESSION lock_wait_timeout = {}", d.as_millis().div_ceil(1000).max(1)),
-        None => "SET SESSION lock_wait_timeout = DEFAULT".to_string(),
+        Some(d) => (d.as_millis().div_ceil(1000).max(1)).to_string(),
+        None => "DEFAULT".to_string(),
     };
     let statement = match statement {
-        Some(d) => format!("SET SESSION max_statement_time = {:.3}", d.as_secs_f64()),
-        None => "SET SESSION max_statement_time = DEFAULT".to_string(),
+        Some(d) => format!("{:.3}", d.as_secs_f64()),
+        None => "DEFAULT".to_string(),
     };
-    vec![lock, statement]
+    format!("SET SESSION lock_wait_timeout = {lock}, SESSION max_statement_time = {statement}")
 }
 
 pub(super) async fn lock(conn: &mut AnyConnection, timeout: Duration) -> Result<(), DriverError> {

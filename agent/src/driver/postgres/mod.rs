@@ -79,12 +79,13 @@ pub(super) async fn reset_session(conn: &mut AnyConnection) -> Result<(), Driver
 }
 
 /// `lock_timeout` and `statement_timeout` for the session, in milliseconds; `None` back to the server's default.
-pub(super) fn timeouts(lock: Option<Duration>, statement: Option<Duration>) -> Vec<String> {
+/// One simple query: both in one round trip.
+pub(super) fn timeouts(lock: Option<Duration>, statement: Option<Duration>) -> String {
     let set = |name: &str, d: Option<Duration>| match d {
         Some(d) => format!("SET {name} = {}", d.as_millis().max(1)),
         None => format!("RESET {name}"),
     };
-    vec![set("lock_timeout", lock), set("statement_timeout", statement)]
+    format!("{}; {}", set("lock_timeout", lock), set("statement_timeout", statement))
 }
 
 pub(super) async fn lock(conn: &mut AnyConnection, timeout: Duration) -> Result<(), DriverError> {
