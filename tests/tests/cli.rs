@@ -295,6 +295,16 @@ async fn a_mariadb_migration_of_row_changes_alone_is_all_or_nothing() {
     cmd("up", &db, dir.path(), &["--group"]).await.ok();
     assert_eq!(versions_of(&db).await, vec![1, 2, 3]);
     assert_eq!(db.count("accounts").await, 2);
+    // The first statement travels with BEGIN: its failure is still its own, and rolls back.
+    dir.migration(
+        Mysql,
+        4,
+        "misnamed",
+        "INSERT INTO acounts VALUES (5);\nINSERT INTO accounts VALUES (6);",
+        "SELECT 1;",
+    );
+    cmd("up", &db, dir.path(), &[]).await.fails(1, "at statement 1 of 2");
+    assert_eq!((versions_of(&db).await, db.count("accounts").await), (vec![1, 2, 3], 2));
     cmd("down", &db, dir.path(), &["--to", "1", "--group"]).await.ok();
     assert_eq!((versions_of(&db).await, db.count("accounts").await), (vec![1], 0));
 }

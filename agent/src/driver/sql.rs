@@ -421,9 +421,10 @@ impl Driver for SqlDriver {
         on_done: &mut (dyn FnMut(usize, u64) + Send),
     ) -> Result<(), AtomicError> {
         let at_commit = |error| AtomicError { statement: None, error };
-        // PostgreSQL's simple query protocol takes BEGIN and the first statement together: one round trip fewer
-        // per migration. (A SQLite transaction starts with the lease fence instead.)
-        let begin_with_first = self.engine == Engine::Postgres && !statements.is_empty();
+        // PostgreSQL's simple query protocol and MySQL's text protocol (sqlx connects with multi-statement queries
+        // allowed) take BEGIN and the first statement together: one round trip fewer per migration. (A SQLite
+        // transaction starts with the lease fence instead.)
+        let begin_with_first = matches!(self.engine, Engine::Postgres | Engine::Mysql) && !statements.is_empty();
         let result = self.atomic_body(statements, begin_with_first, change, on_done).await;
         match result {
             Ok(()) => match run_on(&mut self.conn, "COMMIT").await {
