@@ -49,7 +49,9 @@ fn default_refresh() -> u64 {
 /// `[connections]`: how many idle database connections the agent keeps (one per target at most), and for how
 /// long. A kept connection makes the next step, check or history read of its target skip the connect (on
 /// PostgreSQL a new server process each); each counts against its server's connection limit, so keep
-/// `max_idle` below what the servers allow besides the applications.
+/// `max_idle` below what the servers allow besides the applications. An idle PostgreSQL connection is not free
+/// for its server either: every DDL there makes each backend catch up (docs/benchmarks.md, "What 1,000 warm
+/// connections cost the database server").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectionsConfig {
