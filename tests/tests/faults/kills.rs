@@ -16,13 +16,8 @@ async fn postgres_killed_mid_migration_rolls_it_back_and_the_next_plan_applies_i
     let dir = slow_second(3);
     let p0 = fleet.create(dir.path(), &["--to", "1"]).await;
     fleet.wait_state(&p0, "succeeded").await;
-    let id = fleet.create(dir.path(), &["--max-failures", "0"]).await;
-    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // inside pg_sleep
-    server.kill().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    server.restart().await;
-    let plan = fleet.wait_state(&id, "halted").await;
+    // Killed 500 ms in: inside pg_sleep.
+    let plan = kill_the_server_mid_step(&mut server, &fleet, dir.path(), Duration::from_millis(500)).await;
     let step = &steps(&plan)["pg-01"];
     assert_eq!((step["state"].as_str(), step["version_before"].as_i64()), (Some("failed"), Some(1)), "{step:#}");
     assert!(!step["error"].as_str().unwrap_or_default().is_empty(), "the failure is named: {step:#}");
@@ -45,13 +40,8 @@ async fn mariadb_killed_mid_migration_leaves_it_dirty_at_the_statement_it_reache
     let dir = Dir::new();
     dir.file("000001_two_tables.up.sql", "CREATE TABLE a (id INT);\nSELECT SLEEP(3);\nCREATE TABLE b (id INT);")
         .file("000001_two_tables.down.sql", "DROP TABLE IF EXISTS b;\nDROP TABLE IF EXISTS a;");
-    let id = fleet.create(dir.path(), &["--max-failures", "0"]).await;
-    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
-    tokio::time::sleep(Duration::from_millis(800)).await; // CREATE TABLE a committed; SLEEP runs
-    server.kill().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    server.restart().await;
-    let plan = fleet.wait_state(&id, "halted").await;
+    // Killed 800 ms in: CREATE TABLE a committed; SLEEP runs.
+    let plan = kill_the_server_mid_step(&mut server, &fleet, dir.path(), Duration::from_millis(800)).await;
     assert_eq!(steps(&plan)["my-01"]["state"], "failed", "{plan:#}");
     assert_eq!(db.history().await, vec![(1, "dirty".to_string(), 1)], "statement 1 of 3 committed, recorded once");
     assert!(db.has_table("a").await && !db.has_table("b").await);
@@ -86,13 +76,8 @@ async fn mariadb_killed_in_the_row_change_a_migration_opens_with_keeps_nothing_t
         );
     let first = fleet.create(dir.path(), &["--to", "1"]).await;
     fleet.wait_state(&first, "succeeded").await;
-    let id = fleet.create(dir.path(), &["--max-failures", "0"]).await;
-    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
-    tokio::time::sleep(Duration::from_millis(800)).await; // inside the sleeping UPDATE
-    server.kill().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    server.restart().await;
-    let plan = fleet.wait_state(&id, "halted").await;
+    // Killed 800 ms in: inside the sleeping UPDATE.
+    let plan = kill_the_server_mid_step(&mut server, &fleet, dir.path(), Duration::from_millis(800)).await;
     assert_eq!(steps(&plan)["my-01"]["state"], "failed", "{plan:#}");
     assert_eq!(db.history().await, vec![(1, "applied".to_string(), 0)], "no record of migration 2, dirty or not");
     let n = || async {
@@ -122,13 +107,8 @@ async fn mongodb_killed_mid_migration_leaves_it_dirty_at_the_command_it_reached(
     );
     let first = fleet.create(dir.path(), &["--to", "1"]).await;
     fleet.wait_state(&first, "succeeded").await;
-    let id = fleet.create(dir.path(), &["--max-failures", "0"]).await;
-    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
-    tokio::time::sleep(Duration::from_millis(800)).await; // inside the sleeping update
-    server.kill().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    server.restart().await;
-    let plan = fleet.wait_state(&id, "halted").await;
+    // Killed 800 ms in: inside the sleeping update.
+    let plan = kill_the_server_mid_step(&mut server, &fleet, dir.path(), Duration::from_millis(800)).await;
     assert_eq!(steps(&plan)["mo-01"]["state"], "failed", "{plan:#}");
     let history = db.history().await;
     assert_eq!(history, vec![(1, "applied".to_string(), 0), (2, "dirty".to_string(), 2)], "2 of 3 commands committed");
@@ -152,13 +132,8 @@ async fn mongodb_killed_mid_transaction_keeps_nothing_and_the_next_plan_applies_
             {"update": "runs", "updates": [{"q": {"$where": "sleep(3000) || true"}, "u": {"$set": {"slow": true}}}]}]"#,
     )
     .file("000001_runs.down.json", r#"[{"drop": "runs"}]"#);
-    let id = fleet.create(dir.path(), &["--max-failures", "0"]).await;
-    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
-    tokio::time::sleep(Duration::from_millis(800)).await; // inside the sleeping update, in the transaction
-    server.kill().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    server.restart().await;
-    let plan = fleet.wait_state(&id, "halted").await;
+    // Killed 800 ms in: inside the sleeping update, in the transaction.
+    let plan = kill_the_server_mid_step(&mut server, &fleet, dir.path(), Duration::from_millis(800)).await;
     assert_eq!(steps(&plan)["mo-01"]["state"], "failed", "{plan:#}");
     assert_eq!(db.history().await, vec![], "no record: the transaction never committed");
     assert_eq!(db.count("runs").await, 0, "nothing of the migration is there");
@@ -288,4 +263,16 @@ async fn a_store_that_is_down_surfaces_as_itself_with_its_own_exit_code() {
     let id = fleet.create(dir.path(), &[]).await;
     fleet.wait_state(&id, "succeeded").await;
     assert!(db.history().await.len() == 1, "the refused submission stored nothing; the later one ran once");
+}
+
+/// Starts a plan of `dir` on the fleet's one target, kills its database server (SIGKILL) `into` the step, restarts it
+/// on the same data 2 s later, and returns the plan once it halted.
+async fn kill_the_server_mid_step(server: &mut Server, fleet: &Fleet, dir: &Path, into: Duration) -> serde_json::Value {
+    let id = fleet.create(dir, &["--max-failures", "0"]).await;
+    fleet.wait_plan(&id, "running", |p| count(p, "running") == 1).await;
+    tokio::time::sleep(into).await;
+    server.kill().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.restart().await;
+    fleet.wait_state(&id, "halted").await
 }
