@@ -282,6 +282,8 @@ impl Coordinator {
         for c in left {
             self.requeue_ready(&plan.id, c.target, c.goal);
         }
+        // What was assigned left its agent's window: more checks may go.
+        self.send_checks(&plan.id);
         Ok(self.checks_outstanding(&plan.id))
     }
 

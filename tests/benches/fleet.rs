@@ -548,7 +548,7 @@ async fn scenario(s: Scenario, runs: usize) {
         println!("  coordinator calls per step (rollout, last run): {}", calls.join(", "));
     }
     println!(
-        "  peak RSS: coordinator {:.0} MiB, agent {:.0} MiB (at the end: {:.0} MiB of heap, {:.0} MiB of mapped files)",
+        "  peak RSS: coordinator {:.1} MiB, agent {:.1} MiB (at the end: {:.1} MiB of heap, {:.1} MiB of mapped files)",
         mid(fleets.iter().map(|r| r.coordinator_mib).collect()),
         mid(fleets.iter().map(|r| r.agent_mib).collect()),
         mid(fleets.iter().map(|r| r.agent_anon_mib).collect()),

@@ -161,12 +161,61 @@ async fn a_bundle_crosses_once_per_session_while_the_agent_keeps_it() {
     fleet.stop().await;
 }
 
-/// `flotilla_bundles_sent_bytes_total` from the coordinator's `/metrics`.
-fn bundle_bytes_sent(port: u16) -> u64 {
+/// A target's step runs on the connection its check opened: the coordinator checks no further ahead of the
+/// assignments than the agent keeps connections (`max_idle`, which it sends when it registers), and in the agent's
+/// full pool a target found not at its goal pushes out a connection a step is done with. 150 targets, 64 kept: each
+/// target's connection is opened at most once for the plan (the checks of the first 64 find the agent's start-up
+/// reads' connections), and every step finds its connection warm. When every check went out at once, the checks
+/// of the last 86 targets opened connections the pool could not keep and their steps opened them again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_targets_step_runs_on_the_connection_its_check_opened() {
+    const TARGETS: usize = 150;
+    let dbs = futures_util::future::join_all((0..TARGETS).map(|_| TestDb::new(Sqlite))).await;
+    let targets: Vec<FleetTarget> =
+        dbs.iter().enumerate().map(|(i, db)| FleetTarget::new(&format!("sq-{i:03}"), &db.url, &[])).collect();
+    let port = free_port();
+    let mut fleet = Fleet::prepare(&[("agent-1", "sq-*")], None, 10, Vec::new(), None).await;
+    fleet.agent_config = "[connections]\nmax_idle = 64\nidle_secs = 300\n".into();
+    fleet.agent_settings = format!("metrics_listen = \"127.0.0.1:{port}\"\nrefresh_secs = 600\n");
+    fleet.start_coordinator().await;
+    fleet.start_agent("agent-1", &targets).await;
+    fleet.wait_targets(TARGETS).await;
+    let counted = || {
+        let text = scrape(port);
+        (counter(&text, "flotilla_agent_database_connections_opened_total"), {
+            counter(&text, "flotilla_agent_database_connections_reused_total")
+        })
+    };
+    let (opened_before, reused_before) = counted();
+    let dir = Dir::new();
+    dir.file("sqlite/000001_a.up.sql", "CREATE TABLE a (id INTEGER);")
+        .file("sqlite/000001_a.down.sql", "DROP TABLE a;");
+    let plan = fleet.create(dir.path(), &["--waves", "100%", "--parallel", "8"]).await;
+    fleet.wait_state(&plan, "succeeded").await;
+    let (opened, reused) = counted();
+    let (opened, reused) = (opened - opened_before, reused - reused_before);
+    assert!(
+        opened <= (TARGETS + TARGETS / 10) as u64 && reused >= TARGETS as u64,
+        "{opened} connections opened and {reused} reused for a plan over {TARGETS} targets"
+    );
+    fleet.stop().await;
+}
+
+/// A `/metrics` page.
+fn scrape(port: u16) -> String {
     let url = format!("http://127.0.0.1:{port}/metrics");
     let out = std::process::Command::new("curl").args(["-sf", "--max-time", "5", &url]).output().expect("curl");
     assert!(out.status.success(), "GET {url}: {out:?}");
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    let line = text.lines().find(|l| l.starts_with("flotilla_bundles_sent_bytes_total ")).expect("the counter");
-    line.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a number")
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// The value of an unlabelled counter on a `/metrics` page.
+fn counter(text: &str, name: &str) -> u64 {
+    let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}"));
+    line.rsplit(' ').next().and_then(|n| n.parse::<f64>().ok()).expect("a number") as u64
+}
+
+/// `flotilla_bundles_sent_bytes_total` from the coordinator's `/metrics`.
+fn bundle_bytes_sent(port: u16) -> u64 {
+    counter(&scrape(port), "flotilla_bundles_sent_bytes_total")
 }

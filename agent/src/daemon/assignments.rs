@@ -195,7 +195,8 @@ pub(super) async fn execute(
     };
     let after = ex.history().await.map(|h| summarize(&h)).map_err(|e| e.to_string());
     if result.is_ok() && after.is_ok() {
-        state.connections.put(&target.name, ex.into_driver(), &options, ran).await;
+        let kept = pool::Kept::AfterStep { ran_migrations: ran };
+        state.connections.put(&target.name, ex.into_driver(), &options, kept).await;
     } else {
         ex.close().await;
     }

@@ -84,7 +84,9 @@ async fn at_goal(
     };
     let options = ConnectOptions::default();
     let (ex, (history, at_goal)) = state.connections.open(target, &options, make, read_at_goal(set, request)).await?;
-    state.connections.put(&target.name, ex.into_driver(), &options, false).await;
+    // Not at its goal, the target's step comes next: its connection is kept for it.
+    let kept = if at_goal { pool::Kept::AfterRead } else { pool::Kept::BeforeStep };
+    state.connections.put(&target.name, ex.into_driver(), &options, kept).await;
     let (applied, dirty) = summarize(&history);
     locked(&state.versions).insert(target.name.clone(), Ok((applied, dirty)));
     Ok(pb::CheckOutcome {

@@ -51,7 +51,7 @@ pub(super) async fn read_versions(state: &State, target: &Target) -> Versions {
     let make = |driver| Executor::new(driver, "flotilla-agent");
     let (mut ex, history) = state.connections.open(target, &options, make, |ex| Box::pin(ex.history())).await?;
     let schema = ex.schema().await;
-    state.connections.put(&target.name, ex.into_driver(), &options, false).await;
+    state.connections.put(&target.name, ex.into_driver(), &options, pool::Kept::AfterRead).await;
     let versions = summarize(&history);
     let mut census = locked(&state.census);
     match schema {

@@ -40,6 +40,10 @@ pub struct Metrics {
     pub targets_unreachable: Gauge,
     /// When the agent's certificate expires (Unix time; 0 without TLS).
     pub certificate_expiry: Gauge,
+    /// Database connections opened (for a step, a check or a history read).
+    pub connections_opened: Counter,
+    /// Uses of a warm connection kept from an earlier one instead.
+    pub connections_reused: Counter,
 }
 
 impl Metrics {
@@ -57,6 +61,8 @@ impl Metrics {
             targets_dirty: Gauge::default(),
             targets_unreachable: Gauge::default(),
             certificate_expiry: Gauge::default(),
+            connections_opened: Counter::default(),
+            connections_reused: Counter::default(),
         };
         let mut r = Registry::with_prefix("flotilla_agent");
         r.register("migrations", "Migrations run, by engine, direction and result", m.migrations.clone());
@@ -79,6 +85,12 @@ impl Metrics {
             "certificate_expiry_timestamp_seconds",
             "When the agent's client certificate expires (Unix time)",
             m.certificate_expiry.clone(),
+        );
+        r.register("database_connections_opened", "Database connections opened", m.connections_opened.clone());
+        r.register(
+            "database_connections_reused",
+            "Uses of a warm database connection kept from an earlier one",
+            m.connections_reused.clone(),
         );
         (m, r)
     }

@@ -116,9 +116,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let targets = config.resolve().map_err(AgentError::Config)?;
     // Bad TLS files are a configuration error at start; later, a change that does not load keeps the ones in use.
     let mut endpoint = endpoint(&config)?;
-    let connections =
-        pool::Connections::new(config.connections.max_idle, Duration::from_secs(config.connections.idle_secs));
     let (metrics, registry) = metrics::Metrics::new();
+    let idle_for = Duration::from_secs(config.connections.idle_secs);
+    let connections = pool::Connections::new(config.connections.max_idle, idle_for, &metrics);
     metrics.engines(targets.iter().map(|t| t.engine));
     if let Some(addr) = &config.metrics_listen {
         serve_metrics(addr, registry, shutdown.clone()).await?;

@@ -1,6 +1,7 @@
 //! Warm connections: one idle connection per target, kept for a while after a step or a check, so the next one
 //! (a check of a re-run, the assignment after a check, the periodic history read) skips the connect. At most
-//! `max_idle` are kept (a database server has a connection limit of its own), each for at most `idle_for`.
+//! `max_idle` are kept (a database server has a connection limit of its own), each for at most `idle_for`; when
+//! full, only a connection a step is about to use pushes another out ([`Kept`]).
 //!
 //! A connection on which migrations ran comes back only if its engine can reset the session
 //! ([`Driver::reset_session`]); one whose step failed is closed. A kept connection may have died meanwhile (the
@@ -10,6 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
+use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -20,6 +22,9 @@ pub(super) struct Connections {
     idle: Mutex<HashMap<String, Idle>>,
     max_idle: usize,
     idle_for: Duration,
+    /// Connections opened, and kept ones used again (the agent's metrics).
+    opened: Counter,
+    reused: Counter,
 }
 
 struct Idle {
@@ -28,6 +33,8 @@ struct Idle {
     /// Opened with `ConnectOptions::create`. One opened without may not be the target's database at all (SQLite
     /// reads a missing file as an empty database in memory): it serves reads only.
     create: bool,
+    /// What it came back after.
+    kept: Kept,
 }
 
 /// A connection taken for a target: `reused` if it was kept from an earlier use.
@@ -37,8 +44,14 @@ pub(super) struct Taken {
 }
 
 impl Connections {
-    pub fn new(max_idle: usize, idle_for: Duration) -> Self {
-        Connections { idle: Mutex::default(), max_idle, idle_for }
+    pub fn new(max_idle: usize, idle_for: Duration, metrics: &metrics::Metrics) -> Self {
+        let (opened, reused) = (metrics.connections_opened.clone(), metrics.connections_reused.clone());
+        Connections { idle: Mutex::default(), max_idle, idle_for, opened, reused }
+    }
+
+    /// How many idle connections are kept at most.
+    pub fn max_idle(&self) -> usize {
+        self.max_idle
     }
 
     /// The target's kept connection if there is a fresh one, else a new one.
@@ -46,12 +59,15 @@ impl Connections {
         let kept = locked(&self.idle).remove(&target.name);
         match kept {
             Some(idle) if idle.since.elapsed() < self.idle_for && (idle.create || !options.create) => {
-                return Ok(Taken { driver: idle.driver, reused: true })
+                self.reused.inc();
+                return Ok(Taken { driver: idle.driver, reused: true });
             }
             Some(old) => old.driver.close().await,
             None => {}
         }
-        Ok(Taken { driver: connect(&target.url, options).await?, reused: false })
+        let driver = connect(&target.url, options).await?;
+        self.opened.inc();
+        Ok(Taken { driver, reused: false })
     }
 
     /// An executor on the target's connection (kept or new) and what `first` returned on it. A kept connection
@@ -84,24 +100,32 @@ impl Connections {
         }
     }
 
-    /// Keeps a connection that only read, or whose session `reset` made as new; closes it otherwise, or when
-    /// `max_idle` are kept already.
-    pub async fn put(&self, target: &str, mut driver: Box<dyn Driver>, options: &ConnectOptions, ran_migrations: bool) {
-        if ran_migrations && !driver.reset_session().await.unwrap_or(false) {
+    /// Keeps a connection (one a step ran migrations on only if its session `reset` made it as new), or closes it.
+    /// With `max_idle` kept already, only a connection a step is about to use pushes another out (the longest kept
+    /// of those a step is done with, else of those that read): the others are closed.
+    pub async fn put(&self, target: &str, mut driver: Box<dyn Driver>, options: &ConnectOptions, kept: Kept) {
+        if kept == (Kept::AfterStep { ran_migrations: true }) && !driver.reset_session().await.unwrap_or(false) {
             driver.close().await;
             return;
         }
-        let refused = {
+        let entry = Idle { driver, since: Instant::now(), create: options.create, kept };
+        let closed = {
             let mut idle = locked(&self.idle);
-            if idle.len() >= self.max_idle && !idle.contains_key(target) {
-                Some(driver)
+            if idle.len() < self.max_idle || idle.contains_key(target) {
+                [idle.insert(target.to_string(), entry).map(|old| old.driver), None]
             } else {
-                let entry = Idle { driver, since: Instant::now(), create: options.create };
-                idle.insert(target.to_string(), entry).map(|old| old.driver)
+                let others = idle.iter().map(|(name, i)| (name.as_str(), i.since, i.kept));
+                match giving_way(others, kept).map(str::to_string) {
+                    Some(name) => {
+                        let evicted = idle.remove(&name).map(|i| i.driver);
+                        [evicted, idle.insert(target.to_string(), entry).map(|old| old.driver)]
+                    }
+                    None => [Some(entry.driver), None],
+                }
             }
         };
-        if let Some(extra) = refused {
-            extra.close().await;
+        for driver in closed.into_iter().flatten() {
+            driver.close().await;
         }
     }
 
@@ -126,6 +150,32 @@ impl Connections {
     }
 }
 
+/// What a connection comes back to the pool after, which says whether it is about to be used again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kept {
+    /// A step: its target is done for the plan.
+    AfterStep { ran_migrations: bool },
+    /// A read: a history re-read, or a check that found its target at its goal.
+    AfterRead,
+    /// A check that found its target not at its goal: the coordinator assigns its step next.
+    BeforeStep,
+}
+
+/// Which kept connection (name, kept since, what after) gives way to a new one in a full pool, if any: only one a
+/// step is about to use pushes another out, the longest kept of those a step is done with, else of those that read.
+fn giving_way<'a>(others: impl Iterator<Item = (&'a str, Instant, Kept)>, new: Kept) -> Option<&'a str> {
+    let rank = |kept: Kept| match kept {
+        Kept::AfterStep { .. } => 0,
+        Kept::AfterRead => 1,
+        Kept::BeforeStep => 2,
+    };
+    if new != Kept::BeforeStep {
+        return None;
+    }
+    let (name, _, kept) = others.min_by_key(|&(_, since, kept)| (rank(kept), since))?;
+    (kept != Kept::BeforeStep).then_some(name)
+}
+
 /// Sweeps idle connections every few seconds; closes them all at shutdown.
 pub(super) async fn sweep_loop(state: Arc<State>, shutdown: CancellationToken) {
     let every = (state.connections.idle_for / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
@@ -136,4 +186,25 @@ pub(super) async fn sweep_loop(state: Arc<State>, shutdown: CancellationToken) {
         }
     }
     state.connections.close_all().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_a_full_pool_only_a_connection_a_step_is_about_to_use_pushes_another_out() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let (read, next, done) = (Kept::AfterRead, Kept::BeforeStep, Kept::AfterStep { ran_migrations: true });
+        let kept = [("read-old", at(0), read), ("stepped-new", at(20), done), ("stepped-old", at(10), done)];
+        assert_eq!(giving_way(kept.into_iter(), next), Some("stepped-old"), "first what a step is done with");
+        assert_eq!(giving_way(kept.into_iter(), read), None, "a read's connection never pushes one out");
+        assert_eq!(giving_way(kept.into_iter(), done), None, "nor does a step's");
+        let reads = [("read-new", at(30), read), ("read-old", at(0), read), ("next", at(0), next)];
+        assert_eq!(giving_way(reads.into_iter(), next), Some("read-old"), "else the longest kept of the reads");
+        let all_next = [("next-a", at(0), next), ("next-b", at(1), next)];
+        assert_eq!(giving_way(all_next.into_iter(), next), None, "one about to be used stays");
+        assert_eq!(giving_way(std::iter::empty(), next), None, "max_idle 0 keeps none");
+    }
 }

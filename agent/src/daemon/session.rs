@@ -38,8 +38,10 @@ pub(super) async fn session(
             pb::TargetInfo { name: t.name.clone(), engine: pb::Engine::from(t.engine) as i32, labels }
         })
         .collect();
+    let max_idle_connections = u32::try_from(state.connections.max_idle()).unwrap_or(u32::MAX);
+    let version = env!("CARGO_PKG_VERSION").into();
     client
-        .register(pb::RegisterRequest { agent_version: env!("CARGO_PKG_VERSION").into(), targets, name: name.clone() })
+        .register(pb::RegisterRequest { agent_version: version, targets, name: name.clone(), max_idle_connections })
         .await?;
     info!(agent = %name, targets = state.targets.len(), "registered with the coordinator");
     // A new coordinator (or one restarted) has none of the census's schemas yet.

@@ -44,9 +44,11 @@ impl pb::agent_service_server::AgentService for AgentApi {
             .and_then(|certs| certs.first().and_then(|c| flotilla_proto::process::certificate_expiry_der(c)));
         let req = request.into_inner();
         req.check()?;
+        let max_idle = req.max_idle_connections;
         let targets = req.targets.into_iter().map(|t| messages::target(t, &name)).collect::<Result<Vec<_>, _>>()?;
         self.coordinator.register(&who, &name, targets).await.map_err(status)?;
         self.coordinator.agent_certificate(&name, expiry);
+        self.coordinator.agent_max_idle(&name, max_idle);
         Ok(Response::new(pb::RegisterResponse { agent_id: name, refused_targets: Default::default() }))
     }
 

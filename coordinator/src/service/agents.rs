@@ -87,6 +87,7 @@ impl Coordinator {
             stream: 0,
             last_seen: None,
             certificate_expiry: None,
+            max_idle: 0,
         });
         entry.targets = targets.iter().map(|t| t.name.clone()).collect();
         entry.last_seen = Some((Instant::now(), Utc::now()));
@@ -100,6 +101,13 @@ impl Coordinator {
             entry.certificate_expiry = expiry;
         }
         self.metrics.certificate_expires(&format!("agent:{name}"), expiry);
+    }
+
+    /// How many idle database connections the agent keeps warm (it says so when it registers).
+    pub fn agent_max_idle(&self, name: &str, max_idle: u32) {
+        if let Some(entry) = self.inner().agents.get_mut(name) {
+            entry.max_idle = max_idle as usize;
+        }
     }
 
     pub(super) fn check_agent(&self, who: &Identity, name: &str) -> Result<()> {

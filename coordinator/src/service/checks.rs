@@ -6,8 +6,14 @@
 //! goal when read (the step is still pending, never dispatched, when its outcome is recorded: compare-and-set in
 //! the store), and anything else (not at the goal, unreadable, no answer within `CHECK_TIMEOUT`, a coordinator
 //! restart) takes the normal path, which reads the history again under the target's lock.
+//!
+//! A plan checks no further ahead of its assignments than an agent keeps connections: at most its `max_idle` (as it
+//! registered; [`MIN_CHECK_WINDOW`] at least) of an agent's targets are asked, or found not at their goal and not yet
+//! assigned. The check opens the target's connection and the agent keeps it warm, so the step that follows finds it
+//! open instead of connecting a second time. A target found at its goal leaves the window at once: a re-run with
+//! nothing pending flows through it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use flotilla_core::fleet::{Plan, StepState};
@@ -19,7 +25,10 @@ use crate::store::Unchanged;
 
 /// Targets per check message: big enough to amortize, small enough that answers (and assignments of what is not
 /// at its goal) start flowing at once.
-pub(crate) const CHECK_BATCH: usize = 128;
+pub(crate) const CHECK_BATCH: usize = 32;
+/// An agent's targets asked, or found not at their goal and not yet assigned, at most (the module's header says why)
+/// however few connections it keeps: two batches, so one is answered while the agent reads the other.
+pub(crate) const MIN_CHECK_WINDOW: usize = 2 * CHECK_BATCH;
 /// A check not answered in this long is given up: its targets are assigned as usual.
 pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pending steps read per store query while asking.
@@ -34,6 +43,12 @@ pub(crate) struct PlanChecks {
     /// Targets found not at their goal (with their steps' goals), to be assigned first: by name, as the scheduler
     /// assigns any wave's steps (whatever order the answers came in).
     ready: BTreeMap<String, Goal>,
+    /// Per agent, the batches not sent yet, in target order.
+    queued: HashMap<String, VecDeque<Vec<(String, Goal)>>>,
+    /// Target → its agent, for every target queued.
+    agents: HashMap<String, String>,
+    /// What every check message of this wave carries besides its targets.
+    pub request: Option<CheckRequest>,
 }
 
 /// What to do with one check outcome.
@@ -50,6 +65,49 @@ pub(crate) enum Verdict {
 impl PlanChecks {
     pub fn new(wave: u32) -> Self {
         PlanChecks { wave, ..PlanChecks::default() }
+    }
+
+    /// Queues `targets` (in the order to check them) for `agent`, to be sent as its window allows.
+    pub fn queue(&mut self, agent: &str, targets: Vec<(String, Goal)>) {
+        for (target, _) in &targets {
+            self.agents.insert(target.clone(), agent.to_string());
+        }
+        let batches = self.queued.entry(agent.to_string()).or_default();
+        batches.extend(targets.chunks(CHECK_BATCH).map(<[_]>::to_vec));
+    }
+
+    /// Takes the batches that the agents' windows have room for (`max_idle(agent)` targets, [`MIN_CHECK_WINDOW`] at
+    /// least), in each agent's order, and awaits their answers from `at`.
+    pub fn take_sendable(
+        &mut self,
+        max_idle: impl Fn(&str) -> usize,
+        at: Instant,
+    ) -> Vec<(String, Vec<(String, Goal)>)> {
+        let mut open: HashMap<&str, usize> = HashMap::new();
+        for target in self.asked.keys().chain(self.ready.keys()) {
+            if let Some(agent) = self.agents.get(target) {
+                *open.entry(agent.as_str()).or_default() += 1;
+            }
+        }
+        let mut batches = Vec::new();
+        for (agent, queue) in &mut self.queued {
+            let (mut open, window) =
+                (open.get(agent.as_str()).copied().unwrap_or(0), max_idle(agent).max(MIN_CHECK_WINDOW));
+            while queue.front().is_some_and(|batch| open + batch.len() <= window) {
+                let batch = queue.pop_front().expect("a batch");
+                open += batch.len();
+                batches.push((agent.clone(), batch));
+            }
+        }
+        for (_, batch) in &batches {
+            self.ask(batch, at);
+        }
+        batches
+    }
+
+    /// `agent`'s batches not sent yet are dropped: their targets take the normal path.
+    pub fn drop_queued(&mut self, agent: &str) {
+        self.queued.remove(agent);
     }
 
     pub fn ask(&mut self, targets: &[(String, Goal)], at: Instant) {
@@ -76,11 +134,23 @@ impl PlanChecks {
         }
     }
 
-    /// Gives up checks older than `timeout`; whether any is still awaited. While one is, the plan's other pending
-    /// steps wait for their answers instead of being assigned.
+    /// Gives up checks older than `timeout`, and the batches not sent yet of an agent that let one expire; whether
+    /// any check is still awaited or to be sent. While one is, the plan's other pending steps wait for their answers
+    /// instead of being assigned.
     pub fn outstanding(&mut self, now: Instant, timeout: Duration) -> bool {
-        self.asked.retain(|_, (_, at)| now.duration_since(*at) < timeout);
-        !self.asked.is_empty()
+        let expired: Vec<String> = self
+            .asked
+            .iter()
+            .filter(|(_, (_, at))| now.duration_since(*at) >= timeout)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for target in expired {
+            self.asked.remove(&target);
+            if let Some(agent) = self.agents.get(&target) {
+                self.queued.remove(agent);
+            }
+        }
+        !self.asked.is_empty() || self.queued.values().any(|q| !q.is_empty())
     }
 
     /// Up to `n` targets found not at their goal, by name, with their steps' goals.
@@ -100,7 +170,8 @@ impl Coordinator {
         self.inner().checks.get(plan_id).map(|c| c.wave)
     }
 
-    /// Asks every connected agent, in batches, which of its targets' pending steps in `wave` are at their goal.
+    /// Asks every connected agent, in batches and as far ahead as its window allows, which of its
+    /// targets' pending steps in `wave` are at their goal.
     pub(crate) async fn ask_checks(&self, plan: &Plan, wave: u32, owners: &HashMap<String, String>) -> Result<()> {
         let mut by_agent: HashMap<&str, Vec<(String, Goal)>> = HashMap::new();
         let mut after: Option<String> = None;
@@ -117,35 +188,50 @@ impl Coordinator {
             }
             after = page.last().map(|s| s.target.clone());
         }
-        // The bookkeeping is in place before the first batch goes out: an agent may answer before the last is sent.
-        self.inner().checks.insert(plan.id.clone(), PlanChecks::new(wave));
+        let mut checks = PlanChecks::new(wave);
         if !by_agent.is_empty() {
-            let bundle = self.bundle_body(&plan.bundle).await?;
-            let mut sent = 0;
+            checks.request = Some(CheckRequest {
+                plan_id: plan.id.clone(),
+                bundle_id: plan.bundle.clone(),
+                bundle: self.bundle_body(&plan.bundle).await?,
+                phase: plan.phase,
+                targets: Vec::new(),
+                traceparent: None,
+            });
+            let targets: usize = by_agent.values().map(Vec::len).sum();
             for (agent, targets) in by_agent {
-                let Some(sender) = self.sender(agent) else { continue };
-                for batch in targets.chunks(CHECK_BATCH) {
-                    self.with_checks(&plan.id, |c| c.ask(batch, Instant::now()));
-                    let request = CheckRequest {
-                        plan_id: plan.id.clone(),
-                        bundle_id: plan.bundle.clone(),
-                        bundle: bundle.clone(),
-                        phase: plan.phase,
-                        targets: batch.to_vec(),
-                        traceparent: None,
-                    };
-                    // A full or closed stream: these targets take the normal path.
-                    if sender.try_send(Work::Check(request)).is_err() {
-                        warn!(plan_id = %plan.id, agent, "a check was not sent; its targets will be assigned");
-                        self.with_checks(&plan.id, |c| c.withdraw(batch));
-                        break;
-                    }
-                    sent += batch.len();
-                }
+                checks.queue(agent, targets);
             }
-            info!(plan_id = %plan.id, wave, targets = sent, "asked agents which targets are at the goal");
+            info!(plan_id = %plan.id, wave, targets, "asking agents which targets are at the goal");
         }
+        // The bookkeeping is in place before the first batch goes out: an agent may answer before the last is sent.
+        self.inner().checks.insert(plan.id.clone(), checks);
+        self.send_checks(&plan.id);
         Ok(())
+    }
+
+    /// Sends the plan's queued checks that the agents' windows have room for. A batch that cannot be sent (a full or
+    /// closed stream), and the rest of its agent's, take the normal path.
+    pub(crate) fn send_checks(&self, plan_id: &str) {
+        let mut guard = self.inner();
+        let inner = &mut *guard;
+        let Some(checks) = inner.checks.get_mut(plan_id) else { return };
+        let Some(template) = checks.request.clone() else { return };
+        let agents = &inner.agents;
+        let mut refused = std::collections::HashSet::new();
+        for (agent, batch) in checks.take_sendable(|a| agents.get(a).map_or(0, |e| e.max_idle), Instant::now()) {
+            let stream = agents.get(&agent).and_then(|e| e.sender.as_ref()).filter(|_| !refused.contains(&agent));
+            let request = CheckRequest { targets: batch.clone(), ..template.clone() };
+            if stream.is_some_and(|s| s.try_send(Work::Check(request)).is_ok()) {
+                continue;
+            }
+            // A full or closed stream: these targets, and the agent's not sent yet, take the normal path.
+            if refused.insert(agent.clone()) {
+                warn!(plan_id, agent, "a check was not sent; its agent's targets will be assigned");
+            }
+            checks.withdraw(&batch);
+            checks.drop_queued(&agent);
+        }
     }
 
     fn with_checks(&self, plan_id: &str, f: impl FnOnce(&mut PlanChecks)) {
@@ -192,6 +278,8 @@ impl Coordinator {
                 }
             }
         }
+        // Those answered left the agent's window: its next batches go before this one's steps are written.
+        self.send_checks(plan_id);
         if !finish.is_empty() {
             let started = Instant::now();
             let done = self.store.finish_unchanged(plan_id, &finish).await?;
@@ -259,6 +347,62 @@ mod tests {
         assert_eq!(c.answer("b", true), Verdict::Ignore);
         assert_eq!(c.answer("a", true), Verdict::Finish);
         assert!(!c.outstanding(t0, Duration::from_secs(5)), "nothing left awaited");
+    }
+
+    fn names(prefix: &str, n: usize) -> Vec<(String, Goal)> {
+        (0..n).map(|i| (format!("{prefix}{i:04}"), UP)).collect()
+    }
+
+    /// Sends what `take_sendable` gives, every agent keeping `max_idle` connections: the batches' targets.
+    fn send(c: &mut PlanChecks, max_idle: usize) -> Vec<Vec<(String, Goal)>> {
+        c.take_sendable(|_| max_idle, Instant::now()).into_iter().map(|(_, batch)| batch).collect()
+    }
+
+    #[test]
+    fn an_agent_is_asked_no_further_ahead_than_its_window() {
+        let mut c = PlanChecks::new(1);
+        c.queue("a", names("a", 3 * CHECK_BATCH));
+        c.queue("b", names("b", CHECK_BATCH));
+        let mut sent = send(&mut c, 0);
+        sent.sort_by(|a, b| a[0].0.cmp(&b[0].0));
+        assert_eq!(sent.len(), 3, "two of a's three batches ({MIN_CHECK_WINDOW} at most) and b's one: {sent:?}");
+        assert_eq!(sent[0], names("a", CHECK_BATCH), "in the order queued");
+        assert!(send(&mut c, 0).is_empty(), "no room until answers come");
+        // Found at the goal: those leave the window at once.
+        for (target, _) in &sent[0] {
+            assert_eq!(c.answer(target, true), Verdict::Finish);
+        }
+        let third = send(&mut c, 0);
+        assert_eq!(third, vec![names("a", 3 * CHECK_BATCH)[2 * CHECK_BATCH..].to_vec()], "room again");
+        // Found not at the goal: they hold their place until assigned.
+        for (target, _) in &third[0] {
+            assert_eq!(c.answer(target, false), Verdict::Assign);
+        }
+        c.queue("a", names("z", CHECK_BATCH));
+        assert!(send(&mut c, 0).is_empty(), "ready and not yet assigned still count");
+        assert!(c.outstanding(Instant::now(), Duration::from_secs(5)), "answers awaited");
+        assert_eq!(c.take_ready(CHECK_BATCH).len(), CHECK_BATCH);
+        assert_eq!(send(&mut c, 0), vec![names("z", CHECK_BATCH)], "assigned ones left the window");
+    }
+
+    #[test]
+    fn an_agent_keeping_more_connections_is_asked_further_ahead() {
+        let mut c = PlanChecks::new(1);
+        c.queue("a", names("a", 8 * CHECK_BATCH));
+        let sent: usize = send(&mut c, 5 * CHECK_BATCH).iter().map(Vec::len).sum();
+        assert_eq!(sent, 5 * CHECK_BATCH, "as many as it keeps warm");
+    }
+
+    #[test]
+    fn an_agent_that_lets_a_check_expire_is_sent_no_more() {
+        let t0 = Instant::now();
+        let mut c = PlanChecks::new(1);
+        c.queue("a", names("a", 4 * CHECK_BATCH));
+        let sent = c.take_sendable(|_| CHECK_BATCH, t0);
+        assert_eq!(sent.len(), 2);
+        assert!(c.outstanding(t0 + Duration::from_secs(1), Duration::from_secs(5)), "awaited, and more to send");
+        assert!(!c.outstanding(t0 + Duration::from_secs(5), Duration::from_secs(5)), "its queue went with it");
+        assert!(send(&mut c, 0).is_empty(), "its targets take the normal path");
     }
 
     #[test]

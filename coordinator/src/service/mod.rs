@@ -280,6 +280,8 @@ struct AgentEntry {
     last_seen: Option<(Instant, DateTime<Utc>)>,
     /// When the certificate it registered with expires (Unix time).
     certificate_expiry: Option<i64>,
+    /// How many idle database connections it keeps warm, as it registered.
+    max_idle: usize,
 }
 
 #[derive(Clone)]
