@@ -83,6 +83,10 @@ impl PlanChecks {
         max_idle: impl Fn(&str) -> usize,
         at: Instant,
     ) -> Vec<(String, Vec<(String, Goal)>)> {
+        // Called after every dispatch and report: once all is sent, without counting what is open.
+        if self.queued.values().all(VecDeque::is_empty) {
+            return Vec::new();
+        }
         let mut open: HashMap<&str, usize> = HashMap::new();
         for target in self.asked.keys().chain(self.ready.keys()) {
             if let Some(agent) = self.agents.get(target) {
