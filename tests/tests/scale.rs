@@ -1,5 +1,5 @@
-//! What a fleet pays per target, thousands of times over: what a kept connection holds, and what the assignment
-//! stream carries.
+//! What a fleet pays per target, thousands of times over: what a kept connection holds, what the assignment
+//! stream carries, and which progress events reach the coordinator.
 //!
 //! The agent keeps one idle connection per target after a step (`[connections]`), so whatever a connection holds
 //! on to after a migration, a fleet holds once per target: a migration with an 8 MiB statement, kept as it was
@@ -198,6 +198,29 @@ async fn a_targets_step_runs_on_the_connection_its_check_opened() {
         opened <= (TARGETS + TARGETS / 10) as u64 && reused >= TARGETS as u64,
         "{opened} connections opened and {reused} reused for a plan over {TARGETS} targets"
     );
+    fleet.stop().await;
+}
+
+/// A statement sends no event of its own unless its step said nothing for a second before it ended: fast
+/// statements would be most of a fleet's events and of its store's rows. A migration's start and end always go.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_statement_that_ends_after_a_second_of_silence_is_reported() {
+    let db = TestDb::new(Postgres).await;
+    let mut fleet = Fleet::start(&[("agent-1", "pg-*")], None, 10).await;
+    fleet.start_agent("agent-1", &[FleetTarget::new("pg-01", &db.url, &[])]).await;
+    fleet.wait_targets(1).await;
+    let dir = Dir::new();
+    dir.migration(Postgres, 1, "fast", "CREATE TABLE a (id INT);\nINSERT INTO a VALUES (1);\nINSERT INTO a VALUES (2);", "DROP TABLE a;")
+        .migration(Postgres, 2, "slow", "SELECT pg_sleep(1.2);\nCREATE TABLE b (id INT);", "DROP TABLE b;");
+    let plan = fleet.create(dir.path(), &[]).await;
+    fleet.wait_state(&plan, "succeeded").await;
+    let watched = fleet.cli(&["--json", "plan", "watch", &plan]).await.stdout;
+    let events: Vec<serde_json::Value> = watched.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let of = |kind: &str| events.iter().filter(|e| e["kind"] == kind).map(|e| e["detail"].clone()).collect::<Vec<_>>();
+    let statements: Vec<String> =
+        of("statement").iter().map(|d| format!("{} {}/{}", d["version"], d["statement"], d["statements"])).collect();
+    assert_eq!(statements, vec!["2 1/2"], "{watched}");
+    assert_eq!((of("migration_started").len(), of("migration_finished").len()), (2, 2), "{watched}");
     fleet.stop().await;
 }
 

@@ -1,7 +1,7 @@
 //! Running one assignment: admit it, run the executor on one connection, report what the history says.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use flotilla_core::fleet::{EventKind, Goal};
 use flotilla_core::{PlanOptions, Request, Version};
@@ -203,8 +203,20 @@ pub(super) async fn execute(
     StepRun { before: Some(before), error: result.err(), after: Some(after) }
 }
 
-/// Turns the executor's progress into progress events on the stream to the coordinator.
-/// The agent's metrics count each event too.
+/// A statement's event goes to the coordinator only once this long has passed since the step's last event.
+const STATEMENT_EVENTS_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether an event of `kind` goes to the coordinator, `since_last` after the step's last one that went. A
+/// migration's start and end, a batch, a lock retry, a hold and a failure always go; a statement's end goes only
+/// when the step has said nothing for [`STATEMENT_EVENTS_EVERY`]. Fast statements would otherwise be most of a
+/// plan's events and of its store's rows, where `plan watch` shows of them only "statement i/n": a long migration
+/// still reports where it is at least once a second, and a long statement when it ends.
+fn forwarded(kind: &ProgressKind, since_last: Option<Duration>) -> bool {
+    !matches!(kind, ProgressKind::Statement { .. }) || since_last.is_none_or(|d| d >= STATEMENT_EVENTS_EVERY)
+}
+
+/// Turns the executor's progress into progress events on the stream to the coordinator ([`forwarded`] says
+/// which). The agent's metrics count every event.
 fn progress_sink(
     state: &State,
     target: &Target,
@@ -213,8 +225,17 @@ fn progress_sink(
 ) -> ProgressSink {
     let metrics = state.metrics.clone();
     let engine = target.engine.as_str();
+    let last_sent = Mutex::new(None::<Instant>);
     Arc::new(move |p: &Progress| {
         metrics.observe(engine, p);
+        {
+            let mut last = locked(&last_sent);
+            let now = Instant::now();
+            if !forwarded(&p.kind, last.map(|at| now.duration_since(at))) {
+                return;
+            }
+            *last = Some(now);
+        }
         let mut e = base.clone();
         e.version = p.version.to_string();
         e.direction = pb::Direction::from(p.direction) as i32;
@@ -274,4 +295,22 @@ pub(super) fn validation_problems(report: &crate::validate::ValidationReport) ->
         parts.push(stopped.clone());
     }
     format!("validation failed: {}", parts.join(" | "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_statements_event_goes_only_after_a_second_of_silence_and_every_other_event_always() {
+        let statement = ProgressKind::Statement { index: 2, total: 3, rows_affected: 1, elapsed_ms: 5 };
+        let finished = ProgressKind::Finished { elapsed_ms: 5 };
+        let failed = ProgressKind::Failed { statement: Some(2), error: "boom".into() };
+        let ms = Duration::from_millis;
+        assert!(!forwarded(&statement, Some(ms(5))), "a fast statement after the migration's start");
+        assert!(!forwarded(&statement, Some(ms(999))));
+        assert!(forwarded(&statement, Some(ms(1000))), "a second of silence");
+        assert!(forwarded(&statement, None), "the step's first word");
+        assert!(forwarded(&finished, Some(ms(1))) && forwarded(&failed, Some(ms(1))), "ends always go");
+    }
 }

@@ -110,7 +110,6 @@ impl Executor {
             [one] => (&one.statements[..]).into(),
             _ => steps.iter().flat_map(|s| s.statements.iter().cloned()).collect::<Vec<_>>().into(),
         };
-        // Per step: rows, and when its last statement finished (ms from `started`).
         // Per step: what it did, and when its last statement finished (ms from `started`).
         let ran = std::sync::Mutex::new(vec![Ran::default(); steps.len()]);
         let ends = std::sync::Mutex::new(vec![None::<u64>; steps.len()]);
