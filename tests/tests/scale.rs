@@ -210,8 +210,9 @@ async fn only_a_statement_that_ends_after_a_second_of_silence_is_reported() {
     fleet.start_agent("agent-1", &[FleetTarget::new("pg-01", &db.url, &[])]).await;
     fleet.wait_targets(1).await;
     let dir = Dir::new();
-    dir.migration(Postgres, 1, "fast", "CREATE TABLE a (id INT);\nINSERT INTO a VALUES (1);\nINSERT INTO a VALUES (2);", "DROP TABLE a;")
-        .migration(Postgres, 2, "slow", "SELECT pg_sleep(1.2);\nCREATE TABLE b (id INT);", "DROP TABLE b;");
+    let fast = "CREATE TABLE a (id INT);\nINSERT INTO a VALUES (1);\nINSERT INTO a VALUES (2);";
+    let slow = "SELECT pg_sleep(1.2);\nCREATE TABLE b (id INT);";
+    dir.migration(Postgres, 1, "fast", fast, "DROP TABLE a;").migration(Postgres, 2, "slow", slow, "DROP TABLE b;");
     let plan = fleet.create(dir.path(), &[]).await;
     fleet.wait_state(&plan, "succeeded").await;
     let watched = fleet.cli(&["--json", "plan", "watch", &plan]).await.stdout;
