@@ -203,16 +203,19 @@ pub(super) async fn execute(
     StepRun { before: Some(before), error: result.err(), after: Some(after) }
 }
 
-/// A statement's event goes to the coordinator only once this long has passed since the step's last event.
-const STATEMENT_EVENTS_EVERY: Duration = Duration::from_secs(1);
+/// A statement's or a backfill batch's end goes to the coordinator only once this long has passed since the step's
+/// last event.
+const PROGRESS_EVENTS_EVERY: Duration = Duration::from_secs(1);
 
 /// Whether an event of `kind` goes to the coordinator, `since_last` after the step's last one that went. A
-/// migration's start and end, a batch, a lock retry, a hold and a failure always go; a statement's end goes only
-/// when the step has said nothing for [`STATEMENT_EVENTS_EVERY`]. Fast statements would otherwise be most of a
-/// plan's events and of its store's rows, where `plan watch` shows of them only "statement i/n": a long migration
-/// still reports where it is at least once a second, and a long statement when it ends.
+/// migration's start and end, a lock retry, a hold and a failure always go; a statement's or a backfill batch's end
+/// goes only when the step has said nothing for [`PROGRESS_EVENTS_EVERY`]. Fast statements and batches would
+/// otherwise be most of a plan's events and of its store's rows, where `plan watch` shows of them only how far a
+/// migration got: a long migration still reports where it is at least once a second, and a long statement when it
+/// ends.
 fn forwarded(kind: &ProgressKind, since_last: Option<Duration>) -> bool {
-    !matches!(kind, ProgressKind::Statement { .. }) || since_last.is_none_or(|d| d >= STATEMENT_EVENTS_EVERY)
+    let progress = matches!(kind, ProgressKind::Statement { .. } | ProgressKind::Batch { .. });
+    !progress || since_last.is_none_or(|d| d >= PROGRESS_EVENTS_EVERY)
 }
 
 /// Turns the executor's progress into progress events on the stream to the coordinator ([`forwarded`] says
@@ -302,15 +305,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_statements_event_goes_only_after_a_second_of_silence_and_every_other_event_always() {
+    fn a_statements_or_batchs_end_goes_only_after_a_second_of_silence_and_every_other_event_always() {
         let statement = ProgressKind::Statement { index: 2, total: 3, rows_affected: 1, elapsed_ms: 5 };
         let finished = ProgressKind::Finished { elapsed_ms: 5 };
         let failed = ProgressKind::Failed { statement: Some(2), error: "boom".into() };
+        let batch = ProgressKind::Batch { batch: 7, last_key: 70, rows_affected: 10, total_rows: 100, elapsed_ms: 5 };
         let ms = Duration::from_millis;
         assert!(!forwarded(&statement, Some(ms(5))), "a fast statement after the migration's start");
         assert!(!forwarded(&statement, Some(ms(999))));
         assert!(forwarded(&statement, Some(ms(1000))), "a second of silence");
         assert!(forwarded(&statement, None), "the step's first word");
+        assert!(!forwarded(&batch, Some(ms(999))) && forwarded(&batch, Some(ms(1000))), "a batch as a statement");
         assert!(forwarded(&finished, Some(ms(1))) && forwarded(&failed, Some(ms(1))), "ends always go");
     }
 }
