@@ -8,7 +8,7 @@ use flotilla_coordinator::config::{File, TlsFiles};
 use flotilla_coordinator::etcd::EtcdTls;
 
 /// Every step allocates and frees many small objects on several threads (store rows, gRPC messages, events); under
-/// load glibc's malloc took over a quarter of the coordinator's CPU. jemalloc: about 40% more target-steps/s in
+/// load glibc's malloc took over a quarter of the coordinator's CPU. jemalloc: 28–40% more target-steps/s in
 /// the coordinator bench, for about 15 MiB more peak RSS at 10,000 targets (docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
